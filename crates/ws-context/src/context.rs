@@ -1,0 +1,161 @@
+use std::{fmt, net::SocketAddr, sync::Arc};
+
+use axum::extract::{Query, rejection::QueryRejection};
+use http::{Extensions, HeaderMap, Uri};
+use serde::{Serialize, de::DeserializeOwned};
+use ws_message::{DecodeError, Message, decode};
+
+use crate::{ConnectionHub, ConnectionId, SocketWriter, WriteError};
+
+/// What a connection keeps of its upgrade request, shared by every message's [`Context`].
+pub(crate) struct Connection {
+    pub(crate) id: ConnectionId,
+    pub(crate) route: Arc<str>,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) extensions: Extensions,
+    pub(crate) path_params: Vec<(Arc<str>, String)>,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) writer: SocketWriter,
+    pub(crate) hub: ConnectionHub,
+    pub(crate) span: tracing::Span,
+}
+
+/// The context of one WebSocket message: the message, the connection it came on, and the
+/// upgrade request that opened it.
+///
+/// A handler gets a `Context` for every message and is called once per message. Cloning is
+/// cheap. The handler's `tracing` events carry the connection's span (id, route, peer), so
+/// `tracing::info!` inside a handler is the connection's logger.
+///
+/// ```no_run
+/// use ws_context::Context;
+///
+/// async fn greet(ctx: Context) -> Result<String, ws_context::BindError> {
+///     let name: String = ctx.bind()?;
+///     let room = ctx.path_param("room").unwrap_or("lobby");
+///     tracing::info!(%name, room, "greeting");
+///     Ok(format!("hello {name}, welcome to {room}"))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    conn: Arc<Connection>,
+    message: Message,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.conn.id)
+            .field("route", &self.conn.route)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Context::bind`] failed: the same type as [`ws_message::decode`]'s error.
+pub type BindError = DecodeError;
+
+impl Context {
+    pub(crate) fn new(conn: Arc<Connection>, message: Message) -> Self {
+        Context { conn, message }
+    }
+
+    /// Decodes this message into `T` (GoFr's `ctx.Bind`): `String` gets the raw text,
+    /// `Bytes`/`Vec<u8>` the raw payload of a text or binary frame, any other
+    /// `DeserializeOwned` type is read from JSON. Calling it twice gives the same value.
+    pub fn bind<T: DeserializeOwned + 'static>(&self) -> Result<T, BindError> {
+        decode(&self.message)
+    }
+
+    /// The message this handler call is for.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Writes a value to this connection (GoFr's `ctx.WriteMessageToSocket`): strings as text,
+    /// bytes as binary, other `Serialize` values as JSON text. Safe from any task at the same
+    /// time; it goes out before the handler's own return value.
+    pub async fn write_message_to_socket<T: Serialize + 'static>(
+        &self,
+        data: T,
+    ) -> Result<(), WriteError> {
+        self.conn.writer.write(data).await
+    }
+
+    /// A writer handle for this connection, to move into spawned tasks.
+    pub fn socket(&self) -> SocketWriter {
+        self.conn.writer.clone()
+    }
+
+    /// This connection's server-generated id.
+    pub fn id(&self) -> &ConnectionId {
+        &self.conn.id
+    }
+
+    /// The route pattern the connection matched, such as `/ws/{room}`.
+    pub fn route(&self) -> &str {
+        &self.conn.route
+    }
+
+    /// A path parameter of the upgrade request, by name.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        self.conn
+            .path_params
+            .iter()
+            .find(|(key, _)| &**key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The upgrade request's URI.
+    pub fn uri(&self) -> &Uri {
+        &self.conn.uri
+    }
+
+    /// The value of a query parameter of the upgrade request (percent-decoded), by name.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&self.conn.uri).ok()?;
+        pairs
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    /// The query string of the upgrade request decoded into `T`.
+    pub fn query<T: DeserializeOwned>(&self) -> Result<T, QueryRejection> {
+        Query::<T>::try_from_uri(&self.conn.uri).map(|Query(query)| query)
+    }
+
+    /// The upgrade request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.conn.headers
+    }
+
+    /// The upgrade request's extensions: whatever middleware (authentication, for example)
+    /// put there before the upgrade.
+    pub fn extensions(&self) -> &Extensions {
+        &self.conn.extensions
+    }
+
+    /// The peer's address, when the server was started with connect info.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.conn.remote_addr
+    }
+
+    /// The subprotocol selected during the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.conn.protocol.as_deref()
+    }
+
+    /// Every connection of the app: to write to others, broadcast or close.
+    pub fn hub(&self) -> &ConnectionHub {
+        &self.conn.hub
+    }
+
+    /// The connection's span (fields `conn_id`, `route`, `peer`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.conn.span
+    }
+}

@@ -1,0 +1,171 @@
+use std::{fmt, time::Duration};
+
+use serde::Serialize;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, encode};
+
+use crate::hub::ConnectionId;
+
+/// What other tasks ask a connection's I/O task to do.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Message(Message),
+    Close(CloseFrame),
+}
+
+/// Why a write to a socket failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The value could not be encoded (its `Serialize` impl failed).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The connection is closed; nothing more can be written to it.
+    #[error("connection {0} is closed")]
+    Closed(ConnectionId),
+    /// The connection's outbound queue stayed full for the whole send timeout: the peer reads
+    /// slower than it is written to.
+    #[error("connection {0}: outbound queue full (peer is not reading fast enough)")]
+    Full(ConnectionId),
+}
+
+/// The one writer of a socket, shared by every task that writes to it.
+///
+/// Cloning gives another handle to the same queue; the connection's I/O task writes queued
+/// messages in order and coalesces whatever is ready into one system call. Messages from one
+/// handle keep their order; messages from different handles never interleave inside a frame.
+///
+/// The queue is bounded. A write that finds it full waits up to the send timeout, then fails
+/// with [`WriteError::Full`]: a slow reader can never grow server memory without bound.
+///
+/// ```no_run
+/// # async fn demo(ctx: ws_context::Context) -> Result<(), ws_context::WriteError> {
+/// let socket = ctx.socket();
+/// tokio::spawn(async move {
+///     let _ = socket.write("from another task").await;
+/// });
+/// ctx.write_message_to_socket("from the handler").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SocketWriter {
+    tx: mpsc::Sender<Outbound>,
+    id: ConnectionId,
+    send_timeout: Duration,
+}
+
+impl fmt::Debug for SocketWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocketWriter")
+            .field("id", &self.id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl SocketWriter {
+    pub(crate) fn new(
+        id: ConnectionId,
+        capacity: usize,
+        send_timeout: Duration,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            SocketWriter {
+                tx,
+                id,
+                send_timeout,
+            },
+            rx,
+        )
+    }
+
+    /// The connection this writer writes to.
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Writes a value with GoFr's rules (`WriteMessageToSocket`): strings as text, bytes as
+    /// binary, other `Serialize` values as JSON text, `()`/`None` as nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped the message was either queued whole or not at all.
+    pub async fn write<T: Serialize + 'static>(&self, data: T) -> Result<(), WriteError> {
+        match encode(data)? {
+            Some(message) => self.send(message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a message, waiting up to the send timeout while the queue is full.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`write`](Self::write).
+    pub async fn send(&self, message: Message) -> Result<(), WriteError> {
+        self.enqueue(Outbound::Message(message)).await
+    }
+
+    /// Sends a text frame.
+    pub async fn text(&self, text: impl Into<Utf8Bytes>) -> Result<(), WriteError> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    /// Sends a binary frame.
+    pub async fn binary(&self, data: impl Into<Bytes>) -> Result<(), WriteError> {
+        self.send(Message::Binary(data.into())).await
+    }
+
+    /// Sends any `Serialize` value as JSON text, strings included (`"hi"` becomes `"\"hi\""`).
+    pub async fn json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), WriteError> {
+        let json = serde_json::to_string(value).map_err(EncodeError::from_json::<T>)?;
+        self.text(json).await
+    }
+
+    /// Sends a ping; the peer's pong shows up as [`Message::Pong`] to nobody but the
+    /// liveness timer.
+    pub async fn ping(&self, payload: impl Into<Bytes>) -> Result<(), WriteError> {
+        self.send(Message::Ping(payload.into())).await
+    }
+
+    /// Closes the connection with a code and reason after the messages queued before it.
+    /// A handler running at the time may finish first, within the endpoint's grace period.
+    pub async fn close(&self, code: u16, reason: impl Into<String>) -> Result<(), WriteError> {
+        self.enqueue(Outbound::Close(CloseFrame::new(code, reason)))
+            .await
+    }
+
+    /// Queues a message only if there is room now; never waits. Used for broadcasts, where
+    /// one slow peer must not hold up the rest.
+    pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
+        self.tx
+            .try_send(Outbound::Message(message))
+            .map_err(|error| match error {
+                TrySendError::Full(_) => WriteError::Full(self.id.clone()),
+                TrySendError::Closed(_) => WriteError::Closed(self.id.clone()),
+            })
+    }
+
+    pub(crate) fn try_close(&self, frame: CloseFrame) -> bool {
+        self.tx.try_send(Outbound::Close(frame)).is_ok()
+    }
+
+    async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
+        let item = match self.tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(WriteError::Closed(self.id.clone())),
+            Err(TrySendError::Full(item)) => item,
+        };
+        match tokio::time::timeout(self.send_timeout, self.tx.send(item)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Closed(self.id.clone())),
+            Err(_) => Err(WriteError::Full(self.id.clone())),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! DESIGN.md point 7: the upgrade request stays visible, and layers run before the upgrade.
+
+use axum::{
+    extract::Request,
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use futures_util::SinkExt as _;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+use ws_context::{Context, Endpoint};
+
+use crate::support::{WAIT, next_data, serve};
+
+#[derive(Clone)]
+struct User(String);
+
+async fn require_auth(mut request: Request, next: Next) -> Response {
+    match request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(token) => {
+            let user = User(token.trim_start_matches("Bearer ").to_owned());
+            request.extensions_mut().insert(user);
+            next.run(request).await
+        }
+        None => (StatusCode::UNAUTHORIZED, "missing Authorization header").into_response(),
+    }
+}
+
+async fn describe(ctx: Context) -> Result<serde_json::Value, std::convert::Infallible> {
+    Ok(serde_json::json!({
+        "room": ctx.path_param("room"),
+        "nick": ctx.query_param("nick"),
+        "user": ctx.extensions().get::<User>().map(|u| u.0.clone()),
+        "route": ctx.route(),
+        "peer_known": ctx.remote_addr().is_some(),
+    }))
+}
+
+fn router() -> axum::Router {
+    let route = Endpoint::new(describe)
+        .into_route()
+        .route_layer(middleware::from_fn(require_auth));
+    axum::Router::new().route("/ws/{room}", route)
+}
+
+#[tokio::test]
+async fn handler_sees_path_query_and_auth_extensions() {
+    let addr = serve(router()).await;
+    let mut request = format!("ws://{addr}/ws/kitchen?nick=al%20ice")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer alice".parse().unwrap());
+    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+        .unwrap();
+    client.send(Message::text("?")).await.unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "room": "kitchen", "nick": "al ice", "user": "alice",
+            "route": "/ws/{room}", "peer_known": true,
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_layer_refuses_with_401_before_any_upgrade() {
+    let addr = serve(router()).await;
+    let error = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws/kitchen")),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("expected HTTP 401, got {other:?}"),
+    }
+}
+
+/// A plain HTTP request over a raw socket, returning status line and body.
+async fn plain_http(addr: std::net::SocketAddr, method: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} /ws/kitchen HTTP/1.1\r\nHost: {addr}\r\nAuthorization: x\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    response
+}
+
+#[tokio::test]
+async fn plain_http_to_a_websocket_route_gets_a_clear_4xx() {
+    let addr = serve(router()).await;
+    let get = plain_http(addr, "GET").await;
+    assert!(get.starts_with("HTTP/1.1 426"), "{get}");
+    assert!(get.contains("Upgrade: websocket"), "{get}");
+    let post = plain_http(addr, "POST").await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(post.contains("use GET"), "{post}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: a real tokio-tungstenite client against a real server on 127.0.0.1.
+
+mod support;
+
+mod close;
+mod handlers;
+mod request;
+mod writer;

@@ -1,0 +1,62 @@
+//! DESIGN.md point 6: one writer per socket, safe from any task.
+
+use std::collections::HashMap;
+
+use futures_util::SinkExt as _;
+use tokio_tungstenite::tungstenite::Message;
+use ws_context::{Context, Endpoint};
+
+use crate::support::{connect, next_data, serve};
+
+async fn greet_then_echo(ctx: Context) -> Result<String, anyhow::Error> {
+    let message: String = ctx.bind()?;
+    ctx.write_message_to_socket("Hello! GoFr").await?;
+    Ok(message)
+}
+
+#[tokio::test]
+async fn written_message_arrives_before_the_returned_value() {
+    let addr =
+        serve(axum::Router::new().route("/ws", Endpoint::new(greet_then_echo).into_route())).await;
+    let mut client = connect(addr, "/ws").await;
+    client.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("Hello! GoFr"));
+    assert_eq!(next_data(&mut client).await, Message::text("hi"));
+}
+
+async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
+    let mut tasks = Vec::new();
+    for task in 0..32 {
+        let socket = ctx.socket();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..100 {
+                socket.write(format!("{task}:{seq}")).await?;
+            }
+            Ok::<_, ws_context::WriteError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_writers_keep_frames_whole_and_in_order() {
+    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(fan_out).into_route())).await;
+    let mut client = connect(addr, "/ws").await;
+    client.send(Message::text("go")).await.unwrap();
+
+    let mut last_seen: HashMap<u32, u32> = HashMap::new();
+    for _ in 0..3200 {
+        let frame = next_data(&mut client).await;
+        let text = frame.to_text().unwrap();
+        let (task, seq) = text.split_once(':').expect("intact frame");
+        let (task, seq): (u32, u32) = (task.parse().unwrap(), seq.parse().unwrap());
+        let expected = last_seen.get(&task).map_or(0, |s| s + 1);
+        assert_eq!(seq, expected, "task {task} out of order");
+        last_seen.insert(task, seq);
+    }
+    assert_eq!(last_seen.len(), 32);
+    assert!(last_seen.values().all(|&s| s == 99));
+}

@@ -1,0 +1,281 @@
+use std::any::{Any, TypeId};
+
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{Message, Utf8Bytes};
+
+/// Why a message could not be decoded into the type asked for.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload is not JSON of the expected shape. The text says where and what was wrong.
+    #[error("message is not valid JSON for {target}: {source}")]
+    Json {
+        /// The Rust type that was asked for.
+        target: &'static str,
+        /// serde_json's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// A binary message was bound into a string but is not UTF-8.
+    #[error("binary message is not valid UTF-8 and cannot be bound into a string")]
+    NotUtf8,
+    /// Only text and binary messages carry data to bind.
+    #[error("a {kind} frame carries no data to bind")]
+    NotData {
+        /// The kind of frame: "ping", "pong" or "close".
+        kind: &'static str,
+    },
+}
+
+/// Why a value could not be turned into a message.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {target} as JSON: {source}")]
+pub struct EncodeError {
+    target: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl EncodeError {
+    /// Wraps a serde_json error met while encoding a `T`.
+    pub fn from_json<T: ?Sized>(source: serde_json::Error) -> Self {
+        EncodeError {
+            target: std::any::type_name::<T>(),
+            source,
+        }
+    }
+}
+
+/// Turns a value into the message GoFr users expect on the wire.
+///
+/// | value | message |
+/// |---|---|
+/// | `String`, `&'static str`, [`Utf8Bytes`] | text frame with the raw text |
+/// | [`Bytes`], `Vec<u8>`, `&'static [u8]` | binary frame with the raw bytes |
+/// | [`Message`] | itself |
+/// | `()`, `None`, anything that serializes to JSON `null` | nothing (`Ok(None)`) |
+/// | any other `Serialize` value | text frame with its JSON |
+///
+/// GoFr sends every value as text and writes the literal `null` for a nil result; here bytes
+/// stay binary and "nothing" writes nothing.
+///
+/// ```
+/// use ws_message::{encode, Message};
+///
+/// assert_eq!(encode("hi").unwrap(), Some(Message::text("hi")));
+/// assert_eq!(encode(vec![0u8, 159]).unwrap(), Some(Message::binary(vec![0u8, 159])));
+/// assert_eq!(encode(serde_json::json!({"n": 1})).unwrap(), Some(Message::text(r#"{"n":1}"#)));
+/// assert_eq!(encode(()).unwrap(), None);
+/// ```
+pub fn encode<T: Serialize + 'static>(value: T) -> Result<Option<Message>, EncodeError> {
+    let value = match cast::<T, Message>(value) {
+        Ok(message) => return Ok(Some(message)),
+        Err(value) => value,
+    };
+    let value = match cast::<T, String>(value) {
+        Ok(text) => return Ok(Some(Message::text(text))),
+        Err(value) => value,
+    };
+    let value = match cast::<T, &'static str>(value) {
+        Ok(text) => return Ok(Some(Message::text(text))),
+        Err(value) => value,
+    };
+    let value = match cast::<T, Utf8Bytes>(value) {
+        Ok(text) => return Ok(Some(Message::Text(text))),
+        Err(value) => value,
+    };
+    let value = match cast::<T, Bytes>(value) {
+        Ok(data) => return Ok(Some(Message::Binary(data))),
+        Err(value) => value,
+    };
+    let value = match cast::<T, Vec<u8>>(value) {
+        Ok(data) => return Ok(Some(Message::binary(data))),
+        Err(value) => value,
+    };
+    let value = match cast::<T, &'static [u8]>(value) {
+        Ok(data) => return Ok(Some(Message::binary(Bytes::from_static(data)))),
+        Err(value) => value,
+    };
+    let json = serde_json::to_vec(&value).map_err(EncodeError::from_json::<T>)?;
+    if json == b"null" {
+        return Ok(None);
+    }
+    // serde_json only produces UTF-8.
+    let text = String::from_utf8(json).map_err(|_| {
+        EncodeError::from_json::<T>(serde::ser::Error::custom(
+            "serializer produced invalid UTF-8",
+        ))
+    })?;
+    Ok(Some(Message::text(text)))
+}
+
+/// Decodes the data of a message into `T`: GoFr's `Bind`, with Rust's types.
+///
+/// | `T` | from a text frame | from a binary frame |
+/// |---|---|---|
+/// | `String`, [`Utf8Bytes`] | the raw text (no JSON quoting) | the bytes, if UTF-8 |
+/// | [`Bytes`], `Vec<u8>` | the raw bytes | the raw bytes |
+/// | [`Message`] | the message itself | the message itself |
+/// | any other `DeserializeOwned` | JSON | JSON |
+///
+/// Decoding is pure: calling it twice gives the same value.
+///
+/// ```
+/// use ws_message::{decode, Message};
+/// #[derive(serde::Deserialize, Debug, PartialEq)]
+/// struct Point { x: i32, y: i32 }
+///
+/// let msg = Message::text(r#"{"x":1,"y":2}"#);
+/// assert_eq!(decode::<Point>(&msg).unwrap(), Point { x: 1, y: 2 });
+/// assert_eq!(decode::<String>(&msg).unwrap(), r#"{"x":1,"y":2}"#);
+/// assert!(decode::<Point>(&Message::text("{")).is_err());
+/// ```
+pub fn decode<T: DeserializeOwned + 'static>(message: &Message) -> Result<T, DecodeError> {
+    let payload = match message {
+        Message::Text(text) => text.as_bytes(),
+        Message::Binary(data) => data,
+        Message::Ping(_) => return Err(DecodeError::NotData { kind: "ping" }),
+        Message::Pong(_) => return Err(DecodeError::NotData { kind: "pong" }),
+        Message::Close(_) => return Err(DecodeError::NotData { kind: "close" }),
+    };
+    let target = TypeId::of::<T>();
+    if target == TypeId::of::<Message>() {
+        return Ok(cast_ok(message.clone()));
+    }
+    if target == TypeId::of::<String>() || target == TypeId::of::<Utf8Bytes>() {
+        let text = match message {
+            Message::Text(text) => text.clone(),
+            _ => Utf8Bytes::try_from_bytes(payload.clone()).map_err(|_| DecodeError::NotUtf8)?,
+        };
+        return Ok(match cast::<Utf8Bytes, T>(text) {
+            Ok(text) => text,
+            Err(text) => cast_ok(text.as_str().to_owned()),
+        });
+    }
+    if target == TypeId::of::<Bytes>() {
+        return Ok(cast_ok(payload.clone()));
+    }
+    if target == TypeId::of::<Vec<u8>>() {
+        return Ok(cast_ok(payload.to_vec()));
+    }
+    serde_json::from_slice(payload).map_err(|source| DecodeError::Json {
+        target: std::any::type_name::<T>(),
+        source,
+    })
+}
+
+/// Moves `value` into a `U` when `T` and `U` are the same type; gives it back otherwise.
+/// A safe stand-in for specialization.
+fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let mut slot = Some(value);
+    if let Some(same) = (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>()
+        && let Some(value) = same.take()
+    {
+        return Ok(value);
+    }
+    match slot {
+        Some(value) => Err(value),
+        None => unreachable!("the slot is only emptied when the cast succeeds"),
+    }
+}
+
+/// [`cast`] where the caller has compared the type ids already.
+fn cast_ok<T: 'static, U: 'static>(value: T) -> U {
+    match cast::<T, U>(value) {
+        Ok(value) => value,
+        Err(_) => unreachable!("caller checked TypeId equality"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Chat {
+        from: String,
+        text: String,
+    }
+
+    #[test]
+    fn strings_and_bytes_are_raw() {
+        assert_eq!(encode(String::from("x")).unwrap(), Some(Message::text("x")));
+        assert_eq!(
+            encode(Bytes::from_static(b"\x00\xff")).unwrap(),
+            Some(Message::binary(&b"\x00\xff"[..]))
+        );
+        assert_eq!(
+            encode(&b"raw"[..]).unwrap(),
+            Some(Message::binary(&b"raw"[..]))
+        );
+    }
+
+    #[test]
+    fn structs_numbers_and_maps_are_json_text() {
+        let chat = Chat {
+            from: "a".into(),
+            text: "b".into(),
+        };
+        assert_eq!(
+            encode(chat).unwrap(),
+            Some(Message::text(r#"{"from":"a","text":"b"}"#))
+        );
+        assert_eq!(encode(42).unwrap(), Some(Message::text("42")));
+        let map: HashMap<&str, i32> = [("k", 1)].into();
+        assert_eq!(encode(map).unwrap(), Some(Message::text(r#"{"k":1}"#)));
+    }
+
+    #[test]
+    fn nothing_writes_nothing() {
+        assert_eq!(encode(()).unwrap(), None);
+        assert_eq!(encode(None::<Chat>).unwrap(), None);
+        assert_eq!(encode(serde_json::Value::Null).unwrap(), None);
+    }
+
+    #[test]
+    fn decode_is_repeatable_and_typed() {
+        let msg = Message::text(r#"{"from":"a","text":"b"}"#);
+        let first: Chat = decode(&msg).unwrap();
+        let second: Chat = decode(&msg).unwrap();
+        assert_eq!(first, second);
+        let err = decode::<Chat>(&Message::text(r#"{"from":1}"#)).unwrap_err();
+        assert!(matches!(err, DecodeError::Json { .. }));
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn decode_raw_targets() {
+        let bin = Message::binary(vec![0u8, 1, 2]);
+        assert_eq!(
+            decode::<Bytes>(&bin).unwrap(),
+            Bytes::from_static(&[0, 1, 2])
+        );
+        assert_eq!(decode::<Vec<u8>>(&bin).unwrap(), vec![0, 1, 2]);
+        assert_eq!(decode::<String>(&bin).unwrap(), "\u{0}\u{1}\u{2}");
+        assert!(matches!(
+            decode::<String>(&Message::binary(vec![0xffu8])),
+            Err(DecodeError::NotUtf8)
+        ));
+        assert_eq!(decode::<String>(&Message::text("")).unwrap(), "");
+        // A JSON array of numbers into a non-byte vector is still JSON.
+        assert_eq!(
+            decode::<Vec<i32>>(&Message::text("[1,2]")).unwrap(),
+            vec![1, 2]
+        );
+        assert!(matches!(
+            decode::<String>(&Message::Ping(Bytes::new())),
+            Err(DecodeError::NotData { kind: "ping" })
+        ));
+    }
+
+    #[test]
+    fn map_numbers_keep_their_type() {
+        let map: HashMap<String, serde_json::Value> =
+            decode(&Message::text(r#"{"a":1,"b":1.5}"#)).unwrap();
+        assert!(map["a"].is_i64());
+        assert!(map["b"].is_f64());
+    }
+}

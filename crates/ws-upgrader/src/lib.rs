@@ -1,0 +1,62 @@
+//! Upgrade an HTTP request on axum to a WebSocket, with GoFr's upgrader options and the limits
+//! GoFr lacks.
+//!
+//! This crate owns the HTTP side of the handshake: it validates the request (RFC 6455 §4.2.1),
+//! checks the origin, selects a subprotocol, negotiates permessage-deflate (RFC 7692) and writes
+//! the `101` response. The upgraded connection is handed to the WebSocket engine underneath and
+//! comes back as a [`WebSocket`] of [`Message`]s; no engine type appears in this API.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use axum::{Router, extract::Request, response::Response, routing::get};
+//! use ws_upgrader::WsUpgrader;
+//!
+//! async fn echo(upgrader: WsUpgrader, request: Request) -> Response {
+//!     let (mut parts, _body) = request.into_parts();
+//!     match upgrader.upgrade(&mut parts) {
+//!         Ok(pending) => pending.on_upgrade(|mut socket| async move {
+//!             while let Some(Ok(message)) = socket.recv().await {
+//!                 if message.is_data() && socket.send(message).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         }),
+//!         Err(refusal) => refusal,
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let upgrader = WsUpgrader::builder().compression().build().expect("valid options");
+//! let app = Router::new().route("/ws", get(move |req| echo(upgrader.clone(), req)));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! # Options
+//!
+//! [`WsUpgrader::builder`] takes GoFr's options (`handshake_timeout`, `read_buffer_size`,
+//! `write_buffer_size`, `subprotocols`, `error_handler`, `check_origin`, `compression`) and
+//! adds message and frame limits and liveness pings. Values that cannot work are refused by
+//! [`WsUpgraderBuilder::build`] with a [`ConfigError`], not at the first connection.
+//!
+//! # Refusals
+//!
+//! A request that cannot be upgraded gets a 4xx response that says what to fix: 405 for
+//! methods other than GET, 426 for a plain HTTP request, 400 for a bad key, 403 for a refused
+//! origin. An [`error_handler`](WsUpgraderBuilder::error_handler) can write its own.
+#![deny(missing_docs)]
+
+mod handshake;
+mod options;
+mod socket;
+
+pub use crate::handshake::{PendingUpgrade, RejectionKind, UpgradeRejection};
+pub use crate::options::{
+    Compression, ConfigError, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
+    DEFAULT_WRITE_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
+};
+pub use crate::socket::{WebSocket, WsError};
+pub use ws_message::{CloseFrame, Message, close_code};

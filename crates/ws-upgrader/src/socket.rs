@@ -1,0 +1,271 @@
+use std::{
+    fmt,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt as _};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use sockudo_ws::{
+    CompressedWebSocketStream, WebSocketStream, deflate::DeflateConfig, error::CloseReason,
+};
+use ws_message::{CloseFrame, Message, Utf8Bytes, close_code};
+
+use crate::options::Options;
+
+type Io = TokioIo<Upgraded>;
+
+/// Why a socket operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WsError {
+    /// The connection is closed (or closing) and takes no more messages.
+    #[error("the WebSocket connection is closed")]
+    Closed,
+    /// The peer sent a message or frame over the configured limit (closed with 1009).
+    #[error("message over the size limit")]
+    TooBig,
+    /// The peer sent text that is not UTF-8 (closed with 1007).
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// The peer broke the protocol (closed with 1002).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer did not answer a ping in time (closed with 1001).
+    #[error("peer did not answer ping in time")]
+    PingTimeout,
+    /// The transport failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl WsError {
+    /// The close code this error closes the connection with.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            WsError::Closed => close_code::NORMAL,
+            WsError::TooBig => close_code::TOO_BIG,
+            WsError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            WsError::Protocol(_) => close_code::PROTOCOL_ERROR,
+            WsError::PingTimeout => close_code::GOING_AWAY,
+            WsError::Io(_) => close_code::ABNORMAL,
+        }
+    }
+}
+
+impl From<sockudo_ws::Error> for WsError {
+    fn from(error: sockudo_ws::Error) -> Self {
+        use sockudo_ws::Error as E;
+        match error {
+            E::Io(io) => WsError::Io(io),
+            E::ConnectionClosed | E::Closed(_) | E::ConnectionReset => WsError::Closed,
+            E::MessageTooLarge | E::FrameTooLarge | E::Capacity(_) => WsError::TooBig,
+            E::InvalidUtf8 => WsError::InvalidUtf8,
+            E::HeartbeatTimeout | E::IdleTimeout => WsError::PingTimeout,
+            other => WsError::Protocol(other.to_string()),
+        }
+    }
+}
+
+enum Engine {
+    Plain(Box<WebSocketStream<Io>>),
+    Deflate(Box<CompressedWebSocketStream<Io>>),
+}
+
+/// An upgraded WebSocket connection: a [`Stream`] of [`Message`]s and a [`Sink`] for them.
+///
+/// Pings are answered and close frames echoed by the socket itself; they are still yielded so
+/// callers can watch them. Writes are buffered: [`feed`](WebSocket::feed) several messages,
+/// then [`flush`](WebSocket::flush) once, to put many frames in one system call.
+pub struct WebSocket {
+    engine: Engine,
+    protocol: Option<String>,
+}
+
+impl fmt::Debug for WebSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("protocol", &self.protocol)
+            .field("compression", &self.compression())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocket {
+    pub(crate) fn new(
+        io: Io,
+        options: &Options,
+        deflate: Option<DeflateConfig>,
+        protocol: Option<String>,
+    ) -> Self {
+        let config = engine_config(options);
+        let engine = match deflate {
+            Some(deflate) => Engine::Deflate(Box::new(CompressedWebSocketStream::server(
+                io, config, deflate,
+            ))),
+            None => Engine::Plain(Box::new(WebSocketStream::server(io, config))),
+        };
+        WebSocket { engine, protocol }
+    }
+
+    /// The subprotocol selected during the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// Whether permessage-deflate is on for this connection.
+    pub fn compression(&self) -> bool {
+        matches!(self.engine, Engine::Deflate(_))
+    }
+
+    /// The next message; `None` once the connection is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is never lost when the future is dropped, so it can sit in a
+    /// `tokio::select!` loop.
+    pub async fn recv(&mut self) -> Option<Result<Message, WsError>> {
+        self.next().await
+    }
+
+    /// Queues a message without waiting for it to reach the network. It goes out at the next
+    /// [`flush`](WebSocket::flush), or earlier when the write buffer fills.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future may leave the message unsent.
+    pub async fn feed(&mut self, message: Message) -> Result<(), WsError> {
+        SinkExt::feed(self, message).await
+    }
+
+    /// Writes everything queued to the network.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in that nothing is lost: the rest goes out at the next flush.
+    pub async fn flush(&mut self) -> Result<(), WsError> {
+        SinkExt::flush(self).await
+    }
+
+    /// Writes a message and flushes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`feed`](WebSocket::feed).
+    pub async fn send(&mut self, message: Message) -> Result<(), WsError> {
+        SinkExt::send(self, message).await
+    }
+
+    /// Starts the closing handshake with a code and reason and flushes. Keep calling
+    /// [`recv`](WebSocket::recv) until it gives `None` to complete the handshake.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
+        self.send(Message::Close(Some(CloseFrame::new(code, reason))))
+            .await
+    }
+}
+
+fn engine_config(options: &Options) -> sockudo_ws::Config {
+    let mut config = sockudo_ws::Config {
+        max_message_size: options.max_message_size,
+        max_frame_size: options.max_frame_size,
+        write_buffer_size: options.write_buffer_size,
+        // Liveness is ping/pong; an absolute idle deadline would close quiet but healthy peers.
+        idle_timeout: 0,
+        ..sockudo_ws::Config::default()
+    };
+    match options.ping_interval {
+        Some(interval) => {
+            config.auto_ping = true;
+            config.ping_interval = whole_seconds(interval);
+            config.pong_timeout = whole_seconds(options.pong_timeout);
+        }
+        None => {
+            config.auto_ping = false;
+            config.ping_interval = 0;
+        }
+    }
+    config
+}
+
+/// The engine counts in whole seconds; round up so a short setting never turns the timer off.
+fn whole_seconds(duration: std::time::Duration) -> u32 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+fn from_engine(message: sockudo_ws::Message) -> Result<Message, WsError> {
+    use sockudo_ws::Message as M;
+    Ok(match message {
+        M::Text(bytes) => {
+            Message::Text(Utf8Bytes::try_from_bytes(bytes).map_err(|_| WsError::InvalidUtf8)?)
+        }
+        M::Binary(bytes) => Message::Binary(bytes),
+        M::Ping(bytes) => Message::Ping(bytes),
+        M::Pong(bytes) => Message::Pong(bytes),
+        M::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
+            code: r.code,
+            reason: r.reason,
+        })),
+    })
+}
+
+fn to_engine(message: Message) -> sockudo_ws::Message {
+    use sockudo_ws::Message as M;
+    match message {
+        Message::Text(text) => M::Text(text.into_bytes()),
+        Message::Binary(bytes) => M::Binary(bytes),
+        Message::Ping(bytes) => M::Ping(bytes),
+        Message::Pong(bytes) => M::Pong(bytes),
+        Message::Close(frame) => M::Close(frame.map(|f| CloseReason::new(f.code, f.reason))),
+    }
+}
+
+impl Stream for WebSocket {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = match &mut self.engine {
+            Engine::Plain(ws) => ready!(ws.poll_next_unpin(cx)),
+            Engine::Deflate(ws) => ready!(ws.poll_next_unpin(cx)),
+        };
+        Poll::Ready(next.map(|item| item.map_err(WsError::from).and_then(from_engine)))
+    }
+}
+
+impl Sink<Message> for WebSocket {
+    type Error = WsError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match &mut self.engine {
+            Engine::Plain(ws) => ws.poll_ready_unpin(cx),
+            Engine::Deflate(ws) => ws.poll_ready_unpin(cx),
+        }
+        .map_err(WsError::from)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        let message = to_engine(message);
+        match &mut self.engine {
+            Engine::Plain(ws) => ws.start_send_unpin(message),
+            Engine::Deflate(ws) => ws.start_send_unpin(message),
+        }
+        .map_err(WsError::from)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match &mut self.engine {
+            Engine::Plain(ws) => ws.poll_flush_unpin(cx),
+            Engine::Deflate(ws) => ws.poll_flush_unpin(cx),
+        }
+        .map_err(WsError::from)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match &mut self.engine {
+            Engine::Plain(ws) => ws.poll_close_unpin(cx),
+            Engine::Deflate(ws) => ws.poll_close_unpin(cx),
+        }
+        .map_err(WsError::from)
+    }
+}
