@@ -69,3 +69,10 @@ pub(crate) fn error_frame(message: &str) -> Message {
     let body = serde_json::json!({ "error": { "message": message } });
     Message::text(body.to_string())
 }
+
+/// A boxed handler is a handler: frameworks can store handlers and build endpoints later.
+impl Handler<()> for BoxHandlerFn {
+    fn into_boxed(self) -> BoxHandlerFn {
+        self
+    }
+}

@@ -1,0 +1,308 @@
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::Request,
+    routing::{MethodFilter, on},
+};
+use tokio::{net::TcpListener, sync::watch};
+use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
+use ws_upgrader::WsUpgrader;
+
+use crate::{
+    AppError, Config, ConfigError, HttpHandler,
+    http::{self, BoxHttpHandler},
+};
+
+/// Time allowed, after the handlers' grace period, for close handshakes to complete.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+type RouterLayer = Box<dyn FnOnce(Router) -> Router + Send>;
+
+/// The application: routes, WebSocket endpoints and the server that runs them (GoFr's
+/// `gofr.New()`).
+///
+/// ```no_run
+/// use gofr_app::{App, Context, Error, HttpContext};
+///
+/// async fn ws_handler(ctx: Context) -> Result<String, Error> {
+///     let message: String = ctx.bind()?;
+///     tracing::info!(%message, "received");
+///     Ok(message)
+/// }
+///
+/// async fn hello(_ctx: HttpContext) -> Result<&'static str, Error> {
+///     Ok("Hello World!")
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), gofr_app::AppError> {
+///     let mut app = App::new();
+///     app.get("/hello", hello);
+///     app.websocket("/ws", ws_handler);
+///     app.run().await
+/// }
+/// ```
+pub struct App {
+    config: Result<Config, ConfigError>,
+    router: Router,
+    websockets: Vec<(String, BoxHandlerFn)>,
+    upgrader: WsUpgrader,
+    hub: ConnectionHub,
+    layers: Vec<RouterLayer>,
+    shutdown: ShutdownHandle,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field(
+                "websockets",
+                &self.websockets.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .field("upgrader", &self.upgrader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for App {
+    fn default() -> Self {
+        App::new()
+    }
+}
+
+impl App {
+    /// An app configured from the environment and `configs/.env` (see [`Config`]). An invalid
+    /// value is reported by [`run`](App::run), before anything is bound.
+    pub fn new() -> Self {
+        App::build(Config::from_env())
+    }
+
+    /// An app with the given configuration.
+    pub fn with_config(config: Config) -> Self {
+        App::build(Ok(config))
+    }
+
+    fn build(config: Result<Config, ConfigError>) -> Self {
+        App {
+            config,
+            router: Router::new(),
+            websockets: Vec::new(),
+            upgrader: WsUpgrader::new(),
+            hub: ConnectionHub::new(),
+            layers: Vec::new(),
+            shutdown: ShutdownHandle::new(),
+        }
+    }
+
+    /// The configuration, or why it is invalid.
+    pub fn config(&self) -> Result<&Config, &ConfigError> {
+        self.config.as_ref()
+    }
+
+    /// Adds a GET route.
+    pub fn get<H: HttpHandler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
+        self.http(MethodFilter::GET, path, handler.into_boxed())
+    }
+
+    /// Adds a POST route; a successful answer is 201 Created.
+    pub fn post<H: HttpHandler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
+        self.http(MethodFilter::POST, path, handler.into_boxed())
+    }
+
+    /// Adds a PUT route.
+    pub fn put<H: HttpHandler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
+        self.http(MethodFilter::PUT, path, handler.into_boxed())
+    }
+
+    /// Adds a PATCH route.
+    pub fn patch<H: HttpHandler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
+        self.http(MethodFilter::PATCH, path, handler.into_boxed())
+    }
+
+    /// Adds a DELETE route.
+    pub fn delete<H: HttpHandler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
+        self.http(MethodFilter::DELETE, path, handler.into_boxed())
+    }
+
+    fn http(&mut self, method: MethodFilter, path: &str, handler: BoxHttpHandler) -> &mut Self {
+        let hub = self.hub.clone();
+        let route = on(method, move |request: Request| {
+            http::serve(handler.clone(), hub.clone(), request)
+        });
+        self.router = std::mem::take(&mut self.router).route(path, route);
+        self
+    }
+
+    /// Adds a WebSocket route (GoFr's `app.WebSocket`): the handler is called once for every
+    /// message, and what it returns is written back.
+    pub fn websocket<H: Handler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
+        self.websockets
+            .push((path.to_owned(), handler.into_boxed()));
+        self
+    }
+
+    /// Replaces the upgrader of every WebSocket route, registered before or after this call
+    /// (GoFr's `app.OverrideWebsocketUpgrader`).
+    pub fn override_websocket_upgrader(&mut self, upgrader: WsUpgrader) -> &mut Self {
+        self.upgrader = upgrader;
+        self
+    }
+
+    /// Every open WebSocket connection: list them, push to them, close them.
+    pub fn hub(&self) -> ConnectionHub {
+        self.hub.clone()
+    }
+
+    /// Adds plain axum routes, for what the GoFr-style handlers do not cover.
+    pub fn merge(&mut self, router: Router) -> &mut Self {
+        self.router = std::mem::take(&mut self.router).merge(router);
+        self
+    }
+
+    /// Wraps every route, HTTP and WebSocket, in a tower layer (GoFr's `app.UseMiddleware`).
+    /// WebSocket routes run it before the upgrade, so authentication refuses with 401 before
+    /// any socket exists. Health endpoints are not wrapped.
+    pub fn layer<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<Request, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Request>>::Response: axum::response::IntoResponse + 'static,
+        <L::Service as tower::Service<Request>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(Box::new(move |router| router.layer(layer)));
+        self
+    }
+
+    /// A handle that shuts the app down when asked, as SIGINT or SIGTERM do.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Binds `HTTP_HOST:HTTP_PORT` and serves until SIGINT, SIGTERM or the
+    /// [`ShutdownHandle`]; then shuts down gracefully (see [`serve`](App::serve)).
+    pub async fn run(self) -> Result<(), AppError> {
+        let config = self.config.clone()?;
+        let address = SocketAddr::new(config.http_host, config.http_port);
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| AppError::Io {
+                address: address.to_string(),
+                source,
+            })?;
+        self.serve(listener).await
+    }
+
+    /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`]. Then it
+    /// stops accepting, sends close 1001 to every WebSocket, gives running handlers the
+    /// shutdown grace period to finish, waits for the close handshakes and returns.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
+        let config = self.config?;
+        crate::logging::init(&config);
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let mut router = self.router;
+        for (path, handler) in self.websockets {
+            let endpoint = Endpoint::new(handler)
+                .upgrader(self.upgrader.clone())
+                .hub(self.hub.clone())
+                .close_grace(config.shutdown_grace);
+            router = router.route(&path, endpoint.into_route());
+        }
+        for layer in self.layers {
+            router = layer(router);
+        }
+        let router = router.merge(crate::health::routes(&config, self.hub.clone()));
+
+        tracing::info!(app = %config.app_name, %address, "server listening on {address}");
+        let hub = self.hub.clone();
+        let mut stop = self.shutdown.subscribe();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = os_signal() => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+            let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
+            tracing::info!(
+                sockets,
+                "shutting down: no new connections, closing WebSockets with 1001"
+            );
+        })
+        .await
+        .map_err(|source| AppError::Io {
+            address: address.clone(),
+            source,
+        })?;
+
+        let wait = config.shutdown_grace + CLOSE_HANDSHAKE;
+        if tokio::time::timeout(wait, self.hub.wait_empty())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.hub.len(),
+                "WebSockets still open after the grace period; exiting anyway"
+            );
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Shuts an [`App`] down from code, as a signal would. Cloneable.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    fn new() -> Self {
+        ShutdownHandle(watch::channel(false).0)
+    }
+
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+async fn os_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// `{"data": value}`, GoFr's success envelope.
+pub(crate) fn data<T: serde::Serialize>(value: T) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "data": value }))
+}

@@ -1,0 +1,201 @@
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+
+/// A configuration value that cannot be used. The message names the variable and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {name}={value:?} {expected}")]
+pub struct ConfigError {
+    name: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+impl ConfigError {
+    /// The variable at fault.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The value it had.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// Log levels as GoFr names them; `NOTICE` logs as info and `FATAL` as error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogLevel {
+    /// DEBUG
+    Debug,
+    /// INFO (the default) and NOTICE
+    Info,
+    /// WARN
+    Warn,
+    /// ERROR and FATAL
+    Error,
+}
+
+impl LogLevel {
+    pub(crate) fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// The app's settings, read from the environment and `configs/.env`.
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `APP_NAME` | `gofr-app` | name in logs and health |
+/// | `HTTP_HOST` | `0.0.0.0` | address the server binds |
+/// | `HTTP_PORT` | `8000` | port of HTTP and WebSocket routes (0 picks a free one) |
+/// | `LOG_LEVEL` | `INFO` | `DEBUG`, `INFO`, `NOTICE`, `WARN`, `ERROR`, `FATAL` |
+/// | `SHUTDOWN_GRACE_PERIOD` | `5s` | time handlers get to finish at shutdown (`500ms`, `5s`, `1m`, or seconds) |
+///
+/// Variables already set in the environment win over `configs/.env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// `APP_NAME`
+    pub app_name: String,
+    /// `HTTP_HOST`
+    pub http_host: IpAddr,
+    /// `HTTP_PORT`
+    pub http_port: u16,
+    /// `LOG_LEVEL`
+    pub log_level: LogLevel,
+    /// `SHUTDOWN_GRACE_PERIOD`
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Reads `configs/.env` (relative to the working directory, if present), then the
+    /// environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        if let Ok(file) = dotenvy::from_path_iter(Path::new("configs/.env")) {
+            vars.extend(file.flatten());
+        }
+        vars.extend(std::env::vars());
+        Config::from_vars(&vars)
+    }
+
+    /// Reads settings from a map of variables: the testable core of [`from_env`](Self::from_env).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let bad = |name: &'static str, value: &str, expected: &'static str| ConfigError {
+            name,
+            value: value.to_owned(),
+            expected,
+        };
+        let http_port = match get("HTTP_PORT") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("HTTP_PORT", v, "is not a port number (0-65535)"))?,
+            None => 8000,
+        };
+        let http_host = match get("HTTP_HOST") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("HTTP_HOST", v, "is not an IP address"))?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let log_level = match get("LOG_LEVEL").map(str::to_ascii_uppercase).as_deref() {
+            None | Some("INFO" | "NOTICE") => LogLevel::Info,
+            Some("DEBUG") => LogLevel::Debug,
+            Some("WARN") => LogLevel::Warn,
+            Some("ERROR" | "FATAL") => LogLevel::Error,
+            Some(_) => {
+                let v = get("LOG_LEVEL").unwrap_or_default();
+                return Err(bad(
+                    "LOG_LEVEL",
+                    v,
+                    "is not one of DEBUG, INFO, NOTICE, WARN, ERROR, FATAL",
+                ));
+            }
+        };
+        let shutdown_grace = match get("SHUTDOWN_GRACE_PERIOD") {
+            Some(v) => parse_duration(v).ok_or_else(|| {
+                bad(
+                    "SHUTDOWN_GRACE_PERIOD",
+                    v,
+                    "is not a duration such as 500ms, 5s or 1m",
+                )
+            })?,
+            None => Duration::from_secs(5),
+        };
+        Ok(Config {
+            app_name: get("APP_NAME").unwrap_or("gofr-app").to_owned(),
+            http_host,
+            http_port,
+            log_level,
+            shutdown_grace,
+        })
+    }
+}
+
+/// `250ms`, `5s`, `2m`, or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(config.http_port, 8000);
+        assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(config.app_name, "gofr-app");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_port_names_variable_and_value() {
+        let error = Config::from_vars(&vars(&[("HTTP_PORT", "abc")])).unwrap_err();
+        assert_eq!(error.name(), "HTTP_PORT");
+        let text = error.to_string();
+        assert!(
+            text.contains("HTTP_PORT") && text.contains("\"abc\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn levels_and_durations() {
+        let config = Config::from_vars(&vars(&[
+            ("LOG_LEVEL", "notice"),
+            ("SHUTDOWN_GRACE_PERIOD", "250ms"),
+        ]))
+        .unwrap();
+        assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+        assert!(Config::from_vars(&vars(&[("LOG_LEVEL", "LOUD")])).is_err());
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("5h"), None);
+    }
+}

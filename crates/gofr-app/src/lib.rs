@@ -1,0 +1,82 @@
+//! GoFr's `App` for Rust services: HTTP routes with GoFr's JSON envelope, WebSocket routes,
+//! configuration from the environment, structured logs, health endpoints and a graceful
+//! shutdown, on axum and tokio.
+//!
+//! This crate is the umbrella: the WebSocket pieces live in their own crates, re-exported
+//! here so one dependency is enough.
+//!
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`message`] | `ws-message` | messages, encode and decode rules |
+//! | [`upgrader`] | `ws-upgrader` | upgrader options, handshake, the socket |
+//! | [`context`] | `ws-context` | handler `Context`, socket writer, connection hub |
+//!
+//! # Example
+//!
+//! GoFr's first WebSocket example:
+//!
+//! ```no_run
+//! use gofr_app::{App, Context, Error};
+//!
+//! async fn ws_handler(ctx: Context) -> Result<String, Error> {
+//!     let message: String = ctx.bind()?;
+//!     tracing::info!("Received message: {message}");
+//!     Ok(message)
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), gofr_app::AppError> {
+//!     let mut app = App::new();
+//!     app.websocket("/ws", ws_handler);
+//!     app.run().await
+//! }
+//! ```
+//!
+//! # HTTP routes
+//!
+//! `app.get/post/put/patch/delete(path, handler)` take `async fn(HttpContext) -> Result<T, E>`.
+//! `Ok(T)` is answered `{"data": T}` (201 for POST), an error `{"error":{"message": ...}}` with
+//! the status of the [`Error`].
+//!
+//! # Configuration
+//!
+//! [`Config`] lists the variables (`APP_NAME`, `HTTP_PORT`, `LOG_LEVEL`, ...). An invalid value
+//! stops [`App::run`] before anything is bound, with an error naming the variable and value.
+//!
+//! # Shutdown
+//!
+//! On SIGINT, SIGTERM or [`ShutdownHandle::shutdown`] the app stops accepting, sends close
+//! 1001 to every WebSocket, lets running handlers finish within `SHUTDOWN_GRACE_PERIOD`, and
+//! returns from `run`.
+#![deny(missing_docs)]
+
+mod app;
+mod config;
+mod error;
+mod health;
+mod http;
+mod logging;
+
+pub use crate::app::{App, ShutdownHandle};
+pub use crate::config::{Config, ConfigError, LogLevel};
+pub use crate::error::{AppError, Error};
+pub use crate::http::{HttpContext, HttpHandler};
+pub use ws_context::{
+    BindError, ConnectionHub, ConnectionId, Context, Message, SocketWriter, WriteError,
+};
+pub use ws_upgrader::WsUpgrader;
+
+/// Messages and the rules that turn values into frames: the `ws-message` crate.
+pub mod message {
+    pub use ws_message::*;
+}
+
+/// Upgrader options, the handshake and the socket: the `ws-upgrader` crate.
+pub mod upgrader {
+    pub use ws_upgrader::*;
+}
+
+/// Handler context, socket writer and connection hub: the `ws-context` crate.
+pub mod context {
+    pub use ws_context::*;
+}

@@ -1,0 +1,6 @@
+//! The umbrella app served in-process on 127.0.0.1:0, with real clients.
+
+mod support;
+
+mod http_routes;
+mod websocket;

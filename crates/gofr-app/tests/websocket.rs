@@ -1,0 +1,82 @@
+//! WebSocket routes of the app: the override upgrader, the hub and the shutdown handle.
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use gofr_app::{App, Context, Error, HttpContext, Message, WsUpgrader};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+
+use crate::support::{WAIT, config, http, serve};
+
+async fn whoami(ctx: Context) -> Result<serde_json::Value, Error> {
+    Ok(serde_json::json!({ "id": ctx.id().as_str(), "protocol": ctx.protocol() }))
+}
+
+async fn announce(ctx: HttpContext) -> Result<usize, Error> {
+    let text: String = ctx.bind()?;
+    Ok(ctx.hub().broadcast(Message::text(text)))
+}
+
+#[tokio::test]
+async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
+    let mut app = App::with_config(config());
+    // Registered before the override: the override still applies (as in GoFr).
+    app.websocket("/ws", whoami);
+    app.override_websocket_upgrader(
+        WsUpgrader::builder()
+            .subprotocols(["chat", "binary"])
+            .build()
+            .unwrap(),
+    );
+    app.post("/announce", announce);
+    let served = serve(app).await;
+
+    let mut request = format!("ws://{}/ws", served.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "binary, chat".parse().unwrap());
+    let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // The server's preference wins over the client's order.
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+
+    client
+        .send(tungstenite::Message::text("who?"))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(WAIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply["protocol"], "chat");
+    assert!(
+        reply["id"]
+            .as_str()
+            .unwrap()
+            .starts_with(gofr_app::context::node_id())
+    );
+
+    let (status, body) = http(served.addr, "POST", "/announce", "maintenance at noon").await;
+    assert_eq!((status, body.as_str()), (201, r#"{"data":1}"#));
+    let pushed = tokio::time::timeout(WAIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed, tungstenite::Message::text("maintenance at noon"));
+
+    served.shutdown.shutdown();
+    match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+        Some(Ok(tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001)
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, client.next()).await {}
+    tokio::time::timeout(WAIT, served.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
