@@ -31,6 +31,9 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a running handler gets to finish when its connection is closed.
 pub const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Time allowed to tell a peer that broke the protocol why it is being dropped.
+const FAIL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Messages written from the queue before the I/O task checks the socket again, so a busy
 /// writer cannot starve reads.
 const MAX_BATCH: usize = 256;
@@ -304,8 +307,10 @@ impl ConnectionTask {
                 incoming = self.socket.recv(), if may_read => match incoming {
                     None => break,
                     Some(Err(error)) => {
+                        // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
                         tracing::debug!(%error, "connection failed");
                         ended_by = CloseFrame::new(error.close_code(), error.to_string());
+                        let _ = tokio::time::timeout(FAIL_WRITE_TIMEOUT, self.socket.fail(&error)).await;
                         break;
                     }
                     Some(Ok(Message::Close(frame))) => {

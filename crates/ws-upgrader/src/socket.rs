@@ -1,6 +1,7 @@
 use std::{
     fmt,
     pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
 };
 
@@ -10,11 +11,64 @@ use hyper_util::rt::TokioIo;
 use sockudo_ws::{
     CompressedWebSocketStream, WebSocketStream, deflate::DeflateConfig, error::CloseReason,
 };
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use ws_message::{CloseFrame, Message, Utf8Bytes, close_code};
 
 use crate::options::Options;
 
 type Io = TokioIo<Upgraded>;
+
+/// The upgraded connection, shared between the engine and [`WebSocket::fail`]: the engine stops
+/// writing after a protocol error, and the close frame that tells the peer why must still go out
+/// on the same transport. The lock is never contended while the engine runs.
+#[derive(Clone)]
+struct SharedIo(Arc<Mutex<Io>>);
+
+impl SharedIo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Io> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+    }
+}
 
 /// Why a socket operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +123,8 @@ impl From<sockudo_ws::Error> for WsError {
 }
 
 enum Engine {
-    Plain(Box<WebSocketStream<Io>>),
-    Deflate(Box<CompressedWebSocketStream<Io>>),
+    Plain(Box<WebSocketStream<SharedIo>>),
+    Deflate(Box<CompressedWebSocketStream<SharedIo>>),
 }
 
 /// An upgraded WebSocket connection: a [`Stream`] of [`Message`]s and a [`Sink`] for them.
@@ -80,6 +134,7 @@ enum Engine {
 /// then [`flush`](WebSocket::flush) once, to put many frames in one system call.
 pub struct WebSocket {
     engine: Engine,
+    io: SharedIo,
     protocol: Option<String>,
 }
 
@@ -100,13 +155,20 @@ impl WebSocket {
         protocol: Option<String>,
     ) -> Self {
         let config = engine_config(options);
+        let io = SharedIo(Arc::new(Mutex::new(io)));
         let engine = match deflate {
             Some(deflate) => Engine::Deflate(Box::new(CompressedWebSocketStream::server(
-                io, config, deflate,
+                io.clone(),
+                config,
+                deflate,
             ))),
-            None => Engine::Plain(Box::new(WebSocketStream::server(io, config))),
+            None => Engine::Plain(Box::new(WebSocketStream::server(io.clone(), config))),
         };
-        WebSocket { engine, protocol }
+        WebSocket {
+            engine,
+            io,
+            protocol,
+        }
     }
 
     /// The subprotocol selected during the handshake.
@@ -162,6 +224,30 @@ impl WebSocket {
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
         self.send(Message::Close(Some(CloseFrame::new(code, reason))))
             .await
+    }
+}
+
+impl WebSocket {
+    /// After [`recv`](WebSocket::recv) gave an error, tells the peer why with the matching close
+    /// frame (1002, 1007, 1009, ...) and shuts the connection down. Errors of the transport
+    /// itself, where no frame can get through, only shut down.
+    ///
+    /// The engine stops at such an error without a close frame; RFC 6455 §7.1.7 lets an
+    /// endpoint drop the connection, but a peer that is told the reason can fix its side.
+    pub async fn fail(&mut self, error: &WsError) -> std::io::Result<()> {
+        let mut io = self.io.clone();
+        if !matches!(error, WsError::Io(_) | WsError::Closed) {
+            let frame = CloseFrame::new(error.close_code(), error.to_string());
+            let mut bytes = Vec::with_capacity(4 + frame.reason.len());
+            // FIN + close opcode; servers never mask; the reason fits the 125-byte control limit.
+            bytes.push(0x88);
+            bytes.push(u8::try_from(2 + frame.reason.len()).unwrap_or(125));
+            bytes.extend_from_slice(&frame.code.to_be_bytes());
+            bytes.extend_from_slice(frame.reason.as_bytes());
+            io.write_all(&bytes).await?;
+            io.flush().await?;
+        }
+        io.shutdown().await
     }
 }
 
