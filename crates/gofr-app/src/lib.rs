@@ -80,3 +80,7 @@ pub mod upgrader {
 pub mod context {
     pub use ws_context::*;
 }
+
+/// The user guide (`docs/guide.md`), compiled here so that every example in it is tested.
+#[doc = include_str!("../../../docs/guide.md")]
+pub mod guide {}

@@ -4,5 +4,6 @@ mod support;
 
 mod close;
 mod handlers;
+mod logging;
 mod request;
 mod writer;
