@@ -4,5 +4,7 @@ mod support;
 
 mod close;
 mod handlers;
+mod hub;
+mod liveness;
 mod request;
 mod writer;
