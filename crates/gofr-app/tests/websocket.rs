@@ -12,7 +12,7 @@ async fn whoami(ctx: Context) -> Result<serde_json::Value, Error> {
 
 async fn announce(ctx: HttpContext) -> Result<usize, Error> {
     let text: String = ctx.bind()?;
-    Ok(ctx.hub().broadcast(Message::text(text)))
+    Ok(ctx.hub().broadcast(Message::text(text)).await)
 }
 
 #[tokio::test]
