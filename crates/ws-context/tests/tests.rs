@@ -6,5 +6,6 @@ mod close;
 mod handlers;
 mod hub;
 mod liveness;
+mod memory;
 mod request;
 mod writer;
