@@ -86,8 +86,8 @@ pub enum Target {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Envelope {
-    /// The [`node_id`](crate::node_id) of the instance it comes from; an instance ignores
-    /// its own.
+    /// The hub it comes from (this process's [`node_id`](crate::node_id) and the hub's
+    /// number); a hub ignores its own.
     pub origin: Arc<str>,
     /// Who it is for.
     pub target: Target,

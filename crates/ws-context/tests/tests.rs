@@ -2,6 +2,7 @@
 
 mod support;
 
+mod backplane;
 mod close;
 mod handlers;
 mod hub;
