@@ -65,7 +65,10 @@ impl Running {
         // The metrics line comes first; the server's line says it is ready.
         let mut metrics = None;
         let addr = loop {
-            match rx.recv_timeout(WAIT).expect("example did not log its address") {
+            match rx
+                .recv_timeout(WAIT)
+                .expect("example did not log its address")
+            {
                 ("address", addr) => break addr,
                 (_, addr) => metrics = Some(addr),
             }
@@ -240,7 +243,10 @@ async fn chat_serves_its_page_and_keeps_rooms_apart() {
     let server = Running::start("chat");
     let (status, page) = http_get(server.addr, "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("<script>") && page.contains("new WebSocket"), "{page}");
+    assert!(
+        page.contains("<script>") && page.contains("new WebSocket"),
+        "{page}"
+    );
 
     let mut carol = chatter(&server, "blue", "carol").await;
     let mut alice = chatter(&server, "red", "alice").await;
@@ -251,13 +257,22 @@ async fn chat_serves_its_page_and_keeps_rooms_apart() {
     alice.send(Message::text("hi red")).await.unwrap();
     for client in [&mut alice, &mut bob] {
         let said = chat_line(client).await;
-        assert_eq!((said["from"].as_str(), said["text"].as_str()), (Some("alice"), Some("hi red")));
-        assert!(said["at"].as_u64().is_some_and(|at| at > 1_600_000_000_000), "{said}");
+        assert_eq!(
+            (said["from"].as_str(), said["text"].as_str()),
+            (Some("alice"), Some("hi red"))
+        );
+        assert!(
+            said["at"].as_u64().is_some_and(|at| at > 1_600_000_000_000),
+            "{said}"
+        );
     }
     // Nothing from red reached blue: Carol's next line is her own.
     carol.send(Message::text("hi blue")).await.unwrap();
     let said = chat_line(&mut carol).await;
-    assert_eq!((said["from"].as_str(), said["text"].as_str()), (Some("carol"), Some("hi blue")));
+    assert_eq!(
+        (said["from"].as_str(), said["text"].as_str()),
+        (Some("carol"), Some("hi blue"))
+    );
 
     // An empty message is refused with GoFr's error envelope, to the sender only.
     bob.send(Message::text("   ")).await.unwrap();

@@ -40,18 +40,22 @@ async fn an_http_route_broadcasts_to_a_thousand_connections() {
     // Connect in batches of 50 so the accept queue never overflows.
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS / 50 {
-        let batch = (0..50).map(|_| {
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", served.addr))
-        });
+        let batch =
+            (0..50).map(|_| tokio_tungstenite::connect_async(format!("ws://{}/ws", served.addr)));
         for result in futures_util::future::join_all(batch).await {
             clients.push(result.expect("connect failed").0);
         }
     }
-    crate::support::eventually("every connection is registered", || hub.len() == CONNECTIONS)
-        .await;
+    crate::support::eventually("every connection is registered", || {
+        hub.len() == CONNECTIONS
+    })
+    .await;
 
     let (status, body) = http(served.addr, "POST", "/announce", "deploy finished").await;
-    assert_eq!((status, body), (201, format!(r#"{{"data":{CONNECTIONS}}}"#)));
+    assert_eq!(
+        (status, body),
+        (201, format!(r#"{{"data":{CONNECTIONS}}}"#))
+    );
 
     let reads = clients.iter_mut().map(|client| async move {
         match tokio::time::timeout(WAIT, client.next()).await {

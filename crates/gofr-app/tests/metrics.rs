@@ -91,7 +91,11 @@ async fn metrics_count_connections_messages_bytes_errors_refusals_and_closes() {
 
     for text in ["hello", "fail", "hey"] {
         client.send(Message::text(text)).await.unwrap();
-        tokio::time::timeout(WAIT, client.next()).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(WAIT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
     until_metric(metrics, "ws_messages_received_total", &route, 3.0).await;
     until_metric(metrics, "ws_bytes_received_total", &route, 12.0).await;
@@ -149,5 +153,9 @@ async fn metrics_count_connections_messages_bytes_errors_refusals_and_closes() {
     assert!(text.contains("# HELP ws_connections_open"), "{text}");
 
     shutdown.shutdown();
-    tokio::time::timeout(WAIT, server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

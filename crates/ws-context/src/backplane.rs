@@ -134,9 +134,11 @@ impl Inbound {
             return 0;
         }
         match self.hub.upgrade() {
-            Some(inner) => crate::hub::ConnectionHub { inner }
-                .deliver_locally(&envelope.target, envelope.message)
-                .await,
+            Some(inner) => {
+                crate::hub::ConnectionHub { inner }
+                    .deliver_locally(&envelope.target, envelope.message)
+                    .await
+            }
             None => 0,
         }
     }

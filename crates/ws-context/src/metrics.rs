@@ -36,13 +36,19 @@ pub fn describe_metrics() {
     describe_gauge!(OPEN, "WebSocket connections open now");
     describe_counter!(TOTAL, "WebSocket connections accepted");
     describe_counter!(MESSAGES_RECEIVED, "WebSocket data messages received");
-    describe_counter!(BYTES_RECEIVED, "Payload bytes of WebSocket data messages received");
+    describe_counter!(
+        BYTES_RECEIVED,
+        "Payload bytes of WebSocket data messages received"
+    );
     describe_counter!(MESSAGES_SENT, "WebSocket data messages sent");
     describe_counter!(BYTES_SENT, "Payload bytes of WebSocket data messages sent");
     describe_counter!(UPGRADE_FAILURES, "WebSocket upgrades refused, by reason");
     describe_counter!(HANDLER_ERRORS, "WebSocket handler errors and panics");
     describe_counter!(CLOSES, "WebSocket connections ended, by close code");
-    describe_counter!(QUEUE_FULL, "Writes that found a connection's outbound queue full");
+    describe_counter!(
+        QUEUE_FULL,
+        "Writes that found a connection's outbound queue full"
+    );
     describe_counter!(SLOW_PEERS, "Peers closed with 1008 for not reading");
 }
 

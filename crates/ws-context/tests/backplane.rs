@@ -63,19 +63,25 @@ impl Backplane for MemoryBus {
 }
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
-    conn.hub().join(conn.id(), conn.path_param("room").unwrap_or("lobby")).await;
+    conn.hub()
+        .join(conn.id(), conn.path_param("room").unwrap_or("lobby"))
+        .await;
     Ok(())
 }
 
 async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
     let text: String = ctx.bind()?;
     let room = ctx.path_param("room").unwrap_or("lobby");
-    ctx.hub().send_to_room(room, ws_context::Message::text(text)).await;
+    ctx.hub()
+        .send_to_room(room, ws_context::Message::text(text))
+        .await;
     Ok(())
 }
 
 async fn instance(hub: &ConnectionHub) -> std::net::SocketAddr {
-    let endpoint = Endpoint::new(to_room).hub(hub.clone()).on_connect(join_room);
+    let endpoint = Endpoint::new(to_room)
+        .hub(hub.clone())
+        .on_connect(join_room);
     serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
 }
 
@@ -95,7 +101,9 @@ async fn rooms_and_broadcasts_span_hubs_linked_by_a_backplane() {
     .await;
 
     // A handler on instance A reaches the room's member on instance B, once.
-    futures_util::SinkExt::send(&mut on_a, Message::text("hi red")).await.unwrap();
+    futures_util::SinkExt::send(&mut on_a, Message::text("hi red"))
+        .await
+        .unwrap();
     assert_eq!(next_data(&mut on_a).await, Message::text("hi red"));
     assert_eq!(next_data(&mut on_b).await, Message::text("hi red"));
     // A broadcast from B reaches everyone on both; blue saw nothing of red before it.
@@ -106,9 +114,19 @@ async fn rooms_and_broadcasts_span_hubs_linked_by_a_backplane() {
 
     on_a.close(None).await.unwrap();
     eventually("the last local member left red on A", || {
-        bus.interests.lock().unwrap().iter().filter(|i| *i == "-red").count() == 1
+        bus.interests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| *i == "-red")
+            .count()
+            == 1
     })
     .await;
     let interests = bus.interests.lock().unwrap().clone();
-    assert_eq!(interests.iter().filter(|i| *i == "+red").count(), 2, "{interests:?}");
+    assert_eq!(
+        interests.iter().filter(|i| *i == "+red").count(),
+        2,
+        "{interests:?}"
+    );
 }

@@ -20,7 +20,10 @@ async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
     let text: String = ctx.bind()?;
     let room = ctx.path_param("room").unwrap_or("lobby");
     ctx.hub()
-        .send_to_room(room, ws_context::Message::text(format!("{} {text}", ctx.id())))
+        .send_to_room(
+            room,
+            ws_context::Message::text(format!("{} {text}", ctx.id())),
+        )
         .await;
     Ok(())
 }
@@ -91,10 +94,16 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
         senders.sort_unstable();
         let mut expected: Vec<&str> = members[room].iter().map(String::as_str).collect();
         expected.sort_unstable();
-        assert_eq!(senders, expected, "{room}: one message from each member, none from others");
+        assert_eq!(
+            senders, expected,
+            "{room}: one message from each member, none from others"
+        );
     }
     // Nothing else is on the way: the next frame each client sees is this broadcast.
-    assert_eq!(hub.broadcast(ws_context::Message::text("end")).await, ROOMS * PER_ROOM);
+    assert_eq!(
+        hub.broadcast(ws_context::Message::text("end")).await,
+        ROOMS * PER_ROOM
+    );
     for (_, _, client) in &mut finished {
         assert_eq!(next_data(client).await, Message::text("end"));
     }
@@ -117,17 +126,30 @@ async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     assert_eq!(rooms, vec![Arc::from("blue"), Arc::from("green")]);
     assert!(hub.leave(&a_id, "blue"));
     assert!(!hub.leave(&a_id, "blue"), "not a member any more");
-    assert_eq!(hub.send_to_room("blue", ws_context::Message::text("to blue")).await, 1);
+    assert_eq!(
+        hub.send_to_room("blue", ws_context::Message::text("to blue"))
+            .await,
+        1
+    );
     assert_eq!(next_data(&mut b).await, Message::text("to blue"));
 
     a.close(None).await.unwrap();
-    eventually("a left every room", || hub.rooms() == vec![Arc::from("blue")]).await;
-    assert!(!hub.join(&a_id, "green").await, "a closed connection joins nothing");
+    eventually("a left every room", || {
+        hub.rooms() == vec![Arc::from("blue")]
+    })
+    .await;
+    assert!(
+        !hub.join(&a_id, "green").await,
+        "a closed connection joins nothing"
+    );
 }
 
 async fn gatekeeper(conn: Connection) -> Result<(), CloseFrame> {
     if conn.query_param("token").as_deref() == Some("ok") {
-        conn.socket().text("welcome").await.map_err(|_| CloseFrame::new(1011, "?"))?;
+        conn.socket()
+            .text("welcome")
+            .await
+            .map_err(|_| CloseFrame::new(1011, "?"))?;
         Ok(())
     } else {
         Err(CloseFrame::new(4001, "missing token"))
@@ -137,14 +159,14 @@ async fn gatekeeper(conn: Connection) -> Result<(), CloseFrame> {
 #[tokio::test]
 async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
-    let endpoint = Endpoint::new(whoami)
-        .on_connect(gatekeeper)
-        .on_close(move |conn: Connection, close: CloseFrame| {
+    let endpoint = Endpoint::new(whoami).on_connect(gatekeeper).on_close(
+        move |conn: Connection, close: CloseFrame| {
             let closed = closed_tx.clone();
             async move {
                 let _ = closed.send((conn.id().clone(), close.code, close.reason));
             }
-        });
+        },
+    );
     let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
 
     let mut refused = connect(addr, "/ws").await;

@@ -88,10 +88,17 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         elapsed <= interval + timeout + Duration::from_millis(500),
         "closed after {elapsed:?}"
     );
-    assert!(elapsed >= interval + timeout - Duration::from_millis(100), "closed after {elapsed:?}");
+    assert!(
+        elapsed >= interval + timeout - Duration::from_millis(100),
+        "closed after {elapsed:?}"
+    );
 
     let frames = frames(&received);
-    assert_eq!(frames.first().map(|f| f.0), Some(0x9), "a ping first: {frames:?}");
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x9),
+        "a ping first: {frames:?}"
+    );
     let closes: Vec<_> = frames.iter().filter(|f| f.0 == 0x8).collect();
     assert_eq!(closes.len(), 1, "exactly one close frame: {frames:?}");
     assert_eq!(u16::from_be_bytes([closes[0].1[0], closes[0].1[1]]), 1001);

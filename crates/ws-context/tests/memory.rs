@@ -106,7 +106,10 @@ async fn member(addr: SocketAddr, name: &str) -> Client {
 }
 
 /// Counts the blast's binary messages, checking their order; greetings are skipped.
-async fn read_blast(mut stream: impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin) -> usize {
+async fn read_blast(
+    mut stream: impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+    + Unpin,
+) -> usize {
     let mut received = 0;
     while received < MESSAGES {
         match stream.next().await {
@@ -152,17 +155,28 @@ async fn a_client_that_stops_reading_cannot_grow_server_memory() {
         }
         sink
     });
-    let _sink = tokio::time::timeout(BLAST_WAIT, blast).await.unwrap().unwrap();
+    let _sink = tokio::time::timeout(BLAST_WAIT, blast)
+        .await
+        .unwrap()
+        .unwrap();
     for reader in readers {
-        let received = tokio::time::timeout(BLAST_WAIT, reader).await.unwrap().unwrap();
+        let received = tokio::time::timeout(BLAST_WAIT, reader)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(received, MESSAGES);
     }
 
     let peak = status_bytes(pid, "VmHWM");
     let growth = peak.saturating_sub(baseline);
     let bound = QUEUE_CAPACITY * CONNECTIONS * MESSAGE_SIZE as u64 + CONSTANT;
-    eprintln!("server RSS: baseline {baseline} B, peak {peak} B, growth {growth} B, bound {bound} B");
-    assert!(growth < bound, "server memory grew by {growth} bytes; bound {bound}");
+    eprintln!(
+        "server RSS: baseline {baseline} B, peak {peak} B, growth {growth} B, bound {bound} B"
+    );
+    assert!(
+        growth < bound,
+        "server memory grew by {growth} bytes; bound {bound}"
+    );
 
     // The slow client now reads what was already on its way, then the close frame.
     let code = tokio::time::timeout(crate::support::WAIT, async {
