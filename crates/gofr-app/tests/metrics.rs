@@ -159,3 +159,65 @@ async fn metrics_count_connections_messages_bytes_errors_refusals_and_closes() {
         .unwrap()
         .unwrap();
 }
+
+async fn silent(_ctx: Context) -> Result<(), Error> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_count_queue_full_events_and_slow_peer_disconnects() {
+    const ROUTE: &str = "/metered-slow";
+    let route = [("route", ROUTE)];
+    let mut app = App::with_config(config());
+    app.websocket_with(ROUTE, silent, |endpoint| {
+        endpoint
+            .queue_capacity(2)
+            .send_timeout(std::time::Duration::from_millis(200))
+    });
+    let hub = app.hub();
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = metrics_listener.local_addr().unwrap();
+    app.metrics_listener(metrics_listener);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = app.shutdown_handle();
+    let server = tokio::spawn(app.serve(listener));
+
+    // Connected, then never read from: the socket buffers fill, then the queue.
+    let (_slow, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}"))
+        .await
+        .unwrap();
+    crate::support::eventually("connected", || hub.len() == 1).await;
+    let payload = gofr_app::message::Bytes::from(vec![0u8; 256 * 1024]);
+    let mut delivered = 1;
+    for _ in 0..2000 {
+        delivered = hub
+            .broadcast(gofr_app::Message::Binary(payload.clone()))
+            .await;
+        if delivered == 0 {
+            break;
+        }
+    }
+    assert_eq!(delivered, 0, "the slow peer was never closed");
+    // It leaves the hub once its close frame has had the grace period to get out.
+    crate::support::eventually("the slow peer is gone", || hub.is_empty()).await;
+
+    until_metric(metrics, "ws_slow_peer_disconnects_total", &route, 1.0).await;
+    until_metric(
+        metrics,
+        "ws_closes_total",
+        &[("route", ROUTE), ("code", "1008")],
+        1.0,
+    )
+    .await;
+    let text = scrape(metrics).await;
+    let full = sample(&text, "ws_queue_full_total", &route).unwrap_or(0.0);
+    assert!(full >= 1.0, "queue-full events: {full}\n{text}");
+
+    shutdown.shutdown();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -663,7 +663,9 @@ impl ConnectionTask {
     async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
         let data = message.is_data().then(|| payload_len(&message));
         let stalled = tokio::time::sleep(self.send_timeout);
+        // Biased: a write that completes at once never arms the timer.
         tokio::select! {
+            biased;
             result = self.socket.feed(message) => result.map_err(|error| {
                 tracing::debug!(%error, "write failed");
                 WriteFailed::Broken
@@ -681,6 +683,7 @@ impl ConnectionTask {
     async fn flush(&mut self) -> Result<(), WriteFailed> {
         let stalled = tokio::time::sleep(self.send_timeout);
         tokio::select! {
+            biased;
             result = self.socket.flush() => result.map_err(|error| {
                 tracing::debug!(%error, "flush failed");
                 WriteFailed::Broken

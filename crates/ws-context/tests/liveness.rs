@@ -83,9 +83,9 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         received.extend_from_slice(&buf[..n]);
     }
     let elapsed = connected.elapsed();
-    // Scheduling slack only: the deadline itself is interval + timeout.
+    // Scheduling slack only (the machine is shared): the deadline itself is interval + timeout.
     assert!(
-        elapsed <= interval + timeout + Duration::from_millis(500),
+        elapsed <= interval + timeout + Duration::from_secs(1),
         "closed after {elapsed:?}"
     );
     assert!(
