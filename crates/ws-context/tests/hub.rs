@@ -60,6 +60,8 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
     for info in hub.list() {
         assert_eq!(&*info.route, "/ws/{room}");
         assert!(info.remote_addr.is_some());
+        assert!(info.connected_at <= std::time::SystemTime::now());
+        assert_eq!(info.protocol, None);
         assert_eq!(info.rooms.len(), 1);
         members
             .entry(info.rooms[0].to_string())
