@@ -28,6 +28,7 @@ fn example_path(name: &str) -> PathBuf {
 struct Running {
     child: Child,
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -42,6 +43,7 @@ impl Running {
         let mut child = Command::new(example_path(name))
             .env("HTTP_HOST", "127.0.0.1")
             .env("HTTP_PORT", "0")
+            .env("METRICS_PORT", "0")
             .env("LOG_LEVEL", "INFO")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -52,18 +54,30 @@ impl Running {
         // Read the log until the listening line; keep draining afterwards so the pipe never
         // fills and blocks the server.
         std::thread::spawn(move || {
-            let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && let Some(addr) = listening_address(&line) {
-                    let _ = tx.send(addr);
-                    sent = true;
+                for field in ["metrics_address", "address"] {
+                    if let Some(addr) = logged_address(&line, field) {
+                        let _ = tx.send((field, addr));
+                    }
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("example did not log its address");
-        Running { child, addr }
+        // The metrics line comes first; the server's line says it is ready.
+        let mut metrics = None;
+        let addr = loop {
+            match rx
+                .recv_timeout(WAIT)
+                .expect("example did not log its address")
+            {
+                ("address", addr) => break addr,
+                (_, addr) => metrics = Some(addr),
+            }
+        };
+        Running {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     fn url(&self) -> String {
@@ -90,9 +104,28 @@ impl Running {
     }
 }
 
-fn listening_address(line: &str) -> Option<SocketAddr> {
+fn logged_address(line: &str, field: &str) -> Option<SocketAddr> {
     let json: serde_json::Value = serde_json::from_str(line).ok()?;
-    json.get("address")?.as_str()?.parse().ok()
+    json.get(field)?.as_str()?.parse().ok()
+}
+
+/// One HTTP/1.1 GET over a fresh connection; returns status and body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 async fn next_data(
@@ -178,4 +211,80 @@ async fn sigterm_sends_1001_to_every_client_before_exit() {
         while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, client.next()).await {}
     }
     assert!(server.wait_exit().success());
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Joins a chat room and waits for its own greeting to come back: from then on it is a member.
+async fn chatter(server: &Running, room: &str, name: &str) -> Client {
+    let url = format!("ws://{}/ws/{room}?name={name}", server.addr);
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    client
+        .send(Message::text(format!("hello from {name}")))
+        .await
+        .unwrap();
+    loop {
+        let said = chat_line(&mut client).await;
+        if said["from"] == name {
+            assert_eq!(said["text"], format!("hello from {name}"));
+            return client;
+        }
+    }
+}
+
+async fn chat_line(client: &mut Client) -> serde_json::Value {
+    let message = next_data(client).await;
+    serde_json::from_str(message.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn chat_serves_its_page_and_keeps_rooms_apart() {
+    let server = Running::start("chat");
+    let (status, page) = http_get(server.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<script>") && page.contains("new WebSocket"),
+        "{page}"
+    );
+
+    let mut carol = chatter(&server, "blue", "carol").await;
+    let mut alice = chatter(&server, "red", "alice").await;
+    let mut bob = chatter(&server, "red", "bob").await;
+    // Alice saw Bob arrive.
+    assert_eq!(chat_line(&mut alice).await["text"], "hello from bob");
+
+    alice.send(Message::text("hi red")).await.unwrap();
+    for client in [&mut alice, &mut bob] {
+        let said = chat_line(client).await;
+        assert_eq!(
+            (said["from"].as_str(), said["text"].as_str()),
+            (Some("alice"), Some("hi red"))
+        );
+        assert!(
+            said["at"].as_u64().is_some_and(|at| at > 1_600_000_000_000),
+            "{said}"
+        );
+    }
+    // Nothing from red reached blue: Carol's next line is her own.
+    carol.send(Message::text("hi blue")).await.unwrap();
+    let said = chat_line(&mut carol).await;
+    assert_eq!(
+        (said["from"].as_str(), said["text"].as_str()),
+        (Some("carol"), Some("hi blue"))
+    );
+
+    // An empty message is refused with GoFr's error envelope, to the sender only.
+    bob.send(Message::text("   ")).await.unwrap();
+    let error = chat_line(&mut bob).await;
+    assert!(error["error"]["message"].as_str().is_some(), "{error}");
+
+    let metrics = server.metrics.expect("chat logs its metrics address");
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.lines()
+            .any(|l| l == r#"ws_connections_open{route="/ws/{room}"} 3"#),
+        "{text}"
+    );
 }

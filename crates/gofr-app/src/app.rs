@@ -18,6 +18,14 @@ use crate::{
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 type RouterLayer = Box<dyn FnOnce(Router) -> Router + Send>;
+type ConfigureEndpoint = Box<dyn FnOnce(Endpoint) -> Endpoint + Send>;
+
+/// A WebSocket route waiting for `serve`, where it becomes an [`Endpoint`].
+struct WebSocketRoute {
+    path: String,
+    handler: BoxHandlerFn,
+    configure: Option<ConfigureEndpoint>,
+}
 
 /// The application: routes, WebSocket endpoints and the server that runs them (GoFr's
 /// `gofr.New()`).
@@ -46,11 +54,12 @@ type RouterLayer = Box<dyn FnOnce(Router) -> Router + Send>;
 pub struct App {
     config: Result<Config, ConfigError>,
     router: Router,
-    websockets: Vec<(String, BoxHandlerFn)>,
+    websockets: Vec<WebSocketRoute>,
     upgrader: WsUpgrader,
     hub: ConnectionHub,
     layers: Vec<RouterLayer>,
     shutdown: ShutdownHandle,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl fmt::Debug for App {
@@ -59,7 +68,7 @@ impl fmt::Debug for App {
             .field("config", &self.config)
             .field(
                 "websockets",
-                &self.websockets.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self.websockets.iter().map(|w| &w.path).collect::<Vec<_>>(),
             )
             .field("upgrader", &self.upgrader)
             .finish_non_exhaustive()
@@ -93,6 +102,7 @@ impl App {
             hub: ConnectionHub::new(),
             layers: Vec::new(),
             shutdown: ShutdownHandle::new(),
+            metrics_listener: None,
         }
     }
 
@@ -138,8 +148,50 @@ impl App {
     /// Adds a WebSocket route (GoFr's `app.WebSocket`): the handler is called once for every
     /// message, and what it returns is written back.
     pub fn websocket<H: Handler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
-        self.websockets
-            .push((path.to_owned(), handler.into_boxed()));
+        self.websockets.push(WebSocketRoute {
+            path: path.to_owned(),
+            handler: handler.into_boxed(),
+            configure: None,
+        });
+        self
+    }
+
+    /// Adds a WebSocket route like [`websocket`](App::websocket), then lets `configure`
+    /// adjust its [`Endpoint`]: lifecycle hooks, a connection limit, queue size, send
+    /// timeout. It gets the endpoint with the app's upgrader, hub and grace period already
+    /// set.
+    ///
+    /// ```no_run
+    /// use gofr_app::{App, CloseFrame, Connection, Context, Error, Message};
+    ///
+    /// async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    ///     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
+    ///     conn.hub().join(conn.id(), &room).await;
+    ///     Ok(())
+    /// }
+    ///
+    /// async fn chat(ctx: Context) -> Result<(), Error> {
+    ///     let text: String = ctx.bind()?;
+    ///     let room = ctx.path_param("room").unwrap_or("lobby");
+    ///     ctx.hub().send_to_room(room, Message::text(text)).await;
+    ///     Ok(())
+    /// }
+    ///
+    /// let mut app = App::new();
+    /// app.websocket_with("/ws/{room}", chat, |route| {
+    ///     route.on_connect(join_room).max_connections(10_000)
+    /// });
+    /// ```
+    pub fn websocket_with<H, M, F>(&mut self, path: &str, handler: H, configure: F) -> &mut Self
+    where
+        H: Handler<M>,
+        F: FnOnce(Endpoint) -> Endpoint + Send + 'static,
+    {
+        self.websockets.push(WebSocketRoute {
+            path: path.to_owned(),
+            handler: handler.into_boxed(),
+            configure: Some(Box::new(configure)),
+        });
         self
     }
 
@@ -180,6 +232,12 @@ impl App {
         self
     }
 
+    /// Serves `/metrics` on this listener instead of binding `METRICS_PORT`.
+    pub fn metrics_listener(&mut self, listener: TcpListener) -> &mut Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// A handle that shuts the app down when asked, as SIGINT or SIGTERM do.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -199,22 +257,49 @@ impl App {
         self.serve(listener).await
     }
 
-    /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`]. Then it
-    /// stops accepting, sends close 1001 to every WebSocket, gives running handlers the
-    /// shutdown grace period to finish, waits for the close handshakes and returns.
+    /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`], with
+    /// `/metrics` on `METRICS_PORT` (or the [`metrics_listener`](App::metrics_listener)).
+    /// Then it stops accepting, sends close 1001 to every WebSocket, gives running handlers
+    /// the shutdown grace period to finish, waits for the close handshakes and returns.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::logging::init(&config);
+        crate::metrics::install();
         let address = listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let metrics_listener = match self.metrics_listener {
+            Some(listener) => listener,
+            None => {
+                let metrics_address = SocketAddr::new(config.http_host, config.metrics_port);
+                TcpListener::bind(metrics_address)
+                    .await
+                    .map_err(|source| AppError::Io {
+                        address: metrics_address.to_string(),
+                        source,
+                    })?
+            }
+        };
+        let metrics_address = metrics_listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let metrics_server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(metrics_listener, crate::metrics::routes()).await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+        tracing::info!(%metrics_address, "metrics on http://{metrics_address}/metrics");
+
         let mut router = self.router;
-        for (path, handler) in self.websockets {
-            let endpoint = Endpoint::new(handler)
+        for route in self.websockets {
+            let mut endpoint = Endpoint::new(route.handler)
                 .upgrader(self.upgrader.clone())
                 .hub(self.hub.clone())
                 .close_grace(config.shutdown_grace);
-            router = router.route(&path, endpoint.into_route());
+            if let Some(configure) = route.configure {
+                endpoint = configure(endpoint);
+            }
+            router = router.route(&route.path, endpoint.into_route());
         }
         for layer in self.layers {
             router = layer(router);
@@ -255,6 +340,7 @@ impl App {
                 "WebSockets still open after the grace period; exiting anyway"
             );
         }
+        metrics_server.abort();
         tracing::info!("server stopped");
         Ok(())
     }

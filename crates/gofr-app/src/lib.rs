@@ -43,6 +43,14 @@
 //! [`Config`] lists the variables (`APP_NAME`, `HTTP_PORT`, `LOG_LEVEL`, ...). An invalid value
 //! stops [`App::run`] before anything is bound, with an error naming the variable and value.
 //!
+//! # Metrics
+//!
+//! `/metrics` is served in Prometheus text format on `METRICS_PORT` (default 2121): the
+//! WebSocket counters of `ws-context` (see [`context::describe_metrics`]: connections,
+//! messages and bytes per route, upgrade failures, handler errors, close codes, queue-full
+//! events, slow-peer disconnects) and anything else recorded through the `metrics` facade,
+//! such as the client pool's `ws_client_*` metrics.
+//!
 //! # Shutdown
 //!
 //! On SIGINT, SIGTERM or [`ShutdownHandle::shutdown`] the app stops accepting, sends close
@@ -56,13 +64,15 @@ mod error;
 mod health;
 mod http;
 mod logging;
+mod metrics;
 
 pub use crate::app::{App, ShutdownHandle};
 pub use crate::config::{Config, ConfigError, LogLevel};
 pub use crate::error::{AppError, Error};
 pub use crate::http::{HttpContext, HttpHandler};
 pub use ws_context::{
-    BindError, ConnectionHub, ConnectionId, Context, Message, SocketWriter, WriteError,
+    BindError, CloseFrame, Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context,
+    Endpoint, Message, SocketWriter, WriteError,
 };
 pub use ws_upgrader::WsUpgrader;
 

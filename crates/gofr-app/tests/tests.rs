@@ -2,5 +2,7 @@
 
 mod support;
 
+mod broadcast;
 mod http_routes;
+mod metrics;
 mod websocket;
