@@ -138,7 +138,10 @@ impl WsClientPool {
             services.insert(name.to_owned(), service.clone());
         }
         let socket = match connection::dial(&service.options).await {
-            Ok(socket) => Some(socket),
+            Ok(socket) => {
+                service.tracker.set_state(ServiceState::Connected);
+                Some(socket)
+            }
             Err(reason) => {
                 tracing::error!(service = name, url = %service.options.url, %reason, "failed to establish WebSocket connection");
                 if service.options.reconnect.is_none() {
