@@ -3,4 +3,5 @@
 mod support;
 
 mod http_routes;
+mod services;
 mod websocket;

@@ -66,6 +66,8 @@ async fn a_killed_service_is_noticed_and_reconnected_to() {
     eventually("the pool notices", || state(&pool, "svc") != ServiceState::Connected).await;
     let status = pool.status("svc").unwrap();
     assert!(status.last_error.is_some(), "{status:?}");
+    // No ping was answered after "before": it may have been lost, and the pool says so.
+    assert_eq!(status.possibly_lost, 1, "{status:?}");
 
     pool.write_message_to_service("svc", "while down").unwrap();
     let _service = Service::restart(addr, log.clone(), Behaviour::default()).await;
