@@ -41,8 +41,8 @@ async fn send_notification(ctx: HttpContext) -> Result<&'static str, Error> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("NOTIFICATION_URL")
-        .unwrap_or_else(|_| "ws://127.0.0.1:8081/ws".to_owned());
+    let url =
+        std::env::var("NOTIFICATION_URL").unwrap_or_else(|_| "ws://127.0.0.1:8081/ws".to_owned());
     let retry_ms: u64 = match std::env::var("RETRY_INTERVAL_MS") {
         Ok(value) => value.parse().map_err(|_| {
             anyhow::anyhow!("RETRY_INTERVAL_MS must be a number of milliseconds, got {value:?}")

@@ -1,13 +1,13 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
+use ::http::HeaderMap;
 use axum::{
     Extension, Json, Router,
     extract::Request,
     routing::{MethodFilter, on},
 };
-use tokio::{net::TcpListener, sync::watch};
-use ::http::HeaderMap;
 use serde::Serialize;
+use tokio::{net::TcpListener, sync::watch};
 use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
 use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
 use ws_upgrader::WsUpgrader;

@@ -33,7 +33,9 @@ fn notification_service(listener: TcpListener, received: Received) -> tokio::tas
                 };
                 while let Some(Ok(message)) = ws.next().await {
                     match message {
-                        Message::Text(text) => received.texts.lock().unwrap().push(text.to_string()),
+                        Message::Text(text) => {
+                            received.texts.lock().unwrap().push(text.to_string())
+                        }
                         Message::Close(frame) => received
                             .close_codes
                             .lock()
@@ -51,7 +53,10 @@ fn notification_service(listener: TcpListener, received: Received) -> tokio::tas
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -101,7 +106,10 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     assert_eq!(body["data"]["status"], "DEGRADED", "{body}");
     let service = &body["data"]["services"]["notifications"];
     assert_eq!(service["status"], "RECONNECTING", "{body}");
-    assert!(service["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    assert!(
+        service["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
 
     // Written from an HTTP handler while down: queued.
     let (status, body) = http(served.addr, "POST", "/notify", "from http").await;
@@ -116,14 +124,20 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     .await;
     let body = health(served.addr).await;
     assert_eq!(body["data"]["status"], "UP", "{body}");
-    assert_eq!(body["data"]["services"]["notifications"]["status"], "CONNECTED");
+    assert_eq!(
+        body["data"]["services"]["notifications"]["status"],
+        "CONNECTED"
+    );
 
     // From a WebSocket handler.
     let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", served.addr))
         .await
         .unwrap();
     client.send(Message::text("hello")).await.unwrap();
-    eventually("both messages arrive", || received.texts.lock().unwrap().len() == 2).await;
+    eventually("both messages arrive", || {
+        received.texts.lock().unwrap().len() == 2
+    })
+    .await;
     assert_eq!(*received.texts.lock().unwrap(), ["from http", "ws: hello"]);
 
     // Shutdown closes the service connection with 1001 and ends every task.
@@ -139,7 +153,10 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     })
     .await;
     assert_eq!(*received.close_codes.lock().unwrap(), [1001]);
-    assert_eq!(pool.status("notifications").unwrap().state, ServiceState::Closed);
+    assert_eq!(
+        pool.status("notifications").unwrap().state,
+        ServiceState::Closed
+    );
     service_task.abort();
 }
 
@@ -150,5 +167,8 @@ async fn writing_to_an_unknown_service_is_an_error_response() {
     let served = serve(app).await;
     let (status, body) = http(served.addr, "POST", "/notify", r#""x""#).await;
     assert_eq!(status, 500);
-    assert!(body.contains("connection not found for service: notifications"), "{body}");
+    assert!(
+        body.contains("connection not found for service: notifications"),
+        "{body}"
+    );
 }

@@ -80,8 +80,7 @@ pub(crate) async fn dial(options: &ServiceOptions) -> Result<Socket, String> {
     } else {
         None
     };
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
     match tokio::time::timeout(options.connect_timeout, connect).await {
         Ok(Ok((socket, _response))) => Ok(socket),
         Ok(Err(error)) => Err(error.to_string()),
@@ -105,11 +104,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
             rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map(|builder| {
-                    Arc::new(
-                        builder
-                            .with_root_certificates(roots)
-                            .with_no_client_auth(),
-                    )
+                    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
                 })
                 .map_err(|e| format!("TLS setup failed: {e}"))
         })
@@ -243,9 +238,8 @@ async fn drive(service: &Service, socket: Socket, stop: &mut watch::Receiver<boo
     let mut peer_closing: Option<(Instant, String)> = None;
 
     let end = loop {
-        let may_write = peer_closing.is_none()
-            && batched < BATCH
-            && (ping_due || !service.queue.is_empty());
+        let may_write =
+            peer_closing.is_none() && batched < BATCH && (ping_due || !service.queue.is_empty());
         let close_deadline = peer_closing.as_ref().map(|(deadline, _)| *deadline);
         tokio::select! {
             biased;
@@ -399,7 +393,9 @@ async fn close(
         Ok(())
     };
     match tokio::time::timeout(service.options.close_timeout, handshake).await {
-        Ok(Ok(())) => tracing::info!(service = %service.name, "closed WebSocket service connection with 1001"),
+        Ok(Ok(())) => {
+            tracing::info!(service = %service.name, "closed WebSocket service connection with 1001")
+        }
         Ok(Err(error)) => {
             delivery.report_unconfirmed(service);
             tracing::warn!(service = %service.name, %error, "closing handshake failed");

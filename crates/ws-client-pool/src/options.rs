@@ -229,11 +229,17 @@ fn validate_url(url: &str) -> Result<(), PoolError> {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
     match uri.scheme_str() {
         Some("ws" | "wss") => {}
         Some(_) => return Err(invalid("the scheme must be ws:// or wss://")),
-        None => return Err(invalid("no scheme; write ws://host/path or wss://host/path")),
+        None => {
+            return Err(invalid(
+                "no scheme; write ws://host/path or wss://host/path",
+            ));
+        }
     }
     match uri.host() {
         Some(host) if !host.is_empty() => Ok(()),
@@ -249,7 +255,13 @@ mod tests {
     fn urls_are_checked_up_front() {
         assert!(validate_url("ws://127.0.0.1:8081/ws").is_ok());
         assert!(validate_url("wss://example.com").is_ok());
-        for bad in ["http://example.com/ws", "example.com/ws", "ws://", "ws://exa mple", ""] {
+        for bad in [
+            "http://example.com/ws",
+            "example.com/ws",
+            "ws://",
+            "ws://exa mple",
+            "",
+        ] {
             assert!(
                 matches!(validate_url(bad), Err(PoolError::InvalidUrl { .. })),
                 "{bad:?} accepted"
@@ -261,7 +273,10 @@ mod tests {
     fn exponential_delays_grow_up_to_the_cap() {
         let policy = Reconnect::exponential(Duration::from_millis(10), Duration::from_millis(80));
         let delays: Vec<_> = policy.delays().take(8).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(160)), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_millis(160)),
+            "{delays:?}"
+        );
         assert!(delays[6] >= Duration::from_millis(80), "{delays:?}");
     }
 }

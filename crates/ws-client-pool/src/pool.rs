@@ -99,8 +99,8 @@ impl WsClientPool {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future during the first dial leaves the service registered as
-    /// `Connecting` with no task; do not cancel it.
+    /// Dropping the future during the first dial unregisters the service, as if it had never
+    /// been added.
     pub async fn add_ws_service(
         &self,
         name: &str,
@@ -137,6 +137,12 @@ impl WsClientPool {
             }
             services.insert(name.to_owned(), service.clone());
         }
+        // Until the task exists, a cancelled call must not leave the name taken.
+        let registration = Registration {
+            pool: self,
+            name,
+            armed: true,
+        };
         let socket = match connection::dial(&service.options).await {
             Ok(socket) => {
                 service.tracker.set_state(ServiceState::Connected);
@@ -145,7 +151,6 @@ impl WsClientPool {
             Err(reason) => {
                 tracing::error!(service = name, url = %service.options.url, %reason, "failed to establish WebSocket connection");
                 if service.options.reconnect.is_none() {
-                    self.write_services().remove(name);
                     return Err(PoolError::Connect {
                         name: name.to_owned(),
                         url: service.options.url.clone(),
@@ -157,6 +162,7 @@ impl WsClientPool {
                 None
             }
         };
+        registration.keep();
         let task = tokio::spawn(connection::run(
             service,
             socket,
@@ -180,6 +186,11 @@ impl WsClientPool {
         data: T,
     ) -> Result<(), PoolError> {
         let service = self.service(name)?;
+        if *self.inner.stop.borrow() {
+            return Err(PoolError::Closed {
+                name: name.to_owned(),
+            });
+        }
         let Some(message) = ws_message::encode(data)? else {
             return Ok(());
         };
@@ -224,7 +235,9 @@ impl WsClientPool {
 
     /// The state and counters of one service.
     pub fn status(&self, name: &str) -> Option<ServiceStatus> {
-        self.read_services().get(name).map(|service| service.status())
+        self.read_services()
+            .get(name)
+            .map(|service| service.status())
     }
 
     /// The state and counters of every service, by name.
@@ -292,6 +305,27 @@ impl WsClientPool {
             .tasks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Removes a service being added unless [`keep`](Registration::keep) is called.
+struct Registration<'a> {
+    pool: &'a WsClientPool,
+    name: &'a str,
+    armed: bool,
+}
+
+impl Registration<'_> {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.write_services().remove(self.name);
+        }
     }
 }
 

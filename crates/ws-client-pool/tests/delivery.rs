@@ -13,35 +13,55 @@ use crate::support::{Behaviour, Service, WAIT, eventually, free_addr};
 async fn delivers_1000_messages_in_order() {
     let service = Service::start(Behaviour::default()).await;
     let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), true, Duration::from_millis(50))
-        .await
-        .unwrap();
+    pool.add_ws_service(
+        "svc",
+        &service.url(),
+        HeaderMap::new(),
+        true,
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
     for i in 0..1000 {
-        pool.write_message_to_service("svc", format!("m{i}")).unwrap();
+        pool.write_message_to_service("svc", format!("m{i}"))
+            .unwrap();
     }
     eventually("1000 messages arrive", || service.log.count() >= 1000).await;
     let expected: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
     assert_eq!(service.log.texts(), expected);
     let status = pool.status("svc").unwrap();
-    assert_eq!((status.sent, status.queued, status.possibly_lost), (1000, 0, 0));
+    assert_eq!(
+        (status.sent, status.queued, status.possibly_lost),
+        (1000, 0, 0)
+    );
 }
 
 #[tokio::test]
 async fn values_are_encoded_like_write_message_to_socket() {
     let service = Service::start(Behaviour::default()).await;
     let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), false, Duration::from_secs(1))
-        .await
-        .unwrap();
+    pool.add_ws_service(
+        "svc",
+        &service.url(),
+        HeaderMap::new(),
+        false,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     pool.write_message_to_service("svc", "text").unwrap();
-    pool.write_message_to_service("svc", vec![0u8, 255]).unwrap();
+    pool.write_message_to_service("svc", vec![0u8, 255])
+        .unwrap();
     pool.write_message_to_service("svc", serde_json::json!({"title": "New Message"}))
         .unwrap();
     pool.write_message_to_service("svc", ()).unwrap(); // nothing
     let error = pool
         .write_message_to_service("svc", Message::Ping(Default::default()))
         .unwrap_err();
-    assert!(matches!(error, PoolError::NotData { kind: "ping" }), "{error}");
+    assert!(
+        matches!(error, PoolError::NotData { kind: "ping" }),
+        "{error}"
+    );
     eventually("three messages arrive", || service.log.count() >= 3).await;
     assert_eq!(
         *service.log.received.lock().unwrap(),
@@ -67,7 +87,8 @@ async fn a_full_queue_is_a_typed_error_and_memory_stays_bounded() {
     .unwrap();
     let payload = "x".repeat(1024);
     for _ in 0..10 {
-        pool.write_message_to_service("svc", payload.clone()).unwrap();
+        pool.write_message_to_service("svc", payload.clone())
+            .unwrap();
     }
     for _ in 0..1000 {
         let error = pool
@@ -80,7 +101,10 @@ async fn a_full_queue_is_a_typed_error_and_memory_stays_bounded() {
     }
     // Capacity × message size: 10 messages of 1 KiB held, the other 1000 refused.
     let status = pool.status("svc").unwrap();
-    assert_eq!((status.queued, status.state), (10, ServiceState::Reconnecting));
+    assert_eq!(
+        (status.queued, status.state),
+        (10, ServiceState::Reconnecting)
+    );
 }
 
 #[tokio::test]
@@ -91,12 +115,19 @@ async fn messages_from_the_service_arrive_through_the_stream() {
     })
     .await;
     let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), true, Duration::from_millis(50))
-        .await
-        .unwrap();
+    pool.add_ws_service(
+        "svc",
+        &service.url(),
+        HeaderMap::new(),
+        true,
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
     let mut messages = pool.messages("svc").unwrap();
     pool.write_message_to_service("svc", "ping me").unwrap();
-    pool.write_message_to_service("svc", vec![1u8, 2, 3]).unwrap();
+    pool.write_message_to_service("svc", vec![1u8, 2, 3])
+        .unwrap();
     for _ in 0..100 {
         pool.write_message_to_service("svc", "more").unwrap();
     }
@@ -114,7 +145,10 @@ async fn messages_from_the_service_arrive_through_the_stream() {
     assert_eq!(pool.status("svc").unwrap().received, 102);
     // The stream ends with the pool.
     pool.shutdown().await;
-    assert_eq!(tokio::time::timeout(WAIT, messages.next()).await.unwrap(), None);
+    assert_eq!(
+        tokio::time::timeout(WAIT, messages.next()).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -133,9 +167,13 @@ async fn a_slow_reader_pauses_reading_instead_of_buffering_without_limit() {
     .unwrap();
     let mut messages = pool.messages("svc").unwrap();
     for i in 0..50 {
-        pool.write_message_to_service("svc", format!("{i}")).unwrap();
+        pool.write_message_to_service("svc", format!("{i}"))
+            .unwrap();
     }
-    eventually("the service echoed everything", || service.log.count() == 50).await;
+    eventually("the service echoed everything", || {
+        service.log.count() == 50
+    })
+    .await;
     // Nothing is lost while the reader catches up.
     for i in 0..50 {
         let message = tokio::time::timeout(WAIT, messages.recv()).await.unwrap();

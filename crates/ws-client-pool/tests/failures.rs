@@ -25,13 +25,17 @@ async fn five_graceful_restarts_under_a_steady_producer_lose_and_repeat_nothing(
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             for i in 0..1000 {
                 tick.tick().await;
-                pool.write_message_to_service("svc", format!("m{i}")).unwrap();
+                pool.write_message_to_service("svc", format!("m{i}"))
+                    .unwrap();
             }
         })
     };
     for restart in 1..=5 {
         // Restart while the producer is mid-stream: after each further 150 messages.
-        eventually("the service makes progress", || log.count() >= restart * 150).await;
+        eventually("the service makes progress", || {
+            log.count() >= restart * 150
+        })
+        .await;
         service.stop_gracefully().await;
         service = Service::restart(addr, log.clone(), Behaviour::default()).await;
     }
@@ -63,7 +67,10 @@ async fn a_killed_service_is_noticed_and_reconnected_to() {
     eventually("the first message arrives", || log.count() == 1).await;
 
     service.kill().await;
-    eventually("the pool notices", || state(&pool, "svc") != ServiceState::Connected).await;
+    eventually("the pool notices", || {
+        state(&pool, "svc") != ServiceState::Connected
+    })
+    .await;
     let status = pool.status("svc").unwrap();
     assert!(status.last_error.is_some(), "{status:?}");
     // No ping was answered after "before": it may have been lost, and the pool says so.
@@ -95,20 +102,32 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
     .await
     .unwrap();
     for i in 0..5 {
-        pool.write_message_to_service("svc", format!("read {i}")).unwrap();
+        pool.write_message_to_service("svc", format!("read {i}"))
+            .unwrap();
     }
     eventually("5 messages are read", || service.log.count() == 5).await;
     // These sit in the kernels' buffers of the hung connection.
     for i in 0..20 {
-        pool.write_message_to_service("svc", format!("stuck {i}")).unwrap();
+        pool.write_message_to_service("svc", format!("stuck {i}"))
+            .unwrap();
     }
-    eventually("all 25 are written", || pool.status("svc").unwrap().sent == 25).await;
+    eventually("all 25 are written", || {
+        pool.status("svc").unwrap().sent == 25
+    })
+    .await;
     let hung_at = tokio::time::Instant::now();
 
     // The second connection is served normally.
-    eventually("the pool reconnects", || pool.status("svc").unwrap().reconnects == 1).await;
+    eventually("the pool reconnects", || {
+        pool.status("svc").unwrap().reconnects == 1
+    })
+    .await;
     // One interval to the unanswered ping, one more to give up on it, plus scheduling slack.
-    assert!(hung_at.elapsed() < ping * 2 + Duration::from_secs(1), "{:?}", hung_at.elapsed());
+    assert!(
+        hung_at.elapsed() < ping * 2 + Duration::from_secs(1),
+        "{:?}",
+        hung_at.elapsed()
+    );
     let status = pool.status("svc").unwrap();
     assert!(
         (20..=25).contains(&status.possibly_lost),
@@ -122,5 +141,9 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
         service.log.texts().last().map(String::as_str) == Some("after")
     })
     .await;
-    assert_eq!(service.log.count(), 6, "the stuck messages were lost, not sent twice");
+    assert_eq!(
+        service.log.count(),
+        6,
+        "the stuck messages were lost, not sent twice"
+    );
 }

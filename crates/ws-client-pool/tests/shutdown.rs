@@ -12,12 +12,24 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
     let service = Service::start(Behaviour::default()).await;
     let down = free_addr().await;
     let pool = WsClientPool::new();
-    pool.add_ws_service("up", &service.url(), HeaderMap::new(), true, Duration::from_millis(20))
-        .await
-        .unwrap();
-    pool.add_ws_service("down", &format!("ws://{down}/ws"), HeaderMap::new(), true, Duration::from_millis(20))
-        .await
-        .unwrap();
+    pool.add_ws_service(
+        "up",
+        &service.url(),
+        HeaderMap::new(),
+        true,
+        Duration::from_millis(20),
+    )
+    .await
+    .unwrap();
+    pool.add_ws_service(
+        "down",
+        &format!("ws://{down}/ws"),
+        HeaderMap::new(),
+        true,
+        Duration::from_millis(20),
+    )
+    .await
+    .unwrap();
     for i in 0..100 {
         pool.write_message_to_service("up", format!("{i}")).unwrap();
     }
@@ -25,9 +37,16 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
         .await
         .expect("shutdown ends even with a service that is down");
 
-    eventually("the close frame arrives", || !service.log.close_codes.lock().unwrap().is_empty()).await;
+    eventually("the close frame arrives", || {
+        !service.log.close_codes.lock().unwrap().is_empty()
+    })
+    .await;
     assert_eq!(*service.log.close_codes.lock().unwrap(), [1001]);
-    assert_eq!(service.log.count(), 100, "queued messages went out before the close");
+    assert_eq!(
+        service.log.count(),
+        100,
+        "queued messages went out before the close"
+    );
     for name in ["up", "down"] {
         assert_eq!(pool.status(name).unwrap().state, ServiceState::Closed);
         assert!(matches!(
@@ -36,7 +55,14 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
         ));
     }
     assert!(matches!(
-        pool.add_ws_service("new", &service.url(), HeaderMap::new(), true, Duration::from_secs(1)).await,
+        pool.add_ws_service(
+            "new",
+            &service.url(),
+            HeaderMap::new(),
+            true,
+            Duration::from_secs(1)
+        )
+        .await,
         Err(PoolError::Closed { .. })
     ));
     // A second shutdown has nothing left to do.
@@ -47,9 +73,15 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
 async fn a_dropped_connection_without_reconnection_closes_the_service() {
     let service = Service::start(Behaviour::default()).await;
     let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), false, Duration::from_secs(1))
-        .await
-        .unwrap();
+    pool.add_ws_service(
+        "svc",
+        &service.url(),
+        HeaderMap::new(),
+        false,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     service.stop_gracefully().await;
     eventually("the service is closed", || {
         pool.status("svc").unwrap().state == ServiceState::Closed

@@ -138,6 +138,10 @@ impl Service {
     }
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the handshake callback's signature is tungstenite's"
+)]
 async fn serve(
     tcp: TcpStream,
     log: Log,
