@@ -221,13 +221,8 @@ async fn a_cancelled_first_dial_leaves_the_name_free() {
         }
     });
     let pool = WsClientPool::new();
-    let dial = pool.add_ws_service(
-        "svc",
-        &format!("ws://{addr}/ws"),
-        HeaderMap::new(),
-        true,
-        RETRY,
-    );
+    let url = format!("ws://{addr}/ws");
+    let dial = pool.add_ws_service("svc", &url, HeaderMap::new(), true, RETRY);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), dial)
             .await
