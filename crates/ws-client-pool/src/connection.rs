@@ -274,7 +274,13 @@ async fn drive(service: &Service, socket: Socket, stop: &mut watch::Receiver<boo
                         held = deliver(service, message);
                     }
                 }
-                Some(Err(error)) => break Err(error.to_string()),
+                // Once our close reply is flushed, however the TCP side ends, the service has
+                // everything we wrote before it.
+                Some(Err(error)) => break match peer_closing.take() {
+                    Some((_, reason)) if !needs_flush => Ok(reason),
+                    _ => Err(error.to_string()),
+                },
+                // The engine ends the stream only after the closing handshake.
                 None => break match peer_closing.take() {
                     Some((_, reason)) => Ok(reason),
                     None => Err("connection closed without a close frame".to_owned()),
