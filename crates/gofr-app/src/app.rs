@@ -170,7 +170,7 @@ impl App {
     /// are queued, and `/.well-known/health` shows its state. See [`WsClientPool`].
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), gofr_app::AppError> {
+    /// # async fn run() -> Result<(), gofr_app::PoolError> {
     /// use std::time::Duration;
     ///
     /// let app = gofr_app::App::new();
