@@ -287,11 +287,21 @@ async fn drive(service: &Service, socket: Socket, stop: &mut watch::Receiver<boo
                 },
             },
             permit = reserve(held.as_ref().map(|(inbound, _)| inbound.clone())), if held.is_some() => {
-                if let (Ok(permit), Some((_, message))) = (permit, held.take()) {
-                    permit.send(message);
+                match (permit, held.take()) {
+                    (Ok(permit), Some((_, message))) => {
+                        permit.send(message);
+                    }
+                    // The reader went away.
+                    _ => service.tracker.discarded(),
                 }
             }
             _ = ping.tick() => {
+                if held.is_some() {
+                    // Reading is paused for a slow reader, so a pong may sit unread: the
+                    // service is not at fault. Liveness checks resume with reading.
+                    awaiting_pong = None;
+                    continue;
+                }
                 if awaiting_pong.is_some() || ping_due {
                     break Err(format!("no answer to a ping within {interval:?}"));
                 }

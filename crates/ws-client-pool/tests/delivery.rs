@@ -181,3 +181,43 @@ async fn a_slow_reader_pauses_reading_instead_of_buffering_without_limit() {
     }
     assert_eq!(pool.status("svc").unwrap().discarded, 0);
 }
+
+#[tokio::test]
+async fn a_paused_reader_is_not_mistaken_for_a_dead_service() {
+    let ping = Duration::from_millis(50);
+    let service = Service::start(Behaviour {
+        echo: true,
+        ..Default::default()
+    })
+    .await;
+    let pool = WsClientPool::new();
+    pool.add_service(
+        "svc",
+        ServiceOptions::new(service.url())
+            .inbound_capacity(1)
+            .ping_interval(ping),
+    )
+    .await
+    .unwrap();
+    let mut messages = pool.messages("svc").unwrap();
+    for i in 0..5 {
+        pool.write_message_to_service("svc", format!("{i}"))
+            .unwrap();
+    }
+    eventually("the service echoed everything", || service.log.count() == 5).await;
+    // Nobody reads for several ping intervals: reading the socket pauses, the pongs wait
+    // unread, and the connection must stay.
+    let until = tokio::time::Instant::now() + ping * 6;
+    while tokio::time::Instant::now() < until {
+        let status = pool.status("svc").unwrap();
+        assert_eq!(
+            (status.state, status.reconnects),
+            (ServiceState::Connected, 0)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..5 {
+        let message = tokio::time::timeout(WAIT, messages.recv()).await.unwrap();
+        assert_eq!(message, Some(Message::text(format!("{i}"))));
+    }
+}
