@@ -139,6 +139,7 @@ pub(crate) async fn run(
                     () = tokio::time::sleep(delay) => {}
                     () = stopped(&mut stop) => break,
                 }
+                service.tracker.refresh_gauges(service.queue.len());
                 tracing::debug!(service = %service.name, url = %service.options.url, ?delay, "reconnecting to WebSocket service");
                 let dialled = tokio::select! {
                     dialled = dial(&service.options) => dialled,
@@ -296,6 +297,7 @@ async fn drive(service: &Service, socket: Socket, stop: &mut watch::Receiver<boo
                 }
             }
             _ = ping.tick() => {
+                service.tracker.refresh_gauges(service.queue.len());
                 if held.is_some() {
                     // Reading is paused for a slow reader, so a pong may sit unread: the
                     // service is not at fault. Liveness checks resume with reading.

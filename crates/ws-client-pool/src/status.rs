@@ -125,6 +125,13 @@ impl Tracker {
         metrics::gauge!("ws_client_state", "service" => self.name.clone()).set(state.gauge());
     }
 
+    /// Records the gauges again, so that a metrics recorder installed after the service was
+    /// added (as an app does when it starts serving) sees them within a ping interval.
+    pub(crate) fn refresh_gauges(&self, queue_depth: usize) {
+        self.gauge_state(self.state());
+        self.queue_depth(queue_depth);
+    }
+
     pub(crate) fn set_error(&self, error: String) {
         self.lock().1 = Some((SystemTime::now(), error));
     }
