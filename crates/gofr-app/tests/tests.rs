@@ -5,4 +5,5 @@ mod support;
 mod broadcast;
 mod http_routes;
 mod metrics;
+mod services;
 mod websocket;
