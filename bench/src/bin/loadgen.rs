@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `echo` keeps `--in-flight` messages outstanding on each connection for `--warmup` plus
-//! `--duration` seconds and reports messages/s and latency over the last `--duration` only.
+//! `--duration` seconds and reports messages/s and latency over the last `--duration` only; it
+//! prints `measuring` when that window starts.
 //! `idle` opens the connections, makes each echo one message, prints `ready ...` and holds
 //! them until stdin closes or `--hold` seconds pass. `broadcast` connects the receivers, then
 //! sends one message per round on the trigger connection and reports the time until the last
@@ -277,6 +278,9 @@ async fn echo(args: &Args) -> anyhow::Result<String> {
             stats
         });
     }
+    // Tells whoever watches the server that the measured window starts now.
+    tokio::time::sleep_until(measure_from.into()).await;
+    println!("measuring");
     let mut received = 0;
     let mut errors = connect_errors as u64;
     let mut latency = new_histogram();
