@@ -63,20 +63,23 @@ fn hub_fan_out(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (hub, received) = runtime.block_on(serve_receivers(RECEIVERS));
     let message = Message::text("0123456789abcdef0123456789abcdef");
-    c.bench_function("hub broadcast to 1,000 connections until all received", |b| {
-        b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    let queued = hub.broadcast(message.clone());
-                    assert_eq!(queued, RECEIVERS, "every connection takes the message");
-                    let all = u32::try_from(RECEIVERS).expect("fits");
-                    received.acquire_many(all).await.expect("open").forget();
-                }
-                start.elapsed()
+    c.bench_function(
+        "hub broadcast to 1,000 connections until all received",
+        |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        let queued = hub.broadcast(message.clone());
+                        assert_eq!(queued, RECEIVERS, "every connection takes the message");
+                        let all = u32::try_from(RECEIVERS).expect("fits");
+                        received.acquire_many(all).await.expect("open").forget();
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        },
+    );
 }
 
 /// An endpoint on 127.0.0.1:0 and `count` clients connected to it, each adding a permit to
@@ -86,7 +89,8 @@ async fn serve_receivers(count: usize) -> (ConnectionHub, Arc<Semaphore>) {
         ctx.bind()
     }
     let hub = ConnectionHub::new();
-    let router = axum::Router::new().route("/ws", Endpoint::new(echo).hub(hub.clone()).into_route());
+    let router =
+        axum::Router::new().route("/ws", Endpoint::new(echo).hub(hub.clone()).into_route());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -117,7 +117,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
     }
-    let wanted = |scenario: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == scenario));
+    let wanted = |scenario: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == scenario))
+    };
     for tool in ["taskset", "nice"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -190,22 +193,58 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         (
             "S1",
             "S1: 64 conns × 32 B text, 1 in flight",
-            ["--connections", "64", "--size", "32", "--kind", "text", "--in-flight", "1"],
+            [
+                "--connections",
+                "64",
+                "--size",
+                "32",
+                "--kind",
+                "text",
+                "--in-flight",
+                "1",
+            ],
         ),
         (
             "S2",
             "S2: 64 conns × 32 B text, 16 in flight",
-            ["--connections", "64", "--size", "32", "--kind", "text", "--in-flight", "16"],
+            [
+                "--connections",
+                "64",
+                "--size",
+                "32",
+                "--kind",
+                "text",
+                "--in-flight",
+                "16",
+            ],
         ),
         (
             "S3",
             "S3: 16 conns × 64 KiB binary, 4 in flight",
-            ["--connections", "16", "--size", "65536", "--kind", "binary", "--in-flight", "4"],
+            [
+                "--connections",
+                "16",
+                "--size",
+                "65536",
+                "--kind",
+                "binary",
+                "--in-flight",
+                "4",
+            ],
         ),
         (
             "S4",
             "S4: 64 conns × 200 B JSON bound to a struct, 16 in flight",
-            ["--connections", "64", "--size", "200", "--kind", "json", "--in-flight", "16"],
+            [
+                "--connections",
+                "64",
+                "--size",
+                "200",
+                "--kind",
+                "json",
+                "--in-flight",
+                "16",
+            ],
         ),
     ];
     for (id, title, options) in throughput {
@@ -233,7 +272,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                     } else {
                         server
                     };
-                    eprintln!("xtask bench: {row} on {} ({attempt}/{best_of})", server.name);
+                    eprintln!(
+                        "xtask bench: {row} on {} ({attempt}/{best_of})",
+                        server.name
+                    );
                     let figure = throughput_run(server, &settings, &options);
                     let key = (row.clone(), server.name);
                     let figure = match results.remove(&key) {
@@ -261,10 +303,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             path: "/ws",
             ..framework_extra
         };
-        results.insert(
-            (row.clone(), OURS),
-            broadcast_run(&broadcast, &settings),
-        );
+        results.insert((row.clone(), OURS), broadcast_run(&broadcast, &settings));
     }
 
     let names: Vec<&'static str> = servers.iter().map(|s| s.name).collect();
@@ -299,7 +338,9 @@ fn throughput_run(
     let fields = parse_fields(&line);
     let value = field(&fields, "msgs_per_s")?;
     let messages = field(&fields, "messages")?;
-    let per_cpu_second = server_cpu.filter(|cpu| *cpu > 0.0).map(|cpu| messages / cpu);
+    let per_cpu_second = server_cpu
+        .filter(|cpu| *cpu > 0.0)
+        .map(|cpu| messages / cpu);
     Ok(Figure {
         value,
         per_cpu_second,
@@ -333,7 +374,15 @@ fn idle_run(server: &Server, settings: &Settings) -> Result<Figure, String> {
     let mut child = pinned(
         settings,
         LOAD_CPU,
-        &[&settings.loadgen, "idle", &url, "--connections", &count, "--hold", "120"],
+        &[
+            &settings.loadgen,
+            "idle",
+            &url,
+            "--connections",
+            &count,
+            "--hold",
+            "120",
+        ],
         &[],
     )
     .stdin(Stdio::piped())
@@ -589,10 +638,9 @@ fn cpu_seconds(pid: u32) -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    fields
-        .get(11..13)
-        .map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        / 100.0
+    fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    }) / 100.0
 }
 
 fn path_string(path: &Path) -> String {
@@ -667,8 +715,15 @@ fn conditions(settings: &Settings) -> String {
          {SERVER_CPU}, load generator to CPU {LOAD_CPU}{}; a fresh server per run; {} s \
          measured after 1 s of warm-up per throughput run; S2-S4 best of {} runs per server.",
         kernel.trim(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        if settings.nice { ", both at nice -10" } else { "" },
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        if settings.nice {
+            ", both at nice -10"
+        } else {
+            ""
+        },
         settings.duration,
         settings.best,
     )

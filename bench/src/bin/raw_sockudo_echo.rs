@@ -52,7 +52,10 @@ async fn echo(mut stream: TcpStream) -> sockudo_ws::Result<()> {
 }
 
 /// Queues the echo of a data message; control frames are answered by the engine.
-async fn feed_data(ws: &mut WebSocketStream<TcpStream>, message: Message) -> sockudo_ws::Result<()> {
+async fn feed_data(
+    ws: &mut WebSocketStream<TcpStream>,
+    message: Message,
+) -> sockudo_ws::Result<()> {
     match message {
         Message::Text(_) | Message::Binary(_) => ws.feed(message).await,
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
