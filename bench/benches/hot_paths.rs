@@ -1,5 +1,9 @@
 //! The per-message pieces of the framework path, without sockets: `bind` (decode) and encode
 //! of messages, and the hub's fan-out. Run with `cargo bench -p bench`.
+#![allow(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented public function"
+)]
 
 use std::{
     hint::black_box,
