@@ -13,9 +13,9 @@
 //! `--duration` seconds and reports messages/s and latency over the last `--duration` only; it
 //! prints `measuring` when that window starts.
 //! `idle` opens the connections, makes each echo one message, prints `ready ...` and holds
-//! them until stdin closes or `--hold` seconds pass. `broadcast` connects the receivers, then
-//! sends one message per round on the trigger connection and reports the time until the last
-//! receiver got it. The client is sockudo-ws with its write batching, so that the generator
+//! them until stdin closes or `--hold` seconds pass. `broadcast` connects the receivers, probes
+//! until one broadcast reaches them all, then sends one message per round on the trigger
+//! connection and reports the time until the last receiver got it. The client is sockudo-ws with its write batching, so that the generator
 //! costs less per message than the servers it measures.
 
 use std::{
@@ -39,6 +39,9 @@ type Socket = WebSocketStream<TcpStream>;
 const CONNECT_CONCURRENCY: usize = 256;
 /// Longest wait for any single reply before the connection counts as failed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Broadcast mode: probes sent before the measured rounds, and how long each may take.
+const SETTLE_PROBES: usize = 20;
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     match run() {
@@ -403,6 +406,34 @@ async fn broadcast(args: &Args) -> anyhow::Result<String> {
     }
     drop(arrivals);
     let mut trigger = connect(trigger_url).await?;
+    // A server registers a connection after its handshake response is out, so a receiver can
+    // be connected and not yet reachable: probe until one broadcast reaches all of them.
+    let mut settled = false;
+    for probe in 0..SETTLE_PROBES {
+        let sent = Bytes::from(format!("probe {probe}"));
+        trigger.send(Message::Text(sent.clone())).await?;
+        match tokio::time::timeout(REPLY_TIMEOUT, trigger.next()).await {
+            Ok(Some(Ok(Message::Text(bytes)))) if bytes == sent => {}
+            other => bail!("the trigger connection did not get its probe: {other:?}"),
+        }
+        let mut reached = 0;
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while reached < receiver_count {
+            match tokio::time::timeout_at(deadline, arrived.recv()).await {
+                Ok(Some((_, bytes))) if bytes == sent => reached += 1,
+                // Earlier probes, to receivers that were not reachable for all of them.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if reached == receiver_count {
+            settled = true;
+            break;
+        }
+    }
+    if !settled {
+        bail!("no probe reached all {receiver_count} receivers");
+    }
     let mut last_arrivals = Vec::with_capacity(args.rounds);
     for round in 0..args.rounds {
         let sent = Bytes::from(format!("broadcast round {round}"));
