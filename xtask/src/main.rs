@@ -1,6 +1,7 @@
 //! Project tasks in Rust, run as `cargo xtask <task>` (the cargo-xtask convention:
 //! <https://github.com/matklad/cargo-xtask>). Only std, so it builds in seconds.
 
+mod bench;
 mod tidy;
 
 use std::{
@@ -15,12 +16,14 @@ usage: cargo xtask <task>
 tasks:
   ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
+  bench  release-build performance comparison with the raw engine and peers (see bench/README.md)
 ";
 
 fn main() -> ExitCode {
-    let task = env::args().nth(1);
-    let result = match task.as_deref() {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
