@@ -75,9 +75,19 @@ impl Process {
 
 /// A benchmark server and the `host:port` it printed.
 pub(crate) fn server(program: &str) -> (Process, String) {
-    let env = [("HTTP_HOST", "127.0.0.1"), ("HTTP_PORT", "0")];
+    let env = [
+        ("HTTP_HOST", "127.0.0.1"),
+        ("HTTP_PORT", "0"),
+        ("METRICS_PORT", "0"),
+    ];
     let process = Process::start(program, &[], &env);
-    let line = process.line_with("127.0.0.1:");
+    // The app logs its metrics address first; the server's own line is the one without it.
+    let line = loop {
+        let line = process.line_with("127.0.0.1:");
+        if !line.contains("metrics_address") {
+            break line;
+        }
+    };
     let start = line.find("127.0.0.1:").expect("address");
     let address: String = line[start..]
         .chars()

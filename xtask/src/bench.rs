@@ -146,6 +146,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let framework_env = vec![
         ("HTTP_HOST", "127.0.0.1".to_owned()),
         ("HTTP_PORT", "0".to_owned()),
+        ("METRICS_PORT", "0".to_owned()),
         ("LOG_LEVEL", "INFO".to_owned()),
     ];
     let framework = Server {
@@ -584,8 +585,11 @@ fn read_lines(stream: Option<impl std::io::Read + Send + 'static>) -> mpsc::Rece
 }
 
 /// The first `127.0.0.1:PORT` in a line (every server prints one: `listening on ADDR` or a
-/// JSON log line with `"address":"ADDR"`).
+/// JSON log line with `"address":"ADDR"`). The app's metrics listener line is not the server's.
 fn loopback_address(line: &str) -> Option<String> {
+    if line.contains("metrics_address") {
+        return None;
+    }
     let start = line.find("127.0.0.1:")?;
     let rest = &line[start + "127.0.0.1:".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -896,6 +900,10 @@ mod tests {
             Some("127.0.0.1:80")
         );
         assert_eq!(loopback_address("listening on 127.0.0.1:"), None);
+        assert_eq!(
+            loopback_address(r#"{"message":"metrics","metrics_address":"127.0.0.1:9"}"#),
+            None
+        );
     }
 
     #[test]
