@@ -50,6 +50,7 @@
 
 mod handshake;
 mod options;
+mod serve;
 mod socket;
 
 pub use crate::handshake::{PendingUpgrade, RejectionKind, UpgradeRejection};
@@ -58,5 +59,6 @@ pub use crate::options::{
     DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
     DEFAULT_WRITE_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
 };
+pub use crate::serve::{Serve, serve};
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};

@@ -22,11 +22,16 @@ type Io = TokioIo<Upgraded>;
 /// writing after a protocol error, and the close frame that tells the peer why must still go out
 /// on the same transport. The lock is never contended while the engine runs.
 #[derive(Clone)]
-struct SharedIo(Arc<Mutex<Io>>);
+struct SharedIo {
+    io: Arc<Mutex<Io>>,
+    /// The most bytes one read takes from the socket (`read_buffer_size`), when it is below
+    /// the engine's own receive window; the engine's window itself is fixed.
+    read_limit: Option<usize>,
+}
 
 impl SharedIo {
     fn lock(&self) -> std::sync::MutexGuard<'_, Io> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -36,7 +41,17 @@ impl AsyncRead for SharedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+        let mut io = self.lock();
+        match self.read_limit {
+            Some(limit) if buf.remaining() > limit => {
+                let mut limited = ReadBuf::new(buf.initialize_unfilled_to(limit));
+                ready!(Pin::new(&mut *io).poll_read(cx, &mut limited))?;
+                let read = limited.filled().len();
+                buf.advance(read);
+                Poll::Ready(Ok(()))
+            }
+            _ => Pin::new(&mut *io).poll_read(cx, buf),
+        }
     }
 }
 
@@ -155,7 +170,11 @@ impl WebSocket {
         protocol: Option<String>,
     ) -> Self {
         let config = engine_config(options);
-        let io = SharedIo(Arc::new(Mutex::new(io)));
+        let io = SharedIo {
+            io: Arc::new(Mutex::new(io)),
+            read_limit: (options.read_buffer_size < sockudo_ws::RECV_BUFFER_SIZE)
+                .then_some(options.read_buffer_size),
+        };
         let engine = match deflate {
             Some(deflate) => Engine::Deflate(Box::new(CompressedWebSocketStream::server(
                 io.clone(),
