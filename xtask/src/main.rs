@@ -1,6 +1,7 @@
 //! Project tasks in Rust, run as `cargo xtask <task>` (the cargo-xtask convention:
 //! <https://github.com/matklad/cargo-xtask>). Only std, so it builds in seconds.
 
+mod autobahn;
 mod tidy;
 
 use std::{
@@ -15,6 +16,8 @@ usage: cargo xtask <task>
 tasks:
   ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
+  autobahn  the Autobahn TestSuite (517 cases, kosoku from PyPI in target/autobahn/venv)
+            against the echo example; fails unless every case passes
 ";
 
 fn main() -> ExitCode {
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci(),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
+        Some("autobahn") => autobahn::run(),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

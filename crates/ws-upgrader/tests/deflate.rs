@@ -265,3 +265,69 @@ async fn threshold_and_level_reach_the_wire() {
         assert_eq!(wire.len() * 4 < message.len(), shrinks, "level {level}");
     }
 }
+
+/// The permessage-deflate offers of Autobahn 12.* and 13.1 to 13.7, as its client writes them.
+const AUTOBAHN_OFFERS: [&str; 7] = [
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits",
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_no_context_takeover",
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_max_window_bits=9",
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_max_window_bits=15",
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_no_context_takeover; server_max_window_bits=9",
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_no_context_takeover; server_max_window_bits=15",
+    "permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_no_context_takeover; server_max_window_bits=9, \
+     permessage-deflate; client_no_context_takeover; client_max_window_bits; \
+     server_no_context_takeover, \
+     permessage-deflate; client_no_context_takeover; client_max_window_bits",
+];
+
+/// Justifies the kosoku crashes listed in `cargo xtask autobahn` (sub-cases .1 and .2 of
+/// 12.* and 13.*): under each of those offers, with the echo example's compression settings,
+/// 16- and 64-byte slices of JSON (as those sub-cases send) come back either uncompressed
+/// (RSV1 clear, RFC 7692 §6.1) with exactly the bytes sent, or compressed and inflating to
+/// exactly them; and the compressed messages that follow still inflate correctly with the
+/// same decoder, so the uncompressed replies left the compression context in step.
+#[tokio::test]
+async fn short_replies_under_every_autobahn_offer_decode_to_the_message() {
+    let addr = spawn_echo(WsUpgrader::builder().compression().build().unwrap()).await;
+    let text = json(64 << 10);
+    for offer in AUTOBAHN_OFFERS {
+        let (mut stream, extension) = open(addr, Some(offer)).await;
+        let extension = extension.expect("deflate negotiated");
+        let no_takeover = extension.contains("server_no_context_takeover");
+        let mut decoder = decompressor();
+        let (mut uncompressed, mut compressed, mut at) = (0, 0, 0);
+        for len in [16, 64, 4096, 16, 64, 16 << 10] {
+            for _ in 0..20 {
+                if at + len > text.len() {
+                    at = 0;
+                }
+                let message = &text[at..at + len];
+                at += len;
+                write_frame(&mut stream, true, false, TEXT, message).await;
+                let (rsv1, wire) = read_message(&mut stream).await;
+                let decoded = match (rsv1, no_takeover) {
+                    (false, _) => wire,
+                    // Without takeover each message must inflate on its own.
+                    (true, true) => inflate(&mut decompressor(), &wire),
+                    (true, false) => inflate(&mut decoder, &wire),
+                };
+                assert_eq!(decoded, message, "offer {offer:?}, {len} bytes");
+                if rsv1 {
+                    compressed += 1;
+                } else {
+                    uncompressed += 1;
+                }
+            }
+        }
+        // The 16-byte replies take the uncompressed path kosoku trips on; the larger ones
+        // are compressed around them.
+        assert!(uncompressed >= 40, "{offer}: {uncompressed} uncompressed");
+        assert!(compressed >= 40, "{offer}: {compressed} compressed");
+    }
+}
