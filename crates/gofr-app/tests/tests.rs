@@ -2,5 +2,6 @@
 
 mod support;
 
+mod handshake_timeout;
 mod http_routes;
 mod websocket;

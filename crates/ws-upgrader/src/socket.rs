@@ -21,21 +21,29 @@ type Io = TokioIo<Upgraded>;
 /// The upgraded connection, shared between the engine and [`WebSocket::fail`]: the engine stops
 /// writing after a protocol error, and the close frame that tells the peer why must still go out
 /// on the same transport. The lock is never contended while the engine runs.
-#[derive(Clone)]
-struct SharedIo {
-    io: Arc<Mutex<Io>>,
+struct SharedIo<T = Io> {
+    io: Arc<Mutex<T>>,
     /// The most bytes one read takes from the socket (`read_buffer_size`), when it is below
     /// the engine's own receive window; the engine's window itself is fixed.
     read_limit: Option<usize>,
 }
 
-impl SharedIo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Io> {
+impl<T> Clone for SharedIo<T> {
+    fn clone(&self) -> Self {
+        SharedIo {
+            io: self.io.clone(),
+            read_limit: self.read_limit,
+        }
+    }
+}
+
+impl<T> SharedIo<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
         self.io.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl AsyncRead for SharedIo {
+impl<T: AsyncRead + Unpin> AsyncRead for SharedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -55,7 +63,7 @@ impl AsyncRead for SharedIo {
     }
 }
 
-impl AsyncWrite for SharedIo {
+impl<T: AsyncWrite + Unpin> AsyncWrite for SharedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -372,5 +380,28 @@ impl Sink<Message> for WebSocket {
             Engine::Deflate(ws) => ws.poll_close_unpin(cx),
         }
         .map_err(WsError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn read_buffer_size_caps_each_read() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        peer.write_all(&[7; 10_000]).await.unwrap();
+        let mut capped = SharedIo {
+            io: Arc::new(Mutex::new(ours)),
+            read_limit: Some(2048),
+        };
+        // The engine offers its whole 64 KiB window; one read takes at most the limit.
+        let mut window = vec![0u8; 64 << 10];
+        assert_eq!(capped.read(&mut window).await.unwrap(), 2048);
+        assert_eq!(capped.read(&mut window).await.unwrap(), 2048);
+        capped.read_limit = None;
+        assert_eq!(capped.read(&mut window).await.unwrap(), 10_000 - 4096);
     }
 }

@@ -6,3 +6,4 @@ mod deflate;
 mod handshake_timeout;
 mod limits;
 mod options;
+mod serve;
