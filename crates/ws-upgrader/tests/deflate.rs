@@ -106,7 +106,7 @@ fn json(min_len: usize) -> Vec<u8> {
     while len < min_len {
         let item = format!(
             r#"{{"id":{i},"name":"user-{i}","email":"user{i}@example.com","active":{},"score":{}}}"#,
-            i % 3 == 0,
+            i.is_multiple_of(3),
             i * 7919 % 1000
         );
         len += item.len() + 1;
