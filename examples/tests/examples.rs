@@ -28,6 +28,9 @@ fn example_path(name: &str) -> PathBuf {
 struct Running {
     child: Child,
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    /// Its JSON log lines after the listening line.
+    log: mpsc::Receiver<serde_json::Value>,
 }
 
 impl Drop for Running {
@@ -39,31 +42,63 @@ impl Drop for Running {
 
 impl Running {
     fn start(name: &str) -> Running {
+        Running::start_with(name, &[])
+    }
+
+    /// Starts with extra environment variables, which win over the defaults.
+    fn start_with(name: &str, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(example_path(name))
             .env("HTTP_HOST", "127.0.0.1")
             .env("HTTP_PORT", "0")
+            .env("METRICS_PORT", "0")
             .env("LOG_LEVEL", "INFO")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
         let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        // Read the log until the listening line; keep draining afterwards so the pipe never
-        // fills and blocks the server.
+        let (tx, log) = mpsc::channel();
+        // Pass on every JSON log line; keep draining so the pipe never fills and blocks the
+        // server.
         std::thread::spawn(move || {
-            let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && let Some(addr) = listening_address(&line) {
-                    let _ = tx.send(addr);
-                    sent = true;
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(json);
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("example did not log its address");
-        Running { child, addr }
+        // The metrics line comes first; the server's line says it is ready.
+        let mut metrics = None;
+        let addr = loop {
+            let line = log
+                .recv_timeout(WAIT)
+                .expect("example did not log its address");
+            if let Some(addr) = logged_address(&line, "metrics_address") {
+                metrics = Some(addr);
+            } else if let Some(addr) = logged_address(&line, "address") {
+                break addr;
+            }
+        };
+        Running {
+            child,
+            addr,
+            metrics,
+            log,
+        }
+    }
+
+    /// The next log line whose `message` is `message`, waiting at most [`WAIT`].
+    fn wait_log(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line["message"] == message => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line {message:?} in time"),
+            }
+        }
     }
 
     fn url(&self) -> String {
@@ -90,9 +125,27 @@ impl Running {
     }
 }
 
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    let json: serde_json::Value = serde_json::from_str(line).ok()?;
-    json.get("address")?.as_str()?.parse().ok()
+fn logged_address(line: &serde_json::Value, field: &str) -> Option<SocketAddr> {
+    line.get(field)?.as_str()?.parse().ok()
+}
+
+/// One HTTP/1.1 GET over a fresh connection; returns status and body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 async fn next_data(
@@ -178,6 +231,138 @@ async fn sigterm_sends_1001_to_every_client_before_exit() {
         while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, client.next()).await {}
     }
     assert!(server.wait_exit().success());
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Joins a chat room and waits for its own greeting to come back: from then on it is a member.
+async fn chatter(server: &Running, room: &str, name: &str) -> Client {
+    let url = format!("ws://{}/ws/{room}?name={name}", server.addr);
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    client
+        .send(Message::text(format!("hello from {name}")))
+        .await
+        .unwrap();
+    loop {
+        let said = chat_line(&mut client).await;
+        if said["from"] == name {
+            assert_eq!(said["text"], format!("hello from {name}"));
+            return client;
+        }
+    }
+}
+
+async fn chat_line(client: &mut Client) -> serde_json::Value {
+    let message = next_data(client).await;
+    serde_json::from_str(message.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn chat_serves_its_page_and_keeps_rooms_apart() {
+    let server = Running::start("chat");
+    let (status, page) = http_get(server.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<script>") && page.contains("new WebSocket"),
+        "{page}"
+    );
+
+    let mut carol = chatter(&server, "blue", "carol").await;
+    let mut alice = chatter(&server, "red", "alice").await;
+    let mut bob = chatter(&server, "red", "bob").await;
+    // Alice saw Bob arrive.
+    assert_eq!(chat_line(&mut alice).await["text"], "hello from bob");
+
+    alice.send(Message::text("hi red")).await.unwrap();
+    for client in [&mut alice, &mut bob] {
+        let said = chat_line(client).await;
+        assert_eq!(
+            (said["from"].as_str(), said["text"].as_str()),
+            (Some("alice"), Some("hi red"))
+        );
+        assert!(
+            said["at"].as_u64().is_some_and(|at| at > 1_600_000_000_000),
+            "{said}"
+        );
+    }
+    // Nothing from red reached blue: Carol's next line is her own.
+    carol.send(Message::text("hi blue")).await.unwrap();
+    let said = chat_line(&mut carol).await;
+    assert_eq!(
+        (said["from"].as_str(), said["text"].as_str()),
+        (Some("carol"), Some("hi blue"))
+    );
+
+    // An empty message is refused with GoFr's error envelope, to the sender only.
+    bob.send(Message::text("   ")).await.unwrap();
+    let error = chat_line(&mut bob).await;
+    assert!(error["error"]["message"].as_str().is_some(), "{error}");
+
+    let metrics = server.metrics.expect("chat logs its metrics address");
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.lines()
+            .any(|l| l == r#"ws_connections_open{route="/ws/{room}"} 3"#),
+        "{text}"
+    );
+}
+
+/// One HTTP/1.1 POST with an empty body; returns status and body.
+fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response[9..12].parse().expect("status");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+#[test]
+fn ws_inter_service_notifies_the_service_even_when_it_starts_late() {
+    // A port for the notification service, released: nothing listens there yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let sender = Running::start_with(
+        "ws-inter-service",
+        &[
+            ("NOTIFICATION_URL", &format!("ws://127.0.0.1:{port}/ws")),
+            ("RETRY_INTERVAL_MS", "50"),
+        ],
+    );
+
+    // The service is down: the notification is queued, and the reply says so.
+    let (status, body) = post(sender.addr, "/send-notification");
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("queued"), "{body}");
+
+    let service = Running::start_with("notification-service", &[("HTTP_PORT", &port)]);
+    let line = service.wait_log("notification received");
+    let notification: serde_json::Value =
+        serde_json::from_str(line["notification"].as_str().expect("text")).expect("JSON");
+    assert_eq!(
+        notification,
+        serde_json::json!({"title": "New Message", "content": "You have a new notification!"})
+    );
+
+    // Connected now: the seed's answer, and the message travels at once.
+    let (status, body) = post(sender.addr, "/send-notification");
+    assert_eq!(
+        (status, body.as_str()),
+        (201, r#"{"data":"Notification sent successfully!"}"#)
+    );
+    service.wait_log("notification received");
 }
 
 #[tokio::test]

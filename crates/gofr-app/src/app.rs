@@ -1,11 +1,14 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
+use ::http::HeaderMap;
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::Request,
     routing::{MethodFilter, on},
 };
+use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
+use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
 use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
 use ws_upgrader::WsUpgrader;
 
@@ -18,6 +21,14 @@ use crate::{
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 type RouterLayer = Box<dyn FnOnce(Router) -> Router + Send>;
+type ConfigureEndpoint = Box<dyn FnOnce(Endpoint) -> Endpoint + Send>;
+
+/// A WebSocket route waiting for `serve`, where it becomes an [`Endpoint`].
+struct WebSocketRoute {
+    path: String,
+    handler: BoxHandlerFn,
+    configure: Option<ConfigureEndpoint>,
+}
 
 /// The application: routes, WebSocket endpoints and the server that runs them (GoFr's
 /// `gofr.New()`).
@@ -46,11 +57,13 @@ type RouterLayer = Box<dyn FnOnce(Router) -> Router + Send>;
 pub struct App {
     config: Result<Config, ConfigError>,
     router: Router,
-    websockets: Vec<(String, BoxHandlerFn)>,
+    websockets: Vec<WebSocketRoute>,
     upgrader: WsUpgrader,
     hub: ConnectionHub,
+    services: WsClientPool,
     layers: Vec<RouterLayer>,
     shutdown: ShutdownHandle,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl fmt::Debug for App {
@@ -59,7 +72,7 @@ impl fmt::Debug for App {
             .field("config", &self.config)
             .field(
                 "websockets",
-                &self.websockets.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self.websockets.iter().map(|w| &w.path).collect::<Vec<_>>(),
             )
             .field("upgrader", &self.upgrader)
             .finish_non_exhaustive()
@@ -91,8 +104,10 @@ impl App {
             websockets: Vec::new(),
             upgrader: WsUpgrader::new(),
             hub: ConnectionHub::new(),
+            services: WsClientPool::new(),
             layers: Vec::new(),
             shutdown: ShutdownHandle::new(),
+            metrics_listener: None,
         }
     }
 
@@ -138,8 +153,50 @@ impl App {
     /// Adds a WebSocket route (GoFr's `app.WebSocket`): the handler is called once for every
     /// message, and what it returns is written back.
     pub fn websocket<H: Handler<M>, M>(&mut self, path: &str, handler: H) -> &mut Self {
-        self.websockets
-            .push((path.to_owned(), handler.into_boxed()));
+        self.websockets.push(WebSocketRoute {
+            path: path.to_owned(),
+            handler: handler.into_boxed(),
+            configure: None,
+        });
+        self
+    }
+
+    /// Adds a WebSocket route like [`websocket`](App::websocket), then lets `configure`
+    /// adjust its [`Endpoint`]: lifecycle hooks, a connection limit, queue size, send
+    /// timeout. It gets the endpoint with the app's upgrader, hub and grace period already
+    /// set.
+    ///
+    /// ```no_run
+    /// use gofr_app::{App, CloseFrame, Connection, Context, Error, Message};
+    ///
+    /// async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    ///     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
+    ///     conn.hub().join(conn.id(), &room).await;
+    ///     Ok(())
+    /// }
+    ///
+    /// async fn chat(ctx: Context) -> Result<(), Error> {
+    ///     let text: String = ctx.bind()?;
+    ///     let room = ctx.path_param("room").unwrap_or("lobby");
+    ///     ctx.hub().send_to_room(room, Message::text(text)).await;
+    ///     Ok(())
+    /// }
+    ///
+    /// let mut app = App::new();
+    /// app.websocket_with("/ws/{room}", chat, |route| {
+    ///     route.on_connect(join_room).max_connections(10_000)
+    /// });
+    /// ```
+    pub fn websocket_with<H, M, F>(&mut self, path: &str, handler: H, configure: F) -> &mut Self
+    where
+        H: Handler<M>,
+        F: FnOnce(Endpoint) -> Endpoint + Send + 'static,
+    {
+        self.websockets.push(WebSocketRoute {
+            path: path.to_owned(),
+            handler: handler.into_boxed(),
+            configure: Some(Box::new(configure)),
+        });
         self
     }
 
@@ -153,6 +210,69 @@ impl App {
     /// Every open WebSocket connection: list them, push to them, close them.
     pub fn hub(&self) -> ConnectionHub {
         self.hub.clone()
+    }
+
+    /// Registers an outbound WebSocket service and connects to it (GoFr's `app.AddWSService`):
+    /// handshake `headers`, `enable_reconnection`, and the fixed `retry_interval` between
+    /// dials. Waits for the first dial; if it fails, with reconnection on this returns `Ok` and
+    /// keeps dialling in the background, with it off it returns the dial error. A bad URL or
+    /// a header the handshake sets itself is an error at once.
+    ///
+    /// The connection also comes back after any later drop, messages written while it is down
+    /// are queued, and `/.well-known/health` shows its state. See [`WsClientPool`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), gofr_app::PoolError> {
+    /// use std::time::Duration;
+    ///
+    /// let app = gofr_app::App::new();
+    /// app.add_ws_service(
+    ///     "notification-service",
+    ///     "ws://notifications.example.com/ws",
+    ///     http::HeaderMap::new(),
+    ///     true,
+    ///     Duration::from_secs(5),
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_ws_service(
+        &self,
+        name: &str,
+        url: &str,
+        headers: HeaderMap,
+        enable_reconnection: bool,
+        retry_interval: Duration,
+    ) -> Result<(), PoolError> {
+        self.services
+            .add_ws_service(name, url, headers, enable_reconnection, retry_interval)
+            .await
+    }
+
+    /// [`add_ws_service`](App::add_ws_service) with every setting: queue capacity, ping
+    /// interval, backoff policy, timeouts.
+    pub async fn add_ws_service_with(
+        &self,
+        name: &str,
+        options: ServiceOptions,
+    ) -> Result<(), PoolError> {
+        self.services.add_service(name, options).await
+    }
+
+    /// Queues a message for a service (GoFr's `WriteMessageToService`), encoded as
+    /// `write_message_to_socket` does. Handlers use
+    /// [`ServiceExt::write_message_to_service`](crate::ServiceExt::write_message_to_service).
+    pub fn write_message_to_service<T: Serialize + 'static>(
+        &self,
+        name: &str,
+        data: T,
+    ) -> Result<(), PoolError> {
+        self.services.write_message_to_service(name, data)
+    }
+
+    /// The outbound WebSocket services: state, the messages they send back.
+    pub fn ws_services(&self) -> WsClientPool {
+        self.services.clone()
     }
 
     /// Adds plain axum routes, for what the GoFr-style handlers do not cover.
@@ -180,6 +300,12 @@ impl App {
         self
     }
 
+    /// Serves `/metrics` on this listener instead of binding `METRICS_PORT`.
+    pub fn metrics_listener(&mut self, listener: TcpListener) -> &mut Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// A handle that shuts the app down when asked, as SIGINT or SIGTERM do.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -199,27 +325,61 @@ impl App {
         self.serve(listener).await
     }
 
-    /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`]. Then it
-    /// stops accepting, sends close 1001 to every WebSocket, gives running handlers the
-    /// shutdown grace period to finish, waits for the close handshakes and returns.
+    /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`], with
+    /// `/metrics` on `METRICS_PORT` (or the [`metrics_listener`](App::metrics_listener)).
+    /// Then it stops accepting, sends close 1001 to every WebSocket, gives running handlers
+    /// the shutdown grace period to finish, waits for the close handshakes, closes every
+    /// outbound service with 1001 (stopping their reconnect loops) and returns.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::logging::init(&config);
+        crate::metrics::install();
         let address = listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let metrics_listener = match self.metrics_listener {
+            Some(listener) => listener,
+            None => {
+                let metrics_address = SocketAddr::new(config.http_host, config.metrics_port);
+                TcpListener::bind(metrics_address)
+                    .await
+                    .map_err(|source| AppError::Io {
+                        address: metrics_address.to_string(),
+                        source,
+                    })?
+            }
+        };
+        let metrics_address = metrics_listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let metrics_server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(metrics_listener, crate::metrics::routes()).await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+        tracing::info!(%metrics_address, "metrics on http://{metrics_address}/metrics");
+
         let mut router = self.router;
-        for (path, handler) in self.websockets {
-            let endpoint = Endpoint::new(handler)
+        for route in self.websockets {
+            let mut endpoint = Endpoint::new(route.handler)
                 .upgrader(self.upgrader.clone())
                 .hub(self.hub.clone())
                 .close_grace(config.shutdown_grace);
-            router = router.route(&path, endpoint.into_route());
+            if let Some(configure) = route.configure {
+                endpoint = configure(endpoint);
+            }
+            router = router.route(&route.path, endpoint.into_route());
         }
+        // Handlers find the services in the request extensions (`ServiceExt`).
+        router = router.layer(Extension(self.services.clone()));
         for layer in self.layers {
             router = layer(router);
         }
-        let router = router.merge(crate::health::routes(&config, self.hub.clone()));
+        let router = router.merge(crate::health::routes(
+            &config,
+            self.hub.clone(),
+            self.services.clone(),
+        ));
 
         tracing::info!(app = %config.app_name, %address, "server listening on {address}");
         let hub = self.hub.clone();
@@ -255,6 +415,9 @@ impl App {
                 "WebSockets still open after the grace period; exiting anyway"
             );
         }
+        // After the handlers, so what they queued is still sent.
+        self.services.shutdown().await;
+        metrics_server.abort();
         tracing::info!("server stopped");
         Ok(())
     }

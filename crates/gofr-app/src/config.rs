@@ -53,6 +53,7 @@ impl LogLevel {
 /// | `APP_NAME` | `gofr-app` | name in logs and health |
 /// | `HTTP_HOST` | `0.0.0.0` | address the server binds |
 /// | `HTTP_PORT` | `8000` | port of HTTP and WebSocket routes (0 picks a free one) |
+/// | `METRICS_PORT` | `2121` | port of `/metrics`, Prometheus text format (0 picks a free one) |
 /// | `LOG_LEVEL` | `INFO` | `DEBUG`, `INFO`, `NOTICE`, `WARN`, `ERROR`, `FATAL` |
 /// | `SHUTDOWN_GRACE_PERIOD` | `5s` | time handlers get to finish at shutdown (`500ms`, `5s`, `1m`, or seconds) |
 ///
@@ -66,6 +67,8 @@ pub struct Config {
     pub http_host: IpAddr,
     /// `HTTP_PORT`
     pub http_port: u16,
+    /// `METRICS_PORT`
+    pub metrics_port: u16,
     /// `LOG_LEVEL`
     pub log_level: LogLevel,
     /// `SHUTDOWN_GRACE_PERIOD`
@@ -97,6 +100,12 @@ impl Config {
                 .parse()
                 .map_err(|_| bad("HTTP_PORT", v, "is not a port number (0-65535)"))?,
             None => 8000,
+        };
+        let metrics_port = match get("METRICS_PORT") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("METRICS_PORT", v, "is not a port number (0-65535)"))?,
+            None => 2121,
         };
         let http_host = match get("HTTP_HOST") {
             Some(v) => v
@@ -132,6 +141,7 @@ impl Config {
             app_name: get("APP_NAME").unwrap_or("gofr-app").to_owned(),
             http_host,
             http_port,
+            metrics_port,
             log_level,
             shutdown_grace,
         })
@@ -168,6 +178,7 @@ mod tests {
     fn defaults() {
         let config = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!(config.http_port, 8000);
+        assert_eq!(config.metrics_port, 2121);
         assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(config.app_name, "gofr-app");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
@@ -182,6 +193,8 @@ mod tests {
             text.contains("HTTP_PORT") && text.contains("\"abc\""),
             "{text}"
         );
+        let error = Config::from_vars(&vars(&[("METRICS_PORT", "99999")])).unwrap_err();
+        assert_eq!(error.name(), "METRICS_PORT");
     }
 
     #[test]

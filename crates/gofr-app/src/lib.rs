@@ -10,6 +10,7 @@
 //! | [`message`] | `ws-message` | messages, encode and decode rules |
 //! | [`upgrader`] | `ws-upgrader` | upgrader options, handshake, the socket |
 //! | [`context`] | `ws-context` | handler `Context`, socket writer, connection hub |
+//! | [`client_pool`] | `ws-client-pool` | outbound WebSocket services |
 //!
 //! # Example
 //!
@@ -43,11 +44,27 @@
 //! [`Config`] lists the variables (`APP_NAME`, `HTTP_PORT`, `LOG_LEVEL`, ...). An invalid value
 //! stops [`App::run`] before anything is bound, with an error naming the variable and value.
 //!
+//! # Metrics
+//!
+//! `/metrics` is served in Prometheus text format on `METRICS_PORT` (default 2121): the
+//! WebSocket counters of `ws-context` (see [`context::describe_metrics`]: connections,
+//! messages and bytes per route, upgrade failures, handler errors, close codes, queue-full
+//! events, slow-peer disconnects) and anything else recorded through the `metrics` facade,
+//! such as the client pool's `ws_client_*` metrics.
+//! # Inter-service WebSockets
+//!
+//! [`App::add_ws_service`] registers a named outbound connection (GoFr's `AddWSService`);
+//! handlers write to it with [`ServiceExt::write_message_to_service`], on both [`Context`] and
+//! [`HttpContext`]. Connections come back after drops, messages written while a service is
+//! down are queued (bounded), and `/.well-known/health` lists each service's state and last
+//! error: a service that is not connected makes the status `DEGRADED`, not `DOWN`.
+//!
 //! # Shutdown
 //!
 //! On SIGINT, SIGTERM or [`ShutdownHandle::shutdown`] the app stops accepting, sends close
-//! 1001 to every WebSocket, lets running handlers finish within `SHUTDOWN_GRACE_PERIOD`, and
-//! returns from `run`.
+//! 1001 to every WebSocket, lets running handlers finish within `SHUTDOWN_GRACE_PERIOD`,
+//! closes every outbound service with 1001 (stopping its reconnect loop), and returns from
+//! `run`.
 #![deny(missing_docs)]
 
 mod app;
@@ -56,13 +73,21 @@ mod error;
 mod health;
 mod http;
 mod logging;
+mod metrics;
+mod services;
 
 pub use crate::app::{App, ShutdownHandle};
 pub use crate::config::{Config, ConfigError, LogLevel};
 pub use crate::error::{AppError, Error};
 pub use crate::http::{HttpContext, HttpHandler};
+pub use crate::services::ServiceExt;
+pub use ws_client_pool::{
+    PoolError, Reconnect, ServiceMessages, ServiceOptions, ServiceState, ServiceStatus,
+    WsClientPool,
+};
 pub use ws_context::{
-    BindError, ConnectionHub, ConnectionId, Context, Message, SocketWriter, WriteError,
+    BindError, CloseFrame, Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context,
+    Endpoint, Message, SocketWriter, WriteError,
 };
 pub use ws_upgrader::WsUpgrader;
 
@@ -79,4 +104,12 @@ pub mod upgrader {
 /// Handler context, socket writer and connection hub: the `ws-context` crate.
 pub mod context {
     pub use ws_context::*;
+}
+
+/// The user guide (`docs/guide.md`), compiled here so that every example in it is tested.
+#[doc = include_str!("../../../docs/guide.md")]
+pub mod guide {}
+/// Outbound WebSocket services: the `ws-client-pool` crate.
+pub mod client_pool {
+    pub use ws_client_pool::*;
 }

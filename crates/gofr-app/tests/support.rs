@@ -13,6 +13,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(5);
 pub(crate) fn config() -> Config {
     let vars = [
         ("HTTP_HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("METRICS_PORT".to_owned(), "0".to_owned()),
         ("SHUTDOWN_GRACE_PERIOD".to_owned(), "1s".to_owned()),
     ]
     .into();
@@ -58,4 +59,16 @@ pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str, body: &str)
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Waits, bounded, until `check` holds.
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -12,7 +12,7 @@ async fn whoami(ctx: Context) -> Result<serde_json::Value, Error> {
 
 async fn announce(ctx: HttpContext) -> Result<usize, Error> {
     let text: String = ctx.bind()?;
-    Ok(ctx.hub().broadcast(Message::text(text)))
+    Ok(ctx.hub().broadcast(Message::text(text)).await)
 }
 
 #[tokio::test]
@@ -27,6 +27,7 @@ async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
             .unwrap(),
     );
     app.post("/announce", announce);
+    let hub = app.hub();
     let served = serve(app).await;
 
     let mut request = format!("ws://{}/ws", served.addr)
@@ -56,6 +57,16 @@ async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
             .unwrap()
             .starts_with(gofr_app::context::node_id())
     );
+
+    // The app's hub lists the connection with its route, peer and subprotocol.
+    let listed = hub.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id.as_str(), reply["id"].as_str().unwrap());
+    assert_eq!(
+        (&*listed[0].route, listed[0].protocol.as_deref()),
+        ("/ws", Some("chat"))
+    );
+    assert!(listed[0].remote_addr.is_some_and(|a| a.ip().is_loopback()));
 
     let (status, body) = http(served.addr, "POST", "/announce", "maintenance at noon").await;
     assert_eq!((status, body.as_str()), (201, r#"{"data":1}"#));

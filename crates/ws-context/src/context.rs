@@ -8,7 +8,7 @@ use ws_message::{DecodeError, Message, decode};
 use crate::{ConnectionHub, ConnectionId, SocketWriter, WriteError};
 
 /// What a connection keeps of its upgrade request, shared by every message's [`Context`].
-pub(crate) struct Connection {
+pub(crate) struct ConnShared {
     pub(crate) id: ConnectionId,
     pub(crate) route: Arc<str>,
     pub(crate) uri: Uri,
@@ -20,6 +20,108 @@ pub(crate) struct Connection {
     pub(crate) writer: SocketWriter,
     pub(crate) hub: ConnectionHub,
     pub(crate) span: tracing::Span,
+}
+
+/// One open connection as lifecycle hooks see it: its id, the upgrade request that opened
+/// it, its writer and the hub. A [`Context`] is this plus the message being handled.
+///
+/// ```no_run
+/// use ws_context::{CloseFrame, Connection, Endpoint};
+///
+/// async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+///     let room = conn.path_param("room").ok_or_else(|| CloseFrame::new(4000, "no room"))?;
+///     conn.hub().join(conn.id(), room).await;
+///     Ok(())
+/// }
+/// # async fn chat(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
+/// let endpoint = Endpoint::new(chat).on_connect(join_room);
+/// ```
+#[derive(Clone)]
+pub struct Connection(pub(crate) Arc<ConnShared>);
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.0.id)
+            .field("route", &self.0.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// This connection's server-generated id.
+    pub fn id(&self) -> &ConnectionId {
+        &self.0.id
+    }
+
+    /// The route pattern the connection matched, such as `/ws/{room}`.
+    pub fn route(&self) -> &str {
+        &self.0.route
+    }
+
+    /// A path parameter of the upgrade request, by name.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        self.0
+            .path_params
+            .iter()
+            .find(|(key, _)| &**key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The upgrade request's URI.
+    pub fn uri(&self) -> &Uri {
+        &self.0.uri
+    }
+
+    /// The value of a query parameter of the upgrade request (percent-decoded), by name.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&self.0.uri).ok()?;
+        pairs
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    /// The query string of the upgrade request decoded into `T`.
+    pub fn query<T: DeserializeOwned>(&self) -> Result<T, QueryRejection> {
+        Query::<T>::try_from_uri(&self.0.uri).map(|Query(query)| query)
+    }
+
+    /// The upgrade request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.0.headers
+    }
+
+    /// The upgrade request's extensions: whatever middleware (authentication, for example)
+    /// put there before the upgrade.
+    pub fn extensions(&self) -> &Extensions {
+        &self.0.extensions
+    }
+
+    /// The peer's address, when the server was started with connect info.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.0.remote_addr
+    }
+
+    /// The subprotocol selected during the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.0.protocol.as_deref()
+    }
+
+    /// A writer handle for this connection, to move into spawned tasks.
+    pub fn socket(&self) -> SocketWriter {
+        self.0.writer.clone()
+    }
+
+    /// Every connection of the app: to write to others, broadcast, join rooms or close.
+    pub fn hub(&self) -> &ConnectionHub {
+        &self.0.hub
+    }
+
+    /// The connection's span (fields `conn_id`, `route`, `peer`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.0.span
+    }
 }
 
 /// The context of one WebSocket message: the message, the connection it came on, and the
@@ -41,15 +143,15 @@ pub(crate) struct Connection {
 /// ```
 #[derive(Clone)]
 pub struct Context {
-    conn: Arc<Connection>,
+    conn: Connection,
     message: Message,
 }
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("id", &self.conn.id)
-            .field("route", &self.conn.route)
+            .field("id", self.conn.id())
+            .field("route", &self.conn.route())
             .field("message", &self.message)
             .finish_non_exhaustive()
     }
@@ -59,7 +161,7 @@ impl fmt::Debug for Context {
 pub type BindError = DecodeError;
 
 impl Context {
-    pub(crate) fn new(conn: Arc<Connection>, message: Message) -> Self {
+    pub(crate) fn new(conn: Connection, message: Message) -> Self {
         Context { conn, message }
     }
 
@@ -82,80 +184,77 @@ impl Context {
         &self,
         data: T,
     ) -> Result<(), WriteError> {
-        self.conn.writer.write(data).await
+        self.conn.0.writer.write(data).await
+    }
+
+    /// The connection this message came on, as lifecycle hooks see it.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// A writer handle for this connection, to move into spawned tasks.
     pub fn socket(&self) -> SocketWriter {
-        self.conn.writer.clone()
+        self.conn.socket()
     }
 
     /// This connection's server-generated id.
     pub fn id(&self) -> &ConnectionId {
-        &self.conn.id
+        self.conn.id()
     }
 
     /// The route pattern the connection matched, such as `/ws/{room}`.
     pub fn route(&self) -> &str {
-        &self.conn.route
+        self.conn.route()
     }
 
     /// A path parameter of the upgrade request, by name.
     pub fn path_param(&self, name: &str) -> Option<&str> {
-        self.conn
-            .path_params
-            .iter()
-            .find(|(key, _)| &**key == name)
-            .map(|(_, value)| value.as_str())
+        self.conn.path_param(name)
     }
 
     /// The upgrade request's URI.
     pub fn uri(&self) -> &Uri {
-        &self.conn.uri
+        self.conn.uri()
     }
 
     /// The value of a query parameter of the upgrade request (percent-decoded), by name.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&self.conn.uri).ok()?;
-        pairs
-            .into_iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value)
+        self.conn.query_param(name)
     }
 
     /// The query string of the upgrade request decoded into `T`.
     pub fn query<T: DeserializeOwned>(&self) -> Result<T, QueryRejection> {
-        Query::<T>::try_from_uri(&self.conn.uri).map(|Query(query)| query)
+        self.conn.query()
     }
 
     /// The upgrade request's headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.conn.headers
+        self.conn.headers()
     }
 
     /// The upgrade request's extensions: whatever middleware (authentication, for example)
     /// put there before the upgrade.
     pub fn extensions(&self) -> &Extensions {
-        &self.conn.extensions
+        self.conn.extensions()
     }
 
     /// The peer's address, when the server was started with connect info.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.conn.remote_addr
+        self.conn.remote_addr()
     }
 
     /// The subprotocol selected during the handshake.
     pub fn protocol(&self) -> Option<&str> {
-        self.conn.protocol.as_deref()
+        self.conn.protocol()
     }
 
-    /// Every connection of the app: to write to others, broadcast or close.
+    /// Every connection of the app: to write to others, broadcast, join rooms or close.
     pub fn hub(&self) -> &ConnectionHub {
-        &self.conn.hub
+        self.conn.hub()
     }
 
     /// The connection's span (fields `conn_id`, `route`, `peer`).
     pub fn span(&self) -> &tracing::Span {
-        &self.conn.span
+        self.conn.span()
     }
 }

@@ -1,8 +1,13 @@
 use std::{
     fmt,
+    future::Future,
     net::SocketAddr,
     panic::AssertUnwindSafe,
-    sync::Arc,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -12,15 +17,19 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 use futures_util::FutureExt as _;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tracing::Instrument as _;
 use ws_message::{CloseFrame, Message, close_code};
-use ws_upgrader::{WebSocket, WsUpgrader};
+use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsUpgrader};
 
 use crate::{
-    ConnectionHub, ConnectionId, ConnectionInfo, Context, Handler, SocketWriter,
-    context::Connection,
+    Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context, Handler, SocketWriter,
+    context::ConnShared,
     handler::{BoxHandler, Reply, error_frame},
+    metrics::{ConnMetrics, upgrade_failed},
     writer::Outbound,
 };
 
@@ -28,8 +37,41 @@ use crate::{
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default time a writer waits for room in a full queue before giving up.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time a running handler gets to finish when its connection is closed.
+/// Default time a running handler gets to finish when its connection is closed, and then
+/// the peer gets to take the close frame.
 pub const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+type HookFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type ConnectHook = Arc<dyn Fn(Connection) -> HookFuture<Result<(), CloseFrame>> + Send + Sync>;
+type CloseHook = Arc<dyn Fn(Connection, CloseFrame) -> HookFuture<()> + Send + Sync>;
+
+/// How many connections a route may have open at once, and how many it has.
+struct Limit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+/// A place under a [`Limit`], given back when dropped (also when the upgrade never
+/// completes).
+struct Permit(Arc<Limit>);
+
+impl Permit {
+    fn acquire(limit: &Arc<Limit>) -> Option<Permit> {
+        limit
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Permit(limit.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Time allowed to tell a peer that broke the protocol why it is being dropped.
 const FAIL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,6 +105,9 @@ pub struct Endpoint {
     queue_capacity: usize,
     send_timeout: Duration,
     close_grace: Duration,
+    limit: Option<Arc<Limit>>,
+    on_connect: Option<ConnectHook>,
+    on_close: Option<CloseHook>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -73,14 +118,17 @@ impl fmt::Debug for Endpoint {
             .field("queue_capacity", &self.queue_capacity)
             .field("send_timeout", &self.send_timeout)
             .field("close_grace", &self.close_grace)
+            .field("max_connections", &self.limit.as_ref().map(|l| l.max))
+            .field("on_connect", &self.on_connect.is_some())
+            .field("on_close", &self.on_close.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Endpoint {
     /// An endpoint for `handler` with the default upgrader, its own hub, a queue of
-    /// [`DEFAULT_QUEUE_CAPACITY`] messages, a [`DEFAULT_SEND_TIMEOUT`] and a
-    /// [`DEFAULT_CLOSE_GRACE`].
+    /// [`DEFAULT_QUEUE_CAPACITY`] messages, a [`DEFAULT_SEND_TIMEOUT`], a
+    /// [`DEFAULT_CLOSE_GRACE`], no connection limit and no hooks.
     pub fn new<H: Handler<M>, M>(handler: H) -> Self {
         Endpoint {
             handler: handler.into_boxed().0,
@@ -89,6 +137,9 @@ impl Endpoint {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             close_grace: DEFAULT_CLOSE_GRACE,
+            limit: None,
+            on_connect: None,
+            on_close: None,
         }
     }
 
@@ -111,16 +162,78 @@ impl Endpoint {
     }
 
     /// How long a write waits for room in a full queue before it fails with
-    /// [`WriteError::Full`](crate::WriteError::Full).
+    /// [`WriteError::Full`](crate::WriteError::Full), and how long a write to the socket may
+    /// make no progress. A peer that stays full that long is closed with
+    /// [`SLOW_PEER_CLOSE_CODE`](crate::SLOW_PEER_CLOSE_CODE) (1008) and its queue dropped.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;
         self
     }
 
     /// How long a running handler may go on after its connection was asked to close (by
-    /// [`ConnectionHub::close`], a shutdown, or [`SocketWriter::close`]).
+    /// [`ConnectionHub::close`], a shutdown, or [`SocketWriter::close`]), and then how long
+    /// the peer gets to take the close frame before the connection is dropped.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
+        self
+    }
+
+    /// At most this many connections open on this route at once (shared by clones of the
+    /// endpoint). Over it, the upgrade is refused with 503 and a reason. Default: no limit.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.limit = Some(Arc::new(Limit {
+            max: connections,
+            open: AtomicUsize::new(0),
+        }));
+        self
+    }
+
+    /// Runs `hook` when a connection opens, after the upgrade and before its first message
+    /// is read. The connection is already in the hub, so the hook can join rooms or greet.
+    /// An `Err(frame)` closes the connection with that code and reason (after anything the
+    /// hook wrote); the handler is then never called, nor the close hook. A panic closes
+    /// with 1011.
+    ///
+    /// ```no_run
+    /// use ws_context::{CloseFrame, Connection, Endpoint};
+    ///
+    /// async fn only_with_token(conn: Connection) -> Result<(), CloseFrame> {
+    ///     match conn.query_param("token") {
+    ///         Some(token) if token == "let-me-in" => Ok(()),
+    ///         _ => Err(CloseFrame::new(4001, "missing or wrong token")),
+    ///     }
+    /// }
+    /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
+    /// let endpoint = Endpoint::new(handler).on_connect(only_with_token);
+    /// ```
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), CloseFrame>> + Send + 'static,
+    {
+        self.on_connect = Some(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
+    }
+
+    /// Runs `hook` once a connection accepted by the connect hook has ended, with how it
+    /// ended: the peer's close frame, ours, or 1006 when the peer vanished. The connection has
+    /// already left the hub and every room. A panic is logged.
+    ///
+    /// ```no_run
+    /// use ws_context::{CloseFrame, Connection, Endpoint};
+    ///
+    /// async fn log_close(conn: Connection, close: CloseFrame) {
+    ///     tracing::info!(id = %conn.id(), code = close.code, reason = %close.reason, "left");
+    /// }
+    /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
+    /// let endpoint = Endpoint::new(handler).on_close(log_close);
+    /// ```
+    pub fn on_close<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Connection, CloseFrame) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_close = Some(Arc::new(move |conn, close| Box::pin(hook(conn, close))));
         self
     }
 
@@ -147,14 +260,33 @@ impl Endpoint {
     /// Upgrades one request and runs the connection; the response is the `101` or the refusal.
     pub async fn serve(&self, request: Request) -> Response {
         let (mut parts, _body) = request.into_parts();
-        let pending = match self.upgrader.upgrade(&mut parts) {
-            Ok(pending) => pending,
-            Err(refusal) => return refusal,
-        };
         let route: Arc<str> = parts
             .extensions
             .get::<MatchedPath>()
             .map_or_else(|| parts.uri.path().into(), |p| p.as_str().into());
+        let pending = match self.upgrader.upgrade(&mut parts) {
+            Ok(pending) => pending,
+            Err(refusal) => {
+                upgrade_failed(&route, refusal_reason(&refusal));
+                return refusal;
+            }
+        };
+        let permit = match &self.limit {
+            Some(limit) => match Permit::acquire(limit) {
+                Some(permit) => Some(permit),
+                None => {
+                    upgrade_failed(&route, "overloaded");
+                    let reason = format!(
+                        "too many connections: {route} allows {} at once; try again later",
+                        limit.max
+                    );
+                    return self
+                        .upgrader
+                        .reject(&UpgradeRejection::new(RejectionKind::Overloaded, reason));
+                }
+            },
+            None => None,
+        };
         let path_params = match RawPathParams::from_request_parts(&mut parts, &()).await {
             Ok(params) => params
                 .iter()
@@ -173,9 +305,14 @@ impl Endpoint {
             route = %route,
             peer = remote_addr.map(tracing::field::display),
         );
-        let (writer, outbound) =
-            SocketWriter::new(id.clone(), self.queue_capacity, self.send_timeout);
-        let conn = Arc::new(Connection {
+        let metrics = Arc::new(ConnMetrics::new(&route));
+        let (writer, outbound, urgent) = SocketWriter::new(
+            id.clone(),
+            self.queue_capacity,
+            self.send_timeout,
+            metrics.clone(),
+        );
+        let conn = Connection(Arc::new(ConnShared {
             id,
             route,
             uri: parts.uri,
@@ -187,34 +324,78 @@ impl Endpoint {
             writer,
             hub: self.hub.clone(),
             span: span.clone(),
-        });
-        let handler = self.handler.clone();
-        let close_grace = self.close_grace;
+        }));
+        let endpoint = self.clone();
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
+            let shared = &conn.0;
             let info = ConnectionInfo {
-                id: conn.id.clone(),
-                route: conn.route.clone(),
-                remote_addr: conn.remote_addr,
+                id: shared.id.clone(),
+                route: shared.route.clone(),
+                remote_addr: shared.remote_addr,
                 connected_at: SystemTime::now(),
-                protocol: conn.protocol.clone(),
+                protocol: shared.protocol.clone(),
+                rooms: Vec::new(),
             };
-            conn.hub.insert(info, conn.writer.clone());
-            let span = conn.span.clone();
+            shared.hub.insert(info, shared.writer.clone());
+            metrics.opened();
+            let span = shared.span.clone();
             async move {
+                let _permit = permit;
+                let rejected = match &endpoint.on_connect {
+                    Some(hook) => match AssertUnwindSafe(hook(conn.clone())).catch_unwind().await
+                    {
+                        Ok(Ok(())) => None,
+                        Ok(Err(frame)) => {
+                            tracing::debug!(code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+                            Some(frame)
+                        }
+                        Err(panic) => {
+                            let what = panic_message(&panic);
+                            tracing::error!(panic = %what, "connect hook panicked; closing the connection");
+                            Some(CloseFrame::new(close_code::INTERNAL, "internal server error"))
+                        }
+                    },
+                    None => None,
+                };
                 let io = ConnectionTask {
                     socket,
                     outbound,
-                    handler,
+                    urgent,
+                    handler: endpoint.handler.clone(),
                     conn: conn.clone(),
-                    close_grace,
+                    close_grace: endpoint.close_grace,
+                    send_timeout: endpoint.send_timeout,
+                    metrics: metrics.clone(),
                 };
-                let close = io.run().await;
-                conn.hub.remove(&conn.id);
+                let accepted = rejected.is_none();
+                let close = io.run(rejected).await;
+                conn.hub().remove(conn.id());
+                metrics.closed(close.code);
                 tracing::debug!(code = close.code, reason = %close.reason, "connection closed");
+                if accepted && let Some(hook) = &endpoint.on_close {
+                    let hook = AssertUnwindSafe(hook(conn.clone(), close)).catch_unwind();
+                    if let Err(panic) = hook.await {
+                        tracing::error!(panic = %panic_message(&panic), "close hook panicked");
+                    }
+                }
             }
             .instrument(span)
         })
+    }
+}
+
+/// The metrics label for a refused upgrade.
+fn refusal_reason(refusal: &Response) -> &'static str {
+    match refusal.extensions().get::<RejectionKind>() {
+        Some(RejectionKind::MethodNotGet) => "method_not_get",
+        Some(RejectionKind::NotUpgrade) => "not_upgrade",
+        Some(RejectionKind::UnsupportedVersion) => "unsupported_version",
+        Some(RejectionKind::BadKey) => "bad_key",
+        Some(RejectionKind::OriginRefused) => "origin_refused",
+        Some(RejectionKind::NotUpgradable) => "not_upgradable",
+        Some(RejectionKind::Overloaded) => "overloaded",
+        _ => "other",
     }
 }
 
@@ -222,9 +403,13 @@ impl Endpoint {
 struct ConnectionTask {
     socket: WebSocket,
     outbound: mpsc::Receiver<Outbound>,
+    /// A close that skips the queue (see `SocketWriter::close_slow`).
+    urgent: watch::Receiver<Option<CloseFrame>>,
     handler: BoxHandler,
-    conn: Arc<Connection>,
+    conn: Connection,
     close_grace: Duration,
+    send_timeout: Duration,
+    metrics: Arc<ConnMetrics>,
 }
 
 type Running = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Reply>> + Send>>;
@@ -233,24 +418,48 @@ type Running = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Reply>>
 enum Closing {
     Open,
     /// A local close was asked for; it is sent once the running handler is done or the
-    /// deadline passes.
-    Requested(CloseFrame, Instant),
+    /// deadline passes. An urgent close has dropped the queue and writes nothing else first.
+    Requested {
+        frame: CloseFrame,
+        deadline: Instant,
+        urgent: bool,
+    },
     /// Our close frame is out; waiting for the peer's.
     Sent,
 }
 
+/// Why a write to the socket did not complete.
+enum WriteFailed {
+    /// The transport failed: nothing more can be written.
+    Broken,
+    /// An urgent close arrived, or the peer took nothing for the send timeout (and was
+    /// then closed as slow): go on with the urgent close.
+    Urgent,
+}
+
 impl ConnectionTask {
-    /// Runs until the connection ends; returns how it was closed.
-    async fn run(mut self) -> CloseFrame {
+    /// Runs until the connection ends; returns how it was closed. `rejected` closes at once
+    /// (the connect hook refused the connection).
+    async fn run(mut self, rejected: Option<CloseFrame>) -> CloseFrame {
         tracing::debug!("connection open");
         let mut running: Option<Running> = None;
         // At most one message is read ahead while the handler runs, so reads stay bounded.
         let mut next: Option<Message> = None;
-        let mut closing = Closing::Open;
+        let mut closing = match rejected {
+            Some(frame) => Closing::Requested {
+                frame,
+                deadline: Instant::now(),
+                urgent: false,
+            },
+            None => Closing::Open,
+        };
         let mut ended_by = CloseFrame::new(close_code::ABNORMAL, "connection dropped");
 
         loop {
-            if let Closing::Requested(frame, deadline) = &closing {
+            if let Closing::Requested {
+                frame, deadline, ..
+            } = &closing
+            {
                 if running.is_some() && Instant::now() >= *deadline {
                     tracing::warn!("handler still running after the close grace period; dropped");
                     running = None;
@@ -260,42 +469,62 @@ impl ConnectionTask {
                     ended_by = frame.clone();
                     closing = Closing::Sent;
                     next = None;
-                    if self.write(Message::Close(Some(frame))).await.is_err() {
+                    if !self.write_close(frame).await {
                         break;
                     }
                 }
             }
             let deadline = match &closing {
-                Closing::Requested(_, deadline) => Some(*deadline),
+                Closing::Requested { deadline, .. } => Some(*deadline),
                 _ => None,
             };
             let may_read = match closing {
                 Closing::Open => next.is_none(),
-                Closing::Requested(..) => false,
+                Closing::Requested { .. } => false,
                 // Read until the peer's close frame or the end of the stream.
                 Closing::Sent => true,
             };
-            let may_write = !matches!(closing, Closing::Sent);
+            let may_write = matches!(
+                closing,
+                Closing::Open | Closing::Requested { urgent: false, .. }
+            );
 
             tokio::select! {
+                changed = self.urgent.changed(), if may_write => {
+                    if changed.is_ok() {
+                        self.begin_urgent_close(&mut closing);
+                    }
+                }
                 command = self.outbound.recv(), if may_write => {
                     // The hub and every context hold senders, so `None` cannot happen while
                     // the task runs; treat it as a close all the same.
                     let Some(command) = command else { break };
                     match self.write_batch(command).await {
                         Ok(Some(frame)) => {
-                            closing = Closing::Requested(frame, Instant::now() + self.close_grace);
+                            closing = Closing::Requested {
+                                frame,
+                                deadline: Instant::now() + self.close_grace,
+                                urgent: false,
+                            };
                         }
                         Ok(None) => {}
-                        Err(()) => break,
+                        Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
+                        Err(WriteFailed::Broken) => break,
                     }
                 }
                 reply = poll_running(&mut running) => {
                     running = None;
-                    match self.finish(reply).await {
-                        Ok(Some(frame)) => closing = Closing::Requested(frame, Instant::now()),
+                    match self.finish(reply, may_write).await {
+                        Ok(Some(frame)) => {
+                            closing = Closing::Requested {
+                                frame,
+                                deadline: Instant::now(),
+                                urgent: false,
+                            };
+                        }
                         Ok(None) => {}
-                        Err(()) => break,
+                        Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
+                        Err(WriteFailed::Broken) => break,
                     }
                     if let Some(message) = next.take()
                         && matches!(closing, Closing::Open)
@@ -320,6 +549,8 @@ impl ConnectionTask {
                         next = None;
                     }
                     Some(Ok(message)) if message.is_data() => {
+                        self.metrics.messages_received.increment(1);
+                        self.metrics.bytes_received.increment(payload_len(&message));
                         if running.is_none() && matches!(closing, Closing::Open) {
                             running = Some(self.start(message));
                         } else {
@@ -334,19 +565,63 @@ impl ConnectionTask {
         ended_by
     }
 
+    /// Takes the urgent close: drops the queue (its memory goes with it) and closes without
+    /// writing anything more, once the running handler is done or the grace period passes.
+    fn begin_urgent_close(&mut self, closing: &mut Closing) {
+        let Some(frame) = self.urgent.borrow_and_update().clone() else {
+            return;
+        };
+        self.outbound.close();
+        while self.outbound.try_recv().is_ok() {}
+        *closing = Closing::Requested {
+            frame,
+            deadline: Instant::now() + self.close_grace,
+            urgent: true,
+        };
+    }
+
     fn start(&self, message: Message) -> Running {
+        let span = tracing::debug_span!(
+            parent: self.conn.span(),
+            "message",
+            kind = message_kind(&message),
+            bytes = payload_len(&message),
+        );
         let ctx = Context::new(self.conn.clone(), message);
-        let future = (self.handler)(ctx).instrument(self.conn.span.clone());
+        let future = (self.handler)(ctx).instrument(span);
         Box::pin(AssertUnwindSafe(future).catch_unwind())
     }
 
     /// Writes what the handler returned, after everything it queued while running. Returns a
-    /// close frame when the connection must close.
+    /// close frame when the connection must close. With `may_write` false (an urgent close
+    /// is under way) nothing is written.
     async fn finish(
         &mut self,
         reply: std::thread::Result<Reply>,
-    ) -> Result<Option<CloseFrame>, ()> {
+        may_write: bool,
+    ) -> Result<Option<CloseFrame>, WriteFailed> {
         let mut close = None;
+        let mut reply_frame = None;
+        match reply {
+            Ok(Ok(message)) => reply_frame = message,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "handler error");
+                self.metrics.handler_failed("error");
+                reply_frame = Some(error_frame(&error));
+            }
+            Err(panic) => {
+                let what = panic_message(&panic);
+                tracing::error!(panic = %what, "handler panicked; closing the connection");
+                self.metrics.handler_failed("panic");
+                close = Some(CloseFrame::new(
+                    close_code::INTERNAL,
+                    "internal server error",
+                ));
+            }
+        }
+        if !may_write {
+            return Ok(None);
+        }
         while let Ok(command) = self.outbound.try_recv() {
             match command {
                 Outbound::Message(message) => self.feed(message).await?,
@@ -356,21 +631,8 @@ impl ConnectionTask {
                 }
             }
         }
-        match reply {
-            Ok(Ok(Some(message))) => self.feed(message).await?,
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "handler error");
-                self.feed(error_frame(&error)).await?;
-            }
-            Err(panic) => {
-                let what = panic_message(&panic);
-                tracing::error!(panic = %what, "handler panicked; closing the connection");
-                close = Some(CloseFrame::new(
-                    close_code::INTERNAL,
-                    "internal server error",
-                ));
-            }
+        if let Some(message) = reply_frame {
+            self.feed(message).await?;
         }
         self.flush().await?;
         Ok(close)
@@ -378,7 +640,7 @@ impl ConnectionTask {
 
     /// Writes a queued command and whatever else is ready, then flushes once: many frames,
     /// one system call. Returns a close frame if one was among them.
-    async fn write_batch(&mut self, first: Outbound) -> Result<Option<CloseFrame>, ()> {
+    async fn write_batch(&mut self, first: Outbound) -> Result<Option<CloseFrame>, WriteFailed> {
         let mut command = first;
         let mut written = 0;
         loop {
@@ -398,21 +660,75 @@ impl ConnectionTask {
         self.flush().await.map(|()| None)
     }
 
-    async fn feed(&mut self, message: Message) -> Result<(), ()> {
-        self.socket.feed(message).await.map_err(|error| {
-            tracing::debug!(%error, "write failed");
-        })
+    async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
+        let data = message.is_data().then(|| payload_len(&message));
+        let stalled = tokio::time::sleep(self.send_timeout);
+        // Biased: a write that completes at once never arms the timer.
+        tokio::select! {
+            biased;
+            result = self.socket.feed(message) => result.map_err(|error| {
+                tracing::debug!(%error, "write failed");
+                WriteFailed::Broken
+            })?,
+            () = stalled => return Err(self.stalled()),
+            _ = self.urgent.changed() => return Err(WriteFailed::Urgent),
+        }
+        if let Some(bytes) = data {
+            self.metrics.messages_sent.increment(1);
+            self.metrics.bytes_sent.increment(bytes);
+        }
+        Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), ()> {
-        self.socket.flush().await.map_err(|error| {
-            tracing::debug!(%error, "flush failed");
-        })
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        let stalled = tokio::time::sleep(self.send_timeout);
+        tokio::select! {
+            biased;
+            result = self.socket.flush() => result.map_err(|error| {
+                tracing::debug!(%error, "flush failed");
+                WriteFailed::Broken
+            }),
+            () = stalled => Err(self.stalled()),
+            _ = self.urgent.changed() => Err(WriteFailed::Urgent),
+        }
     }
 
-    async fn write(&mut self, message: Message) -> Result<(), ()> {
-        self.feed(message).await?;
-        self.flush().await
+    /// The peer took nothing for the send timeout: it is closed as slow.
+    fn stalled(&self) -> WriteFailed {
+        self.conn.socket().close_slow();
+        WriteFailed::Urgent
+    }
+
+    /// Writes our close frame, giving the peer the close grace period to take it. False if it
+    /// could not be written.
+    async fn write_close(&mut self, frame: CloseFrame) -> bool {
+        let write = async {
+            self.socket.feed(Message::Close(Some(frame))).await?;
+            self.socket.flush().await
+        };
+        match tokio::time::timeout(self.close_grace, write).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "close frame not written");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("peer did not take the close frame in time; dropping it");
+                false
+            }
+        }
+    }
+}
+
+fn payload_len(message: &Message) -> u64 {
+    u64::try_from(message.len()).unwrap_or(u64::MAX)
+}
+
+fn message_kind(message: &Message) -> &'static str {
+    match message {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        _ => "control",
     }
 }
 

@@ -42,19 +42,55 @@
 //! route run before the upgrade, so a layer that refuses a request does so before any socket
 //! exists.
 //!
-//! # Connections
+//! # Connections and rooms
 //!
-//! Each connection gets a server-generated [`ConnectionId`]. The [`ConnectionHub`] lists them,
-//! writes to one or all, and closes them with a code and reason.
+//! Each connection gets a server-generated [`ConnectionId`]. The [`ConnectionHub`] lists them
+//! (id, route, peer address, connected-since, subprotocol, rooms), writes to one, to a named
+//! room or to all, and closes them with a code and reason. A connection leaves every room
+//! when it closes. Deliveries also go through a [`Backplane`] ([`InProcess`] by default), the
+//! seam for a cross-instance backend.
+//!
+//! # Lifecycle hooks
+//!
+//! [`Endpoint::on_connect`] runs when a connection opens and may refuse it with a close code;
+//! [`Endpoint::on_close`] runs when it has ended, with the close code and reason. Both get a
+//! [`Connection`].
+//!
+//! # Backpressure and limits
+//!
+//! Each connection's outbound queue is bounded ([`Endpoint::queue_capacity`]). A writer that
+//! finds it full waits up to [`Endpoint::send_timeout`], then gets [`WriteError::Full`]; a
+//! peer that stays full that long, or whose socket takes nothing for that long, is closed
+//! with [`SLOW_PEER_CLOSE_CODE`] (1008) and its queue dropped. Broadcasts wait for full peers
+//! together, never one after another. Server memory per connection is therefore bounded by
+//! the queue capacity times the message size, plus the engine's buffers.
+//! [`Endpoint::max_connections`] refuses upgrades over a limit with 503 and a reason.
+//!
+//! # Liveness
+//!
+//! The upgrader's ping interval and pong timeout (30 s and 10 s by default, see
+//! [`WsUpgrader`]) close a peer that stops answering pings with 1001.
+//!
+//! # Metrics and tracing
+//!
+//! Connections record counters and gauges through the `metrics` facade (no exporter here; see
+//! [`describe_metrics`] for the list). Each connection runs in an info-level `ws` span
+//! (`conn_id`, `route`, `peer`) and each message's handler call in a debug-level `message`
+//! span (`kind`, `bytes`).
 #![deny(missing_docs)]
 
+mod backplane;
 mod context;
 mod endpoint;
 mod handler;
 mod hub;
+mod metrics;
 mod writer;
 
-pub use crate::context::{BindError, Context};
+pub use crate::backplane::{
+    Backplane, BackplaneError, BackplaneFuture, Envelope, InProcess, Inbound, Target,
+};
+pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
     DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEND_TIMEOUT, Endpoint,
 };
@@ -62,6 +98,7 @@ pub use crate::endpoint::{
 pub use crate::handler::BoxHandlerFn;
 pub use crate::handler::Handler;
 pub use crate::hub::{ConnectionHub, ConnectionId, ConnectionInfo, node_id};
-pub use crate::writer::{SocketWriter, WriteError};
+pub use crate::metrics::describe_metrics;
+pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
 pub use ws_upgrader::WsUpgrader;

@@ -1,10 +1,18 @@
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use serde::Serialize;
-use tokio::sync::mpsc::{self, error::TrySendError};
-use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, encode};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    watch,
+};
+use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
 
-use crate::hub::ConnectionId;
+use crate::{hub::ConnectionId, metrics::ConnMetrics};
+
+/// The close code for a peer that stopped reading: its queue stayed full for the send timeout,
+/// or a write to its socket made no progress for that long (1008, policy violation).
+pub const SLOW_PEER_CLOSE_CODE: u16 = close_code::POLICY;
+const SLOW_PEER_REASON: &str = "slow consumer: outbound queue full";
 
 /// What other tasks ask a connection's I/O task to do.
 #[derive(Debug)]
@@ -36,7 +44,8 @@ pub enum WriteError {
 /// handle keep their order; messages from different handles never interleave inside a frame.
 ///
 /// The queue is bounded. A write that finds it full waits up to the send timeout, then fails
-/// with [`WriteError::Full`]: a slow reader can never grow server memory without bound.
+/// with [`WriteError::Full`], and the peer, which stayed full that long, is closed with
+/// [`SLOW_PEER_CLOSE_CODE`] (1008): a slow reader can never grow server memory without bound.
 ///
 /// ```no_run
 /// # async fn demo(ctx: ws_context::Context) -> Result<(), ws_context::WriteError> {
@@ -52,6 +61,14 @@ pub struct SocketWriter {
     tx: mpsc::Sender<Outbound>,
     id: ConnectionId,
     send_timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// A close that skips the queue: for a peer whose queue is full, or that is too slow.
+    /// Set at most once.
+    urgent: watch::Sender<Option<CloseFrame>>,
+    metrics: Arc<ConnMetrics>,
 }
 
 impl fmt::Debug for SocketWriter {
@@ -68,16 +85,21 @@ impl SocketWriter {
         id: ConnectionId,
         capacity: usize,
         send_timeout: Duration,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
+        metrics: Arc<ConnMetrics>,
+    ) -> (
+        Self,
+        mpsc::Receiver<Outbound>,
+        watch::Receiver<Option<CloseFrame>>,
+    ) {
         let (tx, rx) = mpsc::channel(capacity);
-        (
-            SocketWriter {
-                tx,
-                id,
-                send_timeout,
-            },
-            rx,
-        )
+        let (urgent, urgent_rx) = watch::channel(None);
+        let writer = SocketWriter {
+            tx,
+            id,
+            send_timeout,
+            shared: Arc::new(Shared { urgent, metrics }),
+        };
+        (writer, rx, urgent_rx)
     }
 
     /// The connection this writer writes to.
@@ -103,13 +125,19 @@ impl SocketWriter {
         }
     }
 
-    /// Queues a message, waiting up to the send timeout while the queue is full.
+    /// Queues a message, waiting up to the send timeout while the queue is full. If it stays
+    /// full that long the result is [`WriteError::Full`] and the peer is closed with
+    /// [`SLOW_PEER_CLOSE_CODE`].
     ///
     /// # Cancel safety
     ///
     /// Cancel safe, as [`write`](Self::write).
     pub async fn send(&self, message: Message) -> Result<(), WriteError> {
-        self.enqueue(Outbound::Message(message)).await
+        let result = self.enqueue(Outbound::Message(message)).await;
+        if let Err(WriteError::Full(_)) = result {
+            self.close_slow();
+        }
+        result
     }
 
     /// Sends a text frame.
@@ -136,24 +164,64 @@ impl SocketWriter {
 
     /// Closes the connection with a code and reason after the messages queued before it.
     /// A handler running at the time may finish first, within the endpoint's grace period.
+    /// If the queue stays full for the send timeout, the queued messages are dropped and the
+    /// close goes out at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the close is queued whole or not at all.
     pub async fn close(&self, code: u16, reason: impl Into<String>) -> Result<(), WriteError> {
-        self.enqueue(Outbound::Close(CloseFrame::new(code, reason)))
-            .await
+        let frame = CloseFrame::new(code, reason);
+        match self.enqueue(Outbound::Close(frame.clone())).await {
+            Err(WriteError::Full(_)) => {
+                self.close_now(frame);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
-    /// Queues a message only if there is room now; never waits. Used for broadcasts, where
-    /// one slow peer must not hold up the rest.
+    /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
         self.tx
             .try_send(Outbound::Message(message))
             .map_err(|error| match error {
-                TrySendError::Full(_) => WriteError::Full(self.id.clone()),
+                TrySendError::Full(_) => {
+                    self.shared.metrics.queue_full.increment(1);
+                    WriteError::Full(self.id.clone())
+                }
                 TrySendError::Closed(_) => WriteError::Closed(self.id.clone()),
             })
     }
 
+    /// Closes after what is queued, or at once if the queue is full. False if already closed.
     pub(crate) fn try_close(&self, frame: CloseFrame) -> bool {
-        self.tx.try_send(Outbound::Close(frame)).is_ok()
+        match self.tx.try_send(Outbound::Close(frame)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(Outbound::Close(frame))) => self.close_now(frame),
+            Err(_) => false,
+        }
+    }
+
+    /// Closes the peer for not reading: counted, and the queue is dropped.
+    pub(crate) fn close_slow(&self) {
+        if self.close_now(CloseFrame::new(SLOW_PEER_CLOSE_CODE, SLOW_PEER_REASON)) {
+            self.shared.metrics.slow_peers.increment(1);
+            tracing::warn!(conn_id = %self.id, "peer is not reading; closing it with 1008");
+        }
+    }
+
+    /// Closes without waiting for the queue, which the connection task then drops. True if
+    /// this call started the close.
+    fn close_now(&self, frame: CloseFrame) -> bool {
+        !self.is_closed()
+            && self.shared.urgent.send_if_modified(|urgent| {
+                let first = urgent.is_none();
+                if first {
+                    *urgent = Some(frame);
+                }
+                first
+            })
     }
 
     async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
@@ -162,6 +230,7 @@ impl SocketWriter {
             Err(TrySendError::Closed(_)) => return Err(WriteError::Closed(self.id.clone())),
             Err(TrySendError::Full(item)) => item,
         };
+        self.shared.metrics.queue_full.increment(1);
         match tokio::time::timeout(self.send_timeout, self.tx.send(item)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Closed(self.id.clone())),

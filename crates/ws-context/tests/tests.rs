@@ -2,7 +2,12 @@
 
 mod support;
 
+mod backplane;
 mod close;
 mod handlers;
+mod hub;
+mod liveness;
+mod logging;
+mod memory;
 mod request;
 mod writer;

@@ -227,14 +227,17 @@ impl WsUpgrader {
     }
 
     /// Writes the response for a rejection through this upgrader's error handler. For checks
-    /// made outside the upgrader (a connection limit, for example).
+    /// made outside the upgrader (a connection limit, for example). The response carries the
+    /// [`RejectionKind`] in its extensions, for metrics and logs.
     pub fn reject(&self, rejection: &UpgradeRejection) -> Response {
         tracing::debug!(
             status = rejection.status().as_u16(),
             reason = rejection.reason(),
             "upgrade refused"
         );
-        self.options.rejection_response(rejection)
+        let mut response = self.options.rejection_response(rejection);
+        response.extensions_mut().insert(rejection.kind());
+        response
     }
 
     fn check(&self, parts: &mut Parts) -> Result<PendingUpgrade, UpgradeRejection> {

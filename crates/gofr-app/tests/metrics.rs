@@ -1,0 +1,223 @@
+//! `/metrics` on its own listener: the WebSocket counters move as a client connects, sends,
+//! fails and closes.
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use gofr_app::{App, CloseFrame, Connection, Context, Error};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::support::{WAIT, config, http};
+
+async fn echo_or_fail(ctx: Context) -> Result<String, Error> {
+    let text: String = ctx.bind()?;
+    if text == "fail" {
+        return Err(Error::bad_request("asked to fail"));
+    }
+    Ok(text)
+}
+
+async fn refuse_guests(conn: Connection) -> Result<(), CloseFrame> {
+    match conn.query_param("guest") {
+        Some(_) => Err(CloseFrame::new(4003, "no guests")),
+        None => Ok(()),
+    }
+}
+
+/// The value of the sample `name{labels...}` (labels in any order), if present.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            let Some((series, _)) = line.rsplit_once(' ') else {
+                return false;
+            };
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit_once(' '))
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    let (status, body) = http(metrics, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// Polls `/metrics` until `name{labels}` equals `expected`.
+async fn until_metric(metrics: SocketAddr, name: &str, labels: &[(&str, &str)], expected: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(metrics).await;
+        let value = sample(&text, name, labels);
+        if value == Some(expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{labels:?} is {value:?}, expected {expected}\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_connections_messages_bytes_errors_refusals_and_closes() {
+    // A route used only by this test: counters are process-wide.
+    const ROUTE: &str = "/metered";
+    let route = [("route", ROUTE)];
+    let mut app = App::with_config(config());
+    app.websocket_with(ROUTE, echo_or_fail, |endpoint| {
+        endpoint.on_connect(refuse_guests)
+    });
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = metrics_listener.local_addr().unwrap();
+    app.metrics_listener(metrics_listener);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = app.shutdown_handle();
+    let server = tokio::spawn(app.serve(listener));
+
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}"))
+        .await
+        .unwrap();
+    until_metric(metrics, "ws_connections_open", &route, 1.0).await;
+    until_metric(metrics, "ws_connections_total", &route, 1.0).await;
+
+    for text in ["hello", "fail", "hey"] {
+        client.send(Message::text(text)).await.unwrap();
+        tokio::time::timeout(WAIT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    until_metric(metrics, "ws_messages_received_total", &route, 3.0).await;
+    until_metric(metrics, "ws_bytes_received_total", &route, 12.0).await;
+    // "hello", the error frame and "hey".
+    until_metric(metrics, "ws_messages_sent_total", &route, 3.0).await;
+    let error_frame = r#"{"error":{"message":"asked to fail"}}"#.len() as f64;
+    until_metric(metrics, "ws_bytes_sent_total", &route, 8.0 + error_frame).await;
+    until_metric(
+        metrics,
+        "ws_handler_errors_total",
+        &[("route", ROUTE), ("kind", "error")],
+        1.0,
+    )
+    .await;
+
+    // A plain GET to the route is refused (426), a guest is refused by the hook (4003).
+    let (status, _) = http(addr, "GET", ROUTE, "").await;
+    assert_eq!(status, 426);
+    until_metric(
+        metrics,
+        "ws_upgrade_failures_total",
+        &[("route", ROUTE), ("reason", "not_upgrade")],
+        1.0,
+    )
+    .await;
+    let (mut guest, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}?guest=1"))
+        .await
+        .unwrap();
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, guest.next()).await.unwrap() {}
+    until_metric(
+        metrics,
+        "ws_closes_total",
+        &[("route", ROUTE), ("code", "4003")],
+        1.0,
+    )
+    .await;
+
+    client
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: 4000.into(),
+            reason: "done".into(),
+        }))
+        .await
+        .unwrap();
+    until_metric(
+        metrics,
+        "ws_closes_total",
+        &[("route", ROUTE), ("code", "4000")],
+        1.0,
+    )
+    .await;
+    until_metric(metrics, "ws_connections_open", &route, 0.0).await;
+    until_metric(metrics, "ws_connections_total", &route, 2.0).await;
+    let text = scrape(metrics).await;
+    assert!(text.contains("# HELP ws_connections_open"), "{text}");
+
+    shutdown.shutdown();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+async fn silent(_ctx: Context) -> Result<(), Error> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_count_queue_full_events_and_slow_peer_disconnects() {
+    const ROUTE: &str = "/metered-slow";
+    let route = [("route", ROUTE)];
+    let mut app = App::with_config(config());
+    app.websocket_with(ROUTE, silent, |endpoint| {
+        endpoint
+            .queue_capacity(2)
+            .send_timeout(std::time::Duration::from_millis(200))
+    });
+    let hub = app.hub();
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = metrics_listener.local_addr().unwrap();
+    app.metrics_listener(metrics_listener);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = app.shutdown_handle();
+    let server = tokio::spawn(app.serve(listener));
+
+    // Connected, then never read from: the socket buffers fill, then the queue.
+    let (_slow, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}"))
+        .await
+        .unwrap();
+    crate::support::eventually("connected", || hub.len() == 1).await;
+    let payload = gofr_app::message::Bytes::from(vec![0u8; 256 * 1024]);
+    let mut delivered = 1;
+    for _ in 0..2000 {
+        delivered = hub
+            .broadcast(gofr_app::Message::Binary(payload.clone()))
+            .await;
+        if delivered == 0 {
+            break;
+        }
+    }
+    assert_eq!(delivered, 0, "the slow peer was never closed");
+    // It leaves the hub once its close frame has had the grace period to get out.
+    crate::support::eventually("the slow peer is gone", || hub.is_empty()).await;
+
+    until_metric(metrics, "ws_slow_peer_disconnects_total", &route, 1.0).await;
+    until_metric(
+        metrics,
+        "ws_closes_total",
+        &[("route", ROUTE), ("code", "1008")],
+        1.0,
+    )
+    .await;
+    let text = scrape(metrics).await;
+    let full = sample(&text, "ws_queue_full_total", &route).unwrap_or(0.0);
+    assert!(full >= 1.0, "queue-full events: {full}\n{text}");
+
+    shutdown.shutdown();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

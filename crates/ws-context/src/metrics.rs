@@ -1,0 +1,100 @@
+//! What connections record through the `metrics` facade. Without an installed recorder every
+//! call is a no-op; `gofr-app` installs a Prometheus one.
+
+use metrics::{Counter, Gauge, counter, gauge};
+
+/// Open connections, per route (gauge).
+const OPEN: &str = "ws_connections_open";
+/// Connections accepted since start, per route.
+const TOTAL: &str = "ws_connections_total";
+const MESSAGES_RECEIVED: &str = "ws_messages_received_total";
+const BYTES_RECEIVED: &str = "ws_bytes_received_total";
+const MESSAGES_SENT: &str = "ws_messages_sent_total";
+const BYTES_SENT: &str = "ws_bytes_sent_total";
+const UPGRADE_FAILURES: &str = "ws_upgrade_failures_total";
+const HANDLER_ERRORS: &str = "ws_handler_errors_total";
+const CLOSES: &str = "ws_closes_total";
+const QUEUE_FULL: &str = "ws_queue_full_total";
+const SLOW_PEERS: &str = "ws_slow_peer_disconnects_total";
+
+/// Registers the help text of every metric this crate records, so exporters can show it.
+/// Call it once after installing a recorder; the metrics work without it.
+///
+/// | metric | labels | meaning |
+/// |---|---|---|
+/// | `ws_connections_open` (gauge) | `route` | connections open now |
+/// | `ws_connections_total` | `route` | connections accepted |
+/// | `ws_messages_received_total`, `ws_bytes_received_total` | `route` | data frames (text and binary) read, and their payload bytes |
+/// | `ws_messages_sent_total`, `ws_bytes_sent_total` | `route` | data frames written, and their payload bytes |
+/// | `ws_upgrade_failures_total` | `route`, `reason` | refused upgrades (`method_not_get`, `not_upgrade`, `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`, `other`) |
+/// | `ws_handler_errors_total` | `route`, `kind` | handler calls that returned an error (`error`) or panicked (`panic`) |
+/// | `ws_closes_total` | `route`, `code` | ended connections by close code (1006 when the peer vanished) |
+/// | `ws_queue_full_total` | `route` | writes that found the outbound queue full |
+/// | `ws_slow_peer_disconnects_total` | `route` | peers closed with 1008 for not reading |
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(OPEN, "WebSocket connections open now");
+    describe_counter!(TOTAL, "WebSocket connections accepted");
+    describe_counter!(MESSAGES_RECEIVED, "WebSocket data messages received");
+    describe_counter!(
+        BYTES_RECEIVED,
+        "Payload bytes of WebSocket data messages received"
+    );
+    describe_counter!(MESSAGES_SENT, "WebSocket data messages sent");
+    describe_counter!(BYTES_SENT, "Payload bytes of WebSocket data messages sent");
+    describe_counter!(UPGRADE_FAILURES, "WebSocket upgrades refused, by reason");
+    describe_counter!(HANDLER_ERRORS, "WebSocket handler errors and panics");
+    describe_counter!(CLOSES, "WebSocket connections ended, by close code");
+    describe_counter!(
+        QUEUE_FULL,
+        "Writes that found a connection's outbound queue full"
+    );
+    describe_counter!(SLOW_PEERS, "Peers closed with 1008 for not reading");
+}
+
+/// One connection's handles, looked up once at connect so each message costs an atomic add.
+#[derive(Debug)]
+pub(crate) struct ConnMetrics {
+    route: String,
+    open: Gauge,
+    pub(crate) messages_received: Counter,
+    pub(crate) bytes_received: Counter,
+    pub(crate) messages_sent: Counter,
+    pub(crate) bytes_sent: Counter,
+    pub(crate) queue_full: Counter,
+    pub(crate) slow_peers: Counter,
+}
+
+impl ConnMetrics {
+    pub(crate) fn new(route: &str) -> Self {
+        let label = || [("route", route.to_owned())];
+        ConnMetrics {
+            route: route.to_owned(),
+            open: gauge!(OPEN, &label()),
+            messages_received: counter!(MESSAGES_RECEIVED, &label()),
+            bytes_received: counter!(BYTES_RECEIVED, &label()),
+            messages_sent: counter!(MESSAGES_SENT, &label()),
+            bytes_sent: counter!(BYTES_SENT, &label()),
+            queue_full: counter!(QUEUE_FULL, &label()),
+            slow_peers: counter!(SLOW_PEERS, &label()),
+        }
+    }
+
+    pub(crate) fn opened(&self) {
+        counter!(TOTAL, "route" => self.route.clone()).increment(1);
+        self.open.increment(1.0);
+    }
+
+    pub(crate) fn closed(&self, code: u16) {
+        self.open.decrement(1.0);
+        counter!(CLOSES, "route" => self.route.clone(), "code" => code.to_string()).increment(1);
+    }
+
+    pub(crate) fn handler_failed(&self, kind: &'static str) {
+        counter!(HANDLER_ERRORS, "route" => self.route.clone(), "kind" => kind).increment(1);
+    }
+}
+
+pub(crate) fn upgrade_failed(route: &str, reason: &'static str) {
+    counter!(UPGRADE_FAILURES, "route" => route.to_owned(), "reason" => reason).increment(1);
+}

@@ -1,0 +1,267 @@
+//! DESIGN.md point 8: the hub, rooms, lifecycle hooks and the connection limit.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message};
+use ws_context::{CloseFrame, Connection, ConnectionHub, Context, Endpoint};
+
+use crate::support::{WAIT, close_code, connect, eventually, next_data, serve};
+
+async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    let room = conn.path_param("room").unwrap_or("lobby").to_owned();
+    conn.hub().join(conn.id(), &room).await;
+    Ok(())
+}
+
+/// Every message goes to the sender's room as "<sender id> <text>".
+async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
+    let text: String = ctx.bind()?;
+    let room = ctx.path_param("room").unwrap_or("lobby");
+    ctx.hub()
+        .send_to_room(
+            room,
+            ws_context::Message::text(format!("{} {text}", ctx.id())),
+        )
+        .await;
+    Ok(())
+}
+
+async fn whoami(ctx: Context) -> Result<String, anyhow::Error> {
+    Ok(ctx.id().to_string())
+}
+
+#[tokio::test]
+async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once() {
+    const ROOMS: usize = 4;
+    const PER_ROOM: usize = 50;
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(to_room)
+        .hub(hub.clone())
+        .on_connect(join_room);
+    let router = axum::Router::new()
+        .route("/ws/{room}", endpoint.into_route())
+        .route("/id", Endpoint::new(whoami).hub(hub.clone()).into_route());
+    let addr = serve(router).await;
+
+    let mut clients = Vec::new();
+    for n in 0..ROOMS * PER_ROOM {
+        let room = format!("room-{}", n % ROOMS);
+        clients.push((room.clone(), connect(addr, &format!("/ws/{room}")).await));
+    }
+    eventually("every client joined its room", || {
+        hub.rooms().len() == ROOMS
+            && (0..ROOMS).all(|r| hub.room_members(&format!("room-{r}")).len() == PER_ROOM)
+    })
+    .await;
+    // Each member's id, by room, from the hub's own listing.
+    let mut members: HashMap<String, Vec<String>> = HashMap::new();
+    for info in hub.list() {
+        assert_eq!(&*info.route, "/ws/{room}");
+        assert!(info.remote_addr.is_some());
+        assert!(info.connected_at <= std::time::SystemTime::now());
+        assert_eq!(info.protocol, None);
+        assert_eq!(info.rooms.len(), 1);
+        members
+            .entry(info.rooms[0].to_string())
+            .or_default()
+            .push(info.id.to_string());
+    }
+
+    let (done_tx, mut done_rx) = mpsc::channel(ROOMS * PER_ROOM);
+    for (n, (room, mut client)) in clients.into_iter().enumerate() {
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            client.send(Message::text(format!("m{n}"))).await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..PER_ROOM {
+                let text = next_data(&mut client).await.into_text().unwrap();
+                got.push(text.as_str().to_owned());
+            }
+            done.send((room, got, client)).await.unwrap();
+        });
+    }
+    let mut finished = Vec::new();
+    for _ in 0..ROOMS * PER_ROOM {
+        finished.push(
+            tokio::time::timeout(WAIT * 4, done_rx.recv())
+                .await
+                .expect("a client did not get its room's messages")
+                .unwrap(),
+        );
+    }
+    for (room, got, _) in &finished {
+        let mut senders: Vec<&str> = got.iter().map(|t| t.split(' ').next().unwrap()).collect();
+        senders.sort_unstable();
+        let mut expected: Vec<&str> = members[room].iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(
+            senders, expected,
+            "{room}: one message from each member, none from others"
+        );
+    }
+    // Nothing else is on the way: the next frame each client sees is this broadcast.
+    assert_eq!(
+        hub.broadcast(ws_context::Message::text("end")).await,
+        ROOMS * PER_ROOM
+    );
+    for (_, _, client) in &mut finished {
+        assert_eq!(next_data(client).await, Message::text("end"));
+    }
+}
+
+#[tokio::test]
+async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(whoami).hub(hub.clone()).on_connect(join_room);
+    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let mut a = connect(addr, "/ws/blue").await;
+    let mut b = connect(addr, "/ws/blue").await;
+    eventually("both joined", || hub.room_members("blue").len() == 2).await;
+    a.send(Message::text("id?")).await.unwrap();
+    let a_id = ws_context::ConnectionId::from(next_data(&mut a).await.to_text().unwrap());
+
+    assert!(hub.join(&a_id, "green").await);
+    let mut rooms = hub.info(&a_id).unwrap().rooms;
+    rooms.sort();
+    assert_eq!(rooms, vec![Arc::from("blue"), Arc::from("green")]);
+    assert!(hub.leave(&a_id, "blue"));
+    assert!(!hub.leave(&a_id, "blue"), "not a member any more");
+    assert_eq!(
+        hub.send_to_room("blue", ws_context::Message::text("to blue"))
+            .await,
+        1
+    );
+    assert_eq!(next_data(&mut b).await, Message::text("to blue"));
+
+    a.close(None).await.unwrap();
+    eventually("a left every room", || {
+        hub.rooms() == vec![Arc::from("blue")]
+    })
+    .await;
+    assert!(
+        !hub.join(&a_id, "green").await,
+        "a closed connection joins nothing"
+    );
+}
+
+async fn gatekeeper(conn: Connection) -> Result<(), CloseFrame> {
+    if conn.query_param("token").as_deref() == Some("ok") {
+        conn.socket()
+            .text("welcome")
+            .await
+            .map_err(|_| CloseFrame::new(1011, "?"))?;
+        Ok(())
+    } else {
+        Err(CloseFrame::new(4001, "missing token"))
+    }
+}
+
+#[tokio::test]
+async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let endpoint = Endpoint::new(whoami).on_connect(gatekeeper).on_close(
+        move |conn: Connection, close: CloseFrame| {
+            let closed = closed_tx.clone();
+            async move {
+                let _ = closed.send((conn.id().clone(), close.code, close.reason));
+            }
+        },
+    );
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+
+    let mut refused = connect(addr, "/ws").await;
+    assert_eq!(close_code(&mut refused).await, 4001);
+
+    let mut client = connect(addr, "/ws?token=ok").await;
+    assert_eq!(next_data(&mut client).await, Message::text("welcome"));
+    client.send(Message::text("id?")).await.unwrap();
+    let id = next_data(&mut client).await.into_text().unwrap();
+    client
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: 4321.into(),
+            reason: "bye now".into(),
+        }))
+        .await
+        .unwrap();
+    let (closed_id, code, reason) = tokio::time::timeout(WAIT, closed_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Only the accepted connection reaches the close hook.
+    assert_eq!(closed_id.as_str(), id.as_str());
+    assert_eq!((code, reason.as_str()), (4321, "bye now"));
+    assert!(closed_rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn over_the_connection_limit_the_upgrade_gets_503_with_a_reason() {
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(whoami).hub(hub.clone()).max_connections(2);
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut first = connect(addr, "/ws").await;
+    let _second = connect(addr, "/ws").await;
+
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("too many connections"), "{body}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // A place frees up when a connection ends.
+    first.close(None).await.unwrap();
+    eventually("the first connection is gone", || hub.len() == 1).await;
+    let _third = connect(addr, "/ws").await;
+}
+
+async fn ignore(_ctx: Context) -> Result<(), anyhow::Error> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore)
+        .hub(hub.clone())
+        .queue_capacity(4)
+        .send_timeout(Duration::from_millis(300));
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut slow = connect(addr, "/ws").await;
+    let fast = connect(addr, "/ws").await;
+    eventually("both connected", || hub.len() == 2).await;
+
+    const MESSAGES: usize = 400;
+    let reader = tokio::spawn(async move {
+        let mut fast = fast;
+        for n in 0..MESSAGES {
+            let message = next_data(&mut fast).await;
+            assert_eq!(message.len(), 64 * 1024);
+            assert_eq!(message.into_data()[0], n as u8, "in order, none missing");
+        }
+    });
+    // 25 MiB: far more than the socket buffers and the slow peer's queue hold.
+    let payload = vec![0u8; 64 * 1024];
+    for n in 0..MESSAGES {
+        let mut payload = payload.clone();
+        payload[0] = n as u8;
+        let _ = hub.broadcast(ws_context::Message::binary(payload)).await;
+    }
+    tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    // The slow peer still gets what was already on its way, then the close.
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match slow.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(ws_context::SLOW_PEER_CLOSE_CODE));
+    eventually("the slow peer is gone", || hub.len() == 1).await;
+}

@@ -1,0 +1,129 @@
+//! DESIGN.md point 9: the server pings, and closes a peer that stops answering.
+
+use std::time::{Duration, Instant};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use ws_context::{ConnectionHub, Context, Endpoint, WsUpgrader};
+
+use crate::support::{WAIT, eventually, serve};
+
+async fn ignore(_ctx: Context) -> Result<(), ws_context::BindError> {
+    Ok(())
+}
+
+/// A raw client: completes the handshake, then never writes again (so never answers a ping).
+async fn silent_client(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("no handshake response")
+            .unwrap();
+        assert!(n > 0, "closed during the handshake");
+        received.extend_from_slice(&buf[..n]);
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (stream, received[end..].to_vec())
+}
+
+/// Unmasked server frames as (opcode, payload).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        let len = usize::from(bytes[1] & 0x7f);
+        assert!(len < 126, "control frames only");
+        frames.push((opcode, bytes[2..2 + len].to_vec()));
+        bytes = &bytes[2 + len..];
+    }
+    frames
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeout() {
+    let interval = Duration::from_secs(1);
+    let timeout = Duration::from_secs(1);
+    let upgrader = WsUpgrader::builder()
+        .ping_interval(Some(interval))
+        .pong_timeout(timeout)
+        .build()
+        .unwrap();
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+
+    let (mut stream, mut received) = silent_client(addr).await;
+    let connected = Instant::now();
+    eventually("the connection is registered", || hub.len() == 1).await;
+
+    // Read (never write) until the server ends the connection.
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("server did not end the connection")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    let elapsed = connected.elapsed();
+    // Scheduling slack only (the machine is shared): the deadline itself is interval + timeout.
+    assert!(
+        elapsed <= interval + timeout + Duration::from_secs(1),
+        "closed after {elapsed:?}"
+    );
+    assert!(
+        elapsed >= interval + timeout - Duration::from_millis(100),
+        "closed after {elapsed:?}"
+    );
+
+    let frames = frames(&received);
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x9),
+        "a ping first: {frames:?}"
+    );
+    let closes: Vec<_> = frames.iter().filter(|f| f.0 == 0x8).collect();
+    assert_eq!(closes.len(), 1, "exactly one close frame: {frames:?}");
+    assert_eq!(u16::from_be_bytes([closes[0].1[0], closes[0].1[1]]), 1001);
+    eventually("the hub forgot the connection", || hub.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_answers_pings_stays_open() {
+    use futures_util::StreamExt as _;
+    let upgrader = WsUpgrader::builder()
+        .ping_interval(Some(Duration::from_secs(1)))
+        .pong_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut client = crate::support::connect(addr, "/ws").await;
+    // tungstenite answers pings while it reads; three pings, and the connection is still up.
+    let mut pings = 0;
+    while pings < 3 {
+        match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
+            other => panic!("expected pings, got {other:?}"),
+        }
+    }
+    assert_eq!(hub.len(), 1);
+}

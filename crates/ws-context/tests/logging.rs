@@ -1,0 +1,82 @@
+//! A handler's log lines carry its connection's id and route; a closing peer leaves no error
+//! lines behind (GoFr logs two errors per loop turn on 1005/4xxx closes).
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use futures_util::SinkExt as _;
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
+use ws_context::{ConnectionHub, Context, Endpoint};
+
+use crate::support::{connect, eventually, next_data, serve};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn logs(ctx: Context) -> Result<String, ws_context::BindError> {
+    let text: String = ctx.bind()?;
+    tracing::info!(%text, "handled");
+    Ok(text)
+}
+
+// One thread, so the server's tasks log into this test's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn handler_logs_carry_connection_id_and_route() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let hub = ConnectionHub::new();
+    let route = Endpoint::new(logs).hub(hub.clone()).into_route();
+    let addr = serve(axum::Router::new().route("/ws/{room}", route)).await;
+    let mut client = connect(addr, "/ws/blue").await;
+    client.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("hello"));
+    let id = hub.list()[0].id.clone();
+
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::from(4000),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut client).await {}
+    eventually("connection ended", || hub.is_empty()).await;
+
+    let log = captured.text();
+    let handled = log
+        .lines()
+        .find(|l| l.contains("handled"))
+        .unwrap_or_else(|| panic!("no handler line in:\n{log}"));
+    assert!(handled.contains(&format!("conn_id={id}")), "{handled}");
+    assert!(handled.contains("route=/ws/{room}"), "{handled}");
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+    assert_eq!(log.matches("connection closed").count(), 1, "{log}");
+}
