@@ -364,3 +364,34 @@ fn ws_inter_service_notifies_the_service_even_when_it_starts_late() {
     );
     service.wait_log("notification received");
 }
+
+#[tokio::test]
+async fn using_web_socket_applies_its_upgrader_options() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let server = Running::start("using-web-socket");
+    // Subprotocols: the server's order wins.
+    let mut request = server.url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "binary, chat".parse().unwrap());
+    let (_client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+
+    // Handshake timeout (5 s): half a request is cut off once it passes.
+    let started = std::time::Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(b"GET /ws HTTP/1.1\r\n").await.unwrap();
+    let mut sink = [0u8; 256];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(1..) = stalled.read(&mut sink).await {}
+    })
+    .await
+    .expect("the stalled request was not cut off");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+}

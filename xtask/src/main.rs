@@ -1,6 +1,7 @@
 //! Project tasks in Rust, run as `cargo xtask <task>` (the cargo-xtask convention:
 //! <https://github.com/matklad/cargo-xtask>). Only std, so it builds in seconds.
 
+mod autobahn;
 mod bench;
 mod tidy;
 
@@ -17,6 +18,8 @@ tasks:
   ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
   bench  release-build performance comparison with the raw engine and peers (see bench/README.md)
+  autobahn  the Autobahn TestSuite (517 cases, kosoku from PyPI in target/autobahn/venv)
+            against the echo example; fails unless every case passes
 ";
 
 fn main() -> ExitCode {
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
+        Some("autobahn") => autobahn::run(),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -384,26 +384,26 @@ impl App {
         tracing::info!(app = %config.app_name, %address, "server listening on {address}");
         let hub = self.hub.clone();
         let mut stop = self.shutdown.subscribe();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = os_signal() => {}
-                _ = stop.wait_for(|stop| *stop) => {}
-            }
-            let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
-            tracing::info!(
-                sockets,
-                "shutting down: no new connections, closing WebSockets with 1001"
-            );
-        })
-        .await
-        .map_err(|source| AppError::Io {
-            address: address.clone(),
-            source,
-        })?;
+        // Not axum::serve: it has no limit on reading a request, and the upgrader's handshake
+        // timeout must cover that too. Requests still carry ConnectInfo<SocketAddr>.
+        ws_upgrader::serve(listener, router)
+            .handshake_timeout(self.upgrader.handshake_timeout())
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = os_signal() => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+                let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
+                tracing::info!(
+                    sockets,
+                    "shutting down: no new connections, closing WebSockets with 1001"
+                );
+            })
+            .await
+            .map_err(|source| AppError::Io {
+                address: address.clone(),
+                source,
+            })?;
 
         let wait = config.shutdown_grace + CLOSE_HANDSHAKE;
         if tokio::time::timeout(wait, self.hub.wait_empty())
