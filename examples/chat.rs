@@ -16,7 +16,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{response::Html, routing::get};
-use gofr_app::{App, CloseFrame, Connection, Context, Error, Message};
+use gofr_app::{App, CloseFrame, Connection, Context, Error, Message, WsUpgrader};
 
 const PAGE: &str = include_str!("chat.html");
 /// Longest message accepted, in characters.
@@ -65,6 +65,8 @@ async fn chat(ctx: Context) -> Result<(), Error> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut app = App::new();
+    // Browsers offer permessage-deflate; chat text compresses well.
+    app.override_websocket_upgrader(WsUpgrader::builder().compression().build()?);
     app.merge(axum::Router::new().route("/", get(|| async { Html(PAGE) })));
     app.websocket_with("/ws/{room}", chat, |route| route.on_connect(join_room));
     app.run().await?;

@@ -1,6 +1,8 @@
 //! Project tasks in Rust, run as `cargo xtask <task>` (the cargo-xtask convention:
 //! <https://github.com/matklad/cargo-xtask>). Only std, so it builds in seconds.
 
+mod browser_test;
+mod demo;
 mod tidy;
 
 use std::{
@@ -15,6 +17,12 @@ usage: cargo xtask <task>
 tasks:
   ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
+  demo   build and start the chat example, print its URL; Ctrl-C stops it
+  demo inter-service
+         start notification-service and ws-inter-service, send one notification between them
+  browser-test
+         the chat example in headless Chromium (playwright-core); CI=true makes a missing
+         browser a failure instead of a skip
 ";
 
 fn main() -> ExitCode {
@@ -22,6 +30,8 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci(),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
+        Some("demo") => demo::run(&env::args().skip(2).collect::<Vec<_>>()),
+        Some("browser-test") => browser_test::run(),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
