@@ -72,7 +72,8 @@ fn install_playwright() -> Result<std::path::PathBuf, String> {
         return Ok(modules);
     }
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    fs::write(dir.join("package.json"), &manifest).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs::write(dir.join("package.json"), &manifest)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("xtask: npm install (playwright-core) in {}", dir.display());
     let installed = succeeds(
         Command::new("npm")

@@ -286,7 +286,9 @@ fn http_post(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("POST http://{address}{path}: not an HTTP response: {response:?}"))?;
+        .ok_or_else(|| {
+            format!("POST http://{address}{path}: not an HTTP response: {response:?}")
+        })?;
     let body = response
         .split_once("\r\n\r\n")
         .map_or("", |(_, body)| body)
