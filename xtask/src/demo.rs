@@ -80,7 +80,9 @@ fn inter_service() -> Result<(), String> {
         ("HTTP_PORT", "0"),
         ("METRICS_PORT", "0"),
     ];
-    let service = Server::start("notification-service", &local)?;
+    // Ctrl-C reaches only the sender; the service is stopped by PID after it, so the sender
+    // closes its connection to a service that is still there.
+    let service = Server::start_in_own_process_group("notification-service", &local)?;
     let notification_url = format!("ws://{}/ws", service.address);
     let mut sender_env = local.to_vec();
     sender_env.push(("NOTIFICATION_URL", &notification_url));
@@ -139,8 +141,33 @@ impl Server {
     /// Starts `target/debug/examples/<name>` (built already) with `env` added to ours, and
     /// waits for it to log the address it listens on.
     pub(crate) fn start(name: &'static str, env: &[(&str, &str)]) -> Result<Server, String> {
+        Server::spawn(name, env, false)
+    }
+
+    /// [`start`](Server::start), in a process group of its own, so that the terminal's Ctrl-C
+    /// does not reach it: it is stopped by PID.
+    fn start_in_own_process_group(
+        name: &'static str,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
+        Server::spawn(name, env, true)
+    }
+
+    fn spawn(
+        name: &'static str,
+        env: &[(&str, &str)],
+        own_process_group: bool,
+    ) -> Result<Server, String> {
         let program = target_dir().join("debug").join("examples").join(name);
-        let mut child = Command::new(&program)
+        let mut command = Command::new(&program);
+        #[cfg(unix)]
+        if own_process_group {
+            use std::os::unix::process::CommandExt as _;
+            command.process_group(0);
+        }
+        #[cfg(not(unix))]
+        let _ = own_process_group;
+        let mut child = command
             .envs(env.iter().copied())
             .env_remove(SIGINT_IGNORED)
             .current_dir(project_root())
