@@ -11,7 +11,9 @@
 //! ```
 //!
 //! and open <http://127.0.0.1:8000/> in two browser windows (`HTTP_PORT` changes the port;
-//! metrics are on `METRICS_PORT`, 2121).
+//! metrics are on `METRICS_PORT`, 2121), or run `cargo xtask demo`, which also prints the URL.
+//! Compression (permessage-deflate) is on: browsers offer it, so their frames are compressed;
+//! `cargo xtask browser-test` checks that in headless Chromium.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -43,6 +43,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Builds and starts the chat on `HTTP_PORT` (default 8000), prints the URL, runs until Ctrl-C.
+/// Metrics go to `METRICS_PORT` if set, else to a free port (so that a busy 2121 does not stop
+/// the demo).
 fn chat() -> Result<(), String> {
     if env::var_os(SIGINT_IGNORED).is_none() {
         cargo(&["build", "--example", "chat"], &[])?;
@@ -50,11 +52,22 @@ fn chat() -> Result<(), String> {
     }
     let port = env::var("HTTP_PORT").unwrap_or_else(|_| "8000".to_owned());
     let host = env::var("HTTP_HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
-    let chat = Server::start("chat", &[("HTTP_PORT", &port), ("HTTP_HOST", &host)])?;
+    let metrics_port = env::var("METRICS_PORT").unwrap_or_else(|_| "0".to_owned());
+    let chat = Server::start(
+        "chat",
+        &[
+            ("HTTP_PORT", &port),
+            ("HTTP_HOST", &host),
+            ("METRICS_PORT", &metrics_port),
+        ],
+    )?;
     let url = format!("http://{}/", browsable(chat.address));
+    let metrics = chat.metrics_address.map_or_else(String::new, |address| {
+        format!(" Metrics: http://{}/metrics.", browsable(address))
+    });
     eprintln!(
         "\nxtask: the chat is up. Open {url} in two browser windows, join the same room and \
-         talk; a third window in another room hears nothing. Ctrl-C stops it.\n"
+         talk; a third window in another room hears nothing.{metrics} Ctrl-C stops it.\n"
     );
     wait_then_stop_all(vec![chat])
 }
@@ -134,6 +147,8 @@ pub(crate) struct Server {
     child: Child,
     /// Where it listens, from its "server listening" log line.
     pub(crate) address: SocketAddr,
+    /// Where its `/metrics` is, from the log line before that one.
+    metrics_address: Option<SocketAddr>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -189,6 +204,7 @@ impl Server {
             name,
             child,
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_address: None,
             lines,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -200,9 +216,11 @@ impl Server {
                     server.exit_description()
                 )
             })?;
-            if let Some(address) = json_string_field(&line, "address")
-                .and_then(|address| address.parse::<SocketAddr>().ok())
-            {
+            let logged =
+                |field| json_string_field(&line, field).and_then(|address| address.parse().ok());
+            if let Some(address) = logged("metrics_address") {
+                server.metrics_address = Some(address);
+            } else if let Some(address) = logged("address") {
                 break address;
             }
         };
