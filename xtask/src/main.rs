@@ -3,6 +3,8 @@
 
 mod autobahn;
 mod bench;
+mod browser_test;
+mod demo;
 mod tidy;
 
 use std::{
@@ -20,6 +22,12 @@ tasks:
   bench  release-build performance comparison with the raw engine and peers (see bench/README.md)
   autobahn  the Autobahn TestSuite (517 cases, kosoku from PyPI in target/autobahn/venv)
             against the echo example; fails unless every case passes
+  demo   build and start the chat example, print its URL; Ctrl-C stops it
+  demo inter-service
+         start notification-service and ws-inter-service, send one notification between them
+  browser-test
+         the chat example in headless Chromium (playwright-core); CI=true makes a missing
+         browser a failure instead of a skip
 ";
 
 fn main() -> ExitCode {
@@ -29,6 +37,8 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
         Some("autobahn") => autobahn::run(),
+        Some("demo") => demo::run(&args[1..]),
+        Some("browser-test") => browser_test::run(),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

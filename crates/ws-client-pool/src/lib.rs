@@ -127,3 +127,8 @@ pub use crate::options::{Reconnect, ServiceOptions};
 pub use crate::pool::{ServiceMessages, WsClientPool};
 pub use crate::status::{ServiceState, ServiceStatus};
 pub use ws_message::Message;
+
+/// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
