@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::Instrument as _;
 use ws_message::{CloseFrame, Message, close_code};
-use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsUpgrader};
+use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
 
 use crate::{
     Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context, Handler, SocketWriter,
@@ -347,16 +347,16 @@ impl Endpoint {
             async move {
                 let _permit = permit;
                 let rejected = match &endpoint.on_connect {
-                    Some(hook) => match AssertUnwindSafe(hook(conn.clone())).catch_unwind().await
+                    Some(hook) => match AssertUnwindSafe(hook(conn.clone()).instrument(span.clone())).catch_unwind().await
                     {
                         Ok(Ok(())) => None,
                         Ok(Err(frame)) => {
-                            tracing::debug!(code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+                            tracing::debug!(parent: &span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
                             Some(frame)
                         }
                         Err(panic) => {
                             let what = panic_message(&panic);
-                            tracing::error!(panic = %what, "connect hook panicked; closing the connection");
+                            tracing::error!(parent: &span, panic = %what, "connect hook panicked; closing the connection");
                             Some(CloseFrame::new(close_code::INTERNAL, "internal server error"))
                         }
                     },
@@ -377,15 +377,17 @@ impl Endpoint {
                 let close = io.run(rejected).await;
                 conn.hub().remove(conn.id());
                 metrics.closed(close.code);
-                tracing::debug!(code = close.code, reason = %close.reason, "connection closed");
+                tracing::debug!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
                 if accepted && let Some(hook) = &endpoint.on_close {
-                    let hook = AssertUnwindSafe(hook(conn.clone(), close)).catch_unwind();
+                    let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(span.clone())).catch_unwind();
                     if let Err(panic) = hook.await {
-                        tracing::error!(panic = %panic_message(&panic), "close hook panicked");
+                        tracing::error!(parent: &span, panic = %panic_message(&panic), "close hook panicked");
                     }
                 }
             }
-            .instrument(span)
+            // Not instrumented as a whole: entering a span on every poll of this task costs more
+            // than the rest of a small message's path. Events name their span instead, and the
+            // handler's future runs inside it (see `ConnectionTask::start`).
         })
     }
 }
@@ -449,7 +451,7 @@ impl ConnectionTask {
     /// Runs until the connection ends; returns how it was closed. `rejected` closes at once
     /// (the connect hook refused the connection).
     async fn run(mut self, rejected: Option<CloseFrame>) -> CloseFrame {
-        tracing::debug!("connection open");
+        tracing::debug!(parent: self.conn.span(), "connection open");
         let mut running: Option<Running> = None;
         // At most one message is read ahead while the handler runs, so reads stay bounded.
         let mut next: Option<Message> = None;
@@ -469,7 +471,7 @@ impl ConnectionTask {
             } = &closing
             {
                 if running.is_some() && Instant::now() >= *deadline {
-                    tracing::warn!("handler still running after the close grace period; dropped");
+                    tracing::warn!(parent: self.conn.span(), "handler still running after the close grace period; dropped");
                     running = None;
                 }
                 if running.is_none() {
@@ -520,7 +522,7 @@ impl ConnectionTask {
                         Err(WriteFailed::Broken) => break,
                     }
                 }
-                reply = poll_running(&mut running) => {
+                reply = poll_running(&mut running, self.conn.span()) => {
                     running = None;
                     match self.finish(reply, may_write).await {
                         Ok(Some(frame)) => {
@@ -554,7 +556,7 @@ impl ConnectionTask {
                     None => break,
                     Some(Err(error)) => {
                         // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
-                        tracing::debug!(%error, "connection failed");
+                        tracing::debug!(parent: self.conn.span(), %error, "connection failed");
                         ended_by = CloseFrame::new(error.close_code(), error.to_string());
                         let _ = tokio::time::timeout(FAIL_WRITE_TIMEOUT, self.socket.fail(&error)).await;
                         break;
@@ -605,8 +607,14 @@ impl ConnectionTask {
             bytes = payload_len(&message),
         );
         let ctx = Context::new(self.conn.clone(), message);
-        let future = (self.handler)(ctx).instrument(span);
-        Box::pin(AssertUnwindSafe(future).catch_unwind())
+        let future = (self.handler)(ctx);
+        // `poll_running` enters the connection's span; the per-message span, when debug is on,
+        // nests inside it.
+        if span.is_disabled() {
+            Box::pin(AssertUnwindSafe(future).catch_unwind())
+        } else {
+            Box::pin(AssertUnwindSafe(future.instrument(span)).catch_unwind())
+        }
     }
 
     /// Writes what the handler returned, after everything it queued while running. Returns a
@@ -622,13 +630,13 @@ impl ConnectionTask {
         match reply {
             Ok(Ok(message)) => reply_frame = message,
             Ok(Err(error)) => {
-                tracing::warn!(%error, "handler error");
+                tracing::warn!(parent: self.conn.span(), %error, "handler error");
                 self.metrics.handler_failed("error");
                 reply_frame = Some(error_frame(&error));
             }
             Err(panic) => {
                 let what = panic_message(&panic);
-                tracing::error!(panic = %what, "handler panicked; closing the connection");
+                tracing::error!(parent: self.conn.span(), panic = %what, "handler panicked; closing the connection");
                 self.metrics.handler_failed("panic");
                 close = Some(CloseFrame::new(
                     close_code::INTERNAL,
@@ -682,17 +690,13 @@ impl ConnectionTask {
 
     async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
         let data = message.is_data().then(|| payload_len(&message));
-        let stalled = tokio::time::sleep(self.send_timeout);
-        // Biased: a write that completes at once never arms the timer.
-        tokio::select! {
-            biased;
-            result = self.socket.feed(message) => result.map_err(|error| {
-                tracing::debug!(%error, "write failed");
-                WriteFailed::Broken
-            })?,
-            () = stalled => return Err(self.stalled()),
-            _ = self.urgent.changed() => return Err(WriteFailed::Urgent),
-        }
+        let waited = bounded_write(
+            self.socket.feed(message),
+            self.send_timeout,
+            &mut self.urgent,
+        )
+        .await;
+        self.settle(waited, "write failed")?;
         self.unflushed = true;
         if let Some(bytes) = data {
             self.metrics.messages_sent.increment(1);
@@ -703,15 +707,19 @@ impl ConnectionTask {
 
     async fn flush(&mut self) -> Result<(), WriteFailed> {
         self.unflushed = false;
-        let stalled = tokio::time::sleep(self.send_timeout);
-        tokio::select! {
-            biased;
-            result = self.socket.flush() => result.map_err(|error| {
-                tracing::debug!(%error, "flush failed");
-                WriteFailed::Broken
-            }),
-            () = stalled => Err(self.stalled()),
-            _ = self.urgent.changed() => Err(WriteFailed::Urgent),
+        let waited = bounded_write(self.socket.flush(), self.send_timeout, &mut self.urgent).await;
+        self.settle(waited, "flush failed")
+    }
+
+    fn settle(&self, waited: Waited, failure: &str) -> Result<(), WriteFailed> {
+        match waited {
+            Waited::Done(Ok(())) => Ok(()),
+            Waited::Done(Err(error)) => {
+                tracing::debug!(parent: self.conn.span(), %error, "{failure}");
+                Err(WriteFailed::Broken)
+            }
+            Waited::Stalled => Err(self.stalled()),
+            Waited::Urgent => Err(WriteFailed::Urgent),
         }
     }
 
@@ -731,11 +739,11 @@ impl ConnectionTask {
         match tokio::time::timeout(self.close_grace, write).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
-                tracing::debug!(%error, "close frame not written");
+                tracing::debug!(parent: self.conn.span(), %error, "close frame not written");
                 false
             }
             Err(_) => {
-                tracing::debug!("peer did not take the close frame in time; dropping it");
+                tracing::debug!(parent: self.conn.span(), "peer did not take the close frame in time; dropping it");
                 false
             }
         }
@@ -773,9 +781,53 @@ fn owned_headers(headers: &HeaderMap) -> HeaderMap {
     owned
 }
 
-async fn poll_running(running: &mut Option<Running>) -> std::thread::Result<Reply> {
+/// How a bounded socket write ended.
+enum Waited {
+    Done(Result<(), WsError>),
+    /// The send timeout passed with the write still waiting for the peer.
+    Stalled,
+    /// An urgent close arrived while waiting.
+    Urgent,
+}
+
+/// Runs a socket write, bounded by `timeout` and cut short by an urgent close. The write is
+/// polled once first, so one that the socket takes at once (the usual case) arms no timer.
+async fn bounded_write(
+    write: impl Future<Output = Result<(), WsError>>,
+    timeout: Duration,
+    urgent: &mut watch::Receiver<Option<CloseFrame>>,
+) -> Waited {
+    let mut write = std::pin::pin!(write);
+    let at_once = tokio::select! {
+        biased;
+        result = &mut write => Some(result),
+        () = std::future::ready(()) => None,
+    };
+    if let Some(result) = at_once {
+        return Waited::Done(result);
+    }
+    tokio::select! {
+        biased;
+        result = write => Waited::Done(result),
+        () = tokio::time::sleep(timeout) => Waited::Stalled,
+        _ = urgent.changed() => Waited::Urgent,
+    }
+}
+
+/// Polls the running handler inside the connection's span, so its events carry the
+/// connection's fields, without cloning the span for every message.
+async fn poll_running(
+    running: &mut Option<Running>,
+    span: &tracing::Span,
+) -> std::thread::Result<Reply> {
     match running {
-        Some(future) => future.await,
+        Some(future) => {
+            std::future::poll_fn(|cx| {
+                let _entered = span.enter();
+                future.as_mut().poll(cx)
+            })
+            .await
+        }
         None => std::future::pending().await,
     }
 }

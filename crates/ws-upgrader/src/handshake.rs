@@ -7,7 +7,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use sockudo_ws::deflate::DeflateConfig;
-use tracing::Instrument as _;
 
 use crate::{WebSocket, WsUpgrader, options::Options};
 
@@ -145,7 +144,6 @@ impl PendingUpgrade {
     /// Gives the `101 Switching Protocols` response and, once the client has it, runs
     /// `callback` with the socket on a new task.
     ///
-    /// The task runs inside the caller's current `tracing` span.
     pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
     where
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
@@ -174,21 +172,21 @@ impl PendingUpgrade {
             .and_then(|p| p.to_str().ok().map(str::to_owned));
         let options = self.upgrader.options;
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(
-            async move {
-                match on_upgrade.await {
-                    Ok(upgraded) => {
-                        let socket =
-                            WebSocket::new(TokioIo::new(upgraded), &options, deflate, protocol);
-                        callback(socket).await;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "client left before the upgrade completed")
-                    }
+        // Only the refusal below logs in the caller's span: the callback's task is not wrapped
+        // in it, so the callback decides what its polls cost in tracing.
+        let span = tracing::Span::current();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let socket =
+                        WebSocket::new(TokioIo::new(upgraded), &options, deflate, protocol);
+                    callback(socket).await;
+                }
+                Err(error) => {
+                    tracing::debug!(parent: &span, %error, "client left before the upgrade completed");
                 }
             }
-            .in_current_span(),
-        );
+        });
         response
     }
 }
