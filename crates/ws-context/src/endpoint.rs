@@ -523,23 +523,11 @@ impl ConnectionTask {
                     }
                 }
                 reply = poll_running(&mut running, self.conn.span()) => {
-                    running = None;
-                    match self.finish(reply, may_write).await {
-                        Ok(Some(frame)) => {
-                            closing = Closing::Requested {
-                                frame,
-                                deadline: Instant::now(),
-                                urgent: false,
-                            };
-                        }
-                        Ok(None) => {}
-                        Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
-                        Err(WriteFailed::Broken) => break,
-                    }
-                    if let Some(message) = next.take()
-                        && matches!(closing, Closing::Open)
-                    {
-                        running = Some(self.start(message));
+                    let written = self
+                        .on_reply(reply, may_write, &mut running, &mut next, &mut closing)
+                        .await;
+                    if !written {
+                        break;
                     }
                 }
                 () = sleep_until(deadline) => {}
@@ -572,6 +560,16 @@ impl ConnectionTask {
                         self.metrics.bytes_received.increment(payload_len(&message));
                         if running.is_none() && matches!(closing, Closing::Open) {
                             running = Some(self.start(message));
+                            // Most handlers finish at their first poll: write the reply now
+                            // rather than one more turn of this loop later.
+                            if let Some(reply) = poll_once(&mut running, self.conn.span()).await {
+                                let written = self
+                                    .on_reply(reply, may_write, &mut running, &mut next, &mut closing)
+                                    .await;
+                                if !written {
+                                    break;
+                                }
+                            }
                         } else {
                             next = Some(message);
                         }
@@ -582,6 +580,37 @@ impl ConnectionTask {
             }
         }
         ended_by
+    }
+
+    /// Writes a finished handler's reply, then starts the message read ahead, if any. False
+    /// when the transport is broken.
+    async fn on_reply(
+        &mut self,
+        reply: std::thread::Result<Reply>,
+        may_write: bool,
+        running: &mut Option<Running>,
+        next: &mut Option<Message>,
+        closing: &mut Closing,
+    ) -> bool {
+        *running = None;
+        match self.finish(reply, may_write).await {
+            Ok(Some(frame)) => {
+                *closing = Closing::Requested {
+                    frame,
+                    deadline: Instant::now(),
+                    urgent: false,
+                };
+            }
+            Ok(None) => {}
+            Err(WriteFailed::Urgent) => self.begin_urgent_close(closing),
+            Err(WriteFailed::Broken) => return false,
+        }
+        if let Some(message) = next.take()
+            && matches!(closing, Closing::Open)
+        {
+            *running = Some(self.start(message));
+        }
+        true
     }
 
     /// Takes the urgent close: drops the queue (its memory goes with it) and closes without
@@ -811,6 +840,18 @@ async fn bounded_write(
         result = write => Waited::Done(result),
         () = tokio::time::sleep(timeout) => Waited::Stalled,
         _ = urgent.changed() => Waited::Urgent,
+    }
+}
+
+/// Polls the running handler once; its reply if it finished.
+async fn poll_once(
+    running: &mut Option<Running>,
+    span: &tracing::Span,
+) -> Option<std::thread::Result<Reply>> {
+    tokio::select! {
+        biased;
+        reply = poll_running(running, span) => Some(reply),
+        () = std::future::ready(()) => None,
     }
 }
 

@@ -1,6 +1,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// Close codes of RFC 6455 §7.4.1 that applications use most.
 ///
@@ -130,31 +131,30 @@ impl CloseFrame {
 
 /// Bytes that are known to be valid UTF-8: the payload of a text message.
 ///
-/// Cloning is cheap (reference counted); [`Utf8Bytes::as_str`] never copies.
+/// Cloning is cheap (reference counted); [`Utf8Bytes::as_str`] neither copies nor checks again:
+/// the bytes are checked once, when the value is made.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Utf8Bytes(Bytes);
+pub struct Utf8Bytes(ByteString);
 
 impl Utf8Bytes {
     /// Checks that `bytes` are UTF-8 and wraps them.
     pub fn try_from_bytes(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
-        Ok(Utf8Bytes(bytes))
+        ByteString::try_from(bytes).map(Utf8Bytes)
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Checked in every constructor; an empty string is the unreachable fallback.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 
     /// The underlying bytes.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// Gives back the underlying bytes.
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.0.into_bytes()
     }
 }
 
@@ -172,19 +172,19 @@ impl fmt::Display for Utf8Bytes {
 
 impl From<String> for Utf8Bytes {
     fn from(text: String) -> Self {
-        Utf8Bytes(Bytes::from(text))
+        Utf8Bytes(ByteString::from(text))
     }
 }
 
 impl From<&'static str> for Utf8Bytes {
     fn from(text: &'static str) -> Self {
-        Utf8Bytes(Bytes::from_static(text.as_bytes()))
+        Utf8Bytes(ByteString::from_static(text))
     }
 }
 
 impl From<&String> for Utf8Bytes {
     fn from(text: &String) -> Self {
-        Utf8Bytes(Bytes::copy_from_slice(text.as_bytes()))
+        Utf8Bytes(ByteString::from(text.as_str()))
     }
 }
 
