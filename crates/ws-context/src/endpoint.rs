@@ -372,6 +372,7 @@ impl Endpoint {
                     send_timeout: endpoint.send_timeout,
                     metrics: metrics.clone(),
                     unflushed: false,
+                    tally: Tally::default(),
                 };
                 let accepted = rejected.is_none();
                 let close = io.run(rejected).await;
@@ -420,6 +421,40 @@ struct ConnectionTask {
     /// Frames are fed but not flushed yet: they go out in one write once nothing else is
     /// ready (see the flush branch in `run`).
     unflushed: bool,
+    /// Traffic not yet added to the shared counters: published with the flush, or when the
+    /// task goes idle, so a burst costs one update per counter, not one per message.
+    tally: Tally,
+}
+
+#[derive(Default)]
+struct Tally {
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+}
+
+impl Tally {
+    fn is_empty(&self) -> bool {
+        self.messages_in == 0 && self.messages_out == 0
+    }
+
+    fn publish(&mut self, metrics: &ConnMetrics) {
+        let Tally {
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+        } = std::mem::take(self);
+        if messages_in > 0 {
+            metrics.messages_received.increment(messages_in);
+            metrics.bytes_received.increment(bytes_in);
+        }
+        if messages_out > 0 {
+            metrics.messages_sent.increment(messages_out);
+            metrics.bytes_sent.increment(bytes_out);
+        }
+    }
 }
 
 type Running = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Reply>> + Send>>;
@@ -535,11 +570,16 @@ impl ConnectionTask {
                 // wins only when no other branch was ready in between, so replies and queued
                 // frames that are ready together go out in one write, and a lone reply waits
                 // one scheduler turn, not a timer.
-                () = tokio::task::yield_now(), if self.unflushed => match self.flush().await {
-                    Ok(()) => {}
-                    Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
-                    Err(WriteFailed::Broken) => break,
-                },
+                () = tokio::task::yield_now(), if self.unflushed || !self.tally.is_empty() => {
+                    self.tally.publish(&self.metrics);
+                    if self.unflushed {
+                        match self.flush().await {
+                            Ok(()) => {}
+                            Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
+                            Err(WriteFailed::Broken) => break,
+                        }
+                    }
+                }
                 incoming = self.socket.recv(), if may_read => match incoming {
                     None => break,
                     Some(Err(error)) => {
@@ -556,8 +596,8 @@ impl ConnectionTask {
                         next = None;
                     }
                     Some(Ok(message)) if message.is_data() => {
-                        self.metrics.messages_received.increment(1);
-                        self.metrics.bytes_received.increment(payload_len(&message));
+                        self.tally.messages_in += 1;
+                        self.tally.bytes_in += payload_len(&message);
                         if running.is_none() && matches!(closing, Closing::Open) {
                             running = Some(self.start(message));
                             // Most handlers finish at their first poll: write the reply now
@@ -579,6 +619,7 @@ impl ConnectionTask {
                 },
             }
         }
+        self.tally.publish(&self.metrics);
         ended_by
     }
 
@@ -728,8 +769,8 @@ impl ConnectionTask {
         self.settle(waited, "write failed")?;
         self.unflushed = true;
         if let Some(bytes) = data {
-            self.metrics.messages_sent.increment(1);
-            self.metrics.bytes_sent.increment(bytes);
+            self.tally.messages_out += 1;
+            self.tally.bytes_out += bytes;
         }
         Ok(())
     }
