@@ -12,6 +12,10 @@ use std::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
+mod cluster;
+#[path = "../../crates/ws-backplane-redis/tests/redis_server.rs"]
+mod redis_server;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The built example, next to this test binary (`target/<profile>/examples/NAME`).
@@ -40,7 +44,13 @@ impl Drop for Running {
 
 impl Running {
     fn start(name: &str) -> Running {
+        Running::start_with(name, &[])
+    }
+
+    /// Starts it with extra environment variables.
+    fn start_with(name: &str, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(example_path(name))
+            .envs(env.iter().copied())
             .env("HTTP_HOST", "127.0.0.1")
             .env("HTTP_PORT", "0")
             .env("METRICS_PORT", "0")

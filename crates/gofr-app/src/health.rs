@@ -1,7 +1,7 @@
 //! `/.well-known/alive` and `/.well-known/health`, as GoFr serves them.
 
 use axum::{Router, routing::get};
-use ws_context::ConnectionHub;
+use ws_context::{BackplaneStatus, ConnectionHub};
 
 use crate::{Config, app::data};
 
@@ -17,13 +17,22 @@ pub(crate) fn routes(config: &Config, hub: ConnectionHub) -> Router {
             get(move || {
                 let name = name.clone();
                 let connections = hub.len();
-                async move {
-                    data(serde_json::json!({
-                        "status": "UP",
-                        "name": name,
-                        "websocket": { "connections": connections },
-                    }))
+                let mut health = serde_json::json!({
+                    "status": "UP",
+                    "name": name,
+                    "websocket": { "connections": connections },
+                });
+                let backplane = hub.backplane_status();
+                if backplane != BackplaneStatus::Standalone {
+                    // Without the other instances the app still serves its own connections.
+                    let up = backplane == BackplaneStatus::Up;
+                    health["status"] = (if up { "UP" } else { "DEGRADED" }).into();
+                    health["cluster"] = serde_json::json!({
+                        "status": if up { "UP" } else { "DOWN" },
+                        "nodes": hub.nodes().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    });
                 }
+                async move { data(health) }
             }),
         )
 }
