@@ -1,6 +1,8 @@
 //! Project tasks in Rust, run as `cargo xtask <task>` (the cargo-xtask convention:
 //! <https://github.com/matklad/cargo-xtask>). Only std, so it builds in seconds.
 
+mod bench_cluster;
+mod cluster;
 mod tidy;
 
 use std::{
@@ -15,6 +17,8 @@ usage: cargo xtask <task>
 tasks:
   ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
+  demo cluster    Redis and two chat instances sharing rooms; prints both URLs; Ctrl-C stops all
+  bench-cluster   cross-instance delivery at 1,000 and 5,000 msgs/s: delivery ratio, p99
 ";
 
 fn main() -> ExitCode {
@@ -22,6 +26,11 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci(),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
+        Some("demo") => match env::args().nth(2).as_deref() {
+            Some("cluster") => cluster::demo(),
+            _ => Err(format!("usage: cargo xtask demo cluster\n\n{USAGE}")),
+        },
+        Some("bench-cluster") => bench_cluster::run(&env::args().skip(2).collect::<Vec<_>>()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,0 +1,181 @@
+//! `cargo xtask demo cluster`: a throwaway Redis and two `examples/chat` instances joined
+//! through it, on ports the OS picks. Also the process helpers of `bench-cluster`.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{cargo, project_root};
+
+/// Longest Redis or an instance may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A child process, killed by its PID when dropped.
+pub(crate) struct Process {
+    pub(crate) name: String,
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Whether it has exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A `redis-server` on a free loopback port, persistence off. Returns it and its URL.
+pub(crate) fn start_redis() -> Result<(Process, String), String> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start redis-server ({e}); install it with `apt-get install redis-server`"
+            )
+        })?;
+    let redis = Process {
+        name: "redis-server".to_owned(),
+        child,
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !answers_ping(port) {
+        if Instant::now() > deadline {
+            return Err("redis-server did not answer PING".to_owned());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok((redis, format!("redis://127.0.0.1:{port}/")))
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// Builds `examples/chat` (release or debug) and returns the binary's path.
+pub(crate) fn build_chat(release: bool) -> Result<std::path::PathBuf, String> {
+    let mut args = vec!["build", "-p", "examples", "--example", "chat"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args, &[])?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(project_root()
+        .join("target")
+        .join(profile)
+        .join("examples")
+        .join("chat"))
+}
+
+/// Starts one chat instance on free ports, joined to `redis_url`; returns it and its HTTP
+/// address, read from its JSON log line.
+pub(crate) fn start_chat(
+    binary: &std::path::Path,
+    name: &str,
+    redis_url: &str,
+) -> Result<(Process, String), String> {
+    let mut child = Command::new(binary)
+        .env("APP_NAME", name)
+        .env("HTTP_HOST", "127.0.0.1")
+        .env("HTTP_PORT", "0")
+        .env("METRICS_PORT", "0")
+        .env("REDIS_URL", redis_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let process = Process {
+        name: name.to_owned(),
+        child,
+    };
+    let (tx, rx) = mpsc::channel();
+    // Keeps draining the log so the pipe never fills and blocks the server.
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(address) = logged_field(&line, "address") {
+                let _ = tx.send(address);
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| format!("{name} did not log its address"))?;
+    Ok((process, address))
+}
+
+/// The value of a string field in a JSON log line, such as `"address":"127.0.0.1:80"`.
+fn logged_field(line: &str, field: &str) -> Option<String> {
+    let key = format!("\"{field}\":\"");
+    let start = line.find(&key)? + key.len();
+    let len = line[start..].find('"')?;
+    Some(line[start..start + len].to_owned())
+}
+
+/// `demo cluster`: runs until Ctrl-C (which the terminal sends to every process of the
+/// group) or until one of the processes exits; then stops the others by PID.
+pub(crate) fn demo() -> Result<(), String> {
+    let chat = build_chat(false)?;
+    let (redis, redis_url) = start_redis()?;
+    let (a, a_address) = start_chat(&chat, "chat-a", &redis_url)?;
+    let (b, b_address) = start_chat(&chat, "chat-b", &redis_url)?;
+    eprintln!(
+        "\ncluster demo: two chat instances sharing rooms through {redis_url}\n\n  \
+         instance A: http://{a_address}/\n  instance B: http://{b_address}/\n\n\
+         Open one in each browser window, pick the same room, and talk across instances.\n\
+         Try /me, /dm <id> <text>, /kick <id>. Ctrl-C stops everything.\n"
+    );
+    let mut processes = [redis, a, b];
+    loop {
+        for process in &mut processes {
+            if process.exited() {
+                return Err(format!("{} exited; stopping the others", process.name));
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_address_field_not_the_metrics_one() {
+        let line = r#"{"metrics_address":"127.0.0.1:1","address":"127.0.0.1:2","message":"x"}"#;
+        assert_eq!(
+            logged_field(line, "address").as_deref(),
+            Some("127.0.0.1:2")
+        );
+        assert_eq!(
+            logged_field(line, "metrics_address").as_deref(),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(logged_field(line, "port"), None);
+    }
+}
