@@ -25,7 +25,9 @@ const DRAIN: Duration = Duration::from_secs(3);
 /// Connects and waits for the `/me` answer, so the client is a member of the room.
 async fn member(url: &str) -> anyhow::Result<Client> {
     let (mut client, _) =
-        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
+        // TCP_NODELAY, so the client adds no Nagle delay to what it measures.
+        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async_with_config(url, None, true))
+            .await??;
     client.send(Message::text("/me")).await?;
     loop {
         let frame = tokio::time::timeout(WAIT, client.next())

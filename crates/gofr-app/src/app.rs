@@ -336,6 +336,12 @@ impl App {
         tracing::info!(app = %config.app_name, %address, "server listening on {address}");
         let hub = self.hub.clone();
         let mut stop = self.shutdown.subscribe();
+        // Frames are small and latency matters: no Nagle delay on accepted sockets.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -54,7 +54,7 @@
 //!
 //! # Cluster (feature `redis`)
 //!
-//! With the `redis` feature and `REDIS_URL` set (or [`App::redis_url`]), the app joins the
+//! With the `redis` feature and `REDIS_URL` set (or `App::redis_url`), the app joins the
 //! other instances on that Redis when it starts: rooms, broadcasts, send-to-id and
 //! close-by-id reach connections on every instance, through `ws-backplane-redis`. Delivery
 //! across instances is at most once, without duplicates, in order per sender and room; local

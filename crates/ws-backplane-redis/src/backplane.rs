@@ -240,11 +240,13 @@ impl RedisBackplane {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|source| {
-            RedisBackplaneError::Url {
-                url: shown.clone(),
-                source,
-            }
+        // Small frames, sent as they come: Nagle's algorithm would hold them for an ACK.
+        let info = info
+            .set_redis_settings(settings)
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|source| RedisBackplaneError::Url {
+            url: shown.clone(),
+            source,
         })?;
 
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(shared.queue_capacity);
