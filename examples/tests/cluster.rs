@@ -163,6 +163,8 @@ async fn a_thousand_clients_on_two_instances_get_every_room_message_once_in_orde
     // Half of what each member got came from the other instance.
     assert!(metric(&cluster.a, "backplane_messages_received_total").await >= 50.0);
     assert!(metric(&cluster.b, "backplane_messages_received_total").await >= 50.0);
+    assert!(metric(&cluster.b, "backplane_delivery_latency_seconds_count").await >= 50.0);
+    assert!(metric(&cluster.a, "backplane_messages_published_total").await >= 50.0);
 }
 
 #[tokio::test]
