@@ -19,7 +19,7 @@ use ws_context::{
 
 use crate::{
     metrics as m,
-    wire::{self, Body, Frame},
+    wire::{self, Body, Frame, Position},
 };
 
 /// Default time between heartbeats; a hub is dropped from [`RedisBackplane::nodes`] after
@@ -35,6 +35,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// Most publishes sent to Redis in one pipeline.
 const BATCH: usize = 256;
+/// Most channels whose numbering a sender keeps; past it, every count starts a new stream.
+const MAX_NUMBERED_CHANNELS: usize = 65_536;
 /// Longest the first connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -154,8 +156,9 @@ struct Shared {
     inbound: OnceLock<Inbound>,
     link: OnceLock<Link>,
     up: AtomicBool,
-    /// Next sequence number per channel; the lock also keeps queue order equal to number order.
-    seqs: Mutex<HashMap<String, u64>>,
+    /// The numbering of each channel this hub sends on; the lock also keeps queue order equal
+    /// to number order.
+    numbering: Mutex<Numbering>,
     /// Rooms this instance has members in: subscribed again after Redis comes back.
     interests: Mutex<HashSet<String>>,
     /// Serialises SUBSCRIBE and UNSUBSCRIBE so a leave never overtakes a later join.
@@ -170,6 +173,33 @@ struct Link {
     url: String,
     manager: ConnectionManager,
     outgoing: mpsc::Sender<(String, Bytes)>,
+}
+
+/// Sequence numbers per channel, in streams: a forgotten channel restarts in a new stream,
+/// which receivers take as a fresh start rather than as duplicates.
+#[derive(Debug, Default)]
+struct Numbering {
+    next_stream: u32,
+    channels: HashMap<String, Position>,
+}
+
+impl Numbering {
+    fn next(&mut self, channel: &str) -> Position {
+        if let Some(position) = self.channels.get_mut(channel) {
+            position.seq += 1;
+            return *position;
+        }
+        if self.channels.len() >= MAX_NUMBERED_CHANNELS {
+            self.channels.clear();
+        }
+        self.next_stream = self.next_stream.wrapping_add(1);
+        let position = Position {
+            stream: self.next_stream,
+            seq: 1,
+        };
+        self.channels.insert(channel.to_owned(), position);
+        position
+    }
 }
 
 #[derive(Debug, Default)]
@@ -205,7 +235,7 @@ impl RedisBackplane {
                 inbound: OnceLock::new(),
                 link: OnceLock::new(),
                 up: AtomicBool::new(false),
-                seqs: Mutex::default(),
+                numbering: Mutex::default(),
                 interests: Mutex::default(),
                 subscribing: tokio::sync::Mutex::new(()),
                 nodes: Mutex::default(),
@@ -336,11 +366,10 @@ impl Backplane for RedisBackplane {
             target: envelope.target,
             message: envelope.message,
         };
-        let mut seqs = lock(&shared.seqs);
-        let seq = seqs.entry(channel.clone()).or_insert(0);
+        let mut numbering = lock(&shared.numbering);
         // Numbered even when refused, so receivers see the gap.
-        *seq += 1;
-        let frame = wire::encode(&envelope.origin, *seq, now_us(), &body);
+        let position = numbering.next(&channel);
+        let frame = wire::encode(&envelope.origin, position, now_us(), &body);
         let result = if !shared.up.load(Ordering::Acquire) {
             Err(BackplaneError::Unavailable(format!(
                 "Redis at {} is unreachable",
@@ -351,7 +380,7 @@ impl Backplane for RedisBackplane {
                 .try_send((channel, frame))
                 .map_err(|_| BackplaneError::Unavailable("publish queue is full".to_owned()))
         };
-        drop(seqs);
+        drop(numbering);
         if result.is_err() {
             metrics::counter!(m::PUBLISH_ERRORS).increment(1);
         }
@@ -390,6 +419,11 @@ impl Backplane for RedisBackplane {
             return;
         }
         lock(&shared.interests).remove(room);
+        // Bounded memory: the room's numbering goes with its last member (a later send starts
+        // a new stream).
+        lock(&shared.numbering)
+            .channels
+            .remove(&shared.room_channel(room));
         let room = room.to_owned();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -469,8 +503,8 @@ impl Shared {
 
 /// The single reader: everything from Redis arrives here, in order, and is delivered in order.
 async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<PushInfo>) {
-    // Last sequence number seen per (origin, channel).
-    let mut last: HashMap<(Arc<str>, Bytes), u64> = HashMap::new();
+    // Last position seen per (origin, channel).
+    let mut last: HashMap<(Arc<str>, Bytes), Position> = HashMap::new();
     while let Some(push) = pushes.recv().await {
         match push.kind {
             PushKind::Message => {
@@ -509,13 +543,13 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
 async fn deliver(
     shared: &Shared,
     inbound: &Inbound,
-    last: &mut HashMap<(Arc<str>, Bytes), u64>,
+    last: &mut HashMap<(Arc<str>, Bytes), Position>,
     channel: Bytes,
     frame: Frame,
 ) {
     let Frame {
         origin,
-        seq,
+        position,
         sent_at_us,
         body,
     } = frame;
@@ -526,16 +560,30 @@ async fn deliver(
         }
         Body::Delivery { target, message } => (target, message),
     };
-    let previous = last.entry((origin.clone(), channel)).or_insert(0);
-    if seq <= *previous {
-        metrics::counter!(m::DUPLICATES).increment(1);
-        return;
+    match last.entry((origin.clone(), channel)) {
+        // First from this sender here, or a new stream: nothing to compare with.
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            entry.insert(position);
+        }
+        std::collections::hash_map::Entry::Occupied(mut entry) => {
+            let previous = *entry.get();
+            if previous.stream == position.stream {
+                if position.seq <= previous.seq {
+                    metrics::counter!(m::DUPLICATES).increment(1);
+                    return;
+                }
+                if position.seq > previous.seq + 1 {
+                    metrics::counter!(m::GAPS).increment(1);
+                    tracing::warn!(
+                        %origin,
+                        lost = position.seq - previous.seq - 1,
+                        "messages from another instance were lost"
+                    );
+                }
+            }
+            entry.insert(position);
+        }
     }
-    if *previous != 0 && seq > *previous + 1 {
-        metrics::counter!(m::GAPS).increment(1);
-        tracing::warn!(%origin, lost = seq - *previous - 1, "messages from another instance were lost");
-    }
-    *previous = seq;
     metrics::counter!(m::RECEIVED).increment(1);
     let latency = now_us().saturating_sub(sent_at_us);
     metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
@@ -581,7 +629,7 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
         if shared.up.load(Ordering::Acquire) {
             let frame = wire::encode(
                 &origin,
-                0,
+                Position { stream: 0, seq: 0 },
                 now_us(),
                 &Body::Heartbeat {
                     interval: shared.heartbeat,
@@ -677,6 +725,18 @@ mod tests {
         assert_eq!(node_of("00ab-12"), "00ab");
         assert_eq!(node_of("00ab/1"), "00ab");
         assert_eq!(node_of("plain"), "plain");
+    }
+
+    #[test]
+    fn a_forgotten_channel_restarts_in_a_new_stream() {
+        let mut numbering = Numbering::default();
+        let first = numbering.next("a");
+        assert_eq!(numbering.next("a").seq, first.seq + 1);
+        assert_eq!(numbering.next("b").seq, 1);
+        numbering.channels.remove("a");
+        let again = numbering.next("a");
+        assert_eq!(again.seq, 1);
+        assert_ne!(again.stream, first.stream);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! | 1 | format version ([`VERSION`]) |
 //! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection |
 //! | 1 | opcode: 0 none (heartbeat), 1 text, 2 binary, 8 close, 9 ping, 10 pong |
-//! | 8 | sequence number per origin and channel, big endian |
+//! | 4 | stream: which numbering the sequence number belongs to, big endian |
+//! | 8 | sequence number per origin and channel within the stream, big endian |
 //! | 8 | send time, microseconds since the Unix epoch, big endian |
 //! | 2 + n | origin (the sending hub), length-prefixed UTF-8 |
 //! | 2 + n | target (room name or connection id; empty otherwise), length-prefixed UTF-8 |
@@ -41,11 +42,19 @@ pub(crate) enum Body {
     Delivery { target: Target, message: Message },
 }
 
+/// Where a frame sits in its sender's numbering of one channel. A sender that forgets a
+/// channel's count (to bound its memory) starts a new stream, and receivers start afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) stream: u32,
+    pub(crate) seq: u64,
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Frame {
     pub(crate) origin: Arc<str>,
-    pub(crate) seq: u64,
+    pub(crate) position: Position,
     pub(crate) sent_at_us: u64,
     pub(crate) body: Body,
 }
@@ -63,7 +72,7 @@ pub(crate) enum WireError {
     Utf8(&'static str),
 }
 
-pub(crate) fn encode(origin: &str, seq: u64, sent_at_us: u64, body: &Body) -> Bytes {
+pub(crate) fn encode(origin: &str, position: Position, sent_at_us: u64, body: &Body) -> Bytes {
     let (kind, target, opcode, payload): (u8, &str, u8, Bytes) = match body {
         Body::Heartbeat { interval } => {
             let ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
@@ -99,11 +108,12 @@ pub(crate) fn encode(origin: &str, seq: u64, sent_at_us: u64, body: &Body) -> By
     };
     let origin = short(origin);
     let target = short(target);
-    let mut out = BytesMut::with_capacity(23 + origin.len() + target.len() + payload.len());
+    let mut out = BytesMut::with_capacity(27 + origin.len() + target.len() + payload.len());
     out.put_u8(VERSION);
     out.put_u8(kind);
     out.put_u8(opcode);
-    out.put_u64(seq);
+    out.put_u32(position.stream);
+    out.put_u64(position.seq);
     out.put_u64(sent_at_us);
     out.put_u16(origin.len() as u16);
     out.put_slice(origin);
@@ -120,7 +130,7 @@ fn short(text: &str) -> &[u8] {
 }
 
 pub(crate) fn decode(mut frame: Bytes) -> Result<Frame, WireError> {
-    if frame.remaining() < 19 {
+    if frame.remaining() < 23 {
         return Err(WireError::Truncated("header"));
     }
     let version = frame.get_u8();
@@ -129,7 +139,10 @@ pub(crate) fn decode(mut frame: Bytes) -> Result<Frame, WireError> {
     }
     let kind = frame.get_u8();
     let opcode = frame.get_u8();
-    let seq = frame.get_u64();
+    let position = Position {
+        stream: frame.get_u32(),
+        seq: frame.get_u64(),
+    };
     let sent_at_us = frame.get_u64();
     let origin = text(&mut frame, "origin")?;
     let target = text(&mut frame, "target")?;
@@ -180,7 +193,7 @@ pub(crate) fn decode(mut frame: Bytes) -> Result<Frame, WireError> {
     };
     Ok(Frame {
         origin: origin.into(),
-        seq,
+        position,
         sent_at_us,
         body,
     })
@@ -203,13 +216,14 @@ mod tests {
     use super::*;
 
     fn round_trip(body: Body) {
-        let bytes = encode("abc/1", 42, 7, &body);
+        let position = Position { stream: 3, seq: 42 };
+        let bytes = encode("abc/1", position, 7, &body);
         let frame = decode(bytes).unwrap();
         assert_eq!(
             frame,
             Frame {
                 origin: "abc/1".into(),
-                seq: 42,
+                position,
                 sent_at_us: 7,
                 body
             }
@@ -246,7 +260,7 @@ mod tests {
     fn bad_frames_are_errors_not_panics() {
         let good = encode(
             "o",
-            1,
+            Position { stream: 1, seq: 1 },
             1,
             &Body::Delivery {
                 target: Target::Room("r".into()),
