@@ -360,7 +360,9 @@ impl Backplane for RedisBackplane {
         let channel = match &envelope.target {
             Target::Room(room) => shared.room_channel(room),
             Target::Connection(id) => shared.node_channel(node_of(id.as_str())),
-            _ => shared.all_channel(),
+            Target::All => shared.all_channel(),
+            // A kind of target this version does not know how to route.
+            _ => return Err(BackplaneError::NoRoute),
         };
         let body = Body::Delivery {
             target: envelope.target,

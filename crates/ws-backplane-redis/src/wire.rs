@@ -87,7 +87,7 @@ pub(crate) fn encode(origin: &str, position: Position, sent_at_us: u64, body: &B
             let (kind, target) = match target {
                 Target::Room(room) => (KIND_ROOM, &**room),
                 Target::Connection(id) => (KIND_CONNECTION, id.as_str()),
-                // `Target` is non-exhaustive: anything else goes to everyone, as `All`.
+                // `publish` routes only the three targets it knows; `All` is the rest.
                 _ => (KIND_ALL, ""),
             };
             let (opcode, payload) = match message {
