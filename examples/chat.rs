@@ -17,7 +17,9 @@
 //! ```
 //!
 //! and open <http://127.0.0.1:8000/> in two browser windows (`HTTP_PORT` changes the port;
-//! metrics are on `METRICS_PORT`, 2121).
+//! metrics are on `METRICS_PORT`, 2121), or run `cargo xtask demo`, which also prints the URL.
+//! Compression (permessage-deflate) is on: browsers offer it, so their frames are compressed;
+//! `cargo xtask browser-test` checks that in headless Chromium.
 //!
 //! # Cluster mode
 //!
@@ -33,7 +35,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{response::Html, routing::get};
-use gofr_app::{App, CloseFrame, Connection, ConnectionId, Context, Error, Message};
+use gofr_app::{App, CloseFrame, Connection, ConnectionId, Context, Error, Message, WsUpgrader};
 
 const PAGE: &str = include_str!("chat.html");
 /// Longest message accepted, in characters.
@@ -134,6 +136,8 @@ fn now_ms() -> u128 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut app = App::new();
+    // Browsers offer permessage-deflate; chat text compresses well.
+    app.override_websocket_upgrader(WsUpgrader::builder().compression().build()?);
     app.merge(axum::Router::new().route("/", get(|| async { Html(PAGE) })));
     app.websocket_with("/ws/{room}", chat, |route| route.on_connect(join_room));
     app.run().await?;

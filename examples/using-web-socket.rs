@@ -8,6 +8,8 @@
 //!
 //! and connect to `ws://127.0.0.1:8000/ws` (`HTTP_PORT` changes the port).
 
+use std::time::Duration;
+
 use gofr_app::{App, Context, Error, WsUpgrader};
 
 async fn ws_handler(ctx: Context) -> Result<String, Error> {
@@ -20,10 +22,13 @@ async fn ws_handler(ctx: Context) -> Result<String, Error> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut app = App::new();
+    // GoFr's example chain; each option acts on the wire (see `WsUpgraderBuilder`).
     let upgrader = WsUpgrader::builder()
-        .write_buffer_size(2048)
-        .subprotocols(["chat", "binary"])
-        .compression()
+        .handshake_timeout(Duration::from_secs(5)) // request head within 5 s, or closed
+        .read_buffer_size(2048) // at most 2 KiB per read from the socket
+        .write_buffer_size(2048) // frames coalesced up to 2 KiB before a write
+        .subprotocols(["chat", "binary"]) // server's order; echoed when the client offers one
+        .compression() // permessage-deflate, only with clients that offer it
         .build()?;
     app.override_websocket_upgrader(upgrader);
     app.websocket("/ws", ws_handler);

@@ -33,6 +33,8 @@ struct Running {
     child: Child,
     addr: SocketAddr,
     metrics: Option<SocketAddr>,
+    /// Its JSON log lines after the listening line.
+    log: mpsc::Receiver<serde_json::Value>,
 }
 
 impl Drop for Running {
@@ -47,46 +49,59 @@ impl Running {
         Running::start_with(name, &[])
     }
 
-    /// Starts it with extra environment variables.
+    /// Starts with extra environment variables, which win over the defaults.
     fn start_with(name: &str, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(example_path(name))
-            .envs(env.iter().copied())
             .env("HTTP_HOST", "127.0.0.1")
             .env("HTTP_PORT", "0")
             .env("METRICS_PORT", "0")
             .env("LOG_LEVEL", "INFO")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
         let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        // Read the log until the listening line; keep draining afterwards so the pipe never
-        // fills and blocks the server.
+        let (tx, log) = mpsc::channel();
+        // Pass on every JSON log line; keep draining so the pipe never fills and blocks the
+        // server.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                for field in ["metrics_address", "address"] {
-                    if let Some(addr) = logged_address(&line, field) {
-                        let _ = tx.send((field, addr));
-                    }
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(json);
                 }
             }
         });
         // The metrics line comes first; the server's line says it is ready.
         let mut metrics = None;
         let addr = loop {
-            match rx
+            let line = log
                 .recv_timeout(WAIT)
-                .expect("example did not log its address")
-            {
-                ("address", addr) => break addr,
-                (_, addr) => metrics = Some(addr),
+                .expect("example did not log its address");
+            if let Some(addr) = logged_address(&line, "metrics_address") {
+                metrics = Some(addr);
+            } else if let Some(addr) = logged_address(&line, "address") {
+                break addr;
             }
         };
         Running {
             child,
             addr,
             metrics,
+            log,
+        }
+    }
+
+    /// The next log line whose `message` is `message`, waiting at most [`WAIT`].
+    fn wait_log(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line["message"] == message => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line {message:?} in time"),
+            }
         }
     }
 
@@ -114,9 +129,8 @@ impl Running {
     }
 }
 
-fn logged_address(line: &str, field: &str) -> Option<SocketAddr> {
-    let json: serde_json::Value = serde_json::from_str(line).ok()?;
-    json.get(field)?.as_str()?.parse().ok()
+fn logged_address(line: &serde_json::Value, field: &str) -> Option<SocketAddr> {
+    line.get(field)?.as_str()?.parse().ok()
 }
 
 /// One HTTP/1.1 GET over a fresh connection; returns status and body.
@@ -296,5 +310,92 @@ async fn chat_serves_its_page_and_keeps_rooms_apart() {
         text.lines()
             .any(|l| l == r#"ws_connections_open{route="/ws/{room}"} 3"#),
         "{text}"
+    );
+}
+
+/// One HTTP/1.1 POST with an empty body; returns status and body.
+fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response[9..12].parse().expect("status");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+#[test]
+fn ws_inter_service_notifies_the_service_even_when_it_starts_late() {
+    // A port for the notification service, released: nothing listens there yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let sender = Running::start_with(
+        "ws-inter-service",
+        &[
+            ("NOTIFICATION_URL", &format!("ws://127.0.0.1:{port}/ws")),
+            ("RETRY_INTERVAL_MS", "50"),
+        ],
+    );
+
+    // The service is down: the notification is queued, and the reply says so.
+    let (status, body) = post(sender.addr, "/send-notification");
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("queued"), "{body}");
+
+    let service = Running::start_with("notification-service", &[("HTTP_PORT", &port)]);
+    let line = service.wait_log("notification received");
+    let notification: serde_json::Value =
+        serde_json::from_str(line["notification"].as_str().expect("text")).expect("JSON");
+    assert_eq!(
+        notification,
+        serde_json::json!({"title": "New Message", "content": "You have a new notification!"})
+    );
+
+    // Connected now: the seed's answer, and the message travels at once.
+    let (status, body) = post(sender.addr, "/send-notification");
+    assert_eq!(
+        (status, body.as_str()),
+        (201, r#"{"data":"Notification sent successfully!"}"#)
+    );
+    service.wait_log("notification received");
+}
+
+#[tokio::test]
+async fn using_web_socket_applies_its_upgrader_options() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let server = Running::start("using-web-socket");
+    // Subprotocols: the server's order wins.
+    let mut request = server.url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "binary, chat".parse().unwrap());
+    let (_client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+
+    // Handshake timeout (5 s): half a request is cut off once it passes.
+    let started = std::time::Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(b"GET /ws HTTP/1.1\r\n").await.unwrap();
+    let mut sink = [0u8; 256];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(1..) = stalled.read(&mut sink).await {}
+    })
+    .await
+    .expect("the stalled request was not cut off");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
     );
 }

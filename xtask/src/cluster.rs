@@ -1,5 +1,5 @@
-//! `cargo xtask demo cluster`: a throwaway Redis and two `examples/chat` instances joined
-//! through it, on ports the OS picks. Also the process helpers of `bench-cluster`.
+//! Process helpers for the cluster demo and benchmark: a throwaway `redis-server`, and chat
+//! instances joined through it, on ports the OS picks, stopped by PID.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -10,14 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cargo, project_root};
-
 /// Longest Redis or an instance may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A child process, killed by its PID when dropped.
 pub(crate) struct Process {
-    pub(crate) name: String,
     child: Child,
 }
 
@@ -28,20 +25,29 @@ impl Drop for Process {
     }
 }
 
-impl Process {
-    /// Whether it has exited.
-    pub(crate) fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+/// `program`, run at nice -10 when `nice` (ahead of other work on a shared machine).
+fn command(program: &std::path::Path, nice: bool) -> Command {
+    if nice {
+        let mut command = Command::new("nice");
+        command.args(["-n", "-10"]).arg(program);
+        command
+    } else {
+        Command::new(program)
     }
 }
 
-/// A `redis-server` on a free loopback port, persistence off. Returns it and its URL.
-pub(crate) fn start_redis() -> Result<(Process, String), String> {
+/// A `redis-server` on a free loopback port, persistence off, in a process group of its own
+/// (the terminal's Ctrl-C does not reach it: it is stopped by PID after the apps, so they
+/// never see it vanish while shutting down). Returns it and its URL.
+pub(crate) fn start_redis(nice: bool) -> Result<(Process, String), String> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
         .port();
-    let child = Command::new("redis-server")
+    let mut redis = command(std::path::Path::new("redis-server"), nice);
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut redis, 0);
+    let child = redis
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
@@ -52,10 +58,7 @@ pub(crate) fn start_redis() -> Result<(Process, String), String> {
                 "cannot start redis-server ({e}); install it with `apt-get install redis-server`"
             )
         })?;
-    let redis = Process {
-        name: "redis-server".to_owned(),
-        child,
-    };
+    let redis = Process { child };
     let deadline = Instant::now() + START_TIMEOUT;
     while !answers_ping(port) {
         if Instant::now() > deadline {
@@ -77,43 +80,26 @@ fn answers_ping(port: u16) -> bool {
         && &reply == b"+PONG\r\n"
 }
 
-/// Builds `examples/chat` (release or debug) and returns the binary's path.
-pub(crate) fn build_chat(release: bool) -> Result<std::path::PathBuf, String> {
-    let mut args = vec!["build", "-p", "examples", "--example", "chat"];
-    if release {
-        args.push("--release");
-    }
-    cargo(&args, &[])?;
-    let profile = if release { "release" } else { "debug" };
-    Ok(project_root()
-        .join("target")
-        .join(profile)
-        .join("examples")
-        .join("chat"))
-}
-
 /// Starts one chat instance on free ports, joined to `redis_url`; returns it and its HTTP
 /// address, read from its JSON log line.
 pub(crate) fn start_chat(
     binary: &std::path::Path,
     name: &str,
     redis_url: &str,
+    nice: bool,
 ) -> Result<(Process, String), String> {
-    let mut child = Command::new(binary)
+    let mut child = command(binary, nice)
         .env("APP_NAME", name)
         .env("HTTP_HOST", "127.0.0.1")
         .env("HTTP_PORT", "0")
         .env("METRICS_PORT", "0")
         .env("REDIS_URL", redis_url)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let process = Process {
-        name: name.to_owned(),
-        child,
-    };
+    let process = Process { child };
     let (tx, rx) = mpsc::channel();
     // Keeps draining the log so the pipe never fills and blocks the server.
     thread::spawn(move || {
@@ -135,30 +121,6 @@ fn logged_field(line: &str, field: &str) -> Option<String> {
     let start = line.find(&key)? + key.len();
     let len = line[start..].find('"')?;
     Some(line[start..start + len].to_owned())
-}
-
-/// `demo cluster`: runs until Ctrl-C (which the terminal sends to every process of the
-/// group) or until one of the processes exits; then stops the others by PID.
-pub(crate) fn demo() -> Result<(), String> {
-    let chat = build_chat(false)?;
-    let (redis, redis_url) = start_redis()?;
-    let (a, a_address) = start_chat(&chat, "chat-a", &redis_url)?;
-    let (b, b_address) = start_chat(&chat, "chat-b", &redis_url)?;
-    eprintln!(
-        "\ncluster demo: two chat instances sharing rooms through {redis_url}\n\n  \
-         instance A: http://{a_address}/\n  instance B: http://{b_address}/\n\n\
-         Open one in each browser window, pick the same room, and talk across instances.\n\
-         Try /me, /dm <id> <text>, /kick <id>. Ctrl-C stops everything.\n"
-    );
-    let mut processes = [redis, a, b];
-    loop {
-        for process in &mut processes {
-            if process.exited() {
-                return Err(format!("{} exited; stopping the others", process.name));
-            }
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[cfg(test)]

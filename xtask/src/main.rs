@@ -1,8 +1,12 @@
 //! Project tasks in Rust, run as `cargo xtask <task>` (the cargo-xtask convention:
 //! <https://github.com/matklad/cargo-xtask>). Only std, so it builds in seconds.
 
+mod autobahn;
+mod bench;
 mod bench_cluster;
+mod browser_test;
 mod cluster;
+mod demo;
 mod tidy;
 
 use std::{
@@ -17,20 +21,28 @@ usage: cargo xtask <task>
 tasks:
   ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
-  demo cluster    Redis and two chat instances sharing rooms; prints both URLs; Ctrl-C stops all
-  bench-cluster   cross-instance delivery at 1,000 and 5,000 msgs/s: delivery ratio, p99
+  bench  release-build performance comparison with the raw engine and peers (see bench/README.md)
+  autobahn  the Autobahn TestSuite (517 cases, kosoku from PyPI in target/autobahn/venv)
+            against the echo example; fails unless every case passes
+  demo   build and start the chat example, print its URL; Ctrl-C stops it
+  demo inter-service
+         start notification-service and ws-inter-service, send one notification between them
+  demo cluster
+         start Redis and two chat instances sharing rooms through it; print both URLs
+  browser-test
+         the chat example in headless Chromium (playwright-core); CI=true makes a missing
+         browser a failure instead of a skip
 ";
 
 fn main() -> ExitCode {
-    let task = env::args().nth(1);
-    let result = match task.as_deref() {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::check(&project_root()).map_err(|problems| problems.join("\n")),
-        Some("demo") => match env::args().nth(2).as_deref() {
-            Some("cluster") => cluster::demo(),
-            _ => Err(format!("usage: cargo xtask demo cluster\n\n{USAGE}")),
-        },
-        Some("bench-cluster") => bench_cluster::run(&env::args().skip(2).collect::<Vec<_>>()),
+        Some("autobahn") => autobahn::run(),
+        Some("demo") => demo::run(&args[1..]),
+        Some("browser-test") => browser_test::run(),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,11 +1,14 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
+use ::http::HeaderMap;
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::Request,
     routing::{MethodFilter, on},
 };
+use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
+use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
 use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
 use ws_upgrader::WsUpgrader;
 
@@ -57,6 +60,7 @@ pub struct App {
     websockets: Vec<WebSocketRoute>,
     upgrader: WsUpgrader,
     hub: ConnectionHub,
+    services: WsClientPool,
     layers: Vec<RouterLayer>,
     shutdown: ShutdownHandle,
     metrics_listener: Option<TcpListener>,
@@ -111,6 +115,7 @@ impl App {
             websockets: Vec::new(),
             upgrader: WsUpgrader::new(),
             hub,
+            services: WsClientPool::new(),
             layers: Vec::new(),
             shutdown: ShutdownHandle::new(),
             metrics_listener: None,
@@ -230,6 +235,69 @@ impl App {
         self.hub.clone()
     }
 
+    /// Registers an outbound WebSocket service and connects to it (GoFr's `app.AddWSService`):
+    /// handshake `headers`, `enable_reconnection`, and the fixed `retry_interval` between
+    /// dials. Waits for the first dial; if it fails, with reconnection on this returns `Ok` and
+    /// keeps dialling in the background, with it off it returns the dial error. A bad URL or
+    /// a header the handshake sets itself is an error at once.
+    ///
+    /// The connection also comes back after any later drop, messages written while it is down
+    /// are queued, and `/.well-known/health` shows its state. See [`WsClientPool`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), gofr_app::PoolError> {
+    /// use std::time::Duration;
+    ///
+    /// let app = gofr_app::App::new();
+    /// app.add_ws_service(
+    ///     "notification-service",
+    ///     "ws://notifications.example.com/ws",
+    ///     http::HeaderMap::new(),
+    ///     true,
+    ///     Duration::from_secs(5),
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_ws_service(
+        &self,
+        name: &str,
+        url: &str,
+        headers: HeaderMap,
+        enable_reconnection: bool,
+        retry_interval: Duration,
+    ) -> Result<(), PoolError> {
+        self.services
+            .add_ws_service(name, url, headers, enable_reconnection, retry_interval)
+            .await
+    }
+
+    /// [`add_ws_service`](App::add_ws_service) with every setting: queue capacity, ping
+    /// interval, backoff policy, timeouts.
+    pub async fn add_ws_service_with(
+        &self,
+        name: &str,
+        options: ServiceOptions,
+    ) -> Result<(), PoolError> {
+        self.services.add_service(name, options).await
+    }
+
+    /// Queues a message for a service (GoFr's `WriteMessageToService`), encoded as
+    /// `write_message_to_socket` does. Handlers use
+    /// [`ServiceExt::write_message_to_service`](crate::ServiceExt::write_message_to_service).
+    pub fn write_message_to_service<T: Serialize + 'static>(
+        &self,
+        name: &str,
+        data: T,
+    ) -> Result<(), PoolError> {
+        self.services.write_message_to_service(name, data)
+    }
+
+    /// The outbound WebSocket services: state, the messages they send back.
+    pub fn ws_services(&self) -> WsClientPool {
+        self.services.clone()
+    }
+
     /// Adds plain axum routes, for what the GoFr-style handlers do not cover.
     pub fn merge(&mut self, router: Router) -> &mut Self {
         self.router = std::mem::take(&mut self.router).merge(router);
@@ -283,7 +351,8 @@ impl App {
     /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`], with
     /// `/metrics` on `METRICS_PORT` (or the [`metrics_listener`](App::metrics_listener)).
     /// Then it stops accepting, sends close 1001 to every WebSocket, gives running handlers
-    /// the shutdown grace period to finish, waits for the close handshakes and returns.
+    /// the shutdown grace period to finish, waits for the close handshakes, closes every
+    /// outbound service with 1001 (stopping their reconnect loops) and returns.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::logging::init(&config);
@@ -328,40 +397,40 @@ impl App {
             }
             router = router.route(&route.path, endpoint.into_route());
         }
+        // Handlers find the services in the request extensions (`ServiceExt`).
+        router = router.layer(Extension(self.services.clone()));
         for layer in self.layers {
             router = layer(router);
         }
-        let router = router.merge(crate::health::routes(&config, self.hub.clone()));
+        let router = router.merge(crate::health::routes(
+            &config,
+            self.hub.clone(),
+            self.services.clone(),
+        ));
 
         tracing::info!(app = %config.app_name, %address, "server listening on {address}");
         let hub = self.hub.clone();
         let mut stop = self.shutdown.subscribe();
-        // Frames are small and latency matters: no Nagle delay on accepted sockets.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = os_signal() => {}
-                _ = stop.wait_for(|stop| *stop) => {}
-            }
-            let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
-            tracing::info!(
-                sockets,
-                "shutting down: no new connections, closing WebSockets with 1001"
-            );
-        })
-        .await
-        .map_err(|source| AppError::Io {
-            address: address.clone(),
-            source,
-        })?;
+        // Not axum::serve: it has no limit on reading a request, and the upgrader's handshake
+        // timeout must cover that too. Requests still carry ConnectInfo<SocketAddr>.
+        ws_upgrader::serve(listener, router)
+            .handshake_timeout(self.upgrader.handshake_timeout())
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = os_signal() => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+                let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
+                tracing::info!(
+                    sockets,
+                    "shutting down: no new connections, closing WebSockets with 1001"
+                );
+            })
+            .await
+            .map_err(|source| AppError::Io {
+                address: address.clone(),
+                source,
+            })?;
 
         let wait = config.shutdown_grace + CLOSE_HANDSHAKE;
         if tokio::time::timeout(wait, self.hub.wait_empty())
@@ -373,6 +442,8 @@ impl App {
                 "WebSockets still open after the grace period; exiting anyway"
             );
         }
+        // After the handlers, so what they queued is still sent.
+        self.services.shutdown().await;
         metrics_server.abort();
         #[cfg(feature = "redis")]
         self.cluster.disconnect();

@@ -10,6 +10,7 @@
 //! | [`message`] | `ws-message` | messages, encode and decode rules |
 //! | [`upgrader`] | `ws-upgrader` | upgrader options, handshake, the socket |
 //! | [`context`] | `ws-context` | handler `Context`, socket writer, connection hub |
+//! | [`client_pool`] | `ws-client-pool` | outbound WebSocket services |
 //!
 //! # Example
 //!
@@ -63,11 +64,20 @@
 //! deliveries are dropped and counted, and everything resumes when Redis is back. Without the
 //! feature, nothing Redis-related is compiled and `REDIS_URL` is a configuration error.
 //!
+//! # Inter-service WebSockets
+//!
+//! [`App::add_ws_service`] registers a named outbound connection (GoFr's `AddWSService`);
+//! handlers write to it with [`ServiceExt::write_message_to_service`], on both [`Context`] and
+//! [`HttpContext`]. Connections come back after drops, messages written while a service is
+//! down are queued (bounded), and `/.well-known/health` lists each service's state and last
+//! error: a service that is not connected makes the status `DEGRADED`, not `DOWN`.
+//!
 //! # Shutdown
 //!
 //! On SIGINT, SIGTERM or [`ShutdownHandle::shutdown`] the app stops accepting, sends close
-//! 1001 to every WebSocket, lets running handlers finish within `SHUTDOWN_GRACE_PERIOD`, and
-//! returns from `run`.
+//! 1001 to every WebSocket, lets running handlers finish within `SHUTDOWN_GRACE_PERIOD`,
+//! closes every outbound service with 1001 (stopping its reconnect loop), and returns from
+//! `run`.
 #![deny(missing_docs)]
 
 mod app;
@@ -77,11 +87,17 @@ mod health;
 mod http;
 mod logging;
 mod metrics;
+mod services;
 
 pub use crate::app::{App, ShutdownHandle};
 pub use crate::config::{Config, ConfigError, LogLevel};
 pub use crate::error::{AppError, Error};
 pub use crate::http::{HttpContext, HttpHandler};
+pub use crate::services::ServiceExt;
+pub use ws_client_pool::{
+    PoolError, Reconnect, ServiceMessages, ServiceOptions, ServiceState, ServiceStatus,
+    WsClientPool,
+};
 pub use ws_context::{
     BindError, CloseFrame, Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context,
     Endpoint, Message, SocketWriter, WriteError,
@@ -106,3 +122,17 @@ pub mod context {
 /// The user guide (`docs/guide.md`), compiled here so that every example in it is tested.
 #[doc = include_str!("../../../docs/guide.md")]
 pub mod guide {}
+/// Outbound WebSocket services: the `ws-client-pool` crate.
+pub mod client_pool {
+    pub use ws_client_pool::*;
+}
+
+/// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// The workspace README's example, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct WorkspaceReadmeDoctests;

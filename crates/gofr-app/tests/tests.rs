@@ -3,6 +3,8 @@
 mod support;
 
 mod broadcast;
+mod handshake_timeout;
 mod http_routes;
 mod metrics;
+mod services;
 mod websocket;

@@ -116,3 +116,40 @@ async fn plain_http_to_a_websocket_route_gets_a_clear_4xx() {
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     assert!(post.contains("use GET"), "{post}");
 }
+
+/// The connection keeps its own copies of the request's URI and headers (not slices of
+/// hyper's read buffer, which would stay allocated for the connection's life); every message
+/// sees the same values.
+#[tokio::test]
+async fn uri_and_headers_stay_readable_for_the_whole_connection() {
+    async fn request_seen(ctx: Context) -> Result<serde_json::Value, std::convert::Infallible> {
+        Ok(serde_json::json!({
+            "uri": ctx.uri().to_string(),
+            "trace": ctx.headers().get("x-trace").and_then(|v| v.to_str().ok()),
+            "original": ctx.extensions().get::<axum::extract::OriginalUri>().map(|u| u.0.to_string()),
+        }))
+    }
+    let router = axum::Router::new().route("/ws/{room}", Endpoint::new(request_seen).into_route());
+    let addr = serve(router).await;
+    let mut request = format!("ws://{addr}/ws/hall?x=1")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-trace", "abc-123".parse().unwrap());
+    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..2 {
+        client.send(Message::text("?")).await.unwrap();
+        let seen: serde_json::Value =
+            serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
+        assert_eq!(
+            seen,
+            serde_json::json!({
+                "uri": "/ws/hall?x=1", "trace": "abc-123", "original": "/ws/hall?x=1",
+            })
+        );
+    }
+}

@@ -33,3 +33,8 @@ mod message;
 pub use crate::codec::{DecodeError, EncodeError, decode, encode};
 pub use crate::message::{CloseFrame, Message, Utf8Bytes, close_code};
 pub use bytes::Bytes;
+
+/// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -27,10 +27,15 @@
 //! }
 //!
 //! # async fn run() -> std::io::Result<()> {
-//! let upgrader = WsUpgrader::builder().compression().build().expect("valid options");
+//! let upgrader = WsUpgrader::builder()
+//!     .handshake_timeout(std::time::Duration::from_secs(5))
+//!     .compression()
+//!     .build()
+//!     .expect("valid options");
+//! let timeout = upgrader.handshake_timeout();
 //! let app = Router::new().route("/ws", get(move |req| echo(upgrader.clone(), req)));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! axum::serve(listener, app).await
+//! ws_upgrader::serve(listener, app).handshake_timeout(timeout).await
 //! # }
 //! ```
 //!
@@ -39,7 +44,24 @@
 //! [`WsUpgrader::builder`] takes GoFr's options (`handshake_timeout`, `read_buffer_size`,
 //! `write_buffer_size`, `subprotocols`, `error_handler`, `check_origin`, `compression`) and
 //! adds message and frame limits and liveness pings. Values that cannot work are refused by
-//! [`WsUpgraderBuilder::build`] with a [`ConfigError`], not at the first connection.
+//! [`WsUpgraderBuilder::build`] with a [`ConfigError`], not at the first connection. Each
+//! builder method says precisely what its option does on the wire; `read_buffer_size` caps
+//! each read, since the engine's 64 KiB receive window is fixed.
+//!
+//! # Serving
+//!
+//! The HTTP request is read before any handler runs, so the handshake timeout needs the
+//! server's help: [`serve`] is `axum::serve` for a `Router` plus a limit on reading each
+//! request head (and `ConnectInfo<SocketAddr>`, graceful shutdown). With plain `axum::serve`
+//! every other option works, but a client may take as long as it likes to send its request.
+//!
+//! # Compression
+//!
+//! permessage-deflate is negotiated only with clients that offer it. The client's
+//! `client_max_window_bits` (bare, as browsers send it, or with a value),
+//! `server_max_window_bits`, `server_no_context_takeover` and `client_no_context_takeover`
+//! are honoured; [`Compression`] sets the zlib level and the size under which a message is
+//! sent uncompressed (RFC 7692 §6.1 allows either per message).
 //!
 //! # Refusals
 //!
@@ -50,6 +72,7 @@
 
 mod handshake;
 mod options;
+mod serve;
 mod socket;
 
 pub use crate::handshake::{PendingUpgrade, RejectionKind, UpgradeRejection};
@@ -58,5 +81,11 @@ pub use crate::options::{
     DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
     DEFAULT_WRITE_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
 };
+pub use crate::serve::{Serve, serve};
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};
+
+/// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -11,7 +11,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 /// Default write buffer: 16 KiB, enough to coalesce many small frames into one write.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 << 10;
-/// Default read buffer: 64 KiB, the engine's receive window.
+/// Default read buffer: 64 KiB, the engine's receive window (reads are not capped below it).
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 64 << 10;
 /// Default interval between the server's pings on a quiet connection.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -180,7 +180,10 @@ impl WsUpgrader {
         }
     }
 
-    /// The handshake timeout, if one is set. Servers apply it to reading the HTTP request.
+    /// The handshake timeout, if one is set; give it to [`Serve::handshake_timeout`] so that
+    /// reading the HTTP request is bounded too.
+    ///
+    /// [`Serve::handshake_timeout`]: crate::Serve::handshake_timeout
     pub fn handshake_timeout(&self) -> Option<Duration> {
         self.options.handshake_timeout
     }
@@ -205,22 +208,41 @@ impl fmt::Debug for WsUpgraderBuilder {
 }
 
 impl WsUpgraderBuilder {
-    /// Time allowed for a client to send its whole upgrade request (GoFr's
-    /// `WithHandshakeTimeout`). Default: none.
+    /// Time a client has to send its upgrade request (GoFr's `WithHandshakeTimeout`).
+    /// Default: none.
+    ///
+    /// The request is read by the HTTP server before any handler or upgrader runs, so the
+    /// server enforces it: serve with [`serve`](crate::serve) (as `gofr-app`'s `App` does) and
+    /// pass it [`WsUpgrader::handshake_timeout`]; a connection whose request head is not
+    /// complete in time is closed. `axum::serve` has no such limit. Once the request is
+    /// complete the `101` goes out at once; a client that stalls after that is closed by the
+    /// liveness pings ([`ping_interval`](Self::ping_interval)).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.options.handshake_timeout = Some(timeout);
         self
     }
 
-    /// Size of the per-connection read buffer (GoFr's `WithReadBufferSize`). Default 64 KiB.
-    /// It does not limit message size; see [`max_message_size`](Self::max_message_size).
+    /// The most bytes one read takes from the socket (GoFr's `WithReadBufferSize`), 256 B to
+    /// 64 KiB. Default 64 KiB.
+    ///
+    /// What it does, precisely: the engine (sockudo-ws 3.1.0) reads into its own receive
+    /// window, a fixed 64 KiB that no option of the engine changes; a smaller value here caps
+    /// every read from the socket at this many bytes, so one busy connection takes at most
+    /// this much per wake-up. It does not shrink the engine's window, so unlike gorilla's
+    /// option it does not lower the memory of a connection. It does not limit message size
+    /// either (see [`max_message_size`](Self::max_message_size)): a larger message takes
+    /// several reads.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.options.read_buffer_size = bytes;
         self
     }
 
     /// Size of the per-connection write buffer in which frames are coalesced before one write
-    /// (GoFr's `WithWriteBufferSize`). Default 16 KiB.
+    /// (GoFr's `WithWriteBufferSize`), 256 B to 16 MiB. Default 16 KiB.
+    ///
+    /// It is the engine's cork buffer: allocated with this capacity per connection, small
+    /// frames accumulate in it until a flush or until it holds this many bytes. Payloads of
+    /// 8 KiB and more are queued by reference and not copied into it.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
         self.options.write_buffer_size = bytes;
         self
@@ -302,7 +324,14 @@ impl WsUpgraderBuilder {
     /// Checks every value and gives the upgrader.
     pub fn build(self) -> Result<WsUpgrader, ConfigError> {
         let o = &self.options;
-        check_size("read_buffer_size", o.read_buffer_size, 256, 16 << 20)?;
+        // Above the engine's receive window a read cannot be larger, so the option would do
+        // nothing: refused rather than silently ignored.
+        check_size(
+            "read_buffer_size",
+            o.read_buffer_size,
+            256,
+            sockudo_ws::RECV_BUFFER_SIZE,
+        )?;
         check_size("write_buffer_size", o.write_buffer_size, 256, 16 << 20)?;
         check_size("max_message_size", o.max_message_size, 1, 1 << 40)?;
         check_size("max_frame_size", o.max_frame_size, 1, 1 << 40)?;
@@ -393,6 +422,25 @@ mod tests {
         assert_eq!(empty.unwrap_err(), ConfigError::Subprotocol(String::new()));
         let spaced = WsUpgrader::builder().subprotocols(["a b"]).build();
         assert!(spaced.is_err());
+    }
+
+    #[test]
+    fn read_buffer_above_the_engine_window_is_refused() {
+        let big = WsUpgrader::builder().read_buffer_size(1 << 20).build();
+        assert!(matches!(
+            big,
+            Err(ConfigError::Size {
+                option: "read_buffer_size",
+                max: 65536,
+                ..
+            })
+        ));
+        assert!(
+            WsUpgrader::builder()
+                .read_buffer_size(65536)
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

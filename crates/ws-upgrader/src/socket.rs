@@ -21,26 +21,49 @@ type Io = TokioIo<Upgraded>;
 /// The upgraded connection, shared between the engine and [`WebSocket::fail`]: the engine stops
 /// writing after a protocol error, and the close frame that tells the peer why must still go out
 /// on the same transport. The lock is never contended while the engine runs.
-#[derive(Clone)]
-struct SharedIo(Arc<Mutex<Io>>);
+struct SharedIo<T = Io> {
+    io: Arc<Mutex<T>>,
+    /// The most bytes one read takes from the socket (`read_buffer_size`), when it is below
+    /// the engine's own receive window; the engine's window itself is fixed.
+    read_limit: Option<usize>,
+}
 
-impl SharedIo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Io> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+impl<T> Clone for SharedIo<T> {
+    fn clone(&self) -> Self {
+        SharedIo {
+            io: self.io.clone(),
+            read_limit: self.read_limit,
+        }
     }
 }
 
-impl AsyncRead for SharedIo {
+impl<T> SharedIo<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SharedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+        let mut io = self.lock();
+        match self.read_limit {
+            Some(limit) if buf.remaining() > limit => {
+                let mut limited = ReadBuf::new(buf.initialize_unfilled_to(limit));
+                ready!(Pin::new(&mut *io).poll_read(cx, &mut limited))?;
+                let read = limited.filled().len();
+                buf.advance(read);
+                Poll::Ready(Ok(()))
+            }
+            _ => Pin::new(&mut *io).poll_read(cx, buf),
+        }
     }
 }
 
-impl AsyncWrite for SharedIo {
+impl<T: AsyncWrite + Unpin> AsyncWrite for SharedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -155,7 +178,11 @@ impl WebSocket {
         protocol: Option<String>,
     ) -> Self {
         let config = engine_config(options);
-        let io = SharedIo(Arc::new(Mutex::new(io)));
+        let io = SharedIo {
+            io: Arc::new(Mutex::new(io)),
+            read_limit: (options.read_buffer_size < sockudo_ws::RECV_BUFFER_SIZE)
+                .then_some(options.read_buffer_size),
+        };
         let engine = match deflate {
             Some(deflate) => Engine::Deflate(Box::new(CompressedWebSocketStream::server(
                 io.clone(),
@@ -353,5 +380,28 @@ impl Sink<Message> for WebSocket {
             Engine::Deflate(ws) => ws.poll_close_unpin(cx),
         }
         .map_err(WsError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn read_buffer_size_caps_each_read() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        peer.write_all(&[7; 10_000]).await.unwrap();
+        let mut capped = SharedIo {
+            io: Arc::new(Mutex::new(ours)),
+            read_limit: Some(2048),
+        };
+        // The engine offers its whole 64 KiB window; one read takes at most the limit.
+        let mut window = vec![0u8; 64 << 10];
+        assert_eq!(capped.read(&mut window).await.unwrap(), 2048);
+        assert_eq!(capped.read(&mut window).await.unwrap(), 2048);
+        capped.read_limit = None;
+        assert_eq!(capped.read(&mut window).await.unwrap(), 10_000 - 4096);
     }
 }

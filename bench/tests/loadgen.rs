@@ -1,0 +1,111 @@
+//! The load generator against every benchmark server, in each of its modes.
+
+use crate::support::{Process, fields, loadgen, number, server};
+
+const SHORT: [&str; 4] = ["--duration", "0.3", "--warmup", "0.1"];
+
+fn echo(url: &str, options: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let mut args = vec!["echo", url];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&SHORT);
+    loadgen(&args)
+}
+
+#[test]
+fn both_baselines_echo_text_and_binary_and_every_reply_checks_out() {
+    for program in [
+        env!("CARGO_BIN_EXE_raw-sockudo-echo"),
+        env!("CARGO_BIN_EXE_raw-tungstenite-echo"),
+    ] {
+        let (_server, address) = server(program);
+        let url = format!("ws://{address}/ws");
+        for options in [
+            [
+                "--connections",
+                "4",
+                "--kind",
+                "text",
+                "--size",
+                "32",
+                "--in-flight",
+                "8",
+            ],
+            [
+                "--connections",
+                "2",
+                "--kind",
+                "binary",
+                "--size",
+                "65536",
+                "--in-flight",
+                "2",
+            ],
+        ] {
+            let result = echo(&url, &options);
+            assert_eq!(number(&result, "errors"), 0.0, "{program}: {result:?}");
+            assert!(number(&result, "messages") > 0.0, "{program}: {result:?}");
+        }
+    }
+}
+
+#[test]
+fn the_json_route_binds_and_returns_the_same_bytes() {
+    let (_server, address) = server(env!("CARGO_BIN_EXE_gofr-bench-server"));
+    let url = format!("ws://{address}/json");
+    let result = echo(
+        &url,
+        &["--connections", "4", "--kind", "json", "--size", "200"],
+    );
+    assert_eq!(number(&result, "errors"), 0.0, "{result:?}");
+    assert!(number(&result, "messages") > 0.0, "{result:?}");
+}
+
+#[test]
+fn a_reply_that_differs_from_what_was_sent_is_an_error() {
+    // Plain text is not the JSON object the route binds: the server answers with an error
+    // frame, which the generator must not take for an echo.
+    let (_server, address) = server(env!("CARGO_BIN_EXE_gofr-bench-server"));
+    let url = format!("ws://{address}/json");
+    let result = echo(
+        &url,
+        &["--connections", "3", "--kind", "text", "--size", "32"],
+    );
+    assert_eq!(number(&result, "errors"), 3.0, "{result:?}");
+    assert_eq!(number(&result, "messages"), 0.0, "{result:?}");
+}
+
+#[test]
+fn a_broadcast_reaches_every_receiver_in_every_round() {
+    let (_server, address) = server(env!("CARGO_BIN_EXE_gofr-bench-server"));
+    let result = loadgen(&[
+        "broadcast",
+        &format!("ws://{address}/ws"),
+        "--trigger",
+        &format!("ws://{address}/broadcast"),
+        "--connections",
+        "20",
+        "--rounds",
+        "3",
+    ]);
+    assert_eq!(number(&result, "errors"), 0.0, "{result:?}");
+    assert_eq!(number(&result, "receivers"), 20.0, "{result:?}");
+    assert!(number(&result, "last_ms_worst") >= number(&result, "last_ms_median"));
+}
+
+#[test]
+fn idle_connections_echo_once_then_wait_until_stdin_closes() {
+    let (_server, address) = server(env!("CARGO_BIN_EXE_raw-sockudo-echo"));
+    let url = format!("ws://{address}/ws");
+    let mut idle = Process::start(
+        env!("CARGO_BIN_EXE_loadgen"),
+        &["idle", &url, "--connections", "20", "--hold", "30"],
+        &[],
+    );
+    let ready = fields(&idle.line_with("ready "));
+    assert_eq!(number(&ready, "connections"), 20.0, "{ready:?}");
+    assert_eq!(number(&ready, "errors"), 0.0, "{ready:?}");
+    drop(idle.stdin());
+    let result = fields(&idle.line_with("result "));
+    assert_eq!(number(&result, "connections"), 20.0, "{result:?}");
+    assert!(idle.exited_ok());
+}

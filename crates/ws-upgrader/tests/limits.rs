@@ -1,0 +1,133 @@
+//! Limits and protocol errors close with their code, and the server keeps serving the others.
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
+use ws_upgrader::WsUpgrader;
+
+use crate::support::{
+    WAIT, raw_request, read_close_code, read_frame, spawn_echo, upgrade_request, write_frame,
+};
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CONTINUATION: u8 = 0x0;
+
+async fn open(addr: std::net::SocketAddr) -> TcpStream {
+    let (stream, status, _) = raw_request(addr, &upgrade_request(addr, "/ws", "")).await;
+    assert_eq!(status, 101);
+    stream
+}
+
+async fn limited_server() -> std::net::SocketAddr {
+    spawn_echo(
+        WsUpgrader::builder()
+            .max_message_size(1000)
+            .max_frame_size(100)
+            .build()
+            .unwrap(),
+    )
+    .await
+}
+
+async fn assert_echoes(stream: &mut TcpStream, payload: &[u8]) {
+    write_frame(stream, true, false, BINARY, payload).await;
+    let frame = read_frame(stream).await;
+    assert_eq!((frame.opcode, frame.payload.as_slice()), (BINARY, payload));
+}
+
+#[tokio::test]
+async fn a_frame_over_max_frame_size_closes_1009() {
+    let addr = limited_server().await;
+    let mut stream = open(addr).await;
+    assert_echoes(&mut stream, &[7; 100]).await;
+    write_frame(&mut stream, true, false, BINARY, &[7; 101]).await;
+    assert_eq!(read_close_code(&mut stream).await, 1009);
+}
+
+#[tokio::test]
+async fn fragments_within_both_limits_are_one_message() {
+    let addr = limited_server().await;
+    let mut stream = open(addr).await;
+    write_frame(&mut stream, false, false, BINARY, &[1; 100]).await;
+    for _ in 0..8 {
+        write_frame(&mut stream, false, false, CONTINUATION, &[1; 100]).await;
+    }
+    write_frame(&mut stream, true, false, CONTINUATION, &[1; 100]).await;
+    let frame = read_frame(&mut stream).await;
+    assert!(frame.fin);
+    assert_eq!(frame.payload, vec![1; 1000]);
+}
+
+#[tokio::test]
+async fn a_message_over_max_message_size_closes_1009_even_in_small_frames() {
+    let addr = limited_server().await;
+    let mut stream = open(addr).await;
+    write_frame(&mut stream, false, false, BINARY, &[1; 100]).await;
+    for _ in 0..10 {
+        write_frame(&mut stream, false, false, CONTINUATION, &[1; 100]).await;
+    }
+    assert_eq!(read_close_code(&mut stream).await, 1009);
+}
+
+#[tokio::test]
+async fn an_oversized_message_from_a_real_client_gets_1009() {
+    let addr = spawn_echo(
+        WsUpgrader::builder()
+            .max_message_size(64 << 10)
+            .max_frame_size(64 << 10)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    client
+        .send(tungstenite::Message::binary(vec![0u8; (64 << 10) + 1]))
+        .await
+        .unwrap();
+    match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+        Some(Ok(tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1009)
+        }
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_1007() {
+    let addr = spawn_echo(WsUpgrader::new()).await;
+    let mut stream = open(addr).await;
+    write_frame(&mut stream, true, false, TEXT, b"valid, then \xff\xfe").await;
+    assert_eq!(read_close_code(&mut stream).await, 1007);
+}
+
+#[tokio::test]
+async fn an_unknown_opcode_closes_1002() {
+    let addr = spawn_echo(WsUpgrader::new()).await;
+    let mut stream = open(addr).await;
+    write_frame(&mut stream, true, false, 0x3, b"reserved opcode").await;
+    assert_eq!(read_close_code(&mut stream).await, 1002);
+}
+
+#[tokio::test]
+async fn the_server_keeps_serving_others_after_each_failure() {
+    let addr = limited_server().await;
+    let mut bystander = open(addr).await;
+    assert_echoes(&mut bystander, b"before").await;
+    let bad_inputs: [(u8, &[u8], u16); 3] = [
+        (TEXT, b"\xc3\x28", 1007),
+        (0xb, b"reserved control opcode", 1002),
+        (BINARY, &[0; 101], 1009),
+    ];
+    for (opcode, payload, code) in bad_inputs {
+        let mut offender = open(addr).await;
+        write_frame(&mut offender, true, false, opcode, payload).await;
+        assert_eq!(read_close_code(&mut offender).await, code);
+        // The one already connected and a new one are both served.
+        assert_echoes(&mut bystander, b"during").await;
+        let mut newcomer = open(addr).await;
+        assert_echoes(&mut newcomer, b"new").await;
+    }
+}

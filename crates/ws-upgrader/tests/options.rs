@@ -1,0 +1,222 @@
+//! Origin check, error handler, refusals, subprotocols and buffer sizes, seen on the wire.
+
+use axum::{body::Body, response::Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::StatusCode;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+use ws_upgrader::WsUpgrader;
+
+use crate::support::{WAIT, header, raw_request, spawn_echo, upgrade_request};
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects with extra request headers; the refusal, if any, comes back as (status, body).
+async fn connect(
+    url: String,
+    headers: &[(&str, &str)],
+) -> Result<(Client, http::Response<Option<Vec<u8>>>), (u16, String)> {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+    {
+        Ok(ok) => Ok(ok),
+        Err(tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(other) => panic!("unexpected client error: {other}"),
+    }
+}
+
+async fn echo_once(client: &mut Client, text: &str) {
+    client.send(tungstenite::Message::text(text)).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+    assert_eq!(reply.unwrap().unwrap(), tungstenite::Message::text(text));
+}
+
+#[tokio::test]
+async fn cross_origin_is_refused_403_by_default() {
+    let addr = spawn_echo(WsUpgrader::new()).await;
+    let url = format!("ws://{addr}/ws");
+    let (status, body) = connect(url.clone(), &[("origin", "http://evil.test")])
+        .await
+        .unwrap_err();
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("evil.test") && body.contains("not allowed"),
+        "{body}"
+    );
+
+    // Same origin (host of Origin equals Host, any case) and no Origin are accepted.
+    let same = format!("http://{}", addr.to_string().to_uppercase());
+    let (mut client, _) = connect(url.clone(), &[("origin", &same)]).await.unwrap();
+    echo_once(&mut client, "same origin").await;
+    let (mut client, _) = connect(url, &[]).await.unwrap();
+    echo_once(&mut client, "no origin").await;
+}
+
+#[tokio::test]
+async fn a_custom_origin_check_decides() {
+    let upgrader = WsUpgrader::builder()
+        .check_origin(|parts| {
+            parts
+                .headers
+                .get(http::header::ORIGIN)
+                .is_some_and(|o| o == "https://trusted.example")
+        })
+        .build()
+        .unwrap();
+    let addr = spawn_echo(upgrader).await;
+    let url = format!("ws://{addr}/ws");
+    let (mut client, _) = connect(url.clone(), &[("origin", "https://trusted.example")])
+        .await
+        .unwrap();
+    echo_once(&mut client, "cross origin, trusted").await;
+    let (status, _) = connect(url, &[("origin", "https://other.example")])
+        .await
+        .unwrap_err();
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_custom_error_handler_writes_the_response() {
+    let upgrader = WsUpgrader::builder()
+        .error_handler(|rejection| {
+            let body = format!(
+                "{{\"error\":{{\"status\":{},\"reason\":{:?}}}}}",
+                rejection.status().as_u16(),
+                rejection.reason()
+            );
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = rejection.status();
+            response
+                .headers_mut()
+                .insert("x-handled-by", "custom".parse().unwrap());
+            response
+        })
+        .build()
+        .unwrap();
+    let addr = spawn_echo(upgrader).await;
+    let (status, body) = connect(format!("ws://{addr}/ws"), &[("origin", "http://evil.test")])
+        .await
+        .unwrap_err();
+    assert_eq!(status, 403);
+    assert!(
+        body.starts_with("{\"error\":{\"status\":403,\"reason\":\"origin"),
+        "{body}"
+    );
+    let (_, status, headers) = raw_request(addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 426);
+    assert_eq!(header(&headers, "x-handled-by"), Some("custom"));
+}
+
+#[tokio::test]
+async fn default_refusals_say_what_to_fix() {
+    let addr = spawn_echo(WsUpgrader::new()).await;
+    let cases = [
+        (
+            "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            StatusCode::UPGRADE_REQUIRED,
+        ),
+        (
+            upgrade_request(addr, "/ws", "").replace("Version: 13", "Version: 8"),
+            StatusCode::UPGRADE_REQUIRED,
+        ),
+        (
+            upgrade_request(addr, "/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (request, expected) in cases {
+        let (_, status, headers) = raw_request(addr, &request).await;
+        assert_eq!(status, expected.as_u16(), "{request}");
+        assert_eq!(
+            header(&headers, "content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        if expected == StatusCode::UPGRADE_REQUIRED {
+            assert_eq!(header(&headers, "sec-websocket-version"), Some("13"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_first_server_protocol_the_client_offers_is_selected() {
+    let upgrader = WsUpgrader::builder()
+        .subprotocols(["chat", "binary"])
+        .build()
+        .unwrap();
+    let addr = spawn_echo(upgrader).await;
+    // The client prefers binary; the server's order decides.
+    let (mut client, response) = connect(
+        format!("ws://{addr}/protocol"),
+        &[("sec-websocket-protocol", "binary, chat")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+    let told = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+    assert_eq!(
+        told.unwrap().unwrap(),
+        tungstenite::Message::text("protocol=chat")
+    );
+
+    let (_, _, headers) = raw_request(
+        addr,
+        &upgrade_request(addr, "/ws", "Sec-WebSocket-Protocol: binary\r\n"),
+    )
+    .await;
+    assert_eq!(header(&headers, "sec-websocket-protocol"), Some("binary"));
+}
+
+#[tokio::test]
+async fn no_common_protocol_upgrades_without_the_header() {
+    let upgrader = WsUpgrader::builder()
+        .subprotocols(["chat", "binary"])
+        .build()
+        .unwrap();
+    let addr = spawn_echo(upgrader).await;
+    let (mut stream, status, headers) = raw_request(
+        addr,
+        &upgrade_request(addr, "/protocol", "Sec-WebSocket-Protocol: mqtt, soap\r\n"),
+    )
+    .await;
+    assert_eq!(status, 101);
+    assert_eq!(header(&headers, "sec-websocket-protocol"), None);
+    let told = crate::support::read_frame(&mut stream).await;
+    assert_eq!(told.payload, b"protocol=none");
+}
+
+#[tokio::test]
+async fn small_buffers_still_carry_large_messages() {
+    // Buffer sizes bound reads and write batches, never the size of a message.
+    let upgrader = WsUpgrader::builder()
+        .read_buffer_size(256)
+        .write_buffer_size(256)
+        .build()
+        .unwrap();
+    let addr = spawn_echo(upgrader).await;
+    let (mut client, _) = connect(format!("ws://{addr}/ws"), &[]).await.unwrap();
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    client
+        .send(tungstenite::Message::binary(big.clone()))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+    assert_eq!(reply.unwrap().unwrap().into_data(), big);
+    for i in 0..100 {
+        echo_once(&mut client, &format!("small {i}")).await;
+    }
+}

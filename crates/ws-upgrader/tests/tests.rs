@@ -1,0 +1,9 @@
+//! ws-upgrader over real sockets on 127.0.0.1: every option seen on the wire.
+
+mod support;
+
+mod deflate;
+mod handshake_timeout;
+mod limits;
+mod options;
+mod serve;

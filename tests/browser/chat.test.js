@@ -1,0 +1,114 @@
+// The chat example in a real browser (headless Chromium through playwright-core): two pages in
+// one room and one in another; what the first types shows on the second and not on the third,
+// and the browser negotiated permessage-deflate.
+//
+// Run by `cargo xtask browser-test`, which starts the chat and sets CHAT_URL (http://addr/),
+// CHROMIUM (the browser binary) and NODE_PATH (where playwright-core is installed).
+"use strict";
+
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
+const { chromium } = require("playwright-core");
+
+const CHAT_URL = process.env.CHAT_URL;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WAIT_MS = 15000;
+
+// Opens the chat page already joined to `room` as `name` (the page joins from its #fragment),
+// and waits until its socket is open.
+async function joined(context, room, name, handshakes) {
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketHandshakeResponseReceived", (event) => {
+    handshakes.push({ name, status: event.response.status, headers: event.response.headers });
+  });
+  await page.goto(`${CHAT_URL}#room=${room}&name=${name}`);
+  await page.locator("#log", { hasText: `joined ${room}` }).waitFor({ timeout: WAIT_MS });
+  await page.waitForFunction(() => socket && socket.readyState === WebSocket.OPEN, null, {
+    timeout: WAIT_MS,
+  });
+  return page;
+}
+
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+// Resolves once `page` shows a chat line containing `text`.
+function shows(page, text) {
+  return page.locator("#log p", { hasText: text }).first().waitFor({ timeout: WAIT_MS });
+}
+
+async function main() {
+  assert.ok(CHAT_URL, "CHAT_URL must be set (cargo xtask browser-test sets it)");
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "chat-browser-test-"));
+  // A fresh profile for every run (playwright passes it as --user-data-dir).
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--headless",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  try {
+    const handshakes = [];
+    const ann = await joined(context, "red", "ann", handshakes);
+    const bob = await joined(context, "red", "bob", handshakes);
+    const cid = await joined(context, "blue", "cid", handshakes);
+
+    // Ann types; Bob, in her room, shows it.
+    const hello = `hello from ann ${Date.now()}`;
+    await say(ann, hello);
+    await shows(bob, hello);
+    await shows(ann, hello);
+    console.log(`ok: bob (room red) shows ann's message`);
+
+    // Cid, in another room, must not. His own message, sent after ann's reached the others,
+    // comes back to him through the same connection: once it shows, anything of ann's routed
+    // to him would be there already.
+    const marker = `cid is here ${Date.now()}`;
+    await say(cid, marker);
+    await shows(cid, marker);
+    const cidLog = await cid.locator("#log").innerText();
+    assert.ok(!cidLog.includes(hello), `cid (room blue) shows ann's message:\n${cidLog}`);
+    const bobLog = await bob.locator("#log").innerText();
+    assert.ok(!bobLog.includes(marker), `bob (room red) shows cid's message:\n${bobLog}`);
+    console.log("ok: cid (room blue) does not show it, and bob does not show cid's");
+
+    // permessage-deflate: the page's socket reports it, and the 101 said so.
+    for (const page of [ann, bob, cid]) {
+      const extensions = await page.evaluate(() => socket.extensions);
+      assert.match(extensions, /^permessage-deflate/, `ws.extensions is ${JSON.stringify(extensions)}`);
+    }
+    assert.equal(handshakes.length, 3, `handshakes seen: ${JSON.stringify(handshakes)}`);
+    for (const { name, status, headers } of handshakes) {
+      assert.equal(status, 101, `${name}'s handshake status`);
+      const header = Object.entries(headers).find(([k]) => k.toLowerCase() === "sec-websocket-extensions");
+      assert.ok(header, `${name}'s 101 has no Sec-WebSocket-Extensions: ${JSON.stringify(headers)}`);
+      assert.match(header[1], /permessage-deflate/);
+    }
+    console.log("ok: every page negotiated permessage-deflate (ws.extensions and the 101's header)");
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => console.log("browser test passed"),
+  (error) => {
+    console.error(`browser test failed: ${error.stack || error}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,346 @@
+//! `cargo xtask autobahn`: the Autobahn TestSuite cases 1.* to 13.* (517) against the `echo`
+//! example, run by the PyPI package `kosoku` from a virtualenv under `target/autobahn/`.
+//!
+//! Passes only when every case is OK, NON-STRICT or INFORMATIONAL (and its closing handshake
+//! OK or INFORMATIONAL), with the exceptions listed in [`KOSOKU_CRASHES`].
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{cargo, project_root};
+
+/// The runner, pinned: its verdicts are what this task checks.
+const KOSOKU: &str = "kosoku==0.1.0";
+/// Cases in the suite (Autobahn 1.* to 13.*).
+const CASES: usize = 517;
+/// Cases running at once; the machine has two cores.
+const PARALLELISM: &str = "2";
+/// Upper bound for the whole run (about 4 minutes on the debug build).
+const RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// kosoku 0.1.0 crashes on these sub-cases (Python `TypeError: Strings must be encoded
+/// before hashing`) when a reply comes back uncompressed on a permessage-deflate connection,
+/// which RFC 7692 §6.1 allows. Our replies there: the 16-byte messages of sub-case .1 are
+/// under the compression threshold (32 bytes), and the 64-byte messages of sub-case .2, on
+/// connections where the client asked for `server_no_context_takeover`, do not shrink, so
+/// the engine sends them as they are. The ws-upgrader test
+/// `deflate::short_replies_under_every_autobahn_offer_decode_to_the_message` replays these
+/// offers and sizes and checks every reply byte for byte.
+const KOSOKU_CRASHES: &[(&str, &str)] = &[
+    (
+        "12.1.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "12.2.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "12.3.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "12.4.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "12.5.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.1.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.2.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.2.2",
+        "64-byte reply that does not shrink, no context takeover",
+    ),
+    (
+        "13.3.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.4.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.5.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.5.2",
+        "64-byte reply that does not shrink, no context takeover",
+    ),
+    (
+        "13.6.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.6.2",
+        "64-byte reply that does not shrink, no context takeover",
+    ),
+    (
+        "13.7.1",
+        "16-byte reply sent uncompressed (under the threshold)",
+    ),
+    (
+        "13.7.2",
+        "64-byte reply that does not shrink, no context takeover",
+    ),
+];
+/// The message kosoku reports for that crash; any other error is a failure.
+const KOSOKU_CRASH_RESULT: &str = "Strings must be encoded before hashing";
+
+pub(crate) fn run() -> Result<(), String> {
+    let root = project_root();
+    let dir = root.join("target").join("autobahn");
+    let venv = dir.join("venv");
+    install_kosoku(&venv)?;
+    cargo(&["build", "-p", "examples", "--example", "echo"], &[])?;
+
+    let server = EchoServer::start(&root.join("target/debug/examples/echo"))?;
+    let reports = dir.join("reports");
+    if reports.exists() {
+        std::fs::remove_dir_all(&reports)
+            .map_err(|e| format!("cannot clear {}: {e}", reports.display()))?;
+    }
+    eprintln!(
+        "xtask: running the Autobahn cases against ws://{}/ws (a few minutes)",
+        server.address
+    );
+    let url = format!("ws://{}/ws", server.address);
+    let mut kosoku = Command::new(venv.join("bin/kosoku"))
+        .args([url.as_str(), "-p", PARALLELISM, "-o"])
+        .arg(&reports)
+        .spawn()
+        .map_err(|e| format!("cannot start kosoku: {e}"))?;
+    // kosoku exits 1 when any case is not OK; the verdict below reads every case instead.
+    wait_with_limit(&mut kosoku, RUN_LIMIT, "kosoku")?;
+    drop(server);
+
+    let results = read_results(&venv, &reports)?;
+    judge(&results)
+}
+
+/// One case's verdicts from kosoku's report.
+struct CaseResult {
+    behavior: String,
+    behavior_close: String,
+    result: String,
+}
+
+fn install_kosoku(venv: &Path) -> Result<(), String> {
+    let pip = venv.join("bin/pip");
+    if !pip.exists() {
+        run_checked(
+            Command::new("python3").arg("-m").arg("venv").arg(venv),
+            "python3 -m venv",
+        )?;
+    }
+    // Quiet and idempotent: a no-op when the pinned version is already there.
+    run_checked(
+        Command::new(&pip).args(["install", "--quiet", "--disable-pip-version-check", KOSOKU]),
+        "pip install kosoku",
+    )
+}
+
+fn run_checked(command: &mut Command, what: &str) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+/// The `echo` example on 127.0.0.1 with a port the OS picks; killed by PID when dropped.
+struct EchoServer {
+    child: Child,
+    address: String,
+}
+
+impl EchoServer {
+    fn start(program: &Path) -> Result<EchoServer, String> {
+        let mut child = Command::new(program)
+            .env("HTTP_HOST", "127.0.0.1")
+            .env("HTTP_PORT", "0")
+            .env("LOG_LEVEL", "INFO")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            return Err("echo's stdout is not piped".to_owned());
+        };
+        let (tx, rx) = mpsc::channel();
+        // Keep draining the log after the address so the server never blocks on a full pipe.
+        thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(address) = listening_address(&line) {
+                    let _ = tx.send(address);
+                    sent = true;
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => Ok(EchoServer { child, address }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err("the echo example did not log its address within 30 s".to_owned())
+            }
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `"address":"127.0.0.1:PORT"` from gofr-app's JSON start-up line.
+fn listening_address(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("\"address\":\"")?;
+    let (address, _) = rest.split_once('"')?;
+    address
+        .starts_with("127.0.0.1:")
+        .then(|| address.to_owned())
+}
+
+fn wait_with_limit(child: &mut Child, limit: Duration, name: &str) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{name} did not finish within {limit:?}"));
+            }
+            Err(e) => return Err(format!("cannot wait for {name}: {e}")),
+        }
+    }
+}
+
+/// Reads kosoku's `index.json` and each case's `result` with the venv's Python (xtask itself
+/// has no JSON parser: std only). One tab-separated line per case.
+fn read_results(venv: &Path, reports: &Path) -> Result<BTreeMap<String, CaseResult>, String> {
+    const SCRIPT: &str = r#"
+import json, os, sys
+reports = sys.argv[1]
+index = json.load(open(os.path.join(reports, "index.json")))
+for agent in index.values():
+    for case, entry in agent.items():
+        detail = json.load(open(os.path.join(reports, entry["reportfile"])))
+        result = " ".join(str(detail.get("result", "")).split())
+        print("\t".join([case, entry["behavior"], entry["behaviorClose"], result]))
+"#;
+    let python: PathBuf = venv.join("bin/python");
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(reports)
+        .output()
+        .map_err(|e| format!("cannot read the reports: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cannot read {}: {}",
+            reports.join("index.json").display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut results = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut fields = line.splitn(4, '\t');
+        let (Some(case), Some(behavior), Some(behavior_close)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(format!("unexpected report line {line:?}"));
+        };
+        results.insert(
+            case.to_owned(),
+            CaseResult {
+                behavior: behavior.to_owned(),
+                behavior_close: behavior_close.to_owned(),
+                result: fields.next().unwrap_or("").to_owned(),
+            },
+        );
+    }
+    Ok(results)
+}
+
+fn judge(results: &BTreeMap<String, CaseResult>) -> Result<(), String> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut allowed = 0;
+    for (case, r) in results {
+        let passed = matches!(r.behavior.as_str(), "OK" | "NON-STRICT" | "INFORMATIONAL")
+            && matches!(r.behavior_close.as_str(), "OK" | "INFORMATIONAL");
+        let excused = KOSOKU_CRASHES.iter().find(|(id, _)| id == case);
+        match (passed, excused) {
+            (true, None) => *counts.entry(r.behavior.as_str()).or_default() += 1,
+            (true, Some(_)) => {
+                // Listed but passed: the list is stale; say so, it is not a failure.
+                eprintln!("xtask: note: {case} passed; it can leave the list of kosoku crashes");
+                *counts.entry(r.behavior.as_str()).or_default() += 1;
+            }
+            (false, Some((_, reason))) if r.result == KOSOKU_CRASH_RESULT => {
+                eprintln!("xtask: allowed {case}: kosoku crash ({reason})");
+                allowed += 1;
+            }
+            (false, _) => problems.push(format!(
+                "{case}: {} / close {}: {}",
+                r.behavior, r.behavior_close, r.result
+            )),
+        }
+    }
+    if results.len() != CASES {
+        problems.push(format!(
+            "expected {CASES} cases, kosoku reported {}",
+            results.len()
+        ));
+    }
+    let summary = counts
+        .iter()
+        .map(|(verdict, n)| format!("{n} {verdict}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "xtask: autobahn: {} cases: {summary}, {allowed} allowed kosoku crashes, {} failed",
+        results.len(),
+        problems.len()
+    );
+    // The closing line in the plain form CI logs are read for; the allowed crashes are the
+    // cases kosoku could not judge, listed above.
+    let passed: usize = counts.values().sum();
+    eprintln!(
+        "autobahn: {passed} passed, {} failed, {allowed} skipped",
+        problems.len()
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Autobahn cases failed:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
