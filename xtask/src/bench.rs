@@ -2,7 +2,7 @@
 //! pinned to CPU 0 and the load generator (`bench/src/bin/loadgen.rs`) to CPU 1 with
 //! `taskset`; ports chosen by the OS and read back from the server's output; every run bounded
 //! in time and every process stopped by its PID. Writes one Markdown report to stdout and to
-//! `target/bench/report.md`.
+//! `target/bench/report.md`. S7, cross-instance delivery through Redis, is in `bench_cluster.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -117,6 +117,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "--nice" => settings.nice = true,
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if only.as_deref() == Some(&["S7".to_owned()][..]) {
+        // Only the cluster scenario: none of the single-server builds and runs are needed.
+        let report = crate::bench_cluster::section(settings.duration, settings.nice)?;
+        let out_dir = project_root().join("target/bench");
+        fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+        let path = out_dir.join("report.md");
+        fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+        print!("{report}");
+        return Ok(());
     }
     let wanted = |scenario: &str| {
         only.as_ref()

@@ -72,3 +72,8 @@ pub use crate::backplane::{
     Settings,
 };
 pub use crate::metrics::describe_metrics;
+
+/// The README's examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
