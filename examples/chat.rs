@@ -4,6 +4,12 @@
 //! (`from` is the `name` query parameter or the connection id, `at` milliseconds since the
 //! Unix epoch).
 //!
+//! A few commands, answered to the sender only when they fail:
+//!
+//! - `/me`: your connection id (answered `{"from": "server", "text": "<id>", ...}`);
+//! - `/dm <id> <text>`: a private message to one connection;
+//! - `/kick <id>`: closes that connection with code 4000.
+//!
 //! Run with
 //!
 //! ```not_rust
@@ -14,15 +20,28 @@
 //! metrics are on `METRICS_PORT`, 2121), or run `cargo xtask demo`, which also prints the URL.
 //! Compression (permessage-deflate) is on: browsers offer it, so their frames are compressed;
 //! `cargo xtask browser-test` checks that in headless Chromium.
+//!
+//! # Cluster mode
+//!
+//! With `REDIS_URL` set, every instance on that Redis shares the rooms, and `/dm` and
+//! `/kick` reach a connection on any instance (`cargo xtask demo cluster` starts Redis and
+//! two instances):
+//!
+//! ```not_rust
+//! REDIS_URL=redis://127.0.0.1:6379/ HTTP_PORT=8001 METRICS_PORT=2122 cargo run --example chat
+//! REDIS_URL=redis://127.0.0.1:6379/ HTTP_PORT=8002 METRICS_PORT=2123 cargo run --example chat
+//! ```
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{response::Html, routing::get};
-use gofr_app::{App, CloseFrame, Connection, Context, Error, Message, WsUpgrader};
+use gofr_app::{App, CloseFrame, Connection, ConnectionId, Context, Error, Message, WsUpgrader};
 
 const PAGE: &str = include_str!("chat.html");
 /// Longest message accepted, in characters.
 const MAX_TEXT: usize = 2000;
+/// Close code of `/kick`: 4000-4999 are the application's own.
+const KICKED: u16 = 4000;
 
 #[derive(serde::Serialize)]
 struct ChatMessage<'a> {
@@ -38,7 +57,7 @@ async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     Ok(())
 }
 
-async fn chat(ctx: Context) -> Result<(), Error> {
+async fn chat(ctx: Context) -> Result<Option<serde_json::Value>, Error> {
     let text: String = ctx.bind()?;
     let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_TEXT {
@@ -50,18 +69,68 @@ async fn chat(ctx: Context) -> Result<(), Error> {
         .query_param("name")
         .filter(|name| !name.trim().is_empty())
         .unwrap_or_else(|| ctx.id().to_string());
-    let at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let json = serde_json::to_string(&ChatMessage {
-        from: &from,
-        text,
-        at,
-    })
-    .map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(command) = text.strip_prefix('/') {
+        return run_command(&ctx, &from, command).await;
+    }
     let room = ctx.path_param("room").unwrap_or("lobby");
-    ctx.hub().send_to_room(room, Message::text(json)).await;
-    Ok(())
+    ctx.hub()
+        .send_to_room(room, Message::text(line(&from, text)?))
+        .await;
+    Ok(None)
+}
+
+/// `/me`, `/dm <id> <text>` and `/kick <id>`; the id may be on any instance.
+async fn run_command(
+    ctx: &Context,
+    from: &str,
+    command: &str,
+) -> Result<Option<serde_json::Value>, Error> {
+    let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+    let rest = rest.trim();
+    match name {
+        "me" => Ok(Some(serde_json::json!({
+            "from": "server",
+            "text": ctx.id().as_str(),
+            "at": now_ms(),
+        }))),
+        "dm" => {
+            let (to, text) = rest
+                .split_once(' ')
+                .ok_or_else(|| Error::bad_request("usage: /dm <id> <text>"))?;
+            ctx.hub()
+                .send_to(
+                    &ConnectionId::from(to),
+                    Message::text(line(from, text.trim())?),
+                )
+                .await
+                .map_err(|_| Error::not_found(format!("no connection {to}")))?;
+            Ok(None)
+        }
+        "kick" if !rest.is_empty() => {
+            let reason = format!("removed by {from}");
+            if ctx.hub().close(&ConnectionId::from(rest), KICKED, &reason) {
+                Ok(None)
+            } else {
+                Err(Error::not_found(format!("no connection {rest}")))
+            }
+        }
+        _ => Err(Error::bad_request(
+            "commands: /me, /dm <id> <text>, /kick <id>",
+        )),
+    }
+}
+
+/// One chat line as JSON, stamped with the time.
+fn line(from: &str, text: &str) -> Result<String, Error> {
+    let at = now_ms();
+    serde_json::to_string(&ChatMessage { from, text, at })
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 #[tokio::main]

@@ -12,6 +12,10 @@ use std::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
+mod cluster;
+#[path = "../../crates/ws-backplane-redis/tests/redis_server.rs"]
+mod redis_server;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The built example, next to this test binary (`target/<profile>/examples/NAME`).

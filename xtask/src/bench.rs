@@ -2,7 +2,7 @@
 //! pinned to CPU 0 and the load generator (`bench/src/bin/loadgen.rs`) to CPU 1 with
 //! `taskset`; ports chosen by the OS and read back from the server's output; every run bounded
 //! in time and every process stopped by its PID. Writes one Markdown report to stdout and to
-//! `target/bench/report.md`.
+//! `target/bench/report.md`. S7, cross-instance delivery through Redis, is in `bench_cluster.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +39,8 @@ usage: cargo xtask bench [--duration SECS] [--best N] [--only S1,S2,...] [--nice
   --duration SECS   measured seconds per throughput run (default 5; 1 s of warm-up is added)
   --best N          S2-S4: runs per server, the best one counts (default 3); S1 always runs
                     3 times, each shown, to show the run-to-run noise
-  --only LIST       run only these scenarios (S1..S6)
+  --only LIST       run only these scenarios (S1..S7; S7 is cross-instance delivery through
+                    Redis and needs `redis-server`)
   --nice            run servers and load at nice -10, ahead of other work on a shared machine
 ";
 
@@ -116,6 +117,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "--nice" => settings.nice = true,
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if only.as_deref() == Some(&["S7".to_owned()][..]) {
+        // Only the cluster scenario: none of the single-server builds and runs are needed.
+        let report = crate::bench_cluster::section(settings.duration, settings.nice)?;
+        let out_dir = project_root().join("target/bench");
+        fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+        let path = out_dir.join("report.md");
+        fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+        print!("{report}");
+        return Ok(());
     }
     let wanted = |scenario: &str| {
         only.as_ref()
@@ -308,7 +319,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
 
     let names: Vec<&'static str> = servers.iter().map(|s| s.name).collect();
-    let report = render(&rows, &names, &results, &conditions, &skipped);
+    let mut report = render(&rows, &names, &results, &conditions, &skipped);
+    if wanted("S7") {
+        match crate::bench_cluster::section(settings.duration, settings.nice) {
+            Ok(section) => report.push_str(&section),
+            Err(why) => {
+                let _ = writeln!(report, "\nS7 (cross-instance delivery) not run: {why}");
+            }
+        }
+    }
     let path = out_dir.join("report.md");
     fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
     print!("{report}");

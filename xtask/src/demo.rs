@@ -1,4 +1,4 @@
-//! `cargo xtask demo [inter-service]`: build example programs, start them, show what they do,
+//! `cargo xtask demo [inter-service|cluster]`: build example programs, start them, show what they do,
 //! and stop them cleanly on Ctrl-C. Also the process helpers `browser-test` uses.
 //!
 //! Ctrl-C: the terminal sends SIGINT to the whole foreground process group, so the servers get
@@ -36,8 +36,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         None | Some("chat") => chat(),
         Some("inter-service") => inter_service(),
+        Some("cluster") => cluster(),
         Some(other) => Err(format!(
-            "unknown demo {other:?}: use `cargo xtask demo` (the chat) or `cargo xtask demo inter-service`"
+            "unknown demo {other:?}: use `cargo xtask demo` (the chat), `cargo xtask demo \
+             inter-service` or `cargo xtask demo cluster`"
         )),
     }
 }
@@ -114,6 +116,37 @@ fn inter_service() -> Result<(), String> {
         sender.address
     );
     wait_then_stop_all(vec![sender, service])
+}
+
+/// Starts a throwaway Redis and two chat instances in cluster mode on ports the OS picks,
+/// prints both URLs, runs until Ctrl-C. Redis is stopped by PID after the chats.
+fn cluster() -> Result<(), String> {
+    if env::var_os(SIGINT_IGNORED).is_none() {
+        cargo(&["build", "--example", "chat"], &[])?;
+        reexec_ignoring_sigint(&["demo", "cluster"])?;
+    }
+    let (_redis, redis_url) = crate::cluster::start_redis(false)?;
+    let env = |name| {
+        [
+            ("APP_NAME", name),
+            ("HTTP_HOST", "127.0.0.1"),
+            ("HTTP_PORT", "0"),
+            ("METRICS_PORT", "0"),
+            ("REDIS_URL", redis_url.as_str()),
+        ]
+    };
+    let a = Server::start("chat", &env("chat-a"))?;
+    let b = Server::start("chat", &env("chat-b"))?;
+    eprintln!(
+        "\nxtask: two chat instances share their rooms through {redis_url}:\n\n  \
+         instance A: http://{}/\n  instance B: http://{}/\n\n\
+         Open one in each browser window and join the same room: messages cross instances. \
+         /me shows your id; /dm <id> <text> and /kick <id> reach a connection on either. \
+         Ctrl-C stops everything.\n",
+        browsable(a.address),
+        browsable(b.address),
+    );
+    wait_then_stop_all(vec![a, b])
 }
 
 /// Replaces this process with `sh`, which ignores SIGINT and executes xtask again with `args`.

@@ -3,7 +3,9 @@
 
 mod autobahn;
 mod bench;
+mod bench_cluster;
 mod browser_test;
+mod cluster;
 mod demo;
 mod tidy;
 
@@ -25,6 +27,8 @@ tasks:
   demo   build and start the chat example, print its URL; Ctrl-C stops it
   demo inter-service
          start notification-service and ws-inter-service, send one notification between them
+  demo cluster
+         start Redis and two chat instances sharing rooms through it; print both URLs
   browser-test
          the chat example in headless Chromium (playwright-core); CI=true makes a missing
          browser a failure instead of a skip

@@ -64,6 +64,9 @@ pub struct App {
     layers: Vec<RouterLayer>,
     shutdown: ShutdownHandle,
     metrics_listener: Option<TcpListener>,
+    /// The hub's link to the other instances; joined in `serve` when `REDIS_URL` is set.
+    #[cfg(feature = "redis")]
+    cluster: ws_backplane_redis::RedisBackplane,
 }
 
 impl fmt::Debug for App {
@@ -98,17 +101,37 @@ impl App {
     }
 
     fn build(config: Result<Config, ConfigError>) -> Self {
+        // With the feature, the hub always has the Redis backplane; until `serve` connects
+        // it (only when `REDIS_URL` is set) it keeps every delivery in this process.
+        #[cfg(feature = "redis")]
+        let cluster = ws_backplane_redis::RedisBackplane::new();
+        #[cfg(feature = "redis")]
+        let hub = ConnectionHub::with_backplane(cluster.clone());
+        #[cfg(not(feature = "redis"))]
+        let hub = ConnectionHub::new();
         App {
             config,
             router: Router::new(),
             websockets: Vec::new(),
             upgrader: WsUpgrader::new(),
-            hub: ConnectionHub::new(),
+            hub,
             services: WsClientPool::new(),
             layers: Vec::new(),
             shutdown: ShutdownHandle::new(),
             metrics_listener: None,
+            #[cfg(feature = "redis")]
+            cluster,
         }
+    }
+
+    /// Joins the cluster of instances on this Redis when the app starts, as `REDIS_URL`
+    /// does: rooms, broadcasts, send-to-id and close-by-id then span every instance.
+    #[cfg(feature = "redis")]
+    pub fn redis_url(&mut self, url: impl Into<String>) -> &mut Self {
+        if let Ok(config) = &mut self.config {
+            config.redis_url = Some(url.into());
+        }
+        self
     }
 
     /// The configuration, or why it is invalid.
@@ -334,6 +357,10 @@ impl App {
         let config = self.config?;
         crate::logging::init(&config);
         crate::metrics::install();
+        #[cfg(feature = "redis")]
+        if let Some(url) = &config.redis_url {
+            self.cluster.connect(url).await?;
+        }
         let address = listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -418,6 +445,8 @@ impl App {
         // After the handlers, so what they queued is still sent.
         self.services.shutdown().await;
         metrics_server.abort();
+        #[cfg(feature = "redis")]
+        self.cluster.disconnect();
         tracing::info!("server stopped");
         Ok(())
     }

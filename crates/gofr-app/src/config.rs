@@ -57,6 +57,7 @@ impl LogLevel {
 /// | `METRICS_PORT` | `2121` | port of `/metrics`, Prometheus text format (0 picks a free one) |
 /// | `LOG_LEVEL` | `INFO` | `DEBUG`, `INFO`, `NOTICE`, `WARN`, `ERROR`, `FATAL` |
 /// | `SHUTDOWN_GRACE_PERIOD` | `5s` | time handlers get to finish at shutdown (`500ms`, `5s`, `1m`, or seconds) |
+/// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` (needs the `redis` feature) |
 ///
 /// Variables already set in the environment win over `configs/.env`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `SHUTDOWN_GRACE_PERIOD`
     pub shutdown_grace: Duration,
+    /// `REDIS_URL`: with it, rooms, broadcasts and send-to-id span every instance connected
+    /// to this Redis.
+    pub redis_url: Option<String>,
 }
 
 impl Config {
@@ -138,7 +142,18 @@ impl Config {
             })?,
             None => Duration::from_secs(5),
         };
+        let redis_url = get("REDIS_URL").map(str::to_owned);
+        if cfg!(not(feature = "redis"))
+            && let Some(url) = &redis_url
+        {
+            return Err(bad(
+                "REDIS_URL",
+                url,
+                "needs gofr-app built with its `redis` feature",
+            ));
+        }
         Ok(Config {
+            redis_url,
             app_name: get("APP_NAME").unwrap_or("gofr-app").to_owned(),
             http_host,
             http_port,
@@ -183,6 +198,20 @@ mod tests {
         assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(config.app_name, "gofr-app");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(config.redis_url, None);
+    }
+
+    #[test]
+    fn redis_url_needs_the_feature() {
+        let result = Config::from_vars(&vars(&[("REDIS_URL", "redis://127.0.0.1:6379/")]));
+        if cfg!(feature = "redis") {
+            assert_eq!(
+                result.unwrap().redis_url.as_deref(),
+                Some("redis://127.0.0.1:6379/")
+            );
+        } else {
+            assert_eq!(result.unwrap_err().name(), "REDIS_URL");
+        }
     }
 
     #[test]

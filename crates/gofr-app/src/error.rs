@@ -109,4 +109,8 @@ pub enum AppError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `REDIS_URL` is set but the cluster could not be joined.
+    #[cfg(feature = "redis")]
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] ws_backplane_redis::RedisBackplaneError),
 }

@@ -2,7 +2,7 @@
 
 use axum::{Router, routing::get};
 use ws_client_pool::{ServiceState, WsClientPool};
-use ws_context::ConnectionHub;
+use ws_context::{BackplaneStatus, ConnectionHub};
 
 use crate::{Config, app::data};
 
@@ -18,15 +18,26 @@ pub(crate) fn routes(config: &Config, hub: ConnectionHub, services: WsClientPool
             get(move || {
                 let name = name.clone();
                 let connections = hub.len();
-                let (status, services) = service_health(&services);
-                async move {
-                    data(serde_json::json!({
-                        "status": status,
-                        "name": name,
-                        "websocket": { "connections": connections },
-                        "services": services,
-                    }))
+                let (mut status, services) = service_health(&services);
+                let mut health = serde_json::json!({
+                    "name": name,
+                    "websocket": { "connections": connections },
+                    "services": services,
+                });
+                let backplane = hub.backplane_status();
+                if backplane != BackplaneStatus::Standalone {
+                    // Without the other instances the app still serves its own connections.
+                    let up = backplane == BackplaneStatus::Up;
+                    if !up {
+                        status = "DEGRADED";
+                    }
+                    health["cluster"] = serde_json::json!({
+                        "status": if up { "UP" } else { "DOWN" },
+                        "nodes": hub.nodes().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    });
                 }
+                health["status"] = status.into();
+                async move { data(health) }
             }),
         )
 }

@@ -50,7 +50,20 @@
 //! WebSocket counters of `ws-context` (see [`context::describe_metrics`]: connections,
 //! messages and bytes per route, upgrade failures, handler errors, close codes, queue-full
 //! events, slow-peer disconnects) and anything else recorded through the `metrics` facade,
-//! such as the client pool's `ws_client_*` metrics.
+//! such as the client pool's `ws_client_*` metrics and, in a cluster, the `backplane_*` metrics
+//! of `ws-backplane-redis`.
+//!
+//! # Cluster (feature `redis`)
+//!
+//! With the `redis` feature and `REDIS_URL` set (or `App::redis_url`), the app joins the
+//! other instances on that Redis when it starts: rooms, broadcasts, send-to-id and
+//! close-by-id reach connections on every instance, through `ws-backplane-redis`. Delivery
+//! across instances is at most once, without duplicates, in order per sender and room; local
+//! members never wait on Redis. While Redis is away, `/.well-known/health` answers
+//! `"status": "DEGRADED"` with a `cluster` section (status and live nodes), cross-instance
+//! deliveries are dropped and counted, and everything resumes when Redis is back. Without the
+//! feature, nothing Redis-related is compiled and `REDIS_URL` is a configuration error.
+//!
 //! # Inter-service WebSockets
 //!
 //! [`App::add_ws_service`] registers a named outbound connection (GoFr's `AddWSService`);

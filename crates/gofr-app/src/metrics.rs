@@ -19,6 +19,8 @@ fn handle() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed; /metrics shows nothing");
         }
         ws_context::describe_metrics();
+        #[cfg(feature = "redis")]
+        ws_backplane_redis::describe_metrics();
         handle
     })
 }

@@ -42,6 +42,29 @@ pub trait Backplane: Send + Sync + 'static {
     fn attach(&self, inbound: Inbound) {
         let _ = inbound;
     }
+
+    /// Whether other instances are reachable now; health checks report it.
+    fn status(&self) -> BackplaneStatus {
+        BackplaneStatus::Standalone
+    }
+
+    /// The hubs currently known to be alive on other instances and this one, by origin
+    /// (see [`Envelope::origin`]); empty when the backplane does not track them.
+    fn nodes(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+}
+
+/// Whether a [`Backplane`] reaches the other instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackplaneStatus {
+    /// There are no other instances to reach (the [`InProcess`] default).
+    Standalone,
+    /// Connected: deliveries reach the other instances.
+    Up,
+    /// Disconnected: local deliveries go on, cross-instance ones fail until it is back.
+    Down,
 }
 
 /// The default [`Backplane`]: every delivery stays in this process.
@@ -123,6 +146,11 @@ impl fmt::Debug for Inbound {
 }
 
 impl Inbound {
+    /// The origin of the hub it delivers to (see [`Envelope::origin`]).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// Delivers to this instance's connections only (never published again) and returns
     /// how many took it. Envelopes from this instance itself are ignored.
     ///

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use ws_message::{CloseFrame, Message, close_code};
 
 use crate::{
-    backplane::{Backplane, BackplaneError, Envelope, InProcess, Inbound, Target},
+    backplane::{Backplane, BackplaneError, BackplaneStatus, Envelope, InProcess, Inbound, Target},
     writer::{SocketWriter, WriteError},
 };
 
@@ -187,6 +187,22 @@ impl ConnectionHub {
             origin,
         });
         hub
+    }
+
+    /// Whether the hub's [`Backplane`] reaches the other instances now.
+    pub fn backplane_status(&self) -> BackplaneStatus {
+        self.inner.backplane.status()
+    }
+
+    /// The live hubs of every instance, as the [`Backplane`] knows them (empty when it does
+    /// not track them, as [`InProcess`]).
+    pub fn nodes(&self) -> Vec<Arc<str>> {
+        self.inner.backplane.nodes()
+    }
+
+    /// This hub's origin: [`node_id`] and a number, as carried in [`Envelope::origin`].
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
     }
 
     /// How many connections are open.

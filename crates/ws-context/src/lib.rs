@@ -88,7 +88,8 @@ mod metrics;
 mod writer;
 
 pub use crate::backplane::{
-    Backplane, BackplaneError, BackplaneFuture, Envelope, InProcess, Inbound, Target,
+    Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
+    Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{

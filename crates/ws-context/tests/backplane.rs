@@ -130,3 +130,14 @@ async fn rooms_and_broadcasts_span_hubs_linked_by_a_backplane() {
         "{interests:?}"
     );
 }
+
+#[test]
+fn a_hub_without_a_backplane_is_standalone() {
+    let hub = ConnectionHub::new();
+    assert_eq!(
+        hub.backplane_status(),
+        ws_context::BackplaneStatus::Standalone
+    );
+    assert!(hub.nodes().is_empty());
+    assert!(hub.origin().starts_with(ws_context::node_id()));
+}

@@ -1,0 +1,79 @@
+//! A Redis pub/sub [`Backplane`](ws_context::Backplane) for `ws-context`'s
+//! [`ConnectionHub`](ws_context::ConnectionHub): rooms, broadcasts, send-to-id and
+//! close-by-id reach every instance of an app connected to the same Redis. Handlers do not
+//! change; `gofr-app` plugs it in with its `redis` feature and `REDIS_URL`.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use ws_backplane_redis::RedisBackplane;
+//! use ws_context::{ConnectionHub, Context, Endpoint, Message};
+//!
+//! async fn chat(ctx: Context) -> Result<(), ws_context::BindError> {
+//!     let text: String = ctx.bind()?;
+//!     ctx.hub().send_to_room("lobby", Message::text(text)).await;
+//!     Ok(())
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let backplane = RedisBackplane::new();
+//! let hub = ConnectionHub::with_backplane(backplane.clone());
+//! backplane.connect("redis://127.0.0.1:6379").await?;
+//! let endpoint = Endpoint::new(chat).hub(hub).on_connect(|conn: ws_context::Connection| async move {
+//!     conn.hub().join(conn.id(), "lobby").await;
+//!     Ok(())
+//! });
+//! let app: Router = Router::new().route("/ws", endpoint.into_route());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Channels
+//!
+//! With the default prefix `gofrws`:
+//!
+//! - `gofrws:room:<room>`: a room's deliveries. An instance subscribes on its first local
+//!   member and unsubscribes after its last leaves, so a room whose members are all on one
+//!   instance causes no traffic to the others. A join waits for the subscription.
+//! - `gofrws:all`: broadcasts and heartbeats.
+//! - `gofrws:node:<node>`: send-to-id and close-by-id. A connection id starts with its
+//!   instance's node id, so it routes without a lookup.
+//!
+//! # Guarantee
+//!
+//! At most once across instances, no duplicates, in order per sender and channel. Local
+//! members are served first and never wait on Redis. Each frame carries a format version,
+//! its origin hub, a sequence number per origin and channel, its kind, target, opcode,
+//! payload and send time; the receiver drops its own frames and duplicates, and counts gaps.
+//!
+//! # When Redis is down
+//!
+//! Local rooms keep working. Cross-instance publishes fail at once and are counted,
+//! [`status`](ws_context::Backplane::status) is `Down` (gofr-app's health shows
+//! `DEGRADED`), and the connection is retried. Once Redis answers, the rooms are subscribed
+//! again and delivery resumes; what was lost meanwhile shows as gaps.
+//!
+//! # Live nodes
+//!
+//! Every hub publishes a heartbeat (every 2 s by default); another hub is dropped from
+//! [`nodes`](ws_context::Backplane::nodes) after three missed heartbeats.
+//!
+//! # Metrics
+//!
+//! Recorded through the `metrics` facade; [`describe_metrics`] lists them.
+#![deny(missing_docs)]
+
+mod backplane;
+mod metrics;
+mod wire;
+
+pub use crate::backplane::{
+    DEFAULT_HEARTBEAT, DEFAULT_PREFIX, DEFAULT_QUEUE_CAPACITY, RedisBackplane, RedisBackplaneError,
+    Settings,
+};
+pub use crate::metrics::describe_metrics;
+
+/// The README's examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

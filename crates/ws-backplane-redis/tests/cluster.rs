@@ -1,0 +1,217 @@
+//! Two instances (two hubs, each with its own backplane and server) linked by a real Redis.
+
+use std::time::Duration;
+
+use futures_util::SinkExt as _;
+use tokio_tungstenite::tungstenite::Message;
+use ws_backplane_redis::{RedisBackplane, RedisBackplaneError};
+use ws_context::{Backplane as _, BackplaneStatus, ConnectionHub, ConnectionId};
+
+use crate::{
+    redis_server::RedisServer,
+    support::{Instance, WAIT, close_code, eventually, next_data, nothing_within},
+};
+
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// The id of the only member of `room` on `hub`.
+async fn only_member(hub: &ConnectionHub, room: &str) -> ConnectionId {
+    eventually("the member joined", WAIT, || {
+        hub.room_members(room).len() == 1
+    })
+    .await;
+    hub.room_members(room).remove(0)
+}
+
+#[tokio::test]
+async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Instance::start(&redis.url(), HEARTBEAT).await;
+    let b = Instance::start(&redis.url(), HEARTBEAT).await;
+    assert_eq!(a.hub.backplane_status(), BackplaneStatus::Up);
+
+    let mut on_a = a.connect("red").await;
+    let mut on_b = b.connect("red").await;
+    let mut blue_on_b = b.connect("blue").await;
+    only_member(&a.hub, "red").await;
+    let red_b = only_member(&b.hub, "red").await;
+    only_member(&b.hub, "blue").await;
+
+    // A room message from A reaches B's member once; B's blue member gets nothing.
+    on_a.send(Message::text("hi red")).await.unwrap();
+    assert_eq!(next_data(&mut on_a).await, Message::text("hi red"));
+    assert_eq!(next_data(&mut on_b).await, Message::text("hi red"));
+    // In each sender's order, both ways.
+    for i in 0..20 {
+        on_b.send(Message::text(format!("b{i}"))).await.unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(next_data(&mut on_a).await, Message::text(format!("b{i}")));
+        assert_eq!(next_data(&mut on_b).await, Message::text(format!("b{i}")));
+    }
+
+    // A broadcast from A reaches every connection on B.
+    a.hub.broadcast(ws_context::Message::text("everyone")).await;
+    assert_eq!(next_data(&mut on_b).await, Message::text("everyone"));
+    assert_eq!(next_data(&mut blue_on_b).await, Message::text("everyone"));
+    assert_eq!(next_data(&mut on_a).await, Message::text("everyone"));
+
+    // Send-to-id and close-with-code from A reach a connection that lives on B.
+    a.hub
+        .send_to(&red_b, ws_context::Message::text("just you"))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut on_b).await, Message::text("just you"));
+    assert!(a.hub.close(&red_b, 4001, "moved"));
+    assert_eq!(close_code(&mut on_b).await, 4001);
+    // Nothing leaked to the others.
+    assert!(nothing_within(&mut blue_on_b, Duration::from_millis(200)).await);
+    assert!(nothing_within(&mut on_a, Duration::from_millis(10)).await);
+}
+
+#[tokio::test]
+async fn a_room_with_members_on_one_instance_stays_off_the_other() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Instance::start(&redis.url(), HEARTBEAT).await;
+    let b = Instance::start(&redis.url(), HEARTBEAT).await;
+    let channel = a.backplane.room_channel("solo");
+
+    let mut first = a.connect("solo").await;
+    let mut second = a.connect("solo").await;
+    eventually("both joined", WAIT, || {
+        a.hub.room_members("solo").len() == 2
+    })
+    .await;
+    // Only A listens to the room's channel: Redis sends B none of its traffic.
+    assert_eq!(
+        redis.cli(&["PUBSUB", "NUMSUB", &channel]),
+        format!("{channel}\n1")
+    );
+    first.send(Message::text("local")).await.unwrap();
+    assert_eq!(next_data(&mut second).await, Message::text("local"));
+    assert!(b.hub.rooms().is_empty());
+
+    // After the last local member leaves, A unsubscribes too.
+    first.close(None).await.unwrap();
+    second.close(None).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while redis.cli(&["PUBSUB", "NUMSUB", &channel]) != format!("{channel}\n0") {
+        assert!(std::time::Instant::now() < deadline, "A kept the channel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_resumes() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Instance::start(&redis.url(), HEARTBEAT).await;
+    let b = Instance::start(&redis.url(), HEARTBEAT).await;
+    let mut sender = a.connect("r").await;
+    let mut local = a.connect("r").await;
+    let mut remote = b.connect("r").await;
+    eventually("joined", WAIT, || {
+        a.hub.room_members("r").len() == 2 && b.hub.room_members("r").len() == 1
+    })
+    .await;
+
+    redis.kill();
+    eventually("A noticed", WAIT, || {
+        a.hub.backplane_status() == BackplaneStatus::Down
+    })
+    .await;
+    // Local members are still served while Redis is away.
+    for i in 0..5 {
+        sender
+            .send(Message::text(format!("down{i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_data(&mut local).await,
+            Message::text(format!("down{i}"))
+        );
+        assert_eq!(
+            next_data(&mut sender).await,
+            Message::text(format!("down{i}"))
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    redis.restart();
+    let answered = std::time::Instant::now();
+    eventually("both back", Duration::from_secs(3), || {
+        a.hub.backplane_status() == BackplaneStatus::Up
+            && b.hub.backplane_status() == BackplaneStatus::Up
+    })
+    .await;
+    sender.send(Message::text("back")).await.unwrap();
+    // Lost messages are lost (at most once): the first thing B's member sees is "back".
+    assert_eq!(next_data(&mut remote).await, Message::text("back"));
+    assert!(
+        answered.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        answered.elapsed()
+    );
+    assert_eq!(next_data(&mut local).await, Message::text("back"));
+    assert!(
+        nothing_within(&mut remote, Duration::from_millis(200)).await,
+        "a duplicate"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_instance_is_dropped_after_three_missed_heartbeats() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Instance::start(&redis.url(), HEARTBEAT).await;
+    let b = Instance::start(&redis.url(), HEARTBEAT).await;
+    eventually("A sees both", WAIT, || a.hub.nodes().len() == 2).await;
+    assert!(a.hub.nodes().iter().any(|n| **n == *b.hub.origin()));
+
+    b.backplane.disconnect();
+    let stopped = std::time::Instant::now();
+    eventually("A dropped B", WAIT, || a.hub.nodes().len() == 1).await;
+    // Three heartbeats, plus one for the heartbeat in flight and timer slack.
+    assert!(
+        stopped.elapsed() <= HEARTBEAT * 4 + Duration::from_millis(100),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(*a.hub.nodes()[0], *a.hub.origin());
+}
+
+#[tokio::test]
+async fn connect_errors_are_specific() {
+    let unattached = RedisBackplane::new();
+    assert!(matches!(
+        unattached.connect("redis://127.0.0.1:1/").await,
+        Err(RedisBackplaneError::NotAttached)
+    ));
+
+    let backplane = RedisBackplane::new();
+    let _hub = ConnectionHub::with_backplane(backplane.clone());
+    let error = backplane.connect("http://nope").await.unwrap_err();
+    assert!(matches!(error, RedisBackplaneError::Url { .. }), "{error}");
+    // Nothing listens on this port: a clear error, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let error = backplane
+        .connect(&format!("redis://:pw@127.0.0.1:{port}/"))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, RedisBackplaneError::Connect { .. }),
+        "{text}"
+    );
+    assert!(!text.contains("pw"), "{text}");
+    // Not connected, it is the in-process default.
+    assert_eq!(backplane.status(), BackplaneStatus::Standalone);
+}

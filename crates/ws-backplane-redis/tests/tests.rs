@@ -1,0 +1,5 @@
+//! Tests with a real `redis-server` and real WebSocket clients on 127.0.0.1.
+
+mod cluster;
+mod redis_server;
+mod support;
