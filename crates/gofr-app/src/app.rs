@@ -101,6 +101,11 @@ impl App {
     }
 
     fn build(config: Result<Config, ConfigError>) -> Self {
+        // Logging starts with the app, as in GoFr, so what happens before `run` (a first dial
+        // of `add_ws_service` that fails, say) is logged too.
+        if let Ok(config) = &config {
+            crate::logging::init(config);
+        }
         // With the feature, the hub always has the Redis backplane; until `serve` connects
         // it (only when `REDIS_URL` is set) it keeps every delivery in this process.
         #[cfg(feature = "redis")]
@@ -355,7 +360,6 @@ impl App {
     /// outbound service with 1001 (stopping their reconnect loops) and returns.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
-        crate::logging::init(&config);
         crate::metrics::install();
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis_url {
