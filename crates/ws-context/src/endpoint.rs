@@ -29,7 +29,7 @@ use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrade
 use crate::{
     Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context, Handler, SocketWriter,
     context::ConnShared,
-    handler::{BoxHandler, Reply, error_frame},
+    handler::{BoxHandler, Reply, ReplyFuture, error_frame},
     metrics::{ConnMetrics, upgrade_failed},
     writer::Outbound,
 };
@@ -457,7 +457,12 @@ impl Tally {
     }
 }
 
-type Running = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Reply>> + Send>>;
+/// A handler call in progress: its (already boxed) future, guarded against panics, and the
+/// per-message span when debug logging is on.
+struct Running {
+    future: futures_util::future::CatchUnwind<AssertUnwindSafe<ReplyFuture>>,
+    span: Option<tracing::Span>,
+}
 
 /// Where the closing handshake stands.
 enum Closing {
@@ -677,13 +682,10 @@ impl ConnectionTask {
             bytes = payload_len(&message),
         );
         let ctx = Context::new(self.conn.clone(), message);
-        let future = (self.handler)(ctx);
-        // `poll_running` enters the connection's span; the per-message span, when debug is on,
-        // nests inside it.
-        if span.is_disabled() {
-            Box::pin(AssertUnwindSafe(future).catch_unwind())
-        } else {
-            Box::pin(AssertUnwindSafe(future.instrument(span)).catch_unwind())
+        Running {
+            future: AssertUnwindSafe((self.handler)(ctx)).catch_unwind(),
+            // `poll_running` enters the connection's span, and this one inside it.
+            span: (!span.is_disabled()).then_some(span),
         }
     }
 
@@ -903,10 +905,14 @@ async fn poll_running(
     span: &tracing::Span,
 ) -> std::thread::Result<Reply> {
     match running {
-        Some(future) => {
+        Some(Running {
+            future,
+            span: message_span,
+        }) => {
             std::future::poll_fn(|cx| {
-                let _entered = span.enter();
-                future.as_mut().poll(cx)
+                let _connection = span.enter();
+                let _message = message_span.as_ref().map(tracing::Span::enter);
+                Pin::new(&mut *future).poll(cx)
             })
             .await
         }
