@@ -97,17 +97,12 @@ pub fn encode<T: Serialize + 'static>(value: T) -> Result<Option<Message>, Encod
         Ok(data) => return Ok(Some(Message::binary(Bytes::from_static(data)))),
         Err(value) => value,
     };
-    let json = serde_json::to_vec(&value).map_err(EncodeError::from_json::<T>)?;
-    if json == b"null" {
+    // `to_string` hands over its buffer as a `String` without checking the UTF-8 again.
+    let json = serde_json::to_string(&value).map_err(EncodeError::from_json::<T>)?;
+    if json == "null" {
         return Ok(None);
     }
-    // serde_json only produces UTF-8.
-    let text = String::from_utf8(json).map_err(|_| {
-        EncodeError::from_json::<T>(serde::ser::Error::custom(
-            "serializer produced invalid UTF-8",
-        ))
-    })?;
-    Ok(Some(Message::text(text)))
+    Ok(Some(Message::text(json)))
 }
 
 /// Decodes the data of a message into `T`: GoFr's `Bind`, with Rust's types.
@@ -159,7 +154,12 @@ pub fn decode<T: DeserializeOwned + 'static>(message: &Message) -> Result<T, Dec
     if target == TypeId::of::<Vec<u8>>() {
         return Ok(cast_ok(payload.to_vec()));
     }
-    serde_json::from_slice(payload).map_err(|source| DecodeError::Json {
+    // A text payload is known to be UTF-8: parsing it as `str` skips serde_json's own check.
+    let parsed = match message {
+        Message::Text(text) => serde_json::from_str(text.as_str()),
+        _ => serde_json::from_slice(payload),
+    };
+    parsed.map_err(|source| DecodeError::Json {
         target: std::any::type_name::<T>(),
         source,
     })
