@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cargo, project_root};
+use crate::{cargo, logged_field, project_root};
 
 /// The runner, pinned: its verdicts are what this task checks.
 const KOSOKU: &str = "kosoku==0.1.0";
@@ -191,7 +191,7 @@ impl EchoServer {
         thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && let Some(address) = listening_address(&line) {
+                if !sent && let Some(address) = logged_field(&line, "address") {
                     let _ = tx.send(address);
                     sent = true;
                 }
@@ -213,15 +213,6 @@ impl Drop for EchoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `"address":"127.0.0.1:PORT"` from gofr-app's JSON start-up line.
-fn listening_address(line: &str) -> Option<String> {
-    let (_, rest) = line.split_once("\"address\":\"")?;
-    let (address, _) = rest.split_once('"')?;
-    address
-        .starts_with("127.0.0.1:")
-        .then(|| address.to_owned())
 }
 
 fn wait_with_limit(child: &mut Child, limit: Duration, name: &str) -> Result<(), String> {

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::logged_field;
+
 /// Longest Redis or an instance may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -113,31 +115,4 @@ pub(crate) fn start_chat(
         .recv_timeout(START_TIMEOUT)
         .map_err(|_| format!("{name} did not log its address"))?;
     Ok((process, address))
-}
-
-/// The value of a string field in a JSON log line, such as `"address":"127.0.0.1:80"`.
-fn logged_field(line: &str, field: &str) -> Option<String> {
-    let key = format!("\"{field}\":\"");
-    let start = line.find(&key)? + key.len();
-    let len = line[start..].find('"')?;
-    Some(line[start..start + len].to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_address_field_not_the_metrics_one() {
-        let line = r#"{"metrics_address":"127.0.0.1:1","address":"127.0.0.1:2","message":"x"}"#;
-        assert_eq!(
-            logged_field(line, "address").as_deref(),
-            Some("127.0.0.1:2")
-        );
-        assert_eq!(
-            logged_field(line, "metrics_address").as_deref(),
-            Some("127.0.0.1:1")
-        );
-        assert_eq!(logged_field(line, "port"), None);
-    }
 }

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cargo, project_root};
+use crate::{cargo, logged_field, project_root};
 
 /// Set in the re-executed xtask: SIGINT is ignored and the examples are built.
 const SIGINT_IGNORED: &str = "XTASK_DEMO_SIGINT_IGNORED";
@@ -250,7 +250,7 @@ impl Server {
                 )
             })?;
             let logged =
-                |field| json_string_field(&line, field).and_then(|address| address.parse().ok());
+                |field| logged_field(&line, field).and_then(|address| address.parse().ok());
             if let Some(address) = logged("metrics_address") {
                 server.metrics_address = Some(address);
             } else if let Some(address) = logged("address") {
@@ -266,7 +266,7 @@ impl Server {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if json_string_field(&line, "message").as_deref() == Some(message) => {
+                Ok(line) if logged_field(&line, "message").as_deref() == Some(message) => {
                     return Ok(line);
                 }
                 Ok(_) => {}
@@ -374,14 +374,6 @@ fn http_post(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
-/// The value of a top-level string field in one flat JSON log line (enough for our own logs:
-/// the value must not contain a quote).
-fn json_string_field(line: &str, field: &str) -> Option<String> {
-    let start = line.find(&format!("\"{field}\":\""))? + field.len() + 4;
-    let end = line[start..].find('"')? + start;
-    Some(line[start..end].to_owned())
-}
-
 /// An address a browser can open: an unspecified host (`0.0.0.0`) becomes localhost.
 fn browsable(address: SocketAddr) -> SocketAddr {
     if address.ip().is_unspecified() {
@@ -394,23 +386,4 @@ fn browsable(address: SocketAddr) -> SocketAddr {
 /// Cargo's target directory: `CARGO_TARGET_DIR` or `<root>/target`.
 pub(crate) fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::json_string_field;
-
-    #[test]
-    fn reads_string_fields_of_a_log_line() {
-        let line = r#"{"level":"INFO","message":"server listening on 127.0.0.1:8000","metrics_address":"127.0.0.1:2121","address":"127.0.0.1:8000"}"#;
-        assert_eq!(
-            json_string_field(line, "address").as_deref(),
-            Some("127.0.0.1:8000")
-        );
-        assert_eq!(
-            json_string_field(line, "metrics_address").as_deref(),
-            Some("127.0.0.1:2121")
-        );
-        assert_eq!(json_string_field(line, "port"), None);
-    }
 }

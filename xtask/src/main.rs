@@ -65,6 +65,16 @@ pub(crate) fn project_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// The value of a top-level string field in one of gofr-app's flat JSON log lines, such as
+/// `"address":"127.0.0.1:80"` (enough for our own logs: the value holds no quote). Every task
+/// that starts an example finds its address this way.
+pub(crate) fn logged_field(line: &str, field: &str) -> Option<String> {
+    let key = format!("\"{field}\":\"");
+    let start = line.find(&key)? + key.len();
+    let len = line[start..].find('"')?;
+    Some(line[start..start + len].to_owned())
+}
+
 /// Runs `cargo` (the one that runs us) with `args` at the root; an error names the step.
 fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -104,4 +114,24 @@ fn ci() -> Result<(), String> {
     )?;
     cargo(&["test", "--workspace"], &[])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_field;
+
+    #[test]
+    fn reads_string_fields_of_a_log_line() {
+        let line =
+            r#"{"level":"INFO","metrics_address":"127.0.0.1:2121","address":"127.0.0.1:8000"}"#;
+        assert_eq!(
+            logged_field(line, "address").as_deref(),
+            Some("127.0.0.1:8000")
+        );
+        assert_eq!(
+            logged_field(line, "metrics_address").as_deref(),
+            Some("127.0.0.1:2121")
+        );
+        assert_eq!(logged_field(line, "port"), None);
+    }
 }
