@@ -11,23 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bench::Event;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt as _;
-use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::Semaphore};
 use ws_context::{ConnectionHub, Context, Endpoint};
 use ws_message::{Message, decode, encode};
-
-#[derive(Serialize, Deserialize)]
-struct Event {
-    id: u64,
-    kind: String,
-    user: String,
-    tags: Vec<String>,
-    score: f64,
-    active: bool,
-    note: String,
-}
 
 const EVENT: &str = r#"{"id":42,"kind":"order.created","user":"user-4711","tags":["alpha","beta","gamma"],"score":12.5,"active":true,"note":"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"}"#;
 

@@ -4,7 +4,28 @@
 
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+
+/// The S4 payload: about 200 bytes of JSON, the shape of a typical event. The S4 server binds
+/// it and the criterion benches decode and encode it, so both measure the same work.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// Event id.
+    pub id: u64,
+    /// Event kind, such as `order.created`.
+    pub kind: String,
+    /// Who caused it.
+    pub user: String,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// A number.
+    pub score: f64,
+    /// A flag.
+    pub active: bool,
+    /// Free text.
+    pub note: String,
+}
 
 /// Binds 127.0.0.1 with a port the OS picks and prints the address on stdout, which is how
 /// xtask learns where to connect.

@@ -5,20 +5,8 @@
 //! Run with `HTTP_HOST=127.0.0.1 HTTP_PORT=0 cargo run --release -p bench --bin
 //! gofr-bench-server`; the address is in the first log line.
 
+use bench::Event;
 use gofr_app::{App, BindError, Context, Message};
-use serde::{Deserialize, Serialize};
-
-/// The S4 payload: about 200 bytes of JSON, the shape of a typical event.
-#[derive(Debug, Serialize, Deserialize)]
-struct Event {
-    id: u64,
-    kind: String,
-    user: String,
-    tags: Vec<String>,
-    score: f64,
-    active: bool,
-    note: String,
-}
 
 async fn json(ctx: Context) -> Result<Event, BindError> {
     ctx.bind::<Event>()
