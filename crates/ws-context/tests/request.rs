@@ -7,10 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::SinkExt as _;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+use tokio_tungstenite::tungstenite::Message;
 use ws_context::{Context, Endpoint};
 
-use crate::support::{WAIT, next_data, serve};
+use crate::support::{WAIT, connect_with_header, next_data, serve};
 
 #[derive(Clone)]
 struct User(String);
@@ -50,16 +50,12 @@ fn router() -> axum::Router {
 #[tokio::test]
 async fn handler_sees_path_query_and_auth_extensions() {
     let addr = serve(router()).await;
-    let mut request = format!("ws://{addr}/ws/kitchen?nick=al%20ice")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", "Bearer alice".parse().unwrap());
-    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut client = connect_with_header(
+        addr,
+        "/ws/kitchen?nick=al%20ice",
+        Some(("authorization", "Bearer alice")),
+    )
+    .await;
     client.send(Message::text("?")).await.unwrap();
     let seen: serde_json::Value =
         serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
@@ -131,16 +127,7 @@ async fn uri_and_headers_stay_readable_for_the_whole_connection() {
     }
     let router = axum::Router::new().route("/ws/{room}", Endpoint::new(request_seen).into_route());
     let addr = serve(router).await;
-    let mut request = format!("ws://{addr}/ws/hall?x=1")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("x-trace", "abc-123".parse().unwrap());
-    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut client = connect_with_header(addr, "/ws/hall?x=1", Some(("x-trace", "abc-123"))).await;
     for _ in 0..2 {
         client.send(Message::text("?")).await.unwrap();
         let seen: serde_json::Value =

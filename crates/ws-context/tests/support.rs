@@ -5,7 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 use axum::Router;
 use futures_util::StreamExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest as _},
+};
 
 pub(crate) type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -28,13 +31,27 @@ pub(crate) async fn serve(router: Router) -> SocketAddr {
 }
 
 pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Client {
-    let (client, _response) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect failed");
+    connect_with_header(addr, path, None).await
+}
+
+/// Connects, optionally sending one extra request header (`(name, value)`).
+pub(crate) async fn connect_with_header(
+    addr: SocketAddr,
+    path: &str,
+    header: Option<(&'static str, &str)>,
+) -> Client {
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("valid URL");
+    if let Some((name, value)) = header {
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("valid header value"));
+    }
+    let (client, _response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
     client
 }
 
