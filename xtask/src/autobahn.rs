@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cargo, logged_field, project_root};
+use crate::{cargo, logged_field, target_dir};
 
 /// The runner, pinned: its verdicts are what this task checks.
 const KOSOKU: &str = "kosoku==0.1.0";
@@ -103,13 +103,12 @@ const KOSOKU_CRASHES: &[(&str, &str)] = &[
 const KOSOKU_CRASH_RESULT: &str = "Strings must be encoded before hashing";
 
 pub(crate) fn run() -> Result<(), String> {
-    let root = project_root();
-    let dir = root.join("target").join("autobahn");
+    let dir = target_dir().join("autobahn");
     let venv = dir.join("venv");
     install_kosoku(&venv)?;
     cargo(&["build", "-p", "examples", "--example", "echo"], &[])?;
 
-    let server = EchoServer::start(&root.join("target/debug/examples/echo"))?;
+    let server = EchoServer::start(&target_dir().join("debug/examples/echo"))?;
     let reports = dir.join("reports");
     if reports.exists() {
         std::fs::remove_dir_all(&reports)

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cargo, project_root};
+use crate::{cargo, project_root, target_dir};
 
 const SERVER_CPU: &str = "0";
 const LOAD_CPU: &str = "1";
@@ -121,7 +121,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if only.as_deref() == Some(&["S7".to_owned()][..]) {
         // Only the cluster scenario: none of the single-server builds and runs are needed.
         let report = crate::bench_cluster::section(settings.duration, settings.nice)?;
-        let out_dir = project_root().join("target/bench");
+        let out_dir = target_dir().join("bench");
         fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
         let path = out_dir.join("report.md");
         fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -149,8 +149,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         &[],
     )?;
     let root = project_root();
-    let release = root.join("target/release");
-    let out_dir = root.join("target/bench");
+    let release = target_dir().join("release");
+    let out_dir = target_dir().join("bench");
     fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     settings.loadgen = path_string(&release.join("loadgen"));
 

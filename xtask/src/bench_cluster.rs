@@ -12,7 +12,7 @@ use std::{fmt::Write as _, process::Command, time::Duration};
 use crate::{
     cargo,
     cluster::{start_chat, start_redis},
-    project_root,
+    target_dir,
 };
 
 const RATES: [u32; 2] = [1_000, 5_000];
@@ -34,7 +34,7 @@ pub(crate) fn section(seconds: f64, nice: bool) -> Result<String, String> {
         ],
         &[],
     )?;
-    let release = project_root().join("target/release/examples");
+    let release = target_dir().join("release/examples");
     let (_redis, redis_url) = start_redis(nice)?;
     let (_a, a_address) = start_chat(&release.join("chat"), "bench-a", &redis_url, nice)?;
     let (_b, b_address) = start_chat(&release.join("chat"), "bench-b", &redis_url, nice)?;

@@ -13,11 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    cargo,
-    demo::{Server, target_dir},
-    project_root,
-};
+use crate::{cargo, demo::Server, project_root, target_dir};
 
 /// Longest the browser test may run; it waits at most seconds for each step itself.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);

@@ -13,14 +13,13 @@ use std::{
     env,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{cargo, logged_field, project_root};
+use crate::{cargo, logged_field, project_root, target_dir};
 
 /// Set in the re-executed xtask: SIGINT is ignored and the examples are built.
 const SIGINT_IGNORED: &str = "XTASK_DEMO_SIGINT_IGNORED";
@@ -381,9 +380,4 @@ fn browsable(address: SocketAddr) -> SocketAddr {
     } else {
         address
     }
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` or `<root>/target`.
-pub(crate) fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from)
 }

@@ -65,6 +65,12 @@ pub(crate) fn project_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` or `<root>/target`, where the tasks find what
+/// cargo built and keep their own files.
+pub(crate) fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from)
+}
+
 /// The value of a top-level string field in one of gofr-app's flat JSON log lines, such as
 /// `"address":"127.0.0.1:80"` (enough for our own logs: the value holds no quote). Every task
 /// that starts an example finds its address this way.
