@@ -2,6 +2,7 @@ use std::{
     fmt,
     future::Future,
     net::SocketAddr,
+    ops::ControlFlow,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
@@ -18,10 +19,7 @@ use axum::{
 };
 use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderValue, Uri};
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument as _;
 use ws_message::{CloseFrame, Message, close_code};
 use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
@@ -31,7 +29,7 @@ use crate::{
     context::ConnShared,
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
     metrics::{ConnMetrics, upgrade_failed},
-    writer::Outbound,
+    writer::{Outbound, UrgentClose},
 };
 
 /// Default capacity of each connection's outbound queue, in messages.
@@ -307,7 +305,7 @@ impl Endpoint {
             peer = remote_addr.map(tracing::field::display),
         );
         let metrics = Arc::new(ConnMetrics::new(&route));
-        let (writer, outbound, urgent) = SocketWriter::new(
+        let (writer, outbound) = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
             self.send_timeout,
@@ -362,18 +360,7 @@ impl Endpoint {
                     },
                     None => None,
                 };
-                let io = ConnectionTask {
-                    socket,
-                    outbound,
-                    urgent,
-                    handler: endpoint.handler.clone(),
-                    conn: conn.clone(),
-                    close_grace: endpoint.close_grace,
-                    send_timeout: endpoint.send_timeout,
-                    metrics: metrics.clone(),
-                    unflushed: false,
-                    tally: Tally::default(),
-                };
+                let io = ConnectionTask::new(socket, outbound, conn.clone(), &endpoint, metrics.clone());
                 let accepted = rejected.is_none();
                 let close = io.run(rejected).await;
                 conn.hub().remove(conn.id());
@@ -411,18 +398,22 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 struct ConnectionTask {
     socket: WebSocket,
     outbound: mpsc::Receiver<Outbound>,
-    /// A close that skips the queue (see `SocketWriter::close_slow`).
-    urgent: watch::Receiver<Option<CloseFrame>>,
     handler: BoxHandler,
     conn: Connection,
     close_grace: Duration,
     send_timeout: Duration,
     metrics: Arc<ConnMetrics>,
-    /// Frames are fed but not flushed yet: they go out in one write once nothing else is
-    /// ready (see the flush branch in `run`).
+    /// The handler call in progress, if any.
+    running: Option<Running>,
+    /// At most one message is read ahead while the handler runs, so reads stay bounded.
+    next: Option<Message>,
+    closing: Closing,
+    /// How the connection ended, for the close hook and the log.
+    ended_by: CloseFrame,
+    /// Frames are fed but not flushed yet: they go out in one write at the end of the turn.
     unflushed: bool,
-    /// Traffic not yet added to the shared counters: published with the flush, or when the
-    /// task goes idle, so a burst costs one update per counter, not one per message.
+    /// Traffic not yet added to the shared counters: published once per turn, so a burst
+    /// costs one update per counter, not one per message.
     tally: Tally,
 }
 
@@ -435,10 +426,6 @@ struct Tally {
 }
 
 impl Tally {
-    fn is_empty(&self) -> bool {
-        self.messages_in == 0 && self.messages_out == 0
-    }
-
     fn publish(&mut self, metrics: &ConnMetrics) {
         let Tally {
             messages_in,
@@ -487,194 +474,249 @@ enum WriteFailed {
     Urgent,
 }
 
+/// Whether the connection task goes on after a step; `Break` ends it.
+type Step = ControlFlow<()>;
+
 impl ConnectionTask {
+    fn new(
+        socket: WebSocket,
+        outbound: mpsc::Receiver<Outbound>,
+        conn: Connection,
+        endpoint: &Endpoint,
+        metrics: Arc<ConnMetrics>,
+    ) -> Self {
+        ConnectionTask {
+            socket,
+            outbound,
+            handler: endpoint.handler.clone(),
+            conn,
+            close_grace: endpoint.close_grace,
+            send_timeout: endpoint.send_timeout,
+            metrics,
+            running: None,
+            next: None,
+            closing: Closing::Open,
+            ended_by: CloseFrame::new(close_code::ABNORMAL, "connection dropped"),
+            unflushed: false,
+            tally: Tally::default(),
+        }
+    }
+
     /// Runs until the connection ends; returns how it was closed. `rejected` closes at once
     /// (the connect hook refused the connection).
+    ///
+    /// Each turn waits for one event, handles it with everything else already ready of the
+    /// same kind (a burst of parsed messages, a run of queued frames), then flushes once: one
+    /// write per turn, and no extra turn of the scheduler before it.
     async fn run(mut self, rejected: Option<CloseFrame>) -> CloseFrame {
         tracing::debug!(parent: self.conn.span(), "connection open");
-        let mut running: Option<Running> = None;
-        // At most one message is read ahead while the handler runs, so reads stay bounded.
-        let mut next: Option<Message> = None;
-        let mut closing = match rejected {
-            Some(frame) => Closing::Requested {
+        if let Some(frame) = rejected {
+            self.closing = Closing::Requested {
                 frame,
                 deadline: Instant::now(),
                 urgent: false,
-            },
-            None => Closing::Open,
-        };
-        let mut ended_by = CloseFrame::new(close_code::ABNORMAL, "connection dropped");
+            };
+        }
+        while self.turn().await.is_continue() {}
+        self.tally.publish(&self.metrics);
+        self.ended_by
+    }
 
-        loop {
-            if let Closing::Requested {
-                frame, deadline, ..
-            } = &closing
-            {
-                if running.is_some() && Instant::now() >= *deadline {
-                    tracing::warn!(parent: self.conn.span(), "handler still running after the close grace period; dropped");
-                    running = None;
-                }
-                if running.is_none() {
-                    let frame = frame.clone();
-                    ended_by = frame.clone();
-                    closing = Closing::Sent;
-                    next = None;
-                    if !self.write_close(frame).await {
-                        break;
-                    }
+    async fn turn(&mut self) -> Step {
+        if let Closing::Requested {
+            frame, deadline, ..
+        } = &self.closing
+        {
+            if self.running.is_some() && Instant::now() >= *deadline {
+                tracing::warn!(parent: self.conn.span(), "handler still running after the close grace period; dropped");
+                self.running = None;
+            }
+            if self.running.is_none() {
+                let frame = frame.clone();
+                self.ended_by = frame.clone();
+                self.closing = Closing::Sent;
+                self.next = None;
+                if !self.write_close(frame).await {
+                    return Step::Break(());
                 }
             }
-            let deadline = match &closing {
-                Closing::Requested { deadline, .. } => Some(*deadline),
-                _ => None,
-            };
-            let may_read = match closing {
-                Closing::Open => next.is_none(),
-                Closing::Requested { .. } => false,
-                // Read until the peer's close frame or the end of the stream.
-                Closing::Sent => true,
-            };
-            let may_write = matches!(
-                closing,
-                Closing::Open | Closing::Requested { urgent: false, .. }
-            );
+        }
+        let deadline = match &self.closing {
+            Closing::Requested { deadline, .. } => Some(*deadline),
+            _ => None,
+        };
+        let may_read = self.may_read();
+        let may_write = self.may_write();
 
-            tokio::select! {
-                changed = self.urgent.changed(), if may_write => {
-                    if changed.is_ok() {
-                        self.begin_urgent_close(&mut closing);
-                    }
-                }
-                command = self.outbound.recv(), if may_write => {
-                    // The hub and every context hold senders, so `None` cannot happen while
-                    // the task runs; treat it as a close all the same.
-                    let Some(command) = command else { break };
-                    match self.write_batch(command).await {
-                        Ok(Some(frame)) => {
-                            closing = Closing::Requested {
-                                frame,
-                                deadline: Instant::now() + self.close_grace,
-                                urgent: false,
-                            };
-                        }
-                        Ok(None) => {}
-                        Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
-                        Err(WriteFailed::Broken) => break,
-                    }
-                }
-                reply = poll_running(&mut running, self.conn.span()) => {
-                    let written = self
-                        .on_reply(reply, may_write, &mut running, &mut next, &mut closing)
-                        .await;
-                    if !written {
-                        break;
-                    }
-                }
-                () = sleep_until(deadline) => {}
-                // `yield_now` is pending at its first poll and ready at the next: this branch
-                // wins only when no other branch was ready in between, so replies and queued
-                // frames that are ready together go out in one write, and a lone reply waits
-                // one scheduler turn, not a timer.
-                () = tokio::task::yield_now(), if self.unflushed || !self.tally.is_empty() => {
-                    self.tally.publish(&self.metrics);
-                    if self.unflushed {
-                        match self.flush().await {
-                            Ok(()) => {}
-                            Err(WriteFailed::Urgent) => self.begin_urgent_close(&mut closing),
-                            Err(WriteFailed::Broken) => break,
-                        }
-                    }
-                }
-                incoming = self.socket.recv(), if may_read => match incoming {
-                    None => break,
-                    Some(Err(error)) => {
-                        // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
-                        tracing::debug!(parent: self.conn.span(), %error, "connection failed");
-                        ended_by = CloseFrame::new(error.close_code(), error.to_string());
-                        let _ = tokio::time::timeout(FAIL_WRITE_TIMEOUT, self.socket.fail(&error)).await;
-                        break;
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        // The engine answers the close; keep reading until it reports the end.
-                        ended_by = frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, ""));
-                        closing = Closing::Sent;
-                        next = None;
-                    }
-                    Some(Ok(message)) if message.is_data() => {
-                        self.tally.messages_in += 1;
-                        self.tally.bytes_in += payload_len(&message);
-                        if running.is_none() && matches!(closing, Closing::Open) {
-                            running = Some(self.start(message));
-                            // Most handlers finish at their first poll: write the reply now
-                            // rather than one more turn of this loop later.
-                            if let Some(reply) = poll_once(&mut running, self.conn.span()).await {
-                                let written = self
-                                    .on_reply(reply, may_write, &mut running, &mut next, &mut closing)
-                                    .await;
-                                if !written {
-                                    break;
-                                }
-                            }
-                        } else {
-                            next = Some(message);
-                        }
-                    }
-                    // Pings are answered by the engine; pongs feed its liveness timer.
-                    Some(Ok(_)) => {}
-                },
+        // Biased: the order is fixed (no random draw per turn); reads cannot starve queued
+        // frames because every turn that wrote also takes the queue before its flush.
+        let step = tokio::select! {
+            biased;
+            () = self.conn.0.writer.urgent().set_close(), if may_write => {
+                self.begin_urgent_close();
+                Step::Continue(())
+            }
+            reply = poll_running(&mut self.running, self.conn.span()) => self.on_reply(reply).await,
+            incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
+            command = self.outbound.recv(), if may_write => match command {
+                // The hub and every context hold senders, so `None` cannot happen while the
+                // task runs; treat it as a close all the same.
+                None => Step::Break(()),
+                Some(command) => self.on_command(command).await,
+            },
+            () = sleep_until(deadline) => Step::Continue(()),
+        };
+        step?;
+        if self.unflushed {
+            // Frames other tasks queued meanwhile go out in the same write.
+            if self.may_write()
+                && let Ok(command) = self.outbound.try_recv()
+            {
+                self.on_command(command).await?;
+            }
+            match self.flush().await {
+                Ok(()) => {}
+                Err(WriteFailed::Urgent) => self.begin_urgent_close(),
+                Err(WriteFailed::Broken) => return Step::Break(()),
             }
         }
         self.tally.publish(&self.metrics);
-        ended_by
+        Step::Continue(())
     }
 
-    /// Writes a finished handler's reply, then starts the message read ahead, if any. False
-    /// when the transport is broken.
-    async fn on_reply(
-        &mut self,
-        reply: std::thread::Result<Reply>,
-        may_write: bool,
-        running: &mut Option<Running>,
-        next: &mut Option<Message>,
-        closing: &mut Closing,
-    ) -> bool {
-        *running = None;
-        match self.finish(reply, may_write).await {
+    fn may_read(&self) -> bool {
+        match self.closing {
+            Closing::Open => self.next.is_none(),
+            Closing::Requested { .. } => false,
+            // Read until the peer's close frame or the end of the stream.
+            Closing::Sent => true,
+        }
+    }
+
+    /// False once an urgent close is under way or our close frame is out.
+    fn may_write(&self) -> bool {
+        matches!(
+            self.closing,
+            Closing::Open | Closing::Requested { urgent: false, .. }
+        )
+    }
+
+    /// Handles what the socket gave, then each further message the engine has ready without
+    /// waiting (already parsed or already readable), up to `MAX_BATCH`: a burst costs one turn.
+    async fn on_burst(&mut self, first: Option<Result<Message, WsError>>) -> Step {
+        let mut incoming = first;
+        for _ in 1..MAX_BATCH {
+            self.on_incoming(incoming).await?;
+            if !self.may_read() {
+                return Step::Continue(());
+            }
+            match poll_now(self.socket.recv()).await {
+                Some(more) => incoming = more,
+                None => return Step::Continue(()),
+            }
+        }
+        self.on_incoming(incoming).await
+    }
+
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Step {
+        match incoming {
+            None => Step::Break(()),
+            Some(Err(error)) => {
+                // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
+                tracing::debug!(parent: self.conn.span(), %error, "connection failed");
+                self.ended_by = CloseFrame::new(error.close_code(), error.to_string());
+                let _ = tokio::time::timeout(FAIL_WRITE_TIMEOUT, self.socket.fail(&error)).await;
+                Step::Break(())
+            }
+            Some(Ok(Message::Close(frame))) => {
+                // The engine answers the close; keep reading until it reports the end.
+                self.ended_by = frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, ""));
+                self.closing = Closing::Sent;
+                self.next = None;
+                Step::Continue(())
+            }
+            Some(Ok(message)) if message.is_data() => {
+                self.tally.messages_in += 1;
+                self.tally.bytes_in += payload_len(&message);
+                if self.running.is_none() && matches!(self.closing, Closing::Open) {
+                    self.start(message).await
+                } else {
+                    self.next = Some(message);
+                    Step::Continue(())
+                }
+            }
+            // Pings are answered by the engine; pongs feed its liveness timer.
+            Some(Ok(_)) => Step::Continue(()),
+        }
+    }
+
+    /// Calls the handler for a message. Most handlers finish at their first poll: their
+    /// reply is written now rather than one turn later.
+    async fn start(&mut self, message: Message) -> Step {
+        self.running = Some(self.call_handler(message));
+        match poll_now(poll_running(&mut self.running, self.conn.span())).await {
+            Some(reply) => self.on_reply(reply).await,
+            None => Step::Continue(()),
+        }
+    }
+
+    /// Writes a finished handler's reply, then starts the message read ahead, if any.
+    async fn on_reply(&mut self, reply: std::thread::Result<Reply>) -> Step {
+        self.running = None;
+        match self.finish(reply).await {
             Ok(Some(frame)) => {
-                *closing = Closing::Requested {
+                self.closing = Closing::Requested {
                     frame,
                     deadline: Instant::now(),
                     urgent: false,
                 };
             }
             Ok(None) => {}
-            Err(WriteFailed::Urgent) => self.begin_urgent_close(closing),
-            Err(WriteFailed::Broken) => return false,
+            Err(WriteFailed::Urgent) => self.begin_urgent_close(),
+            Err(WriteFailed::Broken) => return Step::Break(()),
         }
-        if let Some(message) = next.take()
-            && matches!(closing, Closing::Open)
-        {
-            *running = Some(self.start(message));
+        match self.next.take() {
+            Some(message) if matches!(self.closing, Closing::Open) => {
+                // Boxed: `start` and `on_reply` call each other.
+                Box::pin(self.start(message)).await
+            }
+            _ => Step::Continue(()),
         }
-        true
+    }
+
+    /// Writes a queued command and the rest of the queue, up to `MAX_BATCH` frames.
+    async fn on_command(&mut self, command: Outbound) -> Step {
+        match self.write_batch(command).await {
+            Ok(Some(frame)) => {
+                self.closing = Closing::Requested {
+                    frame,
+                    deadline: Instant::now() + self.close_grace,
+                    urgent: false,
+                };
+            }
+            Ok(None) => {}
+            Err(WriteFailed::Urgent) => self.begin_urgent_close(),
+            Err(WriteFailed::Broken) => return Step::Break(()),
+        }
+        Step::Continue(())
     }
 
     /// Takes the urgent close: drops the queue (its memory goes with it) and closes without
     /// writing anything more, once the running handler is done or the grace period passes.
-    fn begin_urgent_close(&mut self, closing: &mut Closing) {
-        let Some(frame) = self.urgent.borrow_and_update().clone() else {
+    fn begin_urgent_close(&mut self) {
+        let Some(frame) = self.conn.0.writer.urgent().take() else {
             return;
         };
         self.outbound.close();
         while self.outbound.try_recv().is_ok() {}
-        *closing = Closing::Requested {
+        self.closing = Closing::Requested {
             frame,
             deadline: Instant::now() + self.close_grace,
             urgent: true,
         };
     }
 
-    fn start(&self, message: Message) -> Running {
+    fn call_handler(&self, message: Message) -> Running {
         let span = tracing::debug_span!(
             parent: self.conn.span(),
             "message",
@@ -690,12 +732,11 @@ impl ConnectionTask {
     }
 
     /// Writes what the handler returned, after everything it queued while running. Returns a
-    /// close frame when the connection must close. With `may_write` false (an urgent close
-    /// is under way) nothing is written.
+    /// close frame when the connection must close. While an urgent close is under way nothing
+    /// is written.
     async fn finish(
         &mut self,
         reply: std::thread::Result<Reply>,
-        may_write: bool,
     ) -> Result<Option<CloseFrame>, WriteFailed> {
         let mut close = None;
         let mut reply_frame = None;
@@ -716,7 +757,7 @@ impl ConnectionTask {
                 ));
             }
         }
-        if !may_write {
+        if !self.may_write() {
             return Ok(None);
         }
         while let Ok(command) = self.outbound.try_recv() {
@@ -765,7 +806,7 @@ impl ConnectionTask {
         let waited = bounded_write(
             self.socket.feed(message),
             self.send_timeout,
-            &mut self.urgent,
+            self.conn.0.writer.urgent(),
         )
         .await;
         self.settle(waited, "write failed")?;
@@ -779,7 +820,12 @@ impl ConnectionTask {
 
     async fn flush(&mut self) -> Result<(), WriteFailed> {
         self.unflushed = false;
-        let waited = bounded_write(self.socket.flush(), self.send_timeout, &mut self.urgent).await;
+        let waited = bounded_write(
+            self.socket.flush(),
+            self.send_timeout,
+            self.conn.0.writer.urgent(),
+        )
+        .await;
         self.settle(waited, "flush failed")
     }
 
@@ -797,7 +843,7 @@ impl ConnectionTask {
 
     /// The peer took nothing for the send timeout: it is closed as slow.
     fn stalled(&self) -> WriteFailed {
-        self.conn.socket().close_slow();
+        self.conn.0.writer.close_slow();
         WriteFailed::Urgent
     }
 
@@ -867,33 +913,25 @@ enum Waited {
 async fn bounded_write(
     write: impl Future<Output = Result<(), WsError>>,
     timeout: Duration,
-    urgent: &mut watch::Receiver<Option<CloseFrame>>,
+    urgent: &UrgentClose,
 ) -> Waited {
     let mut write = std::pin::pin!(write);
-    let at_once = tokio::select! {
-        biased;
-        result = &mut write => Some(result),
-        () = std::future::ready(()) => None,
-    };
-    if let Some(result) = at_once {
+    if let Some(result) = poll_now(&mut write).await {
         return Waited::Done(result);
     }
     tokio::select! {
         biased;
         result = write => Waited::Done(result),
         () = tokio::time::sleep(timeout) => Waited::Stalled,
-        _ = urgent.changed() => Waited::Urgent,
+        () = urgent.set_close() => Waited::Urgent,
     }
 }
 
-/// Polls the running handler once; its reply if it finished.
-async fn poll_once(
-    running: &mut Option<Running>,
-    span: &tracing::Span,
-) -> Option<std::thread::Result<Reply>> {
+/// Polls a future once in the task's own context; its output if it was ready.
+async fn poll_now<F: Future>(future: F) -> Option<F::Output> {
     tokio::select! {
         biased;
-        reply = poll_running(running, span) => Some(reply),
+        output = future => Some(output),
         () = std::future::ready(()) => None,
     }
 }

@@ -1,10 +1,16 @@
-use std::{fmt, sync::Arc, time::Duration};
-
-use serde::Serialize;
-use tokio::sync::{
-    mpsc::{self, error::TrySendError},
-    watch,
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU8, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
 };
+
+use futures_util::task::AtomicWaker;
+use serde::Serialize;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
 
 use crate::{hub::ConnectionId, metrics::ConnMetrics};
@@ -65,10 +71,76 @@ pub struct SocketWriter {
 }
 
 struct Shared {
-    /// A close that skips the queue: for a peer whose queue is full, or that is too slow.
-    /// Set at most once.
-    urgent: watch::Sender<Option<CloseFrame>>,
+    urgent: UrgentClose,
     metrics: Arc<ConnMetrics>,
+}
+
+/// A close that skips the queue: for a peer whose queue is full, or that is too slow. Set at
+/// most once, taken at most once by the connection task, which checks it on every turn of its
+/// loop: an atomic state and a waker, so the check takes no lock.
+pub(crate) struct UrgentClose {
+    state: AtomicU8,
+    frame: Mutex<Option<CloseFrame>>,
+    waker: AtomicWaker,
+}
+
+const URGENT_NONE: u8 = 0;
+const URGENT_SET: u8 = 1;
+const URGENT_TAKEN: u8 = 2;
+
+impl UrgentClose {
+    fn new() -> Self {
+        UrgentClose {
+            state: AtomicU8::new(URGENT_NONE),
+            frame: Mutex::new(None),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// True if this call set the close (no earlier one had).
+    fn set(&self, frame: CloseFrame) -> bool {
+        let mut slot = self.frame.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.state.load(Ordering::Acquire) != URGENT_NONE {
+            return false;
+        }
+        *slot = Some(frame);
+        self.state.store(URGENT_SET, Ordering::Release);
+        drop(slot);
+        self.waker.wake();
+        true
+    }
+
+    /// Ready once a close is set and not yet taken.
+    pub(crate) fn poll_set(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.load(Ordering::Acquire) == URGENT_SET {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.state.load(Ordering::Acquire) == URGENT_SET {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until a close is set and not yet taken.
+    pub(crate) async fn set_close(&self) {
+        std::future::poll_fn(|cx| self.poll_set(cx)).await;
+    }
+
+    /// The close, the first time it is asked for after it was set.
+    pub(crate) fn take(&self) -> Option<CloseFrame> {
+        let mut slot = self.frame.lock().unwrap_or_else(PoisonError::into_inner);
+        self.state
+            .compare_exchange(
+                URGENT_SET,
+                URGENT_TAKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()
+            .and_then(|_| slot.take())
+    }
 }
 
 impl fmt::Debug for SocketWriter {
@@ -86,20 +158,23 @@ impl SocketWriter {
         capacity: usize,
         send_timeout: Duration,
         metrics: Arc<ConnMetrics>,
-    ) -> (
-        Self,
-        mpsc::Receiver<Outbound>,
-        watch::Receiver<Option<CloseFrame>>,
-    ) {
+    ) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let (urgent, urgent_rx) = watch::channel(None);
         let writer = SocketWriter {
             tx,
             id,
             send_timeout,
-            shared: Arc::new(Shared { urgent, metrics }),
+            shared: Arc::new(Shared {
+                urgent: UrgentClose::new(),
+                metrics,
+            }),
         };
-        (writer, rx, urgent_rx)
+        (writer, rx)
+    }
+
+    /// The close that skips this connection's queue.
+    pub(crate) fn urgent(&self) -> &UrgentClose {
+        &self.shared.urgent
     }
 
     /// The connection this writer writes to.
@@ -214,14 +289,7 @@ impl SocketWriter {
     /// Closes without waiting for the queue, which the connection task then drops. True if
     /// this call started the close.
     fn close_now(&self, frame: CloseFrame) -> bool {
-        !self.is_closed()
-            && self.shared.urgent.send_if_modified(|urgent| {
-                let first = urgent.is_none();
-                if first {
-                    *urgent = Some(frame);
-                }
-                first
-            })
+        !self.is_closed() && self.shared.urgent.set(frame)
     }
 
     async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
