@@ -1,4 +1,7 @@
-use std::any::{Any, TypeId};
+use std::{
+    any::{Any, TypeId},
+    cell::RefCell,
+};
 
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
@@ -97,12 +100,48 @@ pub fn encode<T: Serialize + 'static>(value: T) -> Result<Option<Message>, Encod
         Ok(data) => return Ok(Some(Message::binary(Bytes::from_static(data)))),
         Err(value) => value,
     };
-    // `to_string` hands over its buffer as a `String` without checking the UTF-8 again.
-    let json = serde_json::to_string(&value).map_err(EncodeError::from_json::<T>)?;
-    if json == "null" {
+    to_json_text(&value).map_err(EncodeError::from_json::<T>)
+}
+
+/// The largest scratch buffer a thread keeps between encodes.
+const MAX_KEPT_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// Where values are serialized before they become a message, reused by every encode on
+    /// the thread. The message then takes one allocation of the exact size; a fresh buffer
+    /// would take up to three (the buffer, its growth, and the header `Bytes` adds to a
+    /// buffer with spare room).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `value` as JSON text; `None` for `null`.
+fn to_json_text<T: Serialize + ?Sized>(value: &T) -> Result<Option<Message>, serde_json::Error> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            let message = json_message(value, &mut buffer);
+            if buffer.capacity() > MAX_KEPT_SCRATCH {
+                *buffer = Vec::new();
+            }
+            message
+        }
+        // A `Serialize` impl that encodes while being encoded: this level gets its own buffer.
+        Err(_) => json_message(value, &mut Vec::new()),
+    })
+}
+
+fn json_message<T: Serialize + ?Sized>(
+    value: &T,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<Message>, serde_json::Error> {
+    serde_json::to_writer(&mut *buffer, value)?;
+    if buffer.as_slice() == b"null" {
         return Ok(None);
     }
-    Ok(Some(Message::text(json)))
+    // serde_json writes UTF-8; checking it again is the price of staying free of `unsafe`.
+    Utf8Bytes::try_from_bytes(Bytes::copy_from_slice(buffer))
+        .map(|text| Some(Message::Text(text)))
+        .map_err(serde::ser::Error::custom)
 }
 
 /// Decodes the data of a message into `T`: GoFr's `Bind`, with Rust's types.
@@ -211,6 +250,27 @@ mod tests {
             encode(&b"raw"[..]).unwrap(),
             Some(Message::binary(&b"raw"[..]))
         );
+    }
+
+    /// Encodes its inner value while being encoded, as a `Serialize` impl may.
+    struct Nested(u32);
+
+    impl Serialize for Nested {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let inner = encode(self.0).map_err(serde::ser::Error::custom)?;
+            let text = inner.as_ref().map_or("", |m| m.as_text().unwrap_or(""));
+            serializer.serialize_str(text)
+        }
+    }
+
+    #[test]
+    fn an_encode_inside_an_encode_gets_its_own_buffer() {
+        assert_eq!(
+            encode(vec![Nested(1), Nested(22)]).unwrap(),
+            Some(Message::text(r#"["1","22"]"#))
+        );
+        // The thread's buffer is still usable afterwards, and holds nothing of the last value.
+        assert_eq!(encode(7).unwrap(), Some(Message::text("7")));
     }
 
     #[test]
