@@ -9,6 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    task::Poll,
     time::{Duration, SystemTime},
 };
 
@@ -373,9 +374,8 @@ impl Endpoint {
                     }
                 }
             }
-            // Not instrumented as a whole: entering a span on every poll of this task costs more
-            // than the rest of a small message's path. Events name their span instead, and the
-            // handler's future runs inside it (see `ConnectionTask::start`).
+            // Not instrumented as a whole: the connection task enters the span once per turn
+            // (see `ConnectionTask::run`) and the hooks are instrumented above.
         })
     }
 }
@@ -517,7 +517,20 @@ impl ConnectionTask {
                 urgent: false,
             };
         }
-        while self.turn().await.is_continue() {}
+        // A turn runs inside the connection's span, so the handler's events carry the
+        // connection's fields: one enter per turn, not one per message of a burst.
+        let span = self.conn.span().clone();
+        loop {
+            let mut turn = std::pin::pin!(self.turn());
+            let step = std::future::poll_fn(|cx| {
+                let _entered = span.enter();
+                turn.as_mut().poll(cx)
+            })
+            .await;
+            if step.is_break() {
+                break;
+            }
+        }
         self.tally.publish(&self.metrics);
         self.ended_by
     }
@@ -556,7 +569,7 @@ impl ConnectionTask {
                 self.begin_urgent_close();
                 Step::Continue(())
             }
-            reply = poll_running(&mut self.running, self.conn.span()) => self.on_reply(reply).await,
+            reply = poll_running(&mut self.running) => self.on_reply(reply).await,
             incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
             command = self.outbound.recv(), if may_write => match command {
                 // The hub and every context hold senders, so `None` cannot happen while the
@@ -570,7 +583,7 @@ impl ConnectionTask {
         if self.unflushed {
             // Frames other tasks queued meanwhile go out in the same write.
             if self.may_write()
-                && let Ok(command) = self.outbound.try_recv()
+                && let Some(command) = self.try_next_command()
             {
                 self.on_command(command).await?;
             }
@@ -654,7 +667,7 @@ impl ConnectionTask {
     /// reply is written now rather than one turn later.
     async fn start(&mut self, message: Message) -> Step {
         self.running = Some(self.call_handler(message));
-        match poll_now(poll_running(&mut self.running, self.conn.span())).await {
+        match poll_now(poll_running(&mut self.running)).await {
             Some(reply) => self.on_reply(reply).await,
             None => Step::Continue(()),
         }
@@ -716,18 +729,32 @@ impl ConnectionTask {
         };
     }
 
+    /// The next queued command, if any. Most turns find the queue empty: that is seen from
+    /// its free capacity (one atomic load) before paying for a `try_recv`.
+    fn try_next_command(&mut self) -> Option<Outbound> {
+        if self.outbound.capacity() == self.outbound.max_capacity() {
+            return None;
+        }
+        self.outbound.try_recv().ok()
+    }
+
     fn call_handler(&self, message: Message) -> Running {
-        let span = tracing::debug_span!(
-            parent: self.conn.span(),
-            "message",
-            kind = message_kind(&message),
-            bytes = payload_len(&message),
-        );
+        // Checked first: making a disabled span and dropping it is a cost on every message.
+        let span = tracing::level_enabled!(tracing::Level::DEBUG)
+            .then(|| {
+                tracing::debug_span!(
+                    parent: self.conn.span(),
+                    "message",
+                    kind = message_kind(&message),
+                    bytes = payload_len(&message),
+                )
+            })
+            .filter(|span| !span.is_disabled());
         let ctx = Context::new(self.conn.clone(), message);
         Running {
             future: AssertUnwindSafe((self.handler)(ctx)).catch_unwind(),
-            // `poll_running` enters the connection's span, and this one inside it.
-            span: (!span.is_disabled()).then_some(span),
+            // `poll_running` enters it inside the connection's span, which the turn is in.
+            span,
         }
     }
 
@@ -760,7 +787,7 @@ impl ConnectionTask {
         if !self.may_write() {
             return Ok(None);
         }
-        while let Ok(command) = self.outbound.try_recv() {
+        while let Some(command) = self.try_next_command() {
             match command {
                 Outbound::Message(message) => self.feed(message).await?,
                 Outbound::Close(frame) => {
@@ -793,9 +820,9 @@ impl ConnectionTask {
             if written == MAX_BATCH {
                 break;
             }
-            match self.outbound.try_recv() {
-                Ok(more) => command = more,
-                Err(_) => break,
+            match self.try_next_command() {
+                Some(more) => command = more,
+                None => break,
             }
         }
         Ok(None)
@@ -929,27 +956,20 @@ async fn bounded_write(
 
 /// Polls a future once in the task's own context; its output if it was ready.
 async fn poll_now<F: Future>(future: F) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        output = future => Some(output),
-        () = std::future::ready(()) => None,
-    }
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
-/// Polls the running handler inside the connection's span, so its events carry the
-/// connection's fields, without cloning the span for every message.
-async fn poll_running(
-    running: &mut Option<Running>,
-    span: &tracing::Span,
-) -> std::thread::Result<Reply> {
+/// Polls the running handler, inside its message span when there is one.
+async fn poll_running(running: &mut Option<Running>) -> std::thread::Result<Reply> {
     match running {
-        Some(Running {
-            future,
-            span: message_span,
-        }) => {
+        Some(Running { future, span }) => {
             std::future::poll_fn(|cx| {
-                let _connection = span.enter();
-                let _message = message_span.as_ref().map(tracing::Span::enter);
+                let _message = span.as_ref().map(tracing::Span::enter);
                 Pin::new(&mut *future).poll(cx)
             })
             .await
