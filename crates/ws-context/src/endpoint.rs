@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use axum::{
@@ -27,7 +27,7 @@ use ws_message::{CloseFrame, Message, close_code};
 use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
 
 use crate::{
-    Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context, Handler, SocketWriter,
+    Connection, ConnectionHub, ConnectionId, Context, Handler, SocketWriter,
     context::ConnShared,
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
     metrics::{ConnMetrics, upgrade_failed},
@@ -332,31 +332,24 @@ impl Endpoint {
         let endpoint = self.clone();
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
-            let shared = &conn.0;
-            let info = ConnectionInfo {
-                id: shared.id.clone(),
-                route: shared.route.clone(),
-                remote_addr: shared.remote_addr,
-                connected_at: SystemTime::now(),
-                protocol: shared.protocol.clone(),
-                rooms: Vec::new(),
-            };
-            shared.hub.insert(info, shared.writer.clone());
+            // The task keeps the connection through its registration only: every field of
+            // this future is there for the connection's whole life (S5, `cargo xtask bench`).
+            let registration = Registration::new(conn);
             metrics.opened();
-            let span = shared.span.clone();
             async move {
                 let _permit = permit;
+                let conn = &registration.0;
                 let rejected = match &endpoint.on_connect {
-                    Some(hook) => match AssertUnwindSafe(hook(conn.clone()).instrument(span.clone())).catch_unwind().await
+                    Some(hook) => match AssertUnwindSafe(hook(conn.clone()).instrument(conn.span().clone())).catch_unwind().await
                     {
                         Ok(Ok(())) => None,
                         Ok(Err(frame)) => {
-                            tracing::debug!(parent: &span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+                            tracing::debug!(parent: conn.span(), code = frame.code, reason = %frame.reason, "connect hook refused the connection");
                             Some(frame)
                         }
                         Err(panic) => {
                             let what = panic_message(&panic);
-                            tracing::error!(parent: &span, panic = %what, "connect hook panicked; closing the connection");
+                            tracing::error!(parent: conn.span(), panic = %what, "connect hook panicked; closing the connection");
                             Some(CloseFrame::new(close_code::INTERNAL, "internal server error"))
                         }
                     },
@@ -376,13 +369,13 @@ impl Endpoint {
                 };
                 let accepted = rejected.is_none();
                 let close = io.run(rejected).await;
-                conn.hub().remove(conn.id());
+                let conn = registration.end();
                 metrics.closed(close.code);
-                tracing::debug!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
+                tracing::debug!(parent: conn.span(), code = close.code, reason = %close.reason, "connection closed");
                 if accepted && let Some(hook) = &endpoint.on_close {
-                    let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(span.clone())).catch_unwind();
+                    let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(conn.span().clone())).catch_unwind();
                     if let Err(panic) = hook.await {
-                        tracing::error!(parent: &span, panic = %panic_message(&panic), "close hook panicked");
+                        tracing::error!(parent: conn.span(), panic = %panic_message(&panic), "close hook panicked");
                     }
                 }
             }
@@ -390,6 +383,29 @@ impl Endpoint {
             // than the rest of a small message's path. Events name their span instead, and the
             // handler's future runs inside it (see `ConnectionTask::start`).
         })
+    }
+}
+
+/// A connection's entry in its hub, taken out when this is dropped: when the connection ends,
+/// and also when its task is dropped unfinished (a runtime shutting down), since the entry
+/// holds the connection, which holds the hub.
+struct Registration(Connection);
+
+impl Registration {
+    fn new(conn: Connection) -> Self {
+        conn.hub().insert(conn.clone());
+        Registration(conn)
+    }
+
+    /// Takes the connection out of the hub; what the close hook is given.
+    fn end(self) -> Connection {
+        self.0.clone()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.hub().remove(self.0.id());
     }
 }
 
