@@ -30,7 +30,7 @@ use crate::{
     Connection, ConnectionHub, ConnectionId, Context, Handler, SocketWriter,
     context::ConnShared,
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
-    metrics::{ConnMetrics, upgrade_failed},
+    metrics::{ConnMetrics, RouteMetrics, upgrade_failed},
     writer::Outbound,
 };
 
@@ -109,6 +109,7 @@ pub struct Endpoint {
     limit: Option<Arc<Limit>>,
     on_connect: Option<ConnectHook>,
     on_close: Option<CloseHook>,
+    metrics: RouteMetrics,
 }
 
 impl fmt::Debug for Endpoint {
@@ -141,6 +142,7 @@ impl Endpoint {
             limit: None,
             on_connect: None,
             on_close: None,
+            metrics: RouteMetrics::default(),
         }
     }
 
@@ -306,7 +308,7 @@ impl Endpoint {
             route = %route,
             peer = remote_addr.map(tracing::field::display),
         );
-        let metrics = Arc::new(ConnMetrics::new(&route));
+        let metrics = self.metrics.get(&route);
         let (writer, outbound, urgent) = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
