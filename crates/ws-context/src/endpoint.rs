@@ -17,7 +17,7 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 use futures_util::FutureExt as _;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::Uri;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -28,7 +28,7 @@ use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrade
 
 use crate::{
     Connection, ConnectionHub, ConnectionId, Context, Handler, SocketWriter,
-    context::ConnShared,
+    context::{ConnShared, RequestHeaders},
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
     metrics::{ConnMetrics, RouteMetrics, upgrade_failed},
     writer::Outbound,
@@ -322,7 +322,7 @@ impl Endpoint {
             id,
             route,
             uri: owned_uri(&parts.uri),
-            headers: owned_headers(&parts.headers),
+            headers: RequestHeaders::new(&parts.headers),
             extensions: parts.extensions,
             path_params,
             remote_addr,
@@ -855,20 +855,9 @@ fn message_kind(message: &Message) -> &'static str {
 /// A copy of a request URI that owns its bytes. hyper parses the URI and header values as
 /// slices of the connection's read buffer (8 KiB or more): kept as they are for the life of a
 /// WebSocket, they keep that whole buffer allocated (about 9 KiB per idle connection measured
-/// with `cargo xtask bench`, scenario S5).
+/// with `cargo xtask bench`, scenario S5). The headers are copied by `RequestHeaders`.
 fn owned_uri(uri: &Uri) -> Uri {
     uri.to_string().parse().unwrap_or_else(|_| uri.clone())
-}
-
-/// A copy of the request headers that owns its bytes; see [`owned_uri`].
-fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut owned = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(value.is_sensitive());
-        owned.append(name.clone(), copy);
-    }
-    owned
 }
 
 /// How a bounded socket write ended.
