@@ -339,38 +339,26 @@ impl Endpoint {
             let registration = Registration::new(conn);
             metrics.opened();
             async move {
-                let _permit = permit;
-                let conn = &registration.0;
-                let rejected = match &endpoint.on_connect {
-                    Some(hook) => match AssertUnwindSafe(hook(conn.clone()).instrument(conn.span().clone())).catch_unwind().await
-                    {
-                        Ok(Ok(())) => None,
-                        Ok(Err(frame)) => {
-                            tracing::debug!(parent: conn.span(), code = frame.code, reason = %frame.reason, "connect hook refused the connection");
-                            Some(frame)
-                        }
-                        Err(panic) => {
-                            let what = panic_message(&panic);
-                            tracing::error!(parent: conn.span(), panic = %what, "connect hook panicked; closing the connection");
-                            Some(CloseFrame::new(close_code::INTERNAL, "internal server error"))
-                        }
-                    },
-                    None => None,
+                // Scoped so that only the running connection's future stays in this one's
+                // state while it runs, not also the locals that built it.
+                let (accepted, run) = {
+                    let conn = &registration.0;
+                    let rejected = connect_hook(endpoint.on_connect.as_ref(), conn).await;
+                    let io = ConnectionTask {
+                        socket,
+                        outbound,
+                        urgent,
+                        handler: endpoint.handler.clone(),
+                        conn: conn.clone(),
+                        close_grace: endpoint.close_grace,
+                        send_timeout: endpoint.send_timeout,
+                        metrics: metrics.clone(),
+                        unflushed: false,
+                        tally: Tally::default(),
+                    };
+                    (rejected.is_none(), io.run(rejected))
                 };
-                let io = ConnectionTask {
-                    socket,
-                    outbound,
-                    urgent,
-                    handler: endpoint.handler.clone(),
-                    conn: conn.clone(),
-                    close_grace: endpoint.close_grace,
-                    send_timeout: endpoint.send_timeout,
-                    metrics: metrics.clone(),
-                    unflushed: false,
-                    tally: Tally::default(),
-                };
-                let accepted = rejected.is_none();
-                let close = io.run(rejected).await;
+                let close = run.await;
                 let conn = registration.end();
                 metrics.closed(close.code);
                 tracing::debug!(parent: conn.span(), code = close.code, reason = %close.reason, "connection closed");
@@ -380,11 +368,36 @@ impl Endpoint {
                         tracing::error!(parent: conn.span(), panic = %panic_message(&panic), "close hook panicked");
                     }
                 }
+                drop(permit);
             }
             // Not instrumented as a whole: entering a span on every poll of this task costs more
             // than the rest of a small message's path. Events name their span instead, and the
             // handler's future runs inside it (see `ConnectionTask::start`).
         })
+    }
+}
+
+/// Runs the connect hook, if any: `Some(frame)` when it refuses the connection (or panics).
+async fn connect_hook(hook: Option<&ConnectHook>, conn: &Connection) -> Option<CloseFrame> {
+    let hook = hook?;
+    let span = conn.span();
+    match AssertUnwindSafe(hook(conn.clone()).instrument(span.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => None,
+        Ok(Err(frame)) => {
+            tracing::debug!(parent: span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+            Some(frame)
+        }
+        Err(panic) => {
+            let what = panic_message(&panic);
+            tracing::error!(parent: span, panic = %what, "connect hook panicked; closing the connection");
+            Some(CloseFrame::new(
+                close_code::INTERNAL,
+                "internal server error",
+            ))
+        }
     }
 }
 
