@@ -33,6 +33,9 @@ async fn echo(mut stream: TcpStream) -> sockudo_ws::Result<()> {
     let config = Config {
         // As in our upgrader: liveness is left to pings, never an absolute idle deadline.
         idle_timeout: 0,
+        // As in our upgrader: the write buffer starts small and grows as frames are queued
+        // (the default allocates 16 KiB per connection, 4 KiB of which an idle one touches).
+        write_buffer_size: 512,
         ..Config::default()
     };
     let mut ws =

@@ -1,7 +1,11 @@
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use axum::extract::{Query, rejection::QueryRejection};
-use http::{Extensions, HeaderMap, Uri};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::{Serialize, de::DeserializeOwned};
 use ws_message::{DecodeError, Message, decode};
 
@@ -12,7 +16,7 @@ pub(crate) struct ConnShared {
     pub(crate) id: ConnectionId,
     pub(crate) route: Arc<str>,
     pub(crate) uri: Uri,
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: RequestHeaders,
     pub(crate) extensions: Extensions,
     pub(crate) path_params: Vec<(Arc<str>, String)>,
     pub(crate) remote_addr: Option<SocketAddr>,
@@ -20,6 +24,74 @@ pub(crate) struct ConnShared {
     pub(crate) writer: SocketWriter,
     pub(crate) hub: ConnectionHub,
     pub(crate) span: tracing::Span,
+}
+
+/// The upgrade request's headers, kept as one buffer and made into a [`HeaderMap`] the first
+/// time they are asked for. A `HeaderMap` costs about 100 bytes per header plus an allocation
+/// per value, held for the connection's whole life whether or not anything reads it (with a
+/// browser's dozen headers, more than a kilobyte per idle connection).
+pub(crate) struct RequestHeaders {
+    /// Each header as its sensitivity (`1` or `0`), then its name and its value, each after
+    /// its length as a little-endian `u32`. Owned bytes, never slices of hyper's read buffer,
+    /// which would keep that buffer allocated.
+    packed: Box<[u8]>,
+    map: OnceLock<HeaderMap>,
+}
+
+impl RequestHeaders {
+    pub(crate) fn new(headers: &HeaderMap) -> Self {
+        let mut packed = Vec::new();
+        for (name, value) in headers {
+            let (Ok(name_len), Ok(value_len)) = (
+                u32::try_from(name.as_str().len()),
+                u32::try_from(value.as_bytes().len()),
+            ) else {
+                continue;
+            };
+            packed.push(u8::from(value.is_sensitive()));
+            packed.extend_from_slice(&name_len.to_le_bytes());
+            packed.extend_from_slice(name.as_str().as_bytes());
+            packed.extend_from_slice(&value_len.to_le_bytes());
+            packed.extend_from_slice(value.as_bytes());
+        }
+        RequestHeaders {
+            packed: packed.into_boxed_slice(),
+            map: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &HeaderMap {
+        self.map.get_or_init(|| self.unpack())
+    }
+
+    fn unpack(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        let mut rest = &self.packed[..];
+        while let Some((&sensitive, after)) = rest.split_first() {
+            let Some((name, after)) = take_field(after) else {
+                break;
+            };
+            let Some((value, after)) = take_field(after) else {
+                break;
+            };
+            rest = after;
+            // Both were a valid name and value when packed.
+            if let (Ok(name), Ok(mut value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                value.set_sensitive(sensitive == 1);
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+/// A length-prefixed field of [`RequestHeaders::packed`] and what follows it.
+fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// One open connection as lifecycle hooks see it: its id, the upgrade request that opened
@@ -89,7 +161,7 @@ impl Connection {
 
     /// The upgrade request's headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.0.headers
+        self.0.headers.get()
     }
 
     /// The upgrade request's extensions: whatever middleware (authentication, for example)
@@ -256,5 +328,31 @@ impl Context {
     /// The connection's span (fields `conn_id`, `route`, `peer`).
     pub fn span(&self) -> &tracing::Span {
         self.conn.span()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_come_back_as_they_were_packed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:8000"));
+        headers.append("x-tag", HeaderValue::from_static("a"));
+        headers.append("x-tag", HeaderValue::from_static("b: c"));
+        let mut token = HeaderValue::from_static("Bearer secret");
+        token.set_sensitive(true);
+        headers.insert("authorization", token);
+        headers.insert("x-empty", HeaderValue::from_static(""));
+
+        let packed = RequestHeaders::new(&headers);
+        let unpacked = packed.get();
+        assert_eq!(unpacked, &headers);
+        assert!(unpacked["authorization"].is_sensitive());
+        assert!(!unpacked["host"].is_sensitive());
+        let tags: Vec<_> = unpacked.get_all("x-tag").iter().collect();
+        assert_eq!(tags, ["a", "b: c"]);
+        assert!(RequestHeaders::new(&HeaderMap::new()).get().is_empty());
     }
 }

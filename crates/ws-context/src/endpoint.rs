@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     task::Poll,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use axum::{
@@ -19,17 +19,17 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 use futures_util::FutureExt as _;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::Uri;
 use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument as _;
 use ws_message::{CloseFrame, Message, close_code};
 use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
 
 use crate::{
-    Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context, Handler, SocketWriter,
-    context::ConnShared,
+    Connection, ConnectionHub, ConnectionId, Context, Handler, SocketWriter,
+    context::{ConnShared, RequestHeaders},
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
-    metrics::{ConnMetrics, upgrade_failed},
+    metrics::{ConnMetrics, RouteMetrics, upgrade_failed},
     writer::{Outbound, UrgentClose},
 };
 
@@ -108,6 +108,7 @@ pub struct Endpoint {
     limit: Option<Arc<Limit>>,
     on_connect: Option<ConnectHook>,
     on_close: Option<CloseHook>,
+    metrics: RouteMetrics,
 }
 
 impl fmt::Debug for Endpoint {
@@ -140,6 +141,7 @@ impl Endpoint {
             limit: None,
             on_connect: None,
             on_close: None,
+            metrics: RouteMetrics::default(),
         }
     }
 
@@ -305,7 +307,7 @@ impl Endpoint {
             route = %route,
             peer = remote_addr.map(tracing::field::display),
         );
-        let metrics = Arc::new(ConnMetrics::new(&route));
+        let metrics = self.metrics.get(&route);
         let (writer, outbound) = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
@@ -319,7 +321,7 @@ impl Endpoint {
             id,
             route,
             uri: owned_uri(&parts.uri),
-            headers: owned_headers(&parts.headers),
+            headers: RequestHeaders::new(&parts.headers),
             extensions: parts.extensions,
             path_params,
             remote_addr,
@@ -331,52 +333,81 @@ impl Endpoint {
         let endpoint = self.clone();
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
-            let shared = &conn.0;
-            let info = ConnectionInfo {
-                id: shared.id.clone(),
-                route: shared.route.clone(),
-                remote_addr: shared.remote_addr,
-                connected_at: SystemTime::now(),
-                protocol: shared.protocol.clone(),
-                rooms: Vec::new(),
-            };
-            shared.hub.insert(info, shared.writer.clone());
+            // The task keeps the connection through its registration only: every field of
+            // this future is there for the connection's whole life (S5, `cargo xtask bench`).
+            let registration = Registration::new(conn);
             metrics.opened();
-            let span = shared.span.clone();
             async move {
-                let _permit = permit;
-                let rejected = match &endpoint.on_connect {
-                    Some(hook) => match AssertUnwindSafe(hook(conn.clone()).instrument(span.clone())).catch_unwind().await
-                    {
-                        Ok(Ok(())) => None,
-                        Ok(Err(frame)) => {
-                            tracing::debug!(parent: &span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
-                            Some(frame)
-                        }
-                        Err(panic) => {
-                            let what = panic_message(&panic);
-                            tracing::error!(parent: &span, panic = %what, "connect hook panicked; closing the connection");
-                            Some(CloseFrame::new(close_code::INTERNAL, "internal server error"))
-                        }
-                    },
-                    None => None,
+                // Scoped so that only the running connection's future stays in this one's
+                // state while it runs, not also the locals that built it.
+                let (accepted, run) = {
+                    let conn = &registration.0;
+                    let rejected = connect_hook(endpoint.on_connect.as_ref(), conn).await;
+                    let io = ConnectionTask::new(socket, outbound, conn.clone(), &endpoint, metrics.clone());
+                    (rejected.is_none(), io.run(rejected))
                 };
-                let io = ConnectionTask::new(socket, outbound, conn.clone(), &endpoint, metrics.clone());
-                let accepted = rejected.is_none();
-                let close = io.run(rejected).await;
-                conn.hub().remove(conn.id());
+                let close = run.await;
+                let conn = registration.end();
                 metrics.closed(close.code);
-                tracing::debug!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
+                tracing::debug!(parent: conn.span(), code = close.code, reason = %close.reason, "connection closed");
                 if accepted && let Some(hook) = &endpoint.on_close {
-                    let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(span.clone())).catch_unwind();
+                    let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(conn.span().clone())).catch_unwind();
                     if let Err(panic) = hook.await {
-                        tracing::error!(parent: &span, panic = %panic_message(&panic), "close hook panicked");
+                        tracing::error!(parent: conn.span(), panic = %panic_message(&panic), "close hook panicked");
                     }
                 }
+                drop(permit);
             }
             // Not instrumented as a whole: the connection task enters the span once per turn
             // (see `ConnectionTask::run`) and the hooks are instrumented above.
         })
+    }
+}
+
+/// Runs the connect hook, if any: `Some(frame)` when it refuses the connection (or panics).
+async fn connect_hook(hook: Option<&ConnectHook>, conn: &Connection) -> Option<CloseFrame> {
+    let hook = hook?;
+    let span = conn.span();
+    match AssertUnwindSafe(hook(conn.clone()).instrument(span.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => None,
+        Ok(Err(frame)) => {
+            tracing::debug!(parent: span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+            Some(frame)
+        }
+        Err(panic) => {
+            let what = panic_message(&panic);
+            tracing::error!(parent: span, panic = %what, "connect hook panicked; closing the connection");
+            Some(CloseFrame::new(
+                close_code::INTERNAL,
+                "internal server error",
+            ))
+        }
+    }
+}
+
+/// A connection's entry in its hub, taken out when this is dropped: when the connection ends,
+/// and also when its task is dropped unfinished (a runtime shutting down), since the entry
+/// holds the connection, which holds the hub.
+struct Registration(Connection);
+
+impl Registration {
+    fn new(conn: Connection) -> Self {
+        conn.hub().insert(conn.clone());
+        Registration(conn)
+    }
+
+    /// Takes the connection out of the hub; what the close hook is given.
+    fn end(self) -> Connection {
+        self.0.clone()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.hub().remove(self.0.id());
     }
 }
 
@@ -910,20 +941,9 @@ fn message_kind(message: &Message) -> &'static str {
 /// A copy of a request URI that owns its bytes. hyper parses the URI and header values as
 /// slices of the connection's read buffer (8 KiB or more): kept as they are for the life of a
 /// WebSocket, they keep that whole buffer allocated (about 9 KiB per idle connection measured
-/// with `cargo xtask bench`, scenario S5).
+/// with `cargo xtask bench`, scenario S5). The headers are copied by `RequestHeaders`.
 fn owned_uri(uri: &Uri) -> Uri {
     uri.to_string().parse().unwrap_or_else(|_| uri.clone())
-}
-
-/// A copy of the request headers that owns its bytes; see [`owned_uri`].
-fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut owned = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(value.is_sensitive());
-        owned.append(name.clone(), copy);
-    }
-    owned
 }
 
 /// How a bounded socket write ended.

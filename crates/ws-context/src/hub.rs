@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use ws_message::{CloseFrame, Message, close_code};
 
 use crate::{
+    Connection,
     backplane::{Backplane, BackplaneError, BackplaneStatus, Envelope, InProcess, Inbound, Target},
     writer::{SocketWriter, WriteError},
 };
@@ -86,9 +87,11 @@ pub struct ConnectionInfo {
     pub rooms: Vec<Arc<str>>,
 }
 
+/// A connection as the hub keeps it: a handle on what the connection keeps anyway (id,
+/// route, writer, ...), so an entry is a few words rather than a copy of it all.
 struct Entry {
-    info: ConnectionInfo,
-    writer: SocketWriter,
+    conn: Connection,
+    connected_at: SystemTime,
     rooms: HashSet<Arc<str>>,
 }
 
@@ -227,7 +230,7 @@ impl ConnectionHub {
 
     /// The writer of one connection, to keep and write to later.
     pub fn get(&self, id: &ConnectionId) -> Option<SocketWriter> {
-        self.read().connections.get(id).map(|e| e.writer.clone())
+        self.read().connections.get(id).map(Entry::writer)
     }
 
     /// Adds a connection to a room (created if needed). Returns false if the connection is
@@ -365,13 +368,13 @@ impl ConnectionHub {
         let _ = count.wait_for(|n| *n == 0).await;
     }
 
-    pub(crate) fn insert(&self, info: ConnectionInfo, writer: SocketWriter) {
+    pub(crate) fn insert(&self, conn: Connection) {
         let mut registry = self.write();
         registry.connections.insert(
-            info.id.clone(),
+            conn.id().clone(),
             Entry {
-                info,
-                writer,
+                conn,
+                connected_at: SystemTime::now(),
                 rooms: HashSet::new(),
             },
         );
@@ -435,23 +438,19 @@ impl ConnectionHub {
     fn writers(&self, target: &Target) -> Vec<SocketWriter> {
         let registry = self.read();
         match target {
-            Target::All => registry
-                .connections
-                .values()
-                .map(|e| e.writer.clone())
-                .collect(),
+            Target::All => registry.connections.values().map(Entry::writer).collect(),
             Target::Room(room) => registry
                 .rooms
                 .get(room)
                 .into_iter()
                 .flatten()
                 .filter_map(|id| registry.connections.get(id))
-                .map(|e| e.writer.clone())
+                .map(Entry::writer)
                 .collect(),
             Target::Connection(id) => registry
                 .connections
                 .get(id)
-                .map(|e| e.writer.clone())
+                .map(Entry::writer)
                 .into_iter()
                 .collect(),
         }
@@ -483,9 +482,17 @@ impl ConnectionHub {
 impl Entry {
     fn info(&self) -> ConnectionInfo {
         ConnectionInfo {
+            id: self.conn.id().clone(),
+            route: self.conn.0.route.clone(),
+            remote_addr: self.conn.remote_addr(),
+            connected_at: self.connected_at,
+            protocol: self.conn.0.protocol.clone(),
             rooms: self.rooms.iter().cloned().collect(),
-            ..self.info.clone()
         }
+    }
+
+    fn writer(&self) -> SocketWriter {
+        self.conn.socket()
     }
 }
 

@@ -74,7 +74,9 @@
 //! # Metrics and tracing
 //!
 //! Connections record counters and gauges through the `metrics` facade (no exporter here; see
-//! [`describe_metrics`] for the list). Each connection runs in an info-level `ws` span
+//! [`describe_metrics`] for the list). An endpoint looks its handles up at each route's first
+//! connection and shares them with the next ones, so install the recorder before serving.
+//! Each connection runs in an info-level `ws` span
 //! (`conn_id`, `route`, `peer`) and each message's handler call in a debug-level `message`
 //! span (`kind`, `bytes`).
 #![deny(missing_docs)]

@@ -180,7 +180,11 @@ impl PendingUpgrade {
                 Ok(upgraded) => {
                     let socket =
                         WebSocket::new(TokioIo::new(upgraded), &options, deflate, protocol);
-                    callback(socket).await;
+                    // On a task of its own: awaited here, it would carry this task's state
+                    // (the callback's captures, the options, the upgrade's result) for the
+                    // connection's whole life, 256 bytes per connection with ws-context's
+                    // callback (`cargo xtask bench`, S5).
+                    tokio::spawn(callback(socket));
                 }
                 Err(error) => {
                     tracing::debug!(parent: &span, %error, "client left before the upgrade completed");

@@ -240,9 +240,11 @@ impl WsUpgraderBuilder {
     /// Size of the per-connection write buffer in which frames are coalesced before one write
     /// (GoFr's `WithWriteBufferSize`), 256 B to 16 MiB. Default 16 KiB.
     ///
-    /// It is the engine's cork buffer: allocated with this capacity per connection, small
-    /// frames accumulate in it until a flush or until it holds this many bytes. Payloads of
-    /// 8 KiB and more are queued by reference and not copied into it.
+    /// Small frames accumulate in the engine's cork buffer until a flush or until it holds
+    /// this many bytes, which are then written before the next frame is taken (with
+    /// compression on, at most 64 KiB: the engine's own mark). The buffer starts at 512 bytes
+    /// and grows as frames are queued, so an idle connection does not hold this much memory.
+    /// Payloads of 8 KiB and more are queued by reference and not copied into it.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
         self.options.write_buffer_size = bytes;
         self

@@ -1,12 +1,17 @@
 //! Origin check, error handler, refusals, subprotocols and buffer sizes, seen on the wire.
 
+use std::{sync::Arc, time::Duration};
+
 use axum::{body::Body, response::Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::StatusCode;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use ws_upgrader::WsUpgrader;
 
-use crate::support::{WAIT, header, raw_request, spawn_echo, upgrade_request};
+use crate::support::{
+    BURST_FRAMES, WAIT, header, raw_request, spawn_burst, spawn_echo, upgrade_request,
+};
 
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -218,5 +223,44 @@ async fn small_buffers_still_carry_large_messages() {
     assert_eq!(reply.unwrap().unwrap().into_data(), big);
     for i in 0..100 {
         echo_once(&mut client, &format!("small {i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn write_buffer_size_is_how_much_is_coalesced_before_a_write() {
+    // The server queues 20 frames of 102 bytes, then waits for `release` before its flush.
+    let release = Arc::new(Notify::new());
+    let small = WsUpgrader::builder()
+        .write_buffer_size(256)
+        .build()
+        .unwrap();
+    let addr = spawn_burst(small, release.clone()).await;
+    let (mut client, _) = connect(format!("ws://{addr}/ws"), &[]).await.unwrap();
+    // A 256-byte buffer is written out whenever it fills: all but the last frames arrive.
+    for i in 0..BURST_FRAMES - 2 {
+        let frame = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+        assert_eq!(
+            frame.unwrap().unwrap().into_text().unwrap(),
+            format!("{i:0>100}")
+        );
+    }
+    release.notify_one();
+
+    // The default 16 KiB holds all of them until the flush.
+    let release = Arc::new(Notify::new());
+    let addr = spawn_burst(WsUpgrader::new(), release.clone()).await;
+    let (mut client, _) = connect(format!("ws://{addr}/ws"), &[]).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), client.next()).await;
+    assert!(
+        early.is_err(),
+        "a frame arrived before the flush: {early:?}"
+    );
+    release.notify_one();
+    for i in 0..BURST_FRAMES {
+        let frame = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+        assert_eq!(
+            frame.unwrap().unwrap().into_text().unwrap(),
+            format!("{i:0>100}")
+        );
     }
 }

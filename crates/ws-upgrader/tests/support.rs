@@ -1,12 +1,13 @@
 //! A server on 127.0.0.1:0 that upgrades with a given `WsUpgrader`, and raw-socket helpers for
 //! the tests that need to see bytes (frames, HTTP heads, timings).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::Request, response::Response, routing::any};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::Notify,
 };
 use ws_upgrader::{Message, WebSocket, WsUpgrader};
 
@@ -35,6 +36,43 @@ pub(crate) async fn spawn_echo(upgrader: WsUpgrader) -> SocketAddr {
             .handshake_timeout(timeout)
             .into_future(),
     );
+    addr
+}
+
+/// Frames the server of [`spawn_burst`] queues before its flush.
+pub(crate) const BURST_FRAMES: usize = 20;
+
+/// Serves `/ws` with `upgrader`: each connection queues [`BURST_FRAMES`] text frames of 100
+/// bytes without flushing (and without reading, which would flush), waits for `release`,
+/// then flushes and echoes.
+pub(crate) async fn spawn_burst(upgrader: WsUpgrader, release: Arc<Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::new().route(
+        "/ws",
+        any(move |request: Request| {
+            let (upgrader, release) = (upgrader.clone(), release.clone());
+            async move {
+                let (mut parts, _body) = request.into_parts();
+                match upgrader.upgrade(&mut parts) {
+                    Ok(pending) => pending.on_upgrade(|mut socket| async move {
+                        for i in 0..BURST_FRAMES {
+                            let frame = Message::text(format!("{i:0>100}"));
+                            if socket.feed(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        release.notified().await;
+                        if socket.flush().await.is_ok() {
+                            echo(socket).await;
+                        }
+                    }),
+                    Err(refusal) => refusal,
+                }
+            }
+        }),
+    );
+    tokio::spawn(ws_upgrader::serve(listener, router).into_future());
     addr
 }
 
