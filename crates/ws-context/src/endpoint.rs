@@ -20,7 +20,7 @@ use axum::{
 };
 use futures_util::FutureExt as _;
 use http::Uri;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tracing::Instrument as _;
 use ws_message::{CloseFrame, Message, close_code};
 use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
@@ -308,7 +308,7 @@ impl Endpoint {
             peer = remote_addr.map(tracing::field::display),
         );
         let metrics = self.metrics.get(&route);
-        let (writer, outbound) = SocketWriter::new(
+        let writer = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
             self.send_timeout,
@@ -343,7 +343,7 @@ impl Endpoint {
                 let (accepted, run) = {
                     let conn = &registration.0;
                     let rejected = connect_hook(endpoint.on_connect.as_ref(), conn).await;
-                    let io = ConnectionTask::new(socket, outbound, conn.clone(), &endpoint, metrics.clone());
+                    let io = ConnectionTask::new(socket, conn.clone(), &endpoint, metrics.clone());
                     (rejected.is_none(), io.run(rejected))
                 };
                 let close = run.await;
@@ -428,7 +428,6 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 /// One connection's I/O task: the only owner of the socket.
 struct ConnectionTask {
     socket: WebSocket,
-    outbound: mpsc::Receiver<Outbound>,
     handler: BoxHandler,
     conn: Connection,
     close_grace: Duration,
@@ -439,13 +438,21 @@ struct ConnectionTask {
     /// At most one message is read ahead while the handler runs, so reads stay bounded.
     next: Option<Message>,
     closing: Closing,
-    /// How the connection ended, for the close hook and the log.
-    ended_by: CloseFrame,
+    /// How the connection ended, for the close hook and the log; `None` until known (made
+    /// then, not up front for every connection).
+    ended_by: Option<CloseFrame>,
     /// Frames are fed but not flushed yet: they go out in one write at the end of the turn.
     unflushed: bool,
     /// Traffic not yet added to the shared counters: published once per turn, so a burst
     /// costs one update per counter, not one per message.
     tally: Tally,
+}
+
+/// Writers see the connection closed as soon as its task is gone, however it ended.
+impl Drop for ConnectionTask {
+    fn drop(&mut self) {
+        self.conn.0.writer.queue().close();
+    }
 }
 
 #[derive(Default)]
@@ -511,14 +518,12 @@ type Step = ControlFlow<()>;
 impl ConnectionTask {
     fn new(
         socket: WebSocket,
-        outbound: mpsc::Receiver<Outbound>,
         conn: Connection,
         endpoint: &Endpoint,
         metrics: Arc<ConnMetrics>,
     ) -> Self {
         ConnectionTask {
             socket,
-            outbound,
             handler: endpoint.handler.clone(),
             conn,
             close_grace: endpoint.close_grace,
@@ -527,7 +532,7 @@ impl ConnectionTask {
             running: None,
             next: None,
             closing: Closing::Open,
-            ended_by: CloseFrame::new(close_code::ABNORMAL, "connection dropped"),
+            ended_by: None,
             unflushed: false,
             tally: Tally::default(),
         }
@@ -539,31 +544,37 @@ impl ConnectionTask {
     /// Each turn waits for one event, handles it with everything else already ready of the
     /// same kind (a burst of parsed messages, a run of queued frames), then flushes once: one
     /// write per turn, and no extra turn of the scheduler before it.
-    async fn run(mut self, rejected: Option<CloseFrame>) -> CloseFrame {
-        tracing::debug!(parent: self.conn.span(), "connection open");
-        if let Some(frame) = rejected {
-            self.closing = Closing::Requested {
-                frame,
-                deadline: Instant::now(),
-                urgent: false,
-            };
-        }
-        // A turn runs inside the connection's span, so the handler's events carry the
-        // connection's fields: one enter per turn, not one per message of a burst.
-        let span = self.conn.span().clone();
-        loop {
-            let mut turn = std::pin::pin!(self.turn());
-            let step = std::future::poll_fn(|cx| {
-                let _entered = span.enter();
-                turn.as_mut().poll(cx)
-            })
-            .await;
-            if step.is_break() {
-                break;
+    // Not an `async fn`: one of those would keep `self` twice in its state, as the argument
+    // and as the local it is moved into (about 200 bytes per connection, S5).
+    fn run(mut self, rejected: Option<CloseFrame>) -> impl Future<Output = CloseFrame> {
+        async move {
+            tracing::debug!(parent: self.conn.span(), "connection open");
+            if let Some(frame) = rejected {
+                self.closing = Closing::Requested {
+                    frame,
+                    deadline: Instant::now(),
+                    urgent: false,
+                };
             }
+            // A turn runs inside the connection's span, so the handler's events carry the
+            // connection's fields: one enter per turn, not one per message of a burst.
+            let conn = self.conn.clone();
+            loop {
+                let mut turn = std::pin::pin!(self.turn());
+                let step = std::future::poll_fn(|cx| {
+                    let _entered = conn.span().enter();
+                    turn.as_mut().poll(cx)
+                })
+                .await;
+                if step.is_break() {
+                    break;
+                }
+            }
+            self.tally.publish(&self.metrics);
+            self.ended_by
+                .take()
+                .unwrap_or_else(|| CloseFrame::new(close_code::ABNORMAL, "connection dropped"))
         }
-        self.tally.publish(&self.metrics);
-        self.ended_by
     }
 
     async fn turn(&mut self) -> Step {
@@ -577,7 +588,7 @@ impl ConnectionTask {
             }
             if self.running.is_none() {
                 let frame = frame.clone();
-                self.ended_by = frame.clone();
+                self.ended_by = Some(frame.clone());
                 self.closing = Closing::Sent;
                 self.next = None;
                 if !self.write_close(frame).await {
@@ -602,7 +613,7 @@ impl ConnectionTask {
             }
             reply = poll_running(&mut self.running) => self.on_reply(reply).await,
             incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
-            command = self.outbound.recv(), if may_write => match command {
+            command = self.conn.0.writer.queue().pop(), if may_write => match command {
                 // The hub and every context hold senders, so `None` cannot happen while the
                 // task runs; treat it as a close all the same.
                 None => Step::Break(()),
@@ -668,13 +679,14 @@ impl ConnectionTask {
             Some(Err(error)) => {
                 // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
                 tracing::debug!(parent: self.conn.span(), %error, "connection failed");
-                self.ended_by = CloseFrame::new(error.close_code(), error.to_string());
+                self.ended_by = Some(CloseFrame::new(error.close_code(), error.to_string()));
                 let _ = tokio::time::timeout(FAIL_WRITE_TIMEOUT, self.socket.fail(&error)).await;
                 Step::Break(())
             }
             Some(Ok(Message::Close(frame))) => {
                 // The engine answers the close; keep reading until it reports the end.
-                self.ended_by = frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, ""));
+                self.ended_by =
+                    Some(frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, "")));
                 self.closing = Closing::Sent;
                 self.next = None;
                 Step::Continue(())
@@ -751,8 +763,7 @@ impl ConnectionTask {
         let Some(frame) = self.conn.0.writer.urgent().take() else {
             return;
         };
-        self.outbound.close();
-        while self.outbound.try_recv().is_ok() {}
+        self.conn.0.writer.queue().close();
         self.closing = Closing::Requested {
             frame,
             deadline: Instant::now() + self.close_grace,
@@ -760,13 +771,8 @@ impl ConnectionTask {
         };
     }
 
-    /// The next queued command, if any. Most turns find the queue empty: that is seen from
-    /// its free capacity (one atomic load) before paying for a `try_recv`.
     fn try_next_command(&mut self) -> Option<Outbound> {
-        if self.outbound.capacity() == self.outbound.max_capacity() {
-            return None;
-        }
-        self.outbound.try_recv().ok()
+        self.conn.0.writer.queue().try_pop()
     }
 
     fn call_handler(&self, message: Message) -> Running {

@@ -87,6 +87,7 @@ mod endpoint;
 mod handler;
 mod hub;
 mod metrics;
+mod queue;
 mod writer;
 
 pub use crate::backplane::{

@@ -10,10 +10,13 @@ use std::{
 
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
 
-use crate::{hub::ConnectionId, metrics::ConnMetrics};
+use crate::{
+    hub::ConnectionId,
+    metrics::ConnMetrics,
+    queue::{OutboundQueue, Refused},
+};
 
 /// The close code for a peer that stopped reading: its queue stayed full for the send timeout,
 /// or a write to its socket made no progress for that long (1008, policy violation).
@@ -64,13 +67,13 @@ pub enum WriteError {
 /// ```
 #[derive(Clone)]
 pub struct SocketWriter {
-    tx: mpsc::Sender<Outbound>,
     id: ConnectionId,
     send_timeout: Duration,
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    queue: OutboundQueue<Outbound>,
     urgent: UrgentClose,
     metrics: Arc<ConnMetrics>,
 }
@@ -158,18 +161,21 @@ impl SocketWriter {
         capacity: usize,
         send_timeout: Duration,
         metrics: Arc<ConnMetrics>,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let writer = SocketWriter {
-            tx,
+    ) -> Self {
+        SocketWriter {
             id,
             send_timeout,
             shared: Arc::new(Shared {
+                queue: OutboundQueue::new(capacity),
                 urgent: UrgentClose::new(),
                 metrics,
             }),
-        };
-        (writer, rx)
+        }
+    }
+
+    /// The queue the connection task drains.
+    pub(crate) fn queue(&self) -> &OutboundQueue<Outbound> {
+        &self.shared.queue
     }
 
     /// The close that skips this connection's queue.
@@ -184,7 +190,7 @@ impl SocketWriter {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.queue.is_closed()
     }
 
     /// Writes a value with GoFr's rules (`WriteMessageToSocket`): strings as text, bytes as
@@ -258,22 +264,23 @@ impl SocketWriter {
 
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
-        self.tx
-            .try_send(Outbound::Message(message))
-            .map_err(|error| match error {
-                TrySendError::Full(_) => {
+        self.shared
+            .queue
+            .try_push(Outbound::Message(message))
+            .map_err(|refused| match refused {
+                Refused::Full(_) => {
                     self.shared.metrics.queue_full.increment(1);
                     WriteError::Full(self.id.clone())
                 }
-                TrySendError::Closed(_) => WriteError::Closed(self.id.clone()),
+                Refused::Closed(_) => WriteError::Closed(self.id.clone()),
             })
     }
 
     /// Closes after what is queued, or at once if the queue is full. False if already closed.
     pub(crate) fn try_close(&self, frame: CloseFrame) -> bool {
-        match self.tx.try_send(Outbound::Close(frame)) {
+        match self.shared.queue.try_push(Outbound::Close(frame)) {
             Ok(()) => true,
-            Err(TrySendError::Full(Outbound::Close(frame))) => self.close_now(frame),
+            Err(Refused::Full(Outbound::Close(frame))) => self.close_now(frame),
             Err(_) => false,
         }
     }
@@ -293,13 +300,13 @@ impl SocketWriter {
     }
 
     async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
-        let item = match self.tx.try_send(item) {
+        let item = match self.shared.queue.try_push(item) {
             Ok(()) => return Ok(()),
-            Err(TrySendError::Closed(_)) => return Err(WriteError::Closed(self.id.clone())),
-            Err(TrySendError::Full(item)) => item,
+            Err(Refused::Closed(_)) => return Err(WriteError::Closed(self.id.clone())),
+            Err(Refused::Full(item)) => item,
         };
         self.shared.metrics.queue_full.increment(1);
-        match tokio::time::timeout(self.send_timeout, self.tx.send(item)).await {
+        match tokio::time::timeout(self.send_timeout, self.shared.queue.push(item)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Closed(self.id.clone())),
             Err(_) => Err(WriteError::Full(self.id.clone())),
