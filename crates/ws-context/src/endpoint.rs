@@ -557,7 +557,7 @@ impl ConnectionTask {
                 };
             }
             // A turn runs inside the connection's span, so the handler's events carry the
-            // connection's fields: one enter per turn, not one per message of a burst.
+            // connection's fields: one enter per poll of the task, not one per message.
             let conn = self.conn.clone();
             loop {
                 let mut turn = std::pin::pin!(self.turn());
@@ -602,6 +602,7 @@ impl ConnectionTask {
         };
         let may_read = self.may_read();
         let may_write = self.may_write();
+        let handler_running = self.running.is_some();
 
         // Biased: the order is fixed (no random draw per turn); reads cannot starve queued
         // frames because every turn that wrote also takes the queue before its flush.
@@ -611,11 +612,11 @@ impl ConnectionTask {
                 self.begin_urgent_close();
                 Step::Continue(())
             }
-            reply = poll_running(&mut self.running) => self.on_reply(reply).await,
+            reply = poll_running(&mut self.running), if handler_running => self.on_reply(reply).await,
             incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
             command = self.conn.0.writer.queue().pop(), if may_write => match command {
-                // The hub and every context hold senders, so `None` cannot happen while the
-                // task runs; treat it as a close all the same.
+                // `None` only once the queue is closed, which this task does itself after an
+                // urgent close (and then stops polling it); end all the same.
                 None => Step::Break(()),
                 Some(command) => self.on_command(command).await,
             },
@@ -680,7 +681,13 @@ impl ConnectionTask {
                 // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
                 tracing::debug!(parent: self.conn.span(), %error, "connection failed");
                 self.ended_by = Some(CloseFrame::new(error.close_code(), error.to_string()));
-                let _ = tokio::time::timeout(FAIL_WRITE_TIMEOUT, self.socket.fail(&error)).await;
+                // Boxed, as every rare wait with a timer: a timer is large, and inline it would
+                // grow every connection's task (S5) and every move of its futures.
+                let _ = Box::pin(tokio::time::timeout(
+                    FAIL_WRITE_TIMEOUT,
+                    self.socket.fail(&error),
+                ))
+                .await;
                 Step::Break(())
             }
             Some(Ok(Message::Close(frame))) => {
@@ -918,7 +925,7 @@ impl ConnectionTask {
             self.socket.feed(Message::Close(Some(frame))).await?;
             self.socket.flush().await
         };
-        match tokio::time::timeout(self.close_grace, write).await {
+        match Box::pin(tokio::time::timeout(self.close_grace, write)).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
                 tracing::debug!(parent: self.conn.span(), %error, "close frame not written");
@@ -962,7 +969,8 @@ enum Waited {
 }
 
 /// Runs a socket write, bounded by `timeout` and cut short by an urgent close. The write is
-/// polled once first, so one that the socket takes at once (the usual case) arms no timer.
+/// polled once first, so one that the socket takes at once (the usual case) arms no timer,
+/// and the wait with a timer is boxed, so it costs no room in the futures that write.
 async fn bounded_write(
     write: impl Future<Output = Result<(), WsError>>,
     timeout: Duration,
@@ -972,12 +980,15 @@ async fn bounded_write(
     if let Some(result) = poll_now(&mut write).await {
         return Waited::Done(result);
     }
-    tokio::select! {
-        biased;
-        result = write => Waited::Done(result),
-        () = tokio::time::sleep(timeout) => Waited::Stalled,
-        () = urgent.set_close() => Waited::Urgent,
-    }
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            result = write => Waited::Done(result),
+            () = tokio::time::sleep(timeout) => Waited::Stalled,
+            () = urgent.set_close() => Waited::Urgent,
+        }
+    })
+    .await
 }
 
 /// Polls a future once in the task's own context; its output if it was ready.
@@ -1006,7 +1017,7 @@ async fn poll_running(running: &mut Option<Running>) -> std::thread::Result<Repl
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(deadline) => Box::pin(tokio::time::sleep_until(deadline)).await,
         None => std::future::pending().await,
     }
 }

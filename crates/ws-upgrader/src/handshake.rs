@@ -4,7 +4,6 @@ use axum::{body::Body, response::Response};
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use sockudo_ws::deflate::DeflateConfig;
 
@@ -178,8 +177,7 @@ impl PendingUpgrade {
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket =
-                        WebSocket::new(TokioIo::new(upgraded), &options, deflate, protocol);
+                    let socket = WebSocket::new(upgraded, &options, deflate, protocol);
                     // On a task of its own: awaited here, it would carry this task's state
                     // (the callback's captures, the options, the upgrade's result) for the
                     // connection's whole life, 256 bytes per connection with ws-context's

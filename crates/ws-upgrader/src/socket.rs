@@ -10,14 +10,95 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use sockudo_ws::{
-    CompressedWebSocketStream, WebSocketStream, deflate::DeflateConfig, error::CloseReason,
+    CompressedWebSocketStream, Role, WebSocketStream, deflate::DeflateConfig, error::CloseReason,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use ws_message::{CloseFrame, Message, Utf8Bytes, close_code};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+};
+use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
 
 use crate::options::Options;
 
-type Io = TokioIo<Upgraded>;
+/// The connection under the engine. hyper hands back the TCP stream itself when the server
+/// gave it `TokioIo<TcpStream>`, as `ws_upgrader::serve` and `axum::serve` do: the engine then
+/// reads and writes the stream directly, not through hyper's type-erased `Upgraded` (two
+/// layers of dynamic dispatch and a rewind buffer on every read and write).
+enum Io {
+    Tcp(TcpStream),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Io {
+    /// The transport, and the bytes hyper read past the request (the client's first frames).
+    fn from_upgraded(upgraded: Upgraded) -> (Io, Option<Bytes>) {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let leftover = Some(parts.read_buf).filter(|bytes| !bytes.is_empty());
+                (Io::Tcp(parts.io.into_inner()), leftover)
+            }
+            Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), None),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(io) => io.is_write_vectored(),
+            Io::Upgraded(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The upgraded connection, shared between the engine and [`WebSocket::fail`]: the engine stops
 /// writing after a protocol error, and the close frame that tells the peer why must still go out
@@ -175,11 +256,12 @@ impl fmt::Debug for WebSocket {
 
 impl WebSocket {
     pub(crate) fn new(
-        io: Io,
+        upgraded: Upgraded,
         options: &Options,
         deflate: Option<DeflateConfig>,
         protocol: Option<String>,
     ) -> Self {
+        let (io, leftover) = Io::from_upgraded(upgraded);
         let config = engine_config(options);
         let io = SharedIo {
             io: Arc::new(Mutex::new(io)),
@@ -187,13 +269,21 @@ impl WebSocket {
                 .filter(|limit| limit.get() < sockudo_ws::RECV_BUFFER_SIZE),
         };
         let engine = match deflate {
-            Some(deflate) => Engine::Deflate(Box::new(CompressedWebSocketStream::server(
-                io.clone(),
-                config,
-                deflate,
-            ))),
+            Some(deflate) => {
+                Engine::Deflate(Box::new(CompressedWebSocketStream::server_with_leftover(
+                    io.clone(),
+                    config,
+                    deflate,
+                    leftover,
+                )))
+            }
             None => {
-                let mut ws = WebSocketStream::server(io.clone(), config);
+                let mut ws = WebSocketStream::from_raw_with_leftover(
+                    io.clone(),
+                    Role::Server,
+                    config,
+                    leftover,
+                );
                 // The compressed stream has no such setting: there `max_backpressure` alone
                 // lowers the engine's 64 KiB mark.
                 ws.set_high_water_mark(options.write_buffer_size);

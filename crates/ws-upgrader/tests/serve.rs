@@ -9,7 +9,7 @@ use tokio::{
     sync::oneshot,
 };
 
-use crate::support::{WAIT, closed_within};
+use crate::support::{WAIT, client_frame, closed_within, read_frame, spawn_echo, upgrade_request};
 
 #[tokio::test]
 async fn requests_carry_the_peer_address_and_shutdown_is_graceful() {
@@ -52,4 +52,35 @@ async fn requests_carry_the_peer_address_and_shutdown_is_graceful() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_request_are_served_after_the_upgrade() {
+    // A client may send its first frames without waiting for the 101: they arrive in the same
+    // read as the request, and the server must take them from what it already read.
+    let addr = spawn_echo(ws_upgrader::WsUpgrader::new()).await;
+    let mut bytes = upgrade_request(addr, "/ws", "").into_bytes();
+    bytes.extend(client_frame(true, false, 0x1, b"first"));
+    bytes.extend(client_frame(true, false, 0x1, b"second"));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 4096, "response head too long");
+        head.push(
+            tokio::time::timeout(WAIT, stream.read_u8())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for expected in [&b"first"[..], b"second"] {
+        let frame = read_frame(&mut stream).await;
+        assert_eq!((frame.opcode, frame.payload.as_slice()), (0x1, expected));
+    }
 }

@@ -175,6 +175,12 @@ pub(crate) async fn write_frame(
     opcode: u8,
     payload: &[u8],
 ) {
+    let bytes = client_frame(fin, rsv1, opcode, payload);
+    stream.write_all(&bytes).await.unwrap();
+}
+
+/// One masked client frame as bytes.
+pub(crate) fn client_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(payload.len() + 14);
     bytes.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode);
     match payload.len() {
@@ -191,7 +197,7 @@ pub(crate) async fn write_frame(
     let mask = [0x37, 0xfa, 0x21, 0x3d];
     bytes.extend_from_slice(&mask);
     bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    stream.write_all(&bytes).await.unwrap();
+    bytes
 }
 
 /// Reads one (unmasked, server) frame, within [`WAIT`].
