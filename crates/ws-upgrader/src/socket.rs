@@ -100,52 +100,89 @@ impl AsyncWrite for Io {
     }
 }
 
-/// The upgraded connection, shared between the engine and [`WebSocket::fail`]: the engine stops
-/// writing after a protocol error, and the close frame that tells the peer why must still go out
-/// on the same transport. The lock is never contended while the engine runs.
-struct SharedIo<T = Io> {
-    io: Arc<Mutex<T>>,
-    /// The most bytes one read takes from the socket (`read_buffer_size`), when it is below
-    /// the engine's own receive window; the engine's window itself is fixed.
+/// A transport whose reads take at most `read_limit` bytes (`read_buffer_size`), when it is
+/// below the engine's own receive window; the engine's window itself is fixed.
+struct Capped<T> {
+    inner: T,
     read_limit: Option<NonZeroUsize>,
 }
 
-impl<T> Clone for SharedIo<T> {
-    fn clone(&self) -> Self {
-        SharedIo {
-            io: self.io.clone(),
-            read_limit: self.read_limit,
-        }
-    }
-}
-
-impl<T> SharedIo<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        self.io.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for SharedIo<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Capped<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let mut io = self.lock();
-        match self.read_limit.map(NonZeroUsize::get) {
+        let this = self.get_mut();
+        match this.read_limit.map(NonZeroUsize::get) {
             Some(limit) if buf.remaining() > limit => {
                 let mut limited = ReadBuf::new(buf.initialize_unfilled_to(limit));
-                ready!(Pin::new(&mut *io).poll_read(cx, &mut limited))?;
+                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
                 let read = limited.filled().len();
                 buf.advance(read);
                 Poll::Ready(Ok(()))
             }
-            _ => Pin::new(&mut *io).poll_read(cx, buf),
+            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
         }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for SharedIo<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Capped<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+type Transport = Capped<Io>;
+
+/// The transport shared between the compressed engine and [`WebSocket::fail`]: the engine
+/// stops writing after a protocol error, and the close frame that tells the peer why must still
+/// go out on the same transport. The plain engine lends its transport (`get_mut`) and needs no
+/// sharing; the compressed one does not. The lock is never contended while the engine runs.
+#[derive(Clone)]
+struct SharedIo(Arc<Mutex<Transport>>);
+
+impl SharedIo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transport> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -228,8 +265,8 @@ impl From<sockudo_ws::Error> for WsError {
 }
 
 enum Engine {
-    Plain(Box<WebSocketStream<SharedIo>>),
-    Deflate(Box<CompressedWebSocketStream<SharedIo>>),
+    Plain(Box<WebSocketStream<Transport>>),
+    Deflate(Box<CompressedWebSocketStream<SharedIo>>, SharedIo),
 }
 
 /// An upgraded WebSocket connection: a [`Stream`] of [`Message`]s and a [`Sink`] for them.
@@ -239,7 +276,6 @@ enum Engine {
 /// then [`flush`](WebSocket::flush) once, to put many frames in one system call.
 pub struct WebSocket {
     engine: Engine,
-    io: SharedIo,
     // Every field is kept for the connection's life, often in more than one place of the
     // task's future: boxed and niche-packed, the socket is 48 bytes, not 64.
     protocol: Option<Box<str>>,
@@ -263,27 +299,25 @@ impl WebSocket {
     ) -> Self {
         let (io, leftover) = Io::from_upgraded(upgraded);
         let config = engine_config(options);
-        let io = SharedIo {
-            io: Arc::new(Mutex::new(io)),
+        let io = Capped {
+            inner: io,
             read_limit: NonZeroUsize::new(options.read_buffer_size)
                 .filter(|limit| limit.get() < sockudo_ws::RECV_BUFFER_SIZE),
         };
         let engine = match deflate {
             Some(deflate) => {
-                Engine::Deflate(Box::new(CompressedWebSocketStream::server_with_leftover(
-                    io.clone(),
+                let shared = SharedIo(Arc::new(Mutex::new(io)));
+                let ws = CompressedWebSocketStream::server_with_leftover(
+                    shared.clone(),
                     config,
                     deflate,
                     leftover,
-                )))
+                );
+                Engine::Deflate(Box::new(ws), shared)
             }
             None => {
-                let mut ws = WebSocketStream::from_raw_with_leftover(
-                    io.clone(),
-                    Role::Server,
-                    config,
-                    leftover,
-                );
+                let mut ws =
+                    WebSocketStream::from_raw_with_leftover(io, Role::Server, config, leftover);
                 // The compressed stream has no such setting: there `max_backpressure` alone
                 // lowers the engine's 64 KiB mark.
                 ws.set_high_water_mark(options.write_buffer_size);
@@ -292,7 +326,6 @@ impl WebSocket {
         };
         WebSocket {
             engine,
-            io,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -304,7 +337,7 @@ impl WebSocket {
 
     /// Whether permessage-deflate is on for this connection.
     pub fn compression(&self) -> bool {
-        matches!(self.engine, Engine::Deflate(_))
+        matches!(self.engine, Engine::Deflate(..))
     }
 
     /// The next message; `None` once the connection is closed.
@@ -361,8 +394,7 @@ impl WebSocket {
     /// The engine stops at such an error without a close frame; RFC 6455 §7.1.7 lets an
     /// endpoint drop the connection, but a peer that is told the reason can fix its side.
     pub async fn fail(&mut self, error: &WsError) -> std::io::Result<()> {
-        let mut io = self.io.clone();
-        if !matches!(error, WsError::Io(_) | WsError::Closed) {
+        let close = (!matches!(error, WsError::Io(_) | WsError::Closed)).then(|| {
             let frame = CloseFrame::new(error.close_code(), error.to_string());
             let mut bytes = Vec::with_capacity(4 + frame.reason.len());
             // FIN + close opcode; servers never mask; the reason fits the 125-byte control limit.
@@ -370,11 +402,25 @@ impl WebSocket {
             bytes.push(u8::try_from(2 + frame.reason.len()).unwrap_or(125));
             bytes.extend_from_slice(&frame.code.to_be_bytes());
             bytes.extend_from_slice(frame.reason.as_bytes());
-            io.write_all(&bytes).await?;
-            io.flush().await?;
+            bytes
+        });
+        match &mut self.engine {
+            Engine::Plain(ws) => close_transport(ws.get_mut(), close).await,
+            Engine::Deflate(_, shared) => close_transport(&mut shared.clone(), close).await,
         }
-        io.shutdown().await
     }
+}
+
+/// Writes `close` (a close frame's bytes) if there is one, then shuts the transport down.
+async fn close_transport(
+    io: &mut (impl AsyncWrite + Unpin),
+    close: Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    if let Some(bytes) = close {
+        io.write_all(&bytes).await?;
+        io.flush().await?;
+    }
+    io.shutdown().await
 }
 
 /// The capacity the engine's write buffer starts with. It grows as frames are queued, so this
@@ -449,7 +495,7 @@ impl Stream for WebSocket {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let next = match &mut self.engine {
             Engine::Plain(ws) => ready!(ws.poll_next_unpin(cx)),
-            Engine::Deflate(ws) => ready!(ws.poll_next_unpin(cx)),
+            Engine::Deflate(ws, _) => ready!(ws.poll_next_unpin(cx)),
         };
         Poll::Ready(next.map(|item| item.map_err(WsError::from).and_then(from_engine)))
     }
@@ -461,7 +507,7 @@ impl Sink<Message> for WebSocket {
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match &mut self.engine {
             Engine::Plain(ws) => ws.poll_ready_unpin(cx),
-            Engine::Deflate(ws) => ws.poll_ready_unpin(cx),
+            Engine::Deflate(ws, _) => ws.poll_ready_unpin(cx),
         }
         .map_err(WsError::from)
     }
@@ -470,7 +516,7 @@ impl Sink<Message> for WebSocket {
         let message = to_engine(message);
         match &mut self.engine {
             Engine::Plain(ws) => ws.start_send_unpin(message),
-            Engine::Deflate(ws) => ws.start_send_unpin(message),
+            Engine::Deflate(ws, _) => ws.start_send_unpin(message),
         }
         .map_err(WsError::from)
     }
@@ -478,7 +524,7 @@ impl Sink<Message> for WebSocket {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match &mut self.engine {
             Engine::Plain(ws) => ws.poll_flush_unpin(cx),
-            Engine::Deflate(ws) => ws.poll_flush_unpin(cx),
+            Engine::Deflate(ws, _) => ws.poll_flush_unpin(cx),
         }
         .map_err(WsError::from)
     }
@@ -486,7 +532,7 @@ impl Sink<Message> for WebSocket {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match &mut self.engine {
             Engine::Plain(ws) => ws.poll_close_unpin(cx),
-            Engine::Deflate(ws) => ws.poll_close_unpin(cx),
+            Engine::Deflate(ws, _) => ws.poll_close_unpin(cx),
         }
         .map_err(WsError::from)
     }
@@ -502,8 +548,8 @@ mod tests {
     async fn read_buffer_size_caps_each_read() {
         let (mut peer, ours) = tokio::io::duplex(1 << 20);
         peer.write_all(&[7; 10_000]).await.unwrap();
-        let mut capped = SharedIo {
-            io: Arc::new(Mutex::new(ours)),
+        let mut capped = Capped {
+            inner: ours,
             read_limit: NonZeroUsize::new(2048),
         };
         // The engine offers its whole 64 KiB window; one read takes at most the limit.
