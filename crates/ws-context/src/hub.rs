@@ -230,7 +230,10 @@ impl ConnectionHub {
 
     /// The writer of one connection, to keep and write to later.
     pub fn get(&self, id: &ConnectionId) -> Option<SocketWriter> {
-        self.read().connections.get(id).map(Entry::writer)
+        self.read()
+            .connections
+            .get(id)
+            .map(|entry| entry.writer().clone())
     }
 
     /// Adds a connection to a room (created if needed). Returns false if the connection is
@@ -355,10 +358,11 @@ impl ConnectionHub {
     /// how many were asked.
     pub fn close_all(&self, code: u16, reason: &str) -> usize {
         let frame = CloseFrame::new(code, reason);
-        self.writers(&Target::All)
-            .iter()
-            .filter(|w| w.try_close(frame.clone()))
-            .count()
+        let mut asked = 0;
+        self.for_each_writer(&Target::All, |writer| {
+            asked += usize::from(writer.try_close(frame.clone()));
+        });
+        asked
     }
 
     /// Waits until no connection is open.
@@ -418,13 +422,11 @@ impl ConnectionHub {
         }
         let mut delivered = 0;
         let mut full = Vec::new();
-        for writer in self.writers(target) {
-            match writer.try_send(message.clone()) {
-                Ok(()) => delivered += 1,
-                Err(WriteError::Full(_)) => full.push(writer),
-                Err(_) => {}
-            }
-        }
+        self.for_each_writer(target, |writer| match writer.try_send(message.clone()) {
+            Ok(()) => delivered += 1,
+            Err(WriteError::Full(_)) => full.push(writer.clone()),
+            Err(_) => {}
+        });
         // Waited for together, so one slow peer costs one send timeout, not one each.
         let waits = full.iter().map(|writer| writer.send(message.clone()));
         delivered
@@ -435,24 +437,25 @@ impl ConnectionHub {
                 .count()
     }
 
-    fn writers(&self, target: &Target) -> Vec<SocketWriter> {
+    /// Calls `f` with the writer of each connection `target` names, under the registry's read
+    /// lock (`f` must not wait): nothing is cloned for the connections that take a message at
+    /// once.
+    fn for_each_writer(&self, target: &Target, mut f: impl FnMut(&SocketWriter)) {
         let registry = self.read();
         match target {
-            Target::All => registry.connections.values().map(Entry::writer).collect(),
+            Target::All => registry.connections.values().for_each(|e| f(e.writer())),
             Target::Room(room) => registry
                 .rooms
                 .get(room)
                 .into_iter()
                 .flatten()
                 .filter_map(|id| registry.connections.get(id))
-                .map(Entry::writer)
-                .collect(),
+                .for_each(|e| f(e.writer())),
             Target::Connection(id) => registry
                 .connections
                 .get(id)
-                .map(Entry::writer)
                 .into_iter()
-                .collect(),
+                .for_each(|e| f(e.writer())),
         }
     }
 
@@ -491,8 +494,8 @@ impl Entry {
         }
     }
 
-    fn writer(&self) -> SocketWriter {
-        self.conn.socket()
+    fn writer(&self) -> &SocketWriter {
+        &self.conn.0.writer
     }
 }
 
