@@ -18,7 +18,7 @@ use axum::{
     response::Response,
     routing::{MethodFilter, MethodRouter, on},
 };
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, Sink as _};
 use http::Uri;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -876,14 +876,21 @@ impl ConnectionTask {
         Ok(None)
     }
 
+    /// Queues a frame on the socket. The socket almost always has room: that is tried first
+    /// without a future, so the futures of every caller stay small (this one is in the state of
+    /// each connection's task, S5); only a full socket is waited for, boxed and bounded.
     async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
         let data = message.is_data().then(|| payload_len(&message));
-        let waited = bounded_write(
-            self.socket.feed(message),
-            self.send_timeout,
-            self.conn.0.writer.urgent(),
-        )
-        .await;
+        let ready = Pin::new(&mut self.socket).poll_ready(&mut no_wake());
+        let waited = match ready {
+            Poll::Ready(Ok(())) => Waited::Done(Pin::new(&mut self.socket).start_send(message)),
+            Poll::Ready(Err(error)) => Waited::Done(Err(error)),
+            Poll::Pending => {
+                let urgent = self.conn.0.writer.urgent();
+                let write = self.socket.feed(message);
+                Box::pin(bounded_write(write, self.send_timeout, urgent)).await
+            }
+        };
         self.settle(waited, "write failed")?;
         self.unflushed = true;
         if let Some(bytes) = data {
@@ -893,14 +900,18 @@ impl ConnectionTask {
         Ok(())
     }
 
+    /// Writes what is queued on the socket; tried at once first, as in [`feed`](Self::feed).
     async fn flush(&mut self) -> Result<(), WriteFailed> {
         self.unflushed = false;
-        let waited = bounded_write(
-            self.socket.flush(),
-            self.send_timeout,
-            self.conn.0.writer.urgent(),
-        )
-        .await;
+        let flushed = Pin::new(&mut self.socket).poll_flush(&mut no_wake());
+        let waited = match flushed {
+            Poll::Ready(result) => Waited::Done(result),
+            Poll::Pending => {
+                let urgent = self.conn.0.writer.urgent();
+                let write = self.socket.flush();
+                Box::pin(bounded_write(write, self.send_timeout, urgent)).await
+            }
+        };
         self.settle(waited, "flush failed")
     }
 
@@ -993,6 +1004,12 @@ async fn bounded_write(
         }
     })
     .await
+}
+
+/// A context whose waker does nothing: for trying a socket operation that, when it is not
+/// ready, is then awaited with the task's own waker, which replaces this one.
+fn no_wake() -> std::task::Context<'static> {
+    std::task::Context::from_waker(futures_util::task::noop_waker_ref())
 }
 
 /// Polls a future once in the task's own context; its output if it was ready.
