@@ -30,7 +30,7 @@ use crate::{
     context::{ConnShared, RequestHeaders},
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
     metrics::{ConnMetrics, RouteMetrics, upgrade_failed},
-    writer::{Outbound, UrgentClose},
+    writer::{Delivery, Outbound},
 };
 
 /// Default capacity of each connection's outbound queue, in messages.
@@ -604,25 +604,30 @@ impl ConnectionTask {
             Closing::Requested { deadline, .. } => Some(*deadline),
             _ => None,
         };
+        if self.may_write() {
+            // One atomic load; an urgent close goes before anything else, even a burst of reads.
+            self.begin_urgent_close();
+        }
         let may_read = self.may_read();
         let may_write = self.may_write();
         let handler_running = self.running.is_some();
 
         // Biased: the order is fixed (no random draw per turn); reads cannot starve queued
-        // frames because every turn that wrote also takes the queue before its flush.
+        // frames because every turn that wrote also takes the queue before its flush, and an
+        // urgent close is checked above at every turn.
         let step = tokio::select! {
             biased;
-            () = self.conn.0.writer.urgent().set_close(), if may_write => {
-                self.begin_urgent_close();
-                Step::Continue(())
-            }
             reply = poll_running(&mut self.running), if handler_running => self.on_reply(reply).await,
             incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
-            command = self.conn.0.writer.queue().pop(), if may_write => match command {
-                // `None` only once the queue is closed, which this task does itself after an
-                // urgent close (and then stops polling it); end all the same.
-                None => Step::Break(()),
-                Some(command) => self.on_command(command).await,
+            delivery = self.conn.0.writer.delivery(), if may_write => match delivery {
+                Delivery::Urgent => {
+                    self.begin_urgent_close();
+                    Step::Continue(())
+                }
+                Delivery::Command(command) => self.on_command(command).await,
+                // Only once the queue is closed, which this task does itself after an urgent
+                // close (and then stops polling it); end all the same.
+                Delivery::Closed => Step::Break(()),
             },
             () = sleep_until(deadline) => Step::Continue(()),
         };
@@ -886,9 +891,9 @@ impl ConnectionTask {
             Poll::Ready(Ok(())) => Waited::Done(Pin::new(&mut self.socket).start_send(message)),
             Poll::Ready(Err(error)) => Waited::Done(Err(error)),
             Poll::Pending => {
-                let urgent = self.conn.0.writer.urgent();
+                let writer = &self.conn.0.writer;
                 let write = self.socket.feed(message);
-                Box::pin(bounded_write(write, self.send_timeout, urgent)).await
+                Box::pin(bounded_write(write, self.send_timeout, writer)).await
             }
         };
         self.settle(waited, "write failed")?;
@@ -907,9 +912,9 @@ impl ConnectionTask {
         let waited = match flushed {
             Poll::Ready(result) => Waited::Done(result),
             Poll::Pending => {
-                let urgent = self.conn.0.writer.urgent();
+                let writer = &self.conn.0.writer;
                 let write = self.socket.flush();
-                Box::pin(bounded_write(write, self.send_timeout, urgent)).await
+                Box::pin(bounded_write(write, self.send_timeout, writer)).await
             }
         };
         self.settle(waited, "flush failed")
@@ -989,7 +994,7 @@ enum Waited {
 async fn bounded_write(
     write: impl Future<Output = Result<(), WsError>>,
     timeout: Duration,
-    urgent: &UrgentClose,
+    writer: &SocketWriter,
 ) -> Waited {
     let mut write = std::pin::pin!(write);
     if let Some(result) = poll_now(&mut write).await {
@@ -1000,7 +1005,7 @@ async fn bounded_write(
             biased;
             result = write => Waited::Done(result),
             () = tokio::time::sleep(timeout) => Waited::Stalled,
-            () = urgent.set_close() => Waited::Urgent,
+            () = writer.urgent_close() => Waited::Urgent,
         }
     })
     .await

@@ -3,7 +3,7 @@
 use std::{
     collections::VecDeque,
     sync::{Mutex, MutexGuard, PoisonError},
-    task::{Context, Poll},
+    task::Waker,
 };
 
 use futures_util::task::AtomicWaker;
@@ -93,24 +93,15 @@ impl<T> OutboundQueue<T> {
         Some(item)
     }
 
-    /// The next item; `None` once the queue is closed. Only the connection task polls this.
-    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(item) = self.try_pop() {
-            return Poll::Ready(Some(item));
-        }
-        self.task.register(cx.waker());
-        match self.try_pop() {
-            Some(item) => Poll::Ready(Some(item)),
-            None if self.is_closed() => Poll::Ready(None),
-            None => Poll::Pending,
-        }
+    /// Wakes this waker (the connection task's) when an item arrives, the queue closes, or
+    /// [`wake_task`](Self::wake_task) is called.
+    pub(crate) fn register_task(&self, waker: &Waker) {
+        self.task.register(waker);
     }
 
-    /// Waits for the next item; `None` once the queue is closed.
-    ///
-    /// Cancel safe: an item is only taken when this returns it.
-    pub(crate) async fn pop(&self) -> Option<T> {
-        std::future::poll_fn(|cx| self.poll_pop(cx)).await
+    /// Wakes the connection task, for news that does not go through the queue.
+    pub(crate) fn wake_task(&self) {
+        self.task.wake();
     }
 
     /// Refuses every further item, and drops the queued ones (their memory goes with them).
@@ -128,7 +119,7 @@ impl<T> OutboundQueue<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, time::Duration};
+    use std::{sync::Arc, task::Poll, time::Duration};
 
     use super::*;
 
@@ -167,6 +158,22 @@ mod tests {
         assert!(matches!(queue.try_push(item), Err(Refused::Closed(_))));
     }
 
+    /// The next item, waiting for it as the connection task does.
+    async fn pop<T>(queue: &OutboundQueue<T>) -> Option<T> {
+        std::future::poll_fn(|cx| {
+            if let Some(item) = queue.try_pop() {
+                return Poll::Ready(Some(item));
+            }
+            queue.register_task(cx.waker());
+            match queue.try_pop() {
+                Some(item) => Poll::Ready(Some(item)),
+                None if queue.is_closed() => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn a_waiting_push_gets_in_when_room_frees_and_pop_wakes_on_arrival() {
         let queue = Arc::new(OutboundQueue::new(1));
@@ -175,15 +182,15 @@ mod tests {
             let queue = queue.clone();
             async move { queue.push(2).await }
         });
-        assert_eq!(queue.pop().await, Some(1));
+        assert_eq!(pop(&queue).await, Some(1));
         assert_eq!(
-            tokio::time::timeout(Duration::from_secs(5), queue.pop()).await,
+            tokio::time::timeout(Duration::from_secs(5), pop(&queue)).await,
             Ok(Some(2))
         );
         assert!(pusher.await.unwrap().is_ok());
         let waiting = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.pop().await }
+            async move { pop(&queue).await }
         });
         tokio::task::yield_now().await;
         queue.close();

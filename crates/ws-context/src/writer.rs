@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
 
@@ -22,6 +21,15 @@ use crate::{
 /// or a write to its socket made no progress for that long (1008, policy violation).
 pub const SLOW_PEER_CLOSE_CODE: u16 = close_code::POLICY;
 const SLOW_PEER_REASON: &str = "slow consumer: outbound queue full";
+
+/// What the connection task gets from its writers, most urgent first.
+pub(crate) enum Delivery {
+    /// An urgent close is set: take it with [`UrgentClose::take`].
+    Urgent,
+    Command(Outbound),
+    /// The queue is closed (the task closed it itself).
+    Closed,
+}
 
 /// What other tasks ask a connection's I/O task to do.
 #[derive(Debug)]
@@ -80,11 +88,11 @@ struct Shared {
 
 /// A close that skips the queue: for a peer whose queue is full, or that is too slow. Set at
 /// most once, taken at most once by the connection task, which checks it on every turn of its
-/// loop: an atomic state and a waker, so the check takes no lock.
+/// loop: an atomic state, so the check takes no lock. Setting it wakes the task through the
+/// queue's waker (see [`SocketWriter::poll_delivery`]).
 pub(crate) struct UrgentClose {
     state: AtomicU8,
     frame: Mutex<Option<CloseFrame>>,
-    waker: AtomicWaker,
 }
 
 const URGENT_NONE: u8 = 0;
@@ -96,7 +104,6 @@ impl UrgentClose {
         UrgentClose {
             state: AtomicU8::new(URGENT_NONE),
             frame: Mutex::new(None),
-            waker: AtomicWaker::new(),
         }
     }
 
@@ -108,31 +115,19 @@ impl UrgentClose {
         }
         *slot = Some(frame);
         self.state.store(URGENT_SET, Ordering::Release);
-        drop(slot);
-        self.waker.wake();
         true
     }
 
-    /// Ready once a close is set and not yet taken.
-    pub(crate) fn poll_set(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.state.load(Ordering::Acquire) == URGENT_SET {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.state.load(Ordering::Acquire) == URGENT_SET {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Waits until a close is set and not yet taken.
-    pub(crate) async fn set_close(&self) {
-        std::future::poll_fn(|cx| self.poll_set(cx)).await;
+    /// A close is set and not yet taken.
+    fn is_set(&self) -> bool {
+        self.state.load(Ordering::Acquire) == URGENT_SET
     }
 
     /// The close, the first time it is asked for after it was set.
     pub(crate) fn take(&self) -> Option<CloseFrame> {
+        if !self.is_set() {
+            return None;
+        }
         let mut slot = self.frame.lock().unwrap_or_else(PoisonError::into_inner);
         self.state
             .compare_exchange(
@@ -181,6 +176,52 @@ impl SocketWriter {
     /// The close that skips this connection's queue.
     pub(crate) fn urgent(&self) -> &UrgentClose {
         &self.shared.urgent
+    }
+
+    /// For the connection task: an urgent close if one is set, else the next queued command,
+    /// else `Closed` once the queue is closed. Both are watched through one waker, so the task
+    /// registers once per turn for everything its writers can give it.
+    pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
+        let queue = &self.shared.queue;
+        for registered in [false, true] {
+            if self.shared.urgent.is_set() {
+                return Poll::Ready(Delivery::Urgent);
+            }
+            if let Some(command) = queue.try_pop() {
+                return Poll::Ready(Delivery::Command(command));
+            }
+            if registered {
+                break;
+            }
+            // Checked again after registering: a writer may have come in between.
+            queue.register_task(cx.waker());
+        }
+        if queue.is_closed() {
+            Poll::Ready(Delivery::Closed)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for what [`poll_delivery`](Self::poll_delivery) gives.
+    pub(crate) async fn delivery(&self) -> Delivery {
+        std::future::poll_fn(|cx| self.poll_delivery(cx)).await
+    }
+
+    /// Waits until an urgent close is set (and not yet taken).
+    pub(crate) async fn urgent_close(&self) {
+        std::future::poll_fn(|cx| {
+            if self.shared.urgent.is_set() {
+                return Poll::Ready(());
+            }
+            self.shared.queue.register_task(cx.waker());
+            if self.shared.urgent.is_set() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// The connection this writer writes to.
@@ -296,7 +337,11 @@ impl SocketWriter {
     /// Closes without waiting for the queue, which the connection task then drops. True if
     /// this call started the close.
     fn close_now(&self, frame: CloseFrame) -> bool {
-        !self.is_closed() && self.shared.urgent.set(frame)
+        let first = !self.is_closed() && self.shared.urgent.set(frame);
+        if first {
+            self.shared.queue.wake_task();
+        }
+        first
     }
 
     async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
