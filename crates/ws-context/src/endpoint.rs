@@ -582,6 +582,10 @@ impl ConnectionTask {
     }
 
     async fn turn(&mut self) -> Step {
+        if self.may_write() {
+            // One atomic load; an urgent close goes before anything else, even a burst of reads.
+            self.begin_urgent_close();
+        }
         if let Closing::Requested {
             frame, deadline, ..
         } = &self.closing
@@ -604,10 +608,6 @@ impl ConnectionTask {
             Closing::Requested { deadline, .. } => Some(*deadline),
             _ => None,
         };
-        if self.may_write() {
-            // One atomic load; an urgent close goes before anything else, even a burst of reads.
-            self.begin_urgent_close();
-        }
         let may_read = self.may_read();
         let may_write = self.may_write();
         let handler_running = self.running.is_some();
