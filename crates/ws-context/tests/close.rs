@@ -96,3 +96,31 @@ async fn close_all_sends_1001_to_everyone() {
     }
     tokio::time::timeout(WAIT, hub.wait_empty()).await.unwrap();
 }
+
+/// Fills its own queue, then asks the hub to close its connection: the queue being full, the
+/// close skips it (the urgent close), and is noticed after the handler's turn.
+async fn fill_then_close(ctx: Context) -> Result<(), ws_context::BindError> {
+    let socket = ctx.socket();
+    let mut queued = 0;
+    while socket.try_send(ws_context::Message::text(format!("q{queued}"))).is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 4, "the queue holds its capacity");
+    assert!(ctx.hub().close(ctx.id(), 4000, "full"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_close_that_skips_a_full_queue_is_sent_after_the_handler_returns() {
+    let hub = ConnectionHub::new();
+    let route = Endpoint::new(fill_then_close)
+        .hub(hub.clone())
+        .queue_capacity(4)
+        .into_route();
+    let addr = serve(axum::Router::new().route("/ws", route)).await;
+    let mut client = connect(addr, "/ws").await;
+    client.send(Message::text("go")).await.unwrap();
+    // What the handler queued before the close may or may not go out; the close must.
+    assert_eq!(closed_with(&mut client).await, 4000);
+    eventually("connection gone", || hub.is_empty()).await;
+}
