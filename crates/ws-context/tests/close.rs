@@ -102,7 +102,10 @@ async fn close_all_sends_1001_to_everyone() {
 async fn fill_then_close(ctx: Context) -> Result<(), ws_context::BindError> {
     let socket = ctx.socket();
     let mut queued = 0;
-    while socket.try_send(ws_context::Message::text(format!("q{queued}"))).is_ok() {
+    while socket
+        .try_send(ws_context::Message::text(format!("q{queued}")))
+        .is_ok()
+    {
         queued += 1;
     }
     assert_eq!(queued, 4, "the queue holds its capacity");
