@@ -559,19 +559,16 @@ impl ConnectionTask {
                     urgent: false,
                 };
             }
-            // A turn runs inside the connection's span, so the handler's events carry the
-            // connection's fields: one enter per poll of the task, not one per message.
+            // The turns run inside the connection's span, so the handler's events carry the
+            // connection's fields: one enter per poll of the task, not one per message or turn.
             let conn = self.conn.clone();
-            loop {
-                let mut turn = std::pin::pin!(self.turn());
-                let step = std::future::poll_fn(|cx| {
+            {
+                let mut turns = std::pin::pin!(async { while self.turn().await.is_continue() {} });
+                std::future::poll_fn(|cx| {
                     let _entered = conn.span().enter();
-                    turn.as_mut().poll(cx)
+                    turns.as_mut().poll(cx)
                 })
                 .await;
-                if step.is_break() {
-                    break;
-                }
             }
             self.tally.publish(&self.metrics);
             self.ended_by
