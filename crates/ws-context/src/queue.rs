@@ -3,7 +3,7 @@
 use std::{
     collections::VecDeque,
     sync::{Mutex, MutexGuard, PoisonError},
-    task::Waker,
+    task::{Context, Poll},
 };
 
 use futures_util::task::AtomicWaker;
@@ -93,10 +93,19 @@ impl<T> OutboundQueue<T> {
         Some(item)
     }
 
-    /// Wakes this waker (the connection task's) when an item arrives, the queue closes, or
-    /// [`wake_task`](Self::wake_task) is called.
-    pub(crate) fn register_task(&self, waker: &Waker) {
-        self.task.register(waker);
+    /// For the connection task: ready with what `ready` finds, which is checked before and
+    /// again after the task's waker is registered, so nothing that comes in between (an item,
+    /// the close, a [`wake_task`](Self::wake_task)) is missed.
+    pub(crate) fn poll_task<R>(
+        &self,
+        cx: &mut Context<'_>,
+        mut ready: impl FnMut() -> Option<R>,
+    ) -> Poll<R> {
+        if let Some(found) = ready() {
+            return Poll::Ready(found);
+        }
+        self.task.register(cx.waker());
+        ready().map_or(Poll::Pending, Poll::Ready)
     }
 
     /// Wakes the connection task, for news that does not go through the queue.
@@ -119,7 +128,7 @@ impl<T> OutboundQueue<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, task::Poll, time::Duration};
+    use std::{sync::Arc, time::Duration};
 
     use super::*;
 
@@ -158,18 +167,13 @@ mod tests {
         assert!(matches!(queue.try_push(item), Err(Refused::Closed(_))));
     }
 
-    /// The next item, waiting for it as the connection task does.
+    /// The next item, waiting for it as the connection task does; `None` once closed.
     async fn pop<T>(queue: &OutboundQueue<T>) -> Option<T> {
         std::future::poll_fn(|cx| {
-            if let Some(item) = queue.try_pop() {
-                return Poll::Ready(Some(item));
-            }
-            queue.register_task(cx.waker());
-            match queue.try_pop() {
-                Some(item) => Poll::Ready(Some(item)),
-                None if queue.is_closed() => Poll::Ready(None),
-                None => Poll::Pending,
-            }
+            queue.poll_task(cx, || match queue.try_pop() {
+                Some(item) => Some(Some(item)),
+                None => queue.is_closed().then_some(None),
+            })
         })
         .await
     }

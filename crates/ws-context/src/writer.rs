@@ -183,24 +183,15 @@ impl SocketWriter {
     /// registers once per turn for everything its writers can give it.
     pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
         let queue = &self.shared.queue;
-        for registered in [false, true] {
+        queue.poll_task(cx, || {
             if self.shared.urgent.is_set() {
-                return Poll::Ready(Delivery::Urgent);
+                Some(Delivery::Urgent)
+            } else if let Some(command) = queue.try_pop() {
+                Some(Delivery::Command(command))
+            } else {
+                queue.is_closed().then_some(Delivery::Closed)
             }
-            if let Some(command) = queue.try_pop() {
-                return Poll::Ready(Delivery::Command(command));
-            }
-            if registered {
-                break;
-            }
-            // Checked again after registering: a writer may have come in between.
-            queue.register_task(cx.waker());
-        }
-        if queue.is_closed() {
-            Poll::Ready(Delivery::Closed)
-        } else {
-            Poll::Pending
-        }
+        })
     }
 
     /// Waits for what [`poll_delivery`](Self::poll_delivery) gives.
@@ -211,15 +202,9 @@ impl SocketWriter {
     /// Waits until an urgent close is set (and not yet taken).
     pub(crate) async fn urgent_close(&self) {
         std::future::poll_fn(|cx| {
-            if self.shared.urgent.is_set() {
-                return Poll::Ready(());
-            }
-            self.shared.queue.register_task(cx.waker());
-            if self.shared.urgent.is_set() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
+            self.shared
+                .queue
+                .poll_task(cx, || self.shared.urgent.is_set().then_some(()))
         })
         .await;
     }
