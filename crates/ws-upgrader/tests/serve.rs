@@ -9,7 +9,10 @@ use tokio::{
     sync::oneshot,
 };
 
-use crate::support::{WAIT, client_frame, closed_within, read_frame, spawn_echo, upgrade_request};
+use crate::support::{
+    WAIT, client_frame, closed_within, read_frame, spawn_echo, spawn_echo_in_memory,
+    upgrade_request,
+};
 
 #[tokio::test]
 async fn requests_carry_the_peer_address_and_shutdown_is_graceful() {
@@ -82,5 +85,25 @@ async fn frames_sent_with_the_request_are_served_after_the_upgrade() {
     for expected in [&b"first"[..], b"second"] {
         let frame = read_frame(&mut stream).await;
         assert_eq!((frame.opcode, frame.payload.as_slice()), (0x1, expected));
+    }
+}
+
+#[tokio::test]
+async fn a_transport_other_than_tcp_is_served_through_hyper_s_upgraded() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let io = spawn_echo_in_memory(ws_upgrader::WsUpgrader::new());
+    let (mut client, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async("ws://in-memory/ws", io),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    for text in ["one", "two"] {
+        client.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+        assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
     }
 }

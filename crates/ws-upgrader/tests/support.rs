@@ -76,6 +76,26 @@ pub(crate) async fn spawn_burst(upgrader: WsUpgrader, release: Arc<Notify>) -> S
     addr
 }
 
+/// Serves the echo of [`spawn_echo`] over one in-memory connection, so that hyper hands the
+/// upgrade back as its type-erased `Upgraded`, not as a TCP stream. Returns the client's end.
+pub(crate) fn spawn_echo_in_memory(upgrader: WsUpgrader) -> tokio::io::DuplexStream {
+    use tower::ServiceExt as _;
+    let (client, server) = tokio::io::duplex(64 << 10);
+    let router = Router::new().route(
+        "/ws",
+        any(move |request: Request| upgrade(upgrader.clone(), request, false)),
+    );
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        router.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    tokio::spawn(
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+            .with_upgrades(),
+    );
+    client
+}
+
 async fn upgrade(upgrader: WsUpgrader, request: Request, tell_protocol: bool) -> Response {
     let (mut parts, _body) = request.into_parts();
     match upgrader.upgrade(&mut parts) {
