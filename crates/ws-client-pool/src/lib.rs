@@ -121,9 +121,12 @@ mod options;
 mod pool;
 mod queue;
 mod status;
+mod wire;
 
 pub use crate::error::PoolError;
-pub use crate::options::{Reconnect, ServiceOptions};
+pub use crate::options::{
+    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Reconnect, ServiceOptions,
+};
 pub use crate::pool::{ServiceMessages, WsClientPool};
 pub use crate::status::{ServiceState, ServiceStatus};
 pub use ws_message::Message;
