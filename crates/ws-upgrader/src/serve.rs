@@ -389,8 +389,13 @@ async fn serve_connection(
     // hyper closes the connection when a request head is not complete in time, and answers
     // 431 to a head over the size or header-count limit.
     builder.header_read_timeout(limits.handshake_timeout);
+    builder.max_header_size(limits.max_header_bytes);
+    // Also what the connection's read buffer may grow to (hyper's default is ~400 KiB).
     builder.max_buf_size(limits.max_header_bytes);
-    builder.max_headers(limits.max_headers);
+    if limits.max_headers != DEFAULT_MAX_HEADERS {
+        // hyper's own default; setting it moves the parser's header array to the heap.
+        builder.max_headers(limits.max_headers);
+    }
     let mut connection = pin!(
         builder
             .serve_connection(TokioIo::new(stream), service)
