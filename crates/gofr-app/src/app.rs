@@ -9,7 +9,7 @@ use axum::{
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
-use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
+use ws_context::{BoxHandlerFn, CloseFrame, ConnectionHub, Endpoint, Handler};
 use ws_upgrader::WsUpgrader;
 
 use crate::{
@@ -424,7 +424,7 @@ impl App {
                     () = os_signal() => {}
                     _ = stop.wait_for(|stop| *stop) => {}
                 }
-                let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
+                let sockets = hub.close_all(CloseFrame::going_away("server shutting down"));
                 tracing::info!(
                     sockets,
                     "shutting down: no new connections, closing WebSockets with 1001"

@@ -20,7 +20,7 @@ async fn echo_or_fail(ctx: Context) -> Result<String, Error> {
 
 async fn refuse_guests(conn: Connection) -> Result<(), CloseFrame> {
     match conn.query_param("guest") {
-        Some(_) => Err(CloseFrame::new(4003, "no guests")),
+        Some(_) => Err(CloseFrame::new(4003, "no guests")?),
         None => Ok(()),
     }
 }

@@ -473,10 +473,13 @@ fn to_engine(message: &Message) -> tungstenite::Message {
         Message::Binary(data) => tungstenite::Message::Binary(data.clone()),
         Message::Ping(data) => tungstenite::Message::Ping(data.clone()),
         Message::Pong(data) => tungstenite::Message::Pong(data.clone()),
+        // A frame that only reports (1005, 1006) goes out without a code.
         Message::Close(frame) => {
-            tungstenite::Message::Close(frame.as_ref().map(|f| tungstenite::protocol::CloseFrame {
-                code: CloseCode::from(f.code),
-                reason: f.reason.clone().into(),
+            tungstenite::Message::Close(frame.as_ref().filter(|f| f.is_sendable()).map(|f| {
+                tungstenite::protocol::CloseFrame {
+                    code: CloseCode::from(f.code()),
+                    reason: f.reason().into(),
+                }
             }))
         }
     }

@@ -22,7 +22,7 @@ use futures_util::{FutureExt as _, Sink as _};
 use http::Uri;
 use tokio::time::Instant;
 use tracing::Instrument as _;
-use ws_message::{CloseFrame, Message, close_code};
+use ws_message::{CloseFrame, Message};
 use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
 
 use crate::{
@@ -202,7 +202,8 @@ impl Endpoint {
     /// async fn only_with_token(conn: Connection) -> Result<(), CloseFrame> {
     ///     match conn.query_param("token") {
     ///         Some(token) if token == "let-me-in" => Ok(()),
-    ///         _ => Err(CloseFrame::new(4001, "missing or wrong token")),
+    ///         // An invalid code would turn into 1011 through `?`.
+    ///         _ => Err(CloseFrame::new(4001, "missing or wrong token")?),
     ///     }
     /// }
     /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
@@ -225,7 +226,7 @@ impl Endpoint {
     /// use ws_context::{CloseFrame, Connection, Endpoint};
     ///
     /// async fn log_close(conn: Connection, close: CloseFrame) {
-    ///     tracing::info!(id = %conn.id(), code = close.code, reason = %close.reason, "left");
+    ///     tracing::info!(id = %conn.id(), code = close.code(), reason = %close.reason(), "left");
     /// }
     /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
     /// let endpoint = Endpoint::new(handler).on_close(log_close);
@@ -348,8 +349,8 @@ impl Endpoint {
                 };
                 let close = run.await;
                 let conn = registration.end();
-                metrics.closed(close.code);
-                tracing::debug!(parent: conn.span(), code = close.code, reason = %close.reason, "connection closed");
+                metrics.closed(close.code());
+                tracing::debug!(parent: conn.span(), code = close.code(), reason = %close.reason(), "connection closed");
                 if accepted && let Some(hook) = &endpoint.on_close {
                     let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(conn.span().clone())).catch_unwind();
                     if let Err(panic) = hook.await {
@@ -374,16 +375,13 @@ async fn connect_hook(hook: Option<&ConnectHook>, conn: &Connection) -> Option<C
     {
         Ok(Ok(())) => None,
         Ok(Err(frame)) => {
-            tracing::debug!(parent: span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+            tracing::debug!(parent: span, code = frame.code(), reason = %frame.reason(), "connect hook refused the connection");
             Some(frame)
         }
         Err(panic) => {
             let what = panic_message(&panic);
             tracing::error!(parent: span, panic = %what, "connect hook panicked; closing the connection");
-            Some(CloseFrame::new(
-                close_code::INTERNAL,
-                "internal server error",
-            ))
+            Some(CloseFrame::internal("internal server error"))
         }
     }
 }
@@ -573,7 +571,7 @@ impl ConnectionTask {
             self.tally.publish(&self.metrics);
             self.ended_by
                 .take()
-                .unwrap_or_else(|| CloseFrame::new(close_code::ABNORMAL, "connection dropped"))
+                .unwrap_or_else(|| CloseFrame::abnormal("connection dropped"))
         }
     }
 
@@ -685,7 +683,12 @@ impl ConnectionTask {
             Some(Err(error)) => {
                 // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
                 tracing::debug!(parent: self.conn.span(), %error, "connection failed");
-                self.ended_by = Some(CloseFrame::new(error.close_code(), error.to_string()));
+                // Only reported (1006 for a broken transport), so a code that may not be sent
+                // is kept as "abnormal".
+                self.ended_by = Some(
+                    CloseFrame::new(error.close_code(), error.to_string())
+                        .unwrap_or_else(|_| CloseFrame::abnormal(error.to_string())),
+                );
                 // Boxed, as every rare wait with a timer: a timer is large, and inline it would
                 // grow every connection's task (S5) and every move of its futures.
                 let _ = Box::pin(tokio::time::timeout(
@@ -697,8 +700,7 @@ impl ConnectionTask {
             }
             Some(Ok(Message::Close(frame))) => {
                 // The engine answers the close; keep reading until it reports the end.
-                self.ended_by =
-                    Some(frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, "")));
+                self.ended_by = Some(frame.unwrap_or_else(CloseFrame::no_status));
                 self.closing = Closing::Sent;
                 self.next = None;
                 Step::Continue(())
@@ -800,8 +802,13 @@ impl ConnectionTask {
             })
             .filter(|span| !span.is_disabled());
         let ctx = Context::new(self.conn.clone(), message);
+        // A panic in the handler's synchronous part (before its future exists) is caught too,
+        // and resumed when the future is polled: the same catch then logs it, counts it and
+        // closes with 1011, as for a panic in the future. No cost unless it panics.
+        let future = std::panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(ctx)))
+            .unwrap_or_else(|panic| Box::pin(async move { std::panic::resume_unwind(panic) }));
         Running {
-            future: AssertUnwindSafe((self.handler)(ctx)).catch_unwind(),
+            future: AssertUnwindSafe(future).catch_unwind(),
             // `poll_running` enters it inside the connection's span, which the turn is in.
             span,
         }
@@ -827,10 +834,7 @@ impl ConnectionTask {
                 let what = panic_message(&panic);
                 tracing::error!(parent: self.conn.span(), panic = %what, "handler panicked; closing the connection");
                 self.metrics.handler_failed("panic");
-                close = Some(CloseFrame::new(
-                    close_code::INTERNAL,
-                    "internal server error",
-                ));
+                close = Some(CloseFrame::internal("internal server error"));
             }
         }
         if !self.may_write() {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use tokio::sync::watch;
-use ws_message::{CloseFrame, Message, close_code};
+use ws_message::{CloseFrame, Message};
 
 use crate::{
     Connection,
@@ -340,24 +340,30 @@ impl ConnectionHub {
         delivered
     }
 
-    /// Closes one connection with a code and reason, after what is already queued for it (at
+    /// Closes one connection with a close frame, after what is already queued for it (at
     /// once if its queue is full). Returns false if it is not open.
-    pub fn close(&self, id: &ConnectionId, code: u16, reason: &str) -> bool {
+    ///
+    /// The frame's code was checked when it was made ([`CloseFrame::new`]); a frame that only
+    /// reports (1005, 1006) goes out as a close frame without a code.
+    ///
+    /// ```
+    /// # fn kick(hub: &ws_context::ConnectionHub, id: &ws_context::ConnectionId) -> Result<(), ws_context::CloseCodeError> {
+    /// use ws_context::CloseFrame;
+    /// hub.close(id, CloseFrame::new(4001, "kicked")?);
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self, id: &ConnectionId, frame: CloseFrame) -> bool {
         match self.get(id) {
-            Some(writer) => writer.try_close(CloseFrame::new(code, reason)),
+            Some(writer) => writer.try_close(frame),
             None => self
-                .publish(
-                    Target::Connection(id.clone()),
-                    Message::Close(Some(CloseFrame::new(code, reason))),
-                )
+                .publish(Target::Connection(id.clone()), Message::Close(Some(frame)))
                 .is_ok(),
         }
     }
 
-    /// Asks every open connection on this instance to close with a code and reason; returns
-    /// how many were asked.
-    pub fn close_all(&self, code: u16, reason: &str) -> usize {
-        let frame = CloseFrame::new(code, reason);
+    /// Asks every open connection on this instance to close with a close frame (shutdown
+    /// sends [`CloseFrame::going_away`]); returns how many were asked.
+    pub fn close_all(&self, frame: CloseFrame) -> usize {
         let mut asked = 0;
         self.for_each_writer(&Target::All, |writer| {
             asked += usize::from(writer.try_close(frame.clone()));
@@ -414,7 +420,7 @@ impl ConnectionHub {
             let Some(writer) = self.get(id) else { return 0 };
             return match message {
                 Message::Close(frame) => {
-                    let frame = frame.unwrap_or_else(|| CloseFrame::new(close_code::NORMAL, ""));
+                    let frame = frame.unwrap_or_else(|| CloseFrame::normal(""));
                     usize::from(writer.try_close(frame))
                 }
                 message => usize::from(writer.send(message).await.is_ok()),

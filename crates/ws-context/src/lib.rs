@@ -104,7 +104,7 @@ pub use crate::handler::Handler;
 pub use crate::hub::{ConnectionHub, ConnectionId, ConnectionInfo, node_id};
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
-pub use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
+pub use ws_message::{Bytes, CloseCodeError, CloseFrame, Message, Utf8Bytes, close_code};
 pub use ws_upgrader::WsUpgrader;
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.

@@ -269,7 +269,9 @@ impl SocketWriter {
         self.send(Message::Ping(payload.into())).await
     }
 
-    /// Closes the connection with a code and reason after the messages queued before it.
+    /// Closes the connection with a close frame after the messages queued before it.
+    /// Its code was checked when it was made ([`CloseFrame::new`]; a frame that only reports,
+    /// 1005 or 1006, goes out without a code).
     /// A handler running at the time may finish first, within the endpoint's grace period.
     /// If the queue stays full for the send timeout, the queued messages are dropped and the
     /// close goes out at once.
@@ -277,8 +279,7 @@ impl SocketWriter {
     /// # Cancel safety
     ///
     /// Cancel safe: the close is queued whole or not at all.
-    pub async fn close(&self, code: u16, reason: impl Into<String>) -> Result<(), WriteError> {
-        let frame = CloseFrame::new(code, reason);
+    pub async fn close(&self, frame: CloseFrame) -> Result<(), WriteError> {
         match self.enqueue(Outbound::Close(frame.clone())).await {
             Err(WriteError::Full(_)) => {
                 self.close_now(frame);
@@ -313,7 +314,7 @@ impl SocketWriter {
 
     /// Closes the peer for not reading: counted, and the queue is dropped.
     pub(crate) fn close_slow(&self) {
-        if self.close_now(CloseFrame::new(SLOW_PEER_CLOSE_CODE, SLOW_PEER_REASON)) {
+        if self.close_now(CloseFrame::policy(SLOW_PEER_REASON)) {
             self.shared.metrics.slow_peers.increment(1);
             tracing::warn!(conn_id = %self.id, "peer is not reading; closing it with 1008");
         }

@@ -151,10 +151,10 @@ async fn gatekeeper(conn: Connection) -> Result<(), CloseFrame> {
         conn.socket()
             .text("welcome")
             .await
-            .map_err(|_| CloseFrame::new(1011, "?"))?;
+            .map_err(|_| CloseFrame::internal("?"))?;
         Ok(())
     } else {
-        Err(CloseFrame::new(4001, "missing token"))
+        Err(CloseFrame::new(4001, "missing token")?)
     }
 }
 
@@ -165,7 +165,7 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
         move |conn: Connection, close: CloseFrame| {
             let closed = closed_tx.clone();
             async move {
-                let _ = closed.send((conn.id().clone(), close.code, close.reason));
+                let _ = closed.send((conn.id().clone(), close.code(), close.reason().to_owned()));
             }
         },
     );
