@@ -301,7 +301,14 @@ impl Endpoint {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
-        let id = ConnectionId::generate();
+        let Some(id) = ConnectionId::generate() else {
+            tracing::error!("the OS random generator failed; refusing the upgrade");
+            upgrade_failed(&route, "overloaded");
+            return self.upgrader.reject(&UpgradeRejection::new(
+                RejectionKind::Overloaded,
+                "no connection id could be made; try again later",
+            ));
+        };
         let span = tracing::info_span!(
             "ws",
             conn_id = %id,
