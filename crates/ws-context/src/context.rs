@@ -128,7 +128,8 @@ impl Connection {
         &self.0.id
     }
 
-    /// The route pattern the connection matched, such as `/ws/{room}`.
+    /// The route pattern the connection matched, such as `/ws/{room}`; the request's path when
+    /// it matched none (an endpoint served as a fallback).
     pub fn route(&self) -> &str {
         &self.0.route
     }

@@ -29,7 +29,7 @@ use crate::{
     Connection, ConnectionHub, ConnectionId, Context, Handler, SocketWriter,
     context::{ConnShared, RequestHeaders},
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
-    metrics::{ConnMetrics, RouteMetrics, upgrade_failed},
+    metrics::{ConnMetrics, RouteMetrics, UNMATCHED_ROUTE, upgrade_failed},
     writer::{Delivery, Outbound},
 };
 
@@ -263,14 +263,17 @@ impl Endpoint {
     /// Upgrades one request and runs the connection; the response is the `101` or the refusal.
     pub async fn serve(&self, request: Request) -> Response {
         let (mut parts, _body) = request.into_parts();
-        let route: Arc<str> = parts
-            .extensions
-            .get::<MatchedPath>()
-            .map_or_else(|| parts.uri.path().into(), |p| p.as_str().into());
+        let matched = parts.extensions.get::<MatchedPath>();
+        // Metrics name the pattern, or one label for every unmatched path (a fallback
+        // service): a path the client chose would make a series per path.
+        let label = matched.map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        let metrics = self.metrics.get(label);
+        let route: Arc<str> =
+            matched.map_or_else(|| parts.uri.path().into(), |p| p.as_str().into());
         let pending = match self.upgrader.upgrade(&mut parts) {
             Ok(pending) => pending,
             Err(refusal) => {
-                upgrade_failed(&route, refusal_reason(&refusal));
+                upgrade_failed(metrics.route(), refusal_reason(&refusal));
                 return refusal;
             }
         };
@@ -278,7 +281,7 @@ impl Endpoint {
             Some(limit) => match Permit::acquire(limit) {
                 Some(permit) => Some(permit),
                 None => {
-                    upgrade_failed(&route, "overloaded");
+                    upgrade_failed(metrics.route(), "overloaded");
                     let reason = format!(
                         "too many connections: {route} allows {} at once; try again later",
                         limit.max
@@ -303,7 +306,7 @@ impl Endpoint {
             .map(|ConnectInfo(addr)| *addr);
         let Some(id) = ConnectionId::generate() else {
             tracing::error!("the OS random generator failed; refusing the upgrade");
-            upgrade_failed(&route, "overloaded");
+            upgrade_failed(metrics.route(), "overloaded");
             return self.upgrader.reject(&UpgradeRejection::new(
                 RejectionKind::Overloaded,
                 "no connection id could be made; try again later",
@@ -315,7 +318,6 @@ impl Endpoint {
             route = %route,
             peer = remote_addr.map(tracing::field::display),
         );
-        let metrics = self.metrics.get(&route);
         let writer = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
