@@ -35,6 +35,12 @@ use crate::{
 
 /// Default capacity of each connection's outbound queue, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default bound of each connection's outbound queue, in payload bytes: 4 MiB, 4 KiB for each
+/// of the [`DEFAULT_QUEUE_CAPACITY`] slots. A peer that stops reading holds at most this much
+/// of queued messages (plus the engine's write buffer), where a bound in messages alone let it
+/// hold 1024 messages of any size (16 GiB of 16 MiB messages). A message larger than the
+/// bound is still sent, alone: it waits for an empty queue.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Default time a writer waits for room in a full queue before giving up.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a running handler gets to finish when its connection is closed, and then
@@ -103,6 +109,7 @@ pub struct Endpoint {
     upgrader: WsUpgrader,
     hub: ConnectionHub,
     queue_capacity: usize,
+    queue_bytes: usize,
     send_timeout: Duration,
     close_grace: Duration,
     limit: Option<Arc<Limit>>,
@@ -117,6 +124,7 @@ impl fmt::Debug for Endpoint {
             .field("upgrader", &self.upgrader)
             .field("hub", &self.hub)
             .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
             .field("send_timeout", &self.send_timeout)
             .field("close_grace", &self.close_grace)
             .field("max_connections", &self.limit.as_ref().map(|l| l.max))
@@ -136,6 +144,7 @@ impl Endpoint {
             upgrader: WsUpgrader::new(),
             hub: ConnectionHub::new(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             close_grace: DEFAULT_CLOSE_GRACE,
             limit: None,
@@ -160,6 +169,18 @@ impl Endpoint {
     /// Capacity of each connection's outbound queue, in messages (at least 1).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
         self.queue_capacity = messages.max(1);
+        self
+    }
+
+    /// Bound of each connection's outbound queue, in payload bytes (default
+    /// [`DEFAULT_QUEUE_BYTES`], 4 MiB). A write that would pass it waits as for a full queue:
+    /// up to the send timeout, then [`WriteError::Full`](crate::WriteError::Full) and the
+    /// 1008 close. Each message counts its payload, but at least `bytes / queue_capacity` (so
+    /// one count bounds both); a message larger than the bound gets into an empty queue only.
+    /// The bound is rounded down to a multiple of the capacity, at least one byte per message,
+    /// at most 4 GiB.
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes;
         self
     }
 
@@ -321,6 +342,7 @@ impl Endpoint {
         let writer = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
+            self.queue_bytes,
             self.send_timeout,
             metrics.clone(),
         );

@@ -38,6 +38,17 @@ pub(crate) enum Outbound {
     Close(CloseFrame),
 }
 
+impl Outbound {
+    /// What it weighs in the queue's byte bound: a message's payload (a close costs the
+    /// least an item costs).
+    fn bytes(&self) -> usize {
+        match self {
+            Outbound::Message(message) => message.len(),
+            Outbound::Close(_) => 0,
+        }
+    }
+}
+
 /// Why a write to a socket failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,7 +71,8 @@ pub enum WriteError {
 /// messages in order and coalesces whatever is ready into one system call. Messages from one
 /// handle keep their order; messages from different handles never interleave inside a frame.
 ///
-/// The queue is bounded. A write that finds it full waits up to the send timeout, then fails
+/// The queue is bounded, in messages and in bytes ([`Endpoint::queue_capacity`](crate::Endpoint::queue_capacity),
+/// [`Endpoint::queue_bytes`](crate::Endpoint::queue_bytes)). A write that finds it full waits up to the send timeout, then fails
 /// with [`WriteError::Full`], and the peer, which stayed full that long, is closed with
 /// [`SLOW_PEER_CLOSE_CODE`] (1008): a slow reader can never grow server memory without bound.
 ///
@@ -154,6 +166,7 @@ impl SocketWriter {
     pub(crate) fn new(
         id: ConnectionId,
         capacity: usize,
+        max_bytes: usize,
         send_timeout: Duration,
         metrics: Arc<ConnMetrics>,
     ) -> Self {
@@ -161,7 +174,7 @@ impl SocketWriter {
             id,
             send_timeout,
             shared: Arc::new(Shared {
-                queue: OutboundQueue::new(capacity),
+                queue: OutboundQueue::new(capacity, max_bytes),
                 urgent: UrgentClose::new(),
                 metrics,
             }),
@@ -291,9 +304,10 @@ impl SocketWriter {
 
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
+        let bytes = message.len();
         self.shared
             .queue
-            .try_push(Outbound::Message(message))
+            .try_push(Outbound::Message(message), bytes)
             .map_err(|refused| match refused {
                 Refused::Full(_) => {
                     self.shared.metrics.queue_full.increment(1);
@@ -305,7 +319,7 @@ impl SocketWriter {
 
     /// Closes after what is queued, or at once if the queue is full. False if already closed.
     pub(crate) fn try_close(&self, frame: CloseFrame) -> bool {
-        match self.shared.queue.try_push(Outbound::Close(frame)) {
+        match self.shared.queue.try_push(Outbound::Close(frame), 0) {
             Ok(()) => true,
             Err(Refused::Full(Outbound::Close(frame))) => self.close_now(frame),
             Err(_) => false,
@@ -331,13 +345,14 @@ impl SocketWriter {
     }
 
     async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
-        let item = match self.shared.queue.try_push(item) {
+        let bytes = item.bytes();
+        let item = match self.shared.queue.try_push(item, bytes) {
             Ok(()) => return Ok(()),
             Err(Refused::Closed(_)) => return Err(WriteError::Closed(self.id.clone())),
             Err(Refused::Full(item)) => item,
         };
         self.shared.metrics.queue_full.increment(1);
-        match tokio::time::timeout(self.send_timeout, self.shared.queue.push(item)).await {
+        match tokio::time::timeout(self.send_timeout, self.shared.queue.push(item, bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Closed(self.id.clone())),
             Err(_) => Err(WriteError::Full(self.id.clone())),
