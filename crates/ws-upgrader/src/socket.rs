@@ -385,8 +385,8 @@ impl WebSocket {
     /// Starts the closing handshake with a code and reason and flushes. Keep calling
     /// [`recv`](WebSocket::recv) until it gives `None` to complete the handshake.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
-        self.send(Message::Close(Some(CloseFrame::new(code, reason))))
-            .await
+        let frame = CloseFrame::new(code, reason).map_err(|e| WsError::Protocol(e.to_string()))?;
+        self.send(Message::Close(Some(frame))).await
     }
 }
 
@@ -399,13 +399,14 @@ impl WebSocket {
     /// endpoint drop the connection, but a peer that is told the reason can fix its side.
     pub async fn fail(&mut self, error: &WsError) -> std::io::Result<()> {
         let close = (!matches!(error, WsError::Io(_) | WsError::Closed)).then(|| {
-            let frame = CloseFrame::new(error.close_code(), error.to_string());
-            let mut bytes = Vec::with_capacity(4 + frame.reason.len());
+            let (code, reason) = (error.close_code(), error.to_string());
+            let frame = CloseFrame::new(code, reason).unwrap_or_else(CloseFrame::from);
+            let mut bytes = Vec::with_capacity(4 + frame.reason().len());
             // FIN + close opcode; servers never mask; the reason fits the 125-byte control limit.
             bytes.push(0x88);
-            bytes.push(u8::try_from(2 + frame.reason.len()).unwrap_or(125));
-            bytes.extend_from_slice(&frame.code.to_be_bytes());
-            bytes.extend_from_slice(frame.reason.as_bytes());
+            bytes.push(u8::try_from(2 + frame.reason().len()).unwrap_or(125));
+            bytes.extend_from_slice(&frame.code().to_be_bytes());
+            bytes.extend_from_slice(frame.reason().as_bytes());
             bytes
         });
         match &mut self.engine {
@@ -475,10 +476,9 @@ fn from_engine(message: sockudo_ws::Message) -> Result<Message, WsError> {
         M::Binary(bytes) => Message::Binary(bytes),
         M::Ping(bytes) => Message::Ping(bytes),
         M::Pong(bytes) => Message::Pong(bytes),
-        M::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
-            code: r.code,
-            reason: r.reason,
-        })),
+        M::Close(reason) => {
+            Message::Close(reason.and_then(|r| CloseFrame::new(r.code, r.reason).ok()))
+        }
     })
 }
 
@@ -489,7 +489,11 @@ fn to_engine(message: Message) -> sockudo_ws::Message {
         Message::Binary(bytes) => M::Binary(bytes),
         Message::Ping(bytes) => M::Ping(bytes),
         Message::Pong(bytes) => M::Pong(bytes),
-        Message::Close(frame) => M::Close(frame.map(|f| CloseReason::new(f.code, f.reason))),
+        Message::Close(frame) => M::Close(
+            frame
+                .and_then(CloseFrame::into_wire)
+                .map(|(code, reason)| CloseReason::new(code, reason)),
+        ),
     }
 }
 
