@@ -24,6 +24,7 @@
 //! `cargo build -p examples --example echo`).
 
 use std::{
+    ffi::OsStr,
     fs,
     io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
@@ -121,8 +122,7 @@ fn python_websockets() {
     let Some(python) = available("Python websockets", install_python) else {
         return;
     };
-    let script = interop_dir().join("interop.py");
-    run_script_variants(Command::new(python).arg(script), &[]);
+    run_script_variants(python.as_os_str(), "interop.py", &[]);
 }
 
 #[test]
@@ -130,9 +130,9 @@ fn node_ws() {
     let Some(modules) = available("Node.js ws", install_node) else {
         return;
     };
-    let script = interop_dir().join("interop.js");
     run_script_variants(
-        Command::new("node").arg(script),
+        OsStr::new("node"),
+        "interop.js",
         &[("NODE_PATH", modules.as_os_str())],
     );
 }
@@ -168,13 +168,13 @@ async fn tokio_tungstenite() {
     }
 }
 
-/// Runs `client URL [--deflate] [--no-context-takeover]` for every script variant, each
-/// against a fresh echo process; panics on the first failure.
-fn run_script_variants(client: &Command, envs: &[(&str, &std::ffi::OsStr)]) {
+/// Runs `program tests/interop/<script> URL [--deflate] [--no-context-takeover]` for every
+/// script variant, each against a fresh echo process; panics on the first failure.
+fn run_script_variants(program: &OsStr, script: &str, envs: &[(&str, &OsStr)]) {
     for &variant in SCRIPT_VARIANTS {
         let server = Echo::start(variant.server);
-        let mut command = Command::new(client.get_program());
-        command.args(client.get_args()).arg(server.url());
+        let mut command = Command::new(program);
+        command.arg(interop_dir().join(script)).arg(server.url());
         command.envs(envs.iter().copied());
         if variant.deflate {
             command.arg("--deflate");
