@@ -22,8 +22,10 @@ struct Cluster {
 fn cluster() -> Option<Cluster> {
     let redis = RedisServer::start()?;
     let url = redis.url();
-    let a = Running::start_with("chat", &[("REDIS_URL", &url)]);
-    let b = Running::start_with("chat", &[("REDIS_URL", &url)]);
+    // Two instances of one app share APP_NAME, which names their Redis channels.
+    let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    let a = Running::start_with("chat", &env);
+    let b = Running::start_with("chat", &env);
     Some(Cluster { redis, a, b })
 }
 

@@ -90,7 +90,7 @@ mod metrics;
 mod services;
 
 pub use crate::app::{App, ShutdownHandle};
-pub use crate::config::{Config, ConfigError, LogLevel};
+pub use crate::config::{Config, ConfigError, LogLevel, Secret};
 pub use crate::error::{AppError, Error};
 pub use crate::http::{HttpContext, HttpHandler};
 pub use crate::services::ServiceExt;

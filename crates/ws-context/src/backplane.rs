@@ -91,6 +91,10 @@ pub enum BackplaneError {
     /// The backplane is down or its queue is full.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
+    /// The delivery cannot travel between instances (too large, a field outside the
+    /// format's rules); it was still delivered locally.
+    #[error("backplane refused the delivery: {0}")]
+    Refused(String),
 }
 
 /// Who a delivery is for.
