@@ -35,6 +35,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 << 20;
 /// How long a publish, subscribe or health probe may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a pipeline of publishes may take (up to [`BATCH`] of them, each up to the
+/// payload limit) before its messages count as failed and Redis as down.
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a disconnected backplane checks whether Redis is back.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// Most publishes sent to Redis in one pipeline.
@@ -852,7 +855,7 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
                     );
                     continue;
                 }
-                deliver(&shared, &inbound, &mut windows, channel, frame, fingerprint).await;
+                deliver(&shared, &inbound, &mut windows, channel, frame, fingerprint);
             }
             PushKind::Disconnection => shared.set_down(&"connection closed"),
             PushKind::Unsubscribe => {
@@ -866,7 +869,8 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
     }
 }
 
-async fn deliver(
+/// Delivers one frame without waiting for any member (see [`Inbound::deliver_now`]).
+fn deliver(
     shared: &Shared,
     inbound: &Inbound,
     windows: &mut HashMap<(Arc<str>, Bytes), Window>,
@@ -917,9 +921,7 @@ async fn deliver(
     metrics::counter!(m::RECEIVED).increment(1);
     let latency = now_us().saturating_sub(sent_at_us);
     metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
-    inbound
-        .deliver(Envelope::new(origin, target, message))
-        .await;
+    inbound.deliver_now(Envelope::new(origin, target, message));
 }
 
 /// The single publisher: sends queued deliveries in order, many per round trip.
@@ -936,7 +938,7 @@ async fn publish_queued(
         }
         let sent = batch.len() as u64;
         batch.clear();
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.exec_async(&mut manager)).await {
+        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
             Ok(Ok(())) => {
                 add(&shared.counters.published, sent);
                 metrics::counter!(m::PUBLISHED).increment(sent);

@@ -3,4 +3,5 @@
 mod cluster;
 mod isolation;
 mod redis_server;
+mod slow_member;
 mod support;

@@ -188,6 +188,7 @@ impl ConnectionHub {
         hub.inner.backplane.attach(Inbound {
             hub: Arc::downgrade(&hub.inner),
             origin,
+            stalled: Default::default(),
         });
         hub
     }
@@ -440,7 +441,7 @@ impl ConnectionHub {
     /// Calls `f` with the writer of each connection `target` names, under the registry's read
     /// lock (`f` must not wait): nothing is cloned for the connections that take a message at
     /// once.
-    fn for_each_writer(&self, target: &Target, mut f: impl FnMut(&SocketWriter)) {
+    pub(crate) fn for_each_writer(&self, target: &Target, mut f: impl FnMut(&SocketWriter)) {
         let registry = self.read();
         match target {
             Target::All => registry.connections.values().for_each(|e| f(e.writer())),

@@ -92,7 +92,7 @@ mod writer;
 
 pub use crate::backplane::{
     Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
-    Target,
+    MAX_STALLED_MESSAGES, Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
