@@ -13,6 +13,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 mod cluster;
+mod recovery;
 #[path = "../../crates/ws-backplane-redis/tests/redis_server.rs"]
 mod redis_server;
 

@@ -292,3 +292,102 @@ impl Inbound {
         }
     }
 }
+
+/// A room message's place in the room's history: an epoch, which changes whenever the
+/// history is lost (a restart, an expiry), and an offset, which counts the room's messages
+/// within the epoch. Clients get it as an opaque string (`to_string`, parsed back with
+/// `parse`) and hand it back to recover what they missed (see
+/// [`ConnectionHub::join_since`](crate::ConnectionHub::join_since)).
+///
+/// ```
+/// use ws_context::RoomPosition;
+/// let position = RoomPosition::new("3f9a0c", 42);
+/// let text = position.to_string();
+/// assert_eq!(text.parse::<RoomPosition>().unwrap(), position);
+/// assert!("nonsense".parse::<RoomPosition>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomPosition {
+    epoch: Arc<str>,
+    offset: u64,
+}
+
+impl RoomPosition {
+    /// A position; `epoch` is 1 to 64 ASCII letters, digits, `_` or `-` (others are kept
+    /// but such a position does not parse back).
+    pub fn new(epoch: impl Into<Arc<str>>, offset: u64) -> Self {
+        RoomPosition {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    /// The history's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The message's number within the epoch, from 1; 0 is "before the first".
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl fmt::Display for RoomPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.offset, self.epoch)
+    }
+}
+
+/// A string that is not a [`RoomPosition`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a room position: {0:?}")]
+pub struct PositionError(String);
+
+impl std::str::FromStr for RoomPosition {
+    type Err = PositionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || PositionError(text.chars().take(80).collect());
+        let (offset, epoch) = text.split_once('.').ok_or_else(bad)?;
+        let offset = offset.parse().map_err(|_| bad())?;
+        let valid = (1..=64).contains(&epoch.len())
+            && epoch
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(bad());
+        }
+        Ok(RoomPosition::new(epoch, offset))
+    }
+}
+
+/// Why a member could not recover a room's messages from a position; the app should reload
+/// its state (and then [`join`](crate::ConnectionHub::join) without recovery).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// The connection is not open here.
+    #[error("the connection is not open")]
+    NotOpen,
+    /// The room's history is not the one the position is from (it was lost, expired, or the
+    /// position is from another history).
+    #[error("the room's history has changed since that position")]
+    EpochChanged,
+    /// Some messages after the position are no longer kept.
+    #[error("the position is older than the room's history")]
+    TooOld,
+    /// No history is kept here for recovery (for example with a backplane that keeps none).
+    #[error("recovery is not available: {0}")]
+    Unavailable(String),
+}
+
+/// What [`ConnectionHub::join_since`](crate::ConnectionHub::join_since) recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// How many messages were queued for the member, in order, before any live one.
+    pub count: usize,
+    /// The room's position when the member joined: its last message before the live ones.
+    pub position: RoomPosition,
+}

@@ -92,7 +92,7 @@ mod writer;
 
 pub use crate::backplane::{
     Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
-    MAX_STALLED_MESSAGES, Target,
+    MAX_STALLED_MESSAGES, PositionError, Recovered, RecoveryError, RoomPosition, Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
@@ -101,7 +101,10 @@ pub use crate::endpoint::{
 #[doc(hidden)]
 pub use crate::handler::BoxHandlerFn;
 pub use crate::handler::Handler;
-pub use crate::hub::{ConnectionHub, ConnectionId, ConnectionInfo, node_id};
+pub use crate::hub::{
+    ConnectionHub, ConnectionId, ConnectionInfo, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_LEN,
+    RoomSent, node_id,
+};
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
