@@ -130,7 +130,8 @@ async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     assert!(!hub.leave(&a_id, "blue"), "not a member any more");
     assert_eq!(
         hub.send_to_room("blue", ws_context::Message::text("to blue"))
-            .await,
+            .await
+            .delivered,
         1
     );
     assert_eq!(next_data(&mut b).await, Message::text("to blue"));
@@ -282,7 +283,10 @@ async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
     let addr = serve(router).await;
     let mut before = connect(addr, "/ws").await;
     eventually("the first connection registers", || hub.len() == 1).await;
-    assert_eq!(hub.shutdown(CloseFrame::going_away("server shutting down")), 1);
+    assert_eq!(
+        hub.shutdown(CloseFrame::going_away("server shutting down")),
+        1
+    );
     assert_eq!(close_code(&mut before).await, 1001);
     let mut after = connect(addr, "/ws").await;
     assert_eq!(close_code(&mut after).await, 1001);
