@@ -112,7 +112,7 @@ impl App {
         App::build(Ok(config))
     }
 
-    fn build(mut config: Result<Config, ConfigError>) -> Self {
+    fn build(config: Result<Config, ConfigError>) -> Self {
         // Logging starts with the app, as in GoFr, so what happens before `run` (a first dial
         // of `add_ws_service` that fails, say) is logged too.
         if let Ok(config) = &config {
@@ -120,6 +120,8 @@ impl App {
         }
         // With the feature, the hub always has the Redis backplane; until `serve` connects
         // it (only when `REDIS_URL` is set) it keeps every delivery in this process.
+        #[cfg(feature = "redis")]
+        let mut config = config;
         #[cfg(feature = "redis")]
         let cluster = match &config {
             Ok(settings) => match backplane_settings(settings) {
