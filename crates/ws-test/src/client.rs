@@ -265,14 +265,24 @@ impl WsClient {
         self.send_at(Location::caller(), message)
     }
 
-    fn send_at(&mut self, caller: &'static Location<'static>, message: Message) -> impl Future<Output = ()> + '_ {
+    fn send_at(
+        &mut self,
+        caller: &'static Location<'static>,
+        message: Message,
+    ) -> impl Future<Output = ()> + '_ {
         async move {
             if let Some(ended) = &self.ended {
-                fail(caller, &format!("cannot send on {}: {}", self.url, describe_end(ended)));
+                fail(
+                    caller,
+                    &format!("cannot send on {}: {}", self.url, describe_end(ended)),
+                );
             }
             let kind = kind_of(&message);
             if let Err(error) = self.socket.send(message).await {
-                fail(caller, &format!("cannot send {kind} on {}: {error}", self.url));
+                fail(
+                    caller,
+                    &format!("cannot send {kind} on {}: {error}", self.url),
+                );
             }
         }
     }
@@ -300,7 +310,14 @@ impl WsClient {
         async move {
             match self.recv_what(caller, "a text message").await {
                 Message::Text(text) => text.as_str().to_owned(),
-                other => fail(caller, &format!("awaited a text message on {}, got {}", self.url, show(&other))),
+                other => fail(
+                    caller,
+                    &format!(
+                        "awaited a text message on {}, got {}",
+                        self.url,
+                        show(&other)
+                    ),
+                ),
             }
         }
     }
@@ -316,7 +333,14 @@ impl WsClient {
         async move {
             match self.recv_what(caller, "a binary message").await {
                 Message::Binary(data) => data,
-                other => fail(caller, &format!("awaited a binary message on {}, got {}", self.url, show(&other))),
+                other => fail(
+                    caller,
+                    &format!(
+                        "awaited a binary message on {}, got {}",
+                        self.url,
+                        show(&other)
+                    ),
+                ),
             }
         }
     }
@@ -334,10 +358,18 @@ impl WsClient {
         async move {
             let what = format!("a JSON {}", std::any::type_name::<T>());
             match self.recv_what(caller, &what).await {
-                Message::Text(text) => serde_json::from_str(text.as_str()).unwrap_or_else(|error| {
-                    fail(caller, &format!("awaited {what} on {}, got {text:?}: {error}", self.url))
-                }),
-                other => fail(caller, &format!("awaited {what} on {}, got {}", self.url, show(&other))),
+                Message::Text(text) => {
+                    serde_json::from_str(text.as_str()).unwrap_or_else(|error| {
+                        fail(
+                            caller,
+                            &format!("awaited {what} on {}, got {text:?}: {error}", self.url),
+                        )
+                    })
+                }
+                other => fail(
+                    caller,
+                    &format!("awaited {what} on {}, got {}", self.url, show(&other)),
+                ),
             }
         }
     }
@@ -355,7 +387,10 @@ impl WsClient {
             let what = format!("a close frame with code {code}");
             match self.recv_what(caller, &what).await {
                 Message::Close(Some(frame)) if frame.code() == code => frame.reason().to_owned(),
-                other => fail(caller, &format!("awaited {what} on {}, got {}", self.url, show(&other))),
+                other => fail(
+                    caller,
+                    &format!("awaited {what} on {}, got {}", self.url, show(&other)),
+                ),
             }
         }
     }
@@ -374,7 +409,11 @@ impl WsClient {
             if let Some(message) = self.next_within(caller, duration, "nothing").await {
                 fail(
                     caller,
-                    &format!("awaited nothing for {duration:?} on {}, got {}", self.url, show(&message)),
+                    &format!(
+                        "awaited nothing for {duration:?} on {}, got {}",
+                        self.url,
+                        show(&message)
+                    ),
                 );
             }
         }
@@ -387,7 +426,10 @@ impl WsClient {
     ///
     /// When the connection ends without a close frame or breaks the protocol.
     #[track_caller]
-    pub fn recv_within(&mut self, duration: Duration) -> impl Future<Output = Option<Message>> + '_ {
+    pub fn recv_within(
+        &mut self,
+        duration: Duration,
+    ) -> impl Future<Output = Option<Message>> + '_ {
         let caller = Location::caller();
         async move { self.next_within(caller, duration, "a message").await }
     }
@@ -409,12 +451,18 @@ impl WsClient {
             let deadline = Instant::now() + self.timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match self.next_within(caller, left, "the server's close frame").await {
+                match self
+                    .next_within(caller, left, "the server's close frame")
+                    .await
+                {
                     Some(Message::Close(_)) => return,
                     Some(_) => continue,
                     None => fail(
                         caller,
-                        &format!("awaited the server's close frame on {} for {:?}: nothing came", self.url, self.timeout),
+                        &format!(
+                            "awaited the server's close frame on {} for {:?}: nothing came",
+                            self.url, self.timeout
+                        ),
                     ),
                 }
             }
@@ -427,7 +475,10 @@ impl WsClient {
             Some(message) => message,
             None => fail(
                 caller,
-                &format!("awaited {what} on {} for {timeout:?}: nothing came", self.url),
+                &format!(
+                    "awaited {what} on {} for {timeout:?}: nothing came",
+                    self.url
+                ),
             ),
         }
     }
@@ -440,28 +491,47 @@ impl WsClient {
         what: &str,
     ) -> Option<Message> {
         if let Some(ended) = &self.ended {
-            fail(caller, &format!("awaited {what} on {}, but {}", self.url, describe_end(ended)));
+            fail(
+                caller,
+                &format!(
+                    "awaited {what} on {}, but {}",
+                    self.url,
+                    describe_end(ended)
+                ),
+            );
         }
         let deadline = Instant::now() + bound;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
+            let next = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
             match next {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(message)) => {
                     if let Message::Close(frame) = &message {
-                        self.ended = Some(Ended::Closed(frame.as_ref().map_or(1005, CloseFrame::code)));
+                        self.ended =
+                            Some(Ended::Closed(frame.as_ref().map_or(1005, CloseFrame::code)));
                     }
                     return Some(message);
                 }
                 Some(Err(error)) => {
                     let ended = Ended::Lost(error);
-                    let message = format!("awaited {what} on {}, but {}", self.url, describe_end(&ended));
+                    let message = format!(
+                        "awaited {what} on {}, but {}",
+                        self.url,
+                        describe_end(&ended)
+                    );
                     self.ended = Some(ended);
                     fail(caller, &message);
                 }
                 None => {
-                    let ended = Ended::Lost("the connection ended without a close frame".to_owned());
-                    let message = format!("awaited {what} on {}, but {}", self.url, describe_end(&ended));
+                    let ended =
+                        Ended::Lost("the connection ended without a close frame".to_owned());
+                    let message = format!(
+                        "awaited {what} on {}, but {}",
+                        self.url,
+                        describe_end(&ended)
+                    );
                     self.ended = Some(ended);
                     fail(caller, &message);
                 }

@@ -207,7 +207,9 @@ fn check_answer(
                 || *p == "client_no_context_takeover"
                 || p.starts_with("server_max_window_bits"))
         }) {
-            return protocol_error(format!("permessage-deflate parameter {other:?} not offered"));
+            return protocol_error(format!(
+                "permessage-deflate parameter {other:?} not offered"
+            ));
         }
     }
     Ok(())
@@ -223,7 +225,9 @@ async fn read_head(
             break at;
         }
         if buf.len() > MAX_HEAD {
-            return Err(ConnectErrorKind::Protocol("answer head too long".to_owned()));
+            return Err(ConnectErrorKind::Protocol(
+                "answer head too long".to_owned(),
+            ));
         }
         let read = stream
             .read_buf(&mut buf)

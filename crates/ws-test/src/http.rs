@@ -152,7 +152,11 @@ fn parse(raw: &[u8]) -> Result<HttpResponse, String> {
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Ok(HttpResponse {
         status,
         headers,

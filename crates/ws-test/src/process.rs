@@ -87,7 +87,10 @@ impl AppProcess {
             let Ok(line) = log.recv_timeout(left) else {
                 let _ = child.kill();
                 let _ = child.wait();
-                fail(caller, &format!("{program} did not log its address within {START_WAIT:?}"));
+                fail(
+                    caller,
+                    &format!("{program} did not log its address within {START_WAIT:?}"),
+                );
             };
             if let Some(addr) = logged_address(&line, "metrics_address") {
                 metrics_addr = Some(addr);
@@ -125,7 +128,8 @@ impl AppProcess {
 
     /// `http://127.0.0.1:<port>/metrics`, if the program logged its metrics address.
     pub fn metrics_url(&self) -> Option<String> {
-        self.metrics_addr.map(|addr| format!("http://{addr}/metrics"))
+        self.metrics_addr
+            .map(|addr| format!("http://{addr}/metrics"))
     }
 
     /// A client builder for `path`.
@@ -176,7 +180,10 @@ impl AppProcess {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         if !status.is_ok_and(|s| s.success()) {
-            fail(Location::caller(), &format!("kill -TERM {} failed", self.child.id()));
+            fail(
+                Location::caller(),
+                &format!("kill -TERM {} failed", self.child.id()),
+            );
         }
     }
 
@@ -196,7 +203,10 @@ impl AppProcess {
                     // Polling a child's exit: std has no wait with a timeout.
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Ok(None) => fail(caller, &format!("the process did not exit within {bound:?}")),
+                Ok(None) => fail(
+                    caller,
+                    &format!("the process did not exit within {bound:?}"),
+                ),
                 Err(error) => fail(caller, &format!("cannot wait for the process: {error}")),
             }
         }

@@ -125,7 +125,10 @@ impl TestServer {
     }
 
     #[track_caller]
-    fn serve_router(router: Router, hub: Option<ConnectionHub>) -> impl Future<Output = TestServer> {
+    fn serve_router(
+        router: Router,
+        hub: Option<ConnectionHub>,
+    ) -> impl Future<Output = TestServer> {
         let bind = bind_loopback();
         async move {
             let (listener, addr) = bind.await;
@@ -166,7 +169,10 @@ impl TestServer {
     pub fn app(mut app: gofr_app::App) -> impl Future<Output = TestServer> {
         let caller = Location::caller();
         if let Err(error) = app.config() {
-            fail(caller, &format!("the App's configuration is invalid: {error}"));
+            fail(
+                caller,
+                &format!("the App's configuration is invalid: {error}"),
+            );
         }
         let bind = bind_loopback();
         let bind_metrics = bind_loopback();
@@ -208,7 +214,8 @@ impl TestServer {
 
     /// `http://127.0.0.1:<port>/metrics` of an app; `None` for a plain router.
     pub fn metrics_url(&self) -> Option<String> {
-        self.metrics_addr.map(|addr| format!("http://{addr}/metrics"))
+        self.metrics_addr
+            .map(|addr| format!("http://{addr}/metrics"))
     }
 
     /// A client builder for `path` on this server.
@@ -263,7 +270,10 @@ impl TestServer {
             match tokio::time::timeout(SHUTDOWN_WAIT, task).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => fail(caller, &format!("the server task failed: {error}")),
-                Err(_) => fail(caller, &format!("the server did not stop within {SHUTDOWN_WAIT:?}")),
+                Err(_) => fail(
+                    caller,
+                    &format!("the server did not stop within {SHUTDOWN_WAIT:?}"),
+                ),
             }
         }
     }
@@ -333,7 +343,11 @@ impl TestServer {
     /// When it does not within [`DEFAULT_TIMEOUT`] (the message gives the last members),
     /// or the server has no hub.
     #[track_caller]
-    pub fn expect_room_size<'a>(&'a self, room: &'a str, count: usize) -> impl Future<Output = ()> + 'a {
+    pub fn expect_room_size<'a>(
+        &'a self,
+        room: &'a str,
+        count: usize,
+    ) -> impl Future<Output = ()> + 'a {
         let caller = Location::caller();
         let hub = self.hub();
         async move {

@@ -78,6 +78,12 @@ impl Socket {
             Socket::Plain(ws) => loop {
                 match ws.next().await? {
                     Ok(tungstenite::Message::Frame(_)) => continue,
+                    Ok(message @ tungstenite::Message::Close(_)) => {
+                        // tungstenite queues its answer to a close until the next write or
+                        // flush: send it now, so the server's closing handshake completes.
+                        let _ = ws.flush().await;
+                        return Some(from_tungstenite(message));
+                    }
                     Ok(message) => return Some(from_tungstenite(message)),
                     Err(tungstenite::Error::ConnectionClosed) => return None,
                     Err(error) => return Some(Err(error.to_string())),
@@ -166,7 +172,12 @@ impl DeflateSocket {
         self.write_frame(opcode, compress, payload).await
     }
 
-    async fn write_frame(&mut self, opcode: OpCode, rsv1: bool, payload: Bytes) -> Result<(), String> {
+    async fn write_frame(
+        &mut self,
+        opcode: OpCode,
+        rsv1: bool,
+        payload: Bytes,
+    ) -> Result<(), String> {
         let mut mask = [0u8; 4];
         getrandom::fill(&mut mask).map_err(|e| e.to_string())?;
         let header = FrameHeader {
@@ -181,7 +192,10 @@ impl DeflateSocket {
         Frame::from_payload(header, payload)
             .format(&mut wire)
             .map_err(|e| e.to_string())?;
-        self.stream.write_all(&wire).await.map_err(|e| e.to_string())
+        self.stream
+            .write_all(&wire)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn next(&mut self) -> Option<Result<Message, String>> {
@@ -230,7 +244,10 @@ impl DeflateSocket {
         Ok(Some((header, payload)))
     }
 
-    async fn on_frame(&mut self, (header, payload): (FrameHeader, Vec<u8>)) -> Result<Option<Message>, String> {
+    async fn on_frame(
+        &mut self,
+        (header, payload): (FrameHeader, Vec<u8>),
+    ) -> Result<Option<Message>, String> {
         match header.opcode {
             OpCode::Control(control) => {
                 if !header.is_final || header.rsv1 {
@@ -350,7 +367,8 @@ fn inflate(inflater: &mut Decompress, mut data: Vec<u8>) -> Result<Vec<u8>, Stri
     let start_in = inflater.total_in();
     let mut out = Vec::with_capacity(data.len() * 3);
     loop {
-        let consumed = usize::try_from(inflater.total_in() - start_in).map_err(|e| e.to_string())?;
+        let consumed =
+            usize::try_from(inflater.total_in() - start_in).map_err(|e| e.to_string())?;
         if out.capacity() - out.len() < 1024 {
             out.reserve(out.capacity().max(1024));
         }
@@ -360,7 +378,8 @@ fn inflate(inflater: &mut Decompress, mut data: Vec<u8>) -> Result<Vec<u8>, Stri
         if out.len() > MAX_MESSAGE {
             return Err("inflated message too large".to_owned());
         }
-        let consumed = usize::try_from(inflater.total_in() - start_in).map_err(|e| e.to_string())?;
+        let consumed =
+            usize::try_from(inflater.total_in() - start_in).map_err(|e| e.to_string())?;
         if status == Status::StreamEnd {
             return Err("the server ended its deflate stream (BFINAL)".to_owned());
         }

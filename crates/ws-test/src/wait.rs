@@ -52,7 +52,10 @@ pub fn eventually_within<'a>(
     async move {
         let checked = wait_until(bound, || if condition() { Ok(()) } else { Err(None) }).await;
         if let Err(last) = checked {
-            fail(caller, &format!("waited {bound:?} for {what}{}", last.unwrap_or_default()));
+            fail(
+                caller,
+                &format!("waited {bound:?} for {what}{}", last.unwrap_or_default()),
+            );
         }
     }
 }

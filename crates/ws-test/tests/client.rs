@@ -37,10 +37,16 @@ async fn headers_and_subprotocols_reach_the_server() {
         .await;
     // The server's order wins.
     assert_eq!(client.protocol(), Some("chat"));
-    assert_eq!(client.response_header("Sec-WebSocket-Protocol"), Some("chat"));
+    assert_eq!(
+        client.response_header("Sec-WebSocket-Protocol"),
+        Some("chat")
+    );
     client.send_text("?").await;
     let answer: serde_json::Value = client.recv_json().await;
-    assert_eq!(answer, serde_json::json!({"token": "abc", "protocol": "chat"}));
+    assert_eq!(
+        answer,
+        serde_json::json!({"token": "abc", "protocol": "chat"})
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,11 @@ async fn server() -> TestServer {
 #[should_panic(expected = "awaited a text message on ws://")]
 async fn recv_text_names_the_timeout() {
     let server = server().await;
-    let mut client = server.client("/echo").timeout(Duration::from_millis(50)).connect().await;
+    let mut client = server
+        .client("/echo")
+        .timeout(Duration::from_millis(50))
+        .connect()
+        .await;
     client.recv_text().await;
 }
 

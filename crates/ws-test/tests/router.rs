@@ -23,7 +23,9 @@ async fn to_room(ctx: Context) -> Result<(), BindError> {
 }
 
 fn rooms(hub: &ConnectionHub) -> axum::Router {
-    let endpoint = Endpoint::new(to_room).on_connect(join_room).hub(hub.clone());
+    let endpoint = Endpoint::new(to_room)
+        .on_connect(join_room)
+        .hub(hub.clone());
     axum::Router::new()
         .route("/echo", Endpoint::new(echo).hub(hub.clone()).into_route())
         .route("/ws/{room}", endpoint.into_route())
