@@ -265,25 +265,19 @@ impl WsClient {
         self.send_at(Location::caller(), message)
     }
 
-    fn send_at(
-        &mut self,
-        caller: &'static Location<'static>,
-        message: Message,
-    ) -> impl Future<Output = ()> + '_ {
-        async move {
-            if let Some(ended) = &self.ended {
-                fail(
-                    caller,
-                    &format!("cannot send on {}: {}", self.url, describe_end(ended)),
-                );
-            }
-            let kind = kind_of(&message);
-            if let Err(error) = self.socket.send(message).await {
-                fail(
-                    caller,
-                    &format!("cannot send {kind} on {}: {error}", self.url),
-                );
-            }
+    async fn send_at(&mut self, caller: &'static Location<'static>, message: Message) {
+        if let Some(ended) = &self.ended {
+            fail(
+                caller,
+                &format!("cannot send on {}: {}", self.url, describe_end(ended)),
+            );
+        }
+        let kind = kind_of(&message);
+        if let Err(error) = self.socket.send(message).await {
+            fail(
+                caller,
+                &format!("cannot send {kind} on {}: {error}", self.url),
+            );
         }
     }
 
