@@ -28,6 +28,7 @@ const START_WAIT: Duration = Duration::from_secs(10);
 /// use std::process::Command;
 ///
 /// let server = ws_test::AppProcess::start(Command::new("target/debug/examples/echo"));
+/// // or, in a package's integration test: AppProcess::example("echo", &[])
 /// let mut client = server.connect("/ws").await;
 /// client.send_text("hi").await;
 /// assert_eq!(client.recv_text().await, "hi");
@@ -104,6 +105,40 @@ impl AppProcess {
             metrics_addr,
             log,
         }
+    }
+
+    /// Starts the package's example `name` (an `[[example]]` target), built by `cargo test`
+    /// before the integration tests into `target/<profile>/examples/`, next to the test
+    /// binary's own directory; as [`start`](AppProcess::start) with `envs` set.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](AppProcess::start), and when the test binary's path is unknown.
+    #[track_caller]
+    pub fn example(name: &str, envs: &[(&str, &str)]) -> AppProcess {
+        let caller = Location::caller();
+        let exe = std::env::current_exe()
+            .unwrap_or_else(|e| fail(caller, &format!("no test binary path: {e}")));
+        let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) else {
+            fail(
+                caller,
+                &format!("{} is not in target/<profile>/deps", exe.display()),
+            )
+        };
+        let program = profile_dir.join("examples").join(name);
+        if !program.exists() {
+            fail(
+                caller,
+                &format!(
+                    "no example {} (`cargo test` builds the examples, but not with a `--test` \
+                     filter: run `cargo build --example {name}` first)",
+                    program.display()
+                ),
+            );
+        }
+        let mut command = Command::new(program);
+        command.envs(envs.iter().copied());
+        AppProcess::start(command)
     }
 
     /// The process id.
