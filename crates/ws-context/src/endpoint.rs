@@ -605,6 +605,7 @@ impl ConnectionTask {
             _ => None,
         };
         let may_read = self.may_read();
+        let keep_alive = self.keeps_alive_only();
         let may_write = self.may_write();
         let handler_running = self.running.is_some();
 
@@ -615,6 +616,7 @@ impl ConnectionTask {
             biased;
             reply = poll_running(&mut self.running), if handler_running => self.on_reply(reply).await,
             incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
+            control = self.socket.recv_control(), if keep_alive => self.on_incoming(control).await,
             delivery = self.conn.0.writer.delivery(), if may_write => match delivery {
                 Delivery::Urgent => {
                     self.begin_urgent_close();
@@ -654,6 +656,12 @@ impl ConnectionTask {
         }
     }
 
+    /// A message is read ahead while the handler runs: the socket still answers pings, pings
+    /// the peer and watches its deadlines, reading no further data.
+    fn keeps_alive_only(&self) -> bool {
+        matches!(self.closing, Closing::Open) && self.next.is_some()
+    }
+
     /// False once an urgent close is under way or our close frame is out.
     fn may_write(&self) -> bool {
         matches!(
@@ -662,7 +670,7 @@ impl ConnectionTask {
         )
     }
 
-    /// Handles what the socket gave, then each further message the engine has ready without
+    /// Handles what the socket gave, then each further message the socket has ready without
     /// waiting (already parsed or already readable), up to `MAX_BATCH`: a burst costs one turn.
     async fn on_burst(&mut self, first: Option<Result<Message, WsError>>) -> Step {
         let mut incoming = first;
@@ -683,7 +691,7 @@ impl ConnectionTask {
         match incoming {
             None => Step::Break(()),
             Some(Err(error)) => {
-                // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
+                // The socket has stopped reading; tell the peer why (1002, 1007, 1009, 1013, ...).
                 tracing::debug!(parent: self.conn.span(), %error, "connection failed");
                 self.ended_by = Some(CloseFrame::new(error.close_code(), error.to_string()));
                 // Boxed, as every rare wait with a timer: a timer is large, and inline it would
@@ -696,7 +704,7 @@ impl ConnectionTask {
                 Step::Break(())
             }
             Some(Ok(Message::Close(frame))) => {
-                // The engine answers the close; keep reading until it reports the end.
+                // The socket answers the close; keep reading until it reports the end.
                 self.ended_by =
                     Some(frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, "")));
                 self.closing = Closing::Sent;
@@ -713,7 +721,7 @@ impl ConnectionTask {
                     Step::Continue(())
                 }
             }
-            // Pings are answered by the engine; pongs feed its liveness timer.
+            // Pings are answered by the socket; any frame feeds its liveness timer.
             Some(Ok(_)) => Step::Continue(()),
         }
     }
