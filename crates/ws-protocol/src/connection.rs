@@ -18,8 +18,7 @@ use bytes::Bytes;
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
-    deflate::Codec, mask::MaskKeys, mask::apply_mask, output::Output,
-    prepared::PreparedMessage,
+    deflate::Codec, mask::MaskKeys, mask::apply_mask, output::Output, prepared::PreparedMessage,
 };
 
 const OP_CONTINUATION: u8 = 0x0;

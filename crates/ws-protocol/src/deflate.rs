@@ -212,7 +212,9 @@ pub fn negotiate<'a>(
             if offer.server_max_window_bits.is_some_and(|bits| bits < 9) {
                 continue;
             }
-            let server_bits = offer.server_max_window_bits.map_or(max_bits, |b| b.min(max_bits));
+            let server_bits = offer
+                .server_max_window_bits
+                .map_or(max_bits, |b| b.min(max_bits));
             let params = DeflateParams {
                 server_no_context_takeover: offer.server_no_context_takeover
                     || !policy.context_takeover,
@@ -411,7 +413,7 @@ fn inflate_message(
     let ceiling = limit.saturating_add(1);
     let mut out: Vec<u8> = Vec::new();
     let mut first_step = data.len().saturating_mul(4).clamp(256, 64 * 1024);
-    for (part, input) in [data, &SYNC_TAIL[..]].into_iter().enumerate() {
+    for input in [data, &SYNC_TAIL[..]] {
         let mut consumed = 0;
         loop {
             if out.len() == out.capacity() {
@@ -431,18 +433,13 @@ fn inflate_message(
                 return Err(ProtocolError::MessageTooBig { limit });
             }
             if status == Status::StreamEnd {
-                // BFINAL was set: the stream is over. Anything but our own trailer after it is
-                // garbage; the decompressor starts afresh for the next message.
-                if part == 0 && consumed < input.len() {
-                    return Err(ProtocolError::Inflate(
-                        "data after the end of the deflate stream".into(),
-                    ));
-                }
+                // BFINAL was set: the stream is over, and what follows is padding (RFC 7692
+                // §7.2.3.4 has a byte of it). The decompressor starts afresh for the next message.
                 decompressor.reset(false);
                 return Ok(finish(out));
             }
-            let progressed = decompressor.total_in() != in_before
-                || decompressor.total_out() != out_before;
+            let progressed =
+                decompressor.total_in() != in_before || decompressor.total_out() != out_before;
             if consumed == input.len() && out.len() < out.capacity() {
                 break;
             }
@@ -548,8 +545,7 @@ mod tests {
     fn rfc7692_hello_compresses_to_the_example_bytes() {
         let bytes = compress_once(b"Hello", 1, 15).unwrap();
         assert_eq!(bytes, [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
-        let back =
-            with_pooled_decompressor(|d| inflate_message(d, &bytes, 100)).unwrap();
+        let back = with_pooled_decompressor(|d| inflate_message(d, &bytes, 100)).unwrap();
         assert_eq!(back, b"Hello");
     }
 
@@ -597,8 +593,14 @@ mod tests {
                 let offer = client_offer(&policy);
                 let (server, answer) = negotiate([offer.as_str()], &policy).unwrap();
                 let client = accept_response(&answer, &policy).unwrap();
-                assert_eq!(server.server_no_context_takeover, client.server_no_context_takeover);
-                assert_eq!(server.client_no_context_takeover, client.client_no_context_takeover);
+                assert_eq!(
+                    server.server_no_context_takeover,
+                    client.server_no_context_takeover
+                );
+                assert_eq!(
+                    server.client_no_context_takeover,
+                    client.client_no_context_takeover
+                );
                 assert_eq!(server.server_max_window_bits, client.server_max_window_bits);
                 assert_eq!(server.server_no_context_takeover, !context_takeover);
             }

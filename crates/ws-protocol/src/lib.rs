@@ -13,7 +13,8 @@
 //! let mut server = Connection::new(Config::server());
 //! let mut client = Connection::new(Config::client());
 //! client.send(Message::text("Hello")).unwrap();
-//! let wire = client.output().copy_to_bytes(client.output().remaining());
+//! let output = client.output();
+//! let wire = output.copy_to_bytes(output.remaining());
 //! let mut input = &wire[..];
 //! assert_eq!(server.receive(&mut input).unwrap(), Some(Message::text("Hello")));
 //! ```
