@@ -615,8 +615,13 @@ impl ConnectionTask {
         let step = tokio::select! {
             biased;
             reply = poll_running(&mut self.running), if handler_running => self.on_reply(reply).await,
-            incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
-            control = self.socket.recv_control(), if keep_alive => self.on_incoming(control).await,
+            incoming = next_incoming(&mut self.socket, keep_alive), if may_read || keep_alive => {
+                if keep_alive {
+                    self.on_incoming(incoming).await
+                } else {
+                    self.on_burst(incoming).await
+                }
+            }
             delivery = self.conn.0.writer.delivery(), if may_write => match delivery {
                 Delivery::Urgent => {
                     self.begin_urgent_close();
@@ -960,6 +965,19 @@ impl ConnectionTask {
                 false
             }
         }
+    }
+}
+
+/// The next message, or with `control_only` the next control frame (a data message read ahead
+/// is kept by the socket).
+async fn next_incoming(
+    socket: &mut WebSocket,
+    control_only: bool,
+) -> Option<Result<Message, WsError>> {
+    if control_only {
+        socket.recv_control().await
+    } else {
+        socket.recv().await
     }
 }
 

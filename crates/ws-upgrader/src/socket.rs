@@ -107,6 +107,10 @@ fn with_scratch<R>(len: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
+/// Reads one poll of a socket may make without completing a message (1 MiB at the default
+/// read size) before it lets other tasks run.
+const READS_PER_POLL: usize = 16;
+
 /// Why a socket operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -497,6 +501,7 @@ impl WebSocket {
         if !control_only && let Some(message) = self.held.take() {
             return Poll::Ready(Some(Ok(message)));
         }
+        let mut reads = 0;
         loop {
             if self.ended {
                 return Poll::Ready(None);
@@ -521,6 +526,13 @@ impl WebSocket {
                     if suspended {
                         return Poll::Pending;
                     }
+                    if reads == READS_PER_POLL {
+                        // A large message arriving fast must not hold the worker thread:
+                        // other connections get a turn between its slices.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    reads += 1;
                     match ready!(self.poll_read(cx)) {
                         Ok(Read::Parsed(parsed)) => {
                             let buffered = self.conn.buffered();
