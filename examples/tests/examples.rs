@@ -13,6 +13,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 mod cluster;
+mod limits;
 #[path = "../../crates/ws-backplane-redis/tests/redis_server.rs"]
 mod redis_server;
 
@@ -51,7 +52,12 @@ impl Running {
 
     /// Starts with extra environment variables, which win over the defaults.
     fn start_with(name: &str, env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(example_path(name))
+        Running::spawn(name, Command::new(example_path(name)), env)
+    }
+
+    /// Starts `command` (the example `name`, perhaps behind a shell) as [`start_with`] does.
+    fn spawn(name: &str, mut command: Command, env: &[(&str, &str)]) -> Running {
+        let mut child = command
             .env("HTTP_HOST", "127.0.0.1")
             .env("HTTP_PORT", "0")
             .env("METRICS_PORT", "0")

@@ -1,4 +1,9 @@
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use ::http::HeaderMap;
 use axum::{
@@ -7,18 +12,25 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use serde::Serialize;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, time::Instant};
 use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
 use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
 use ws_upgrader::WsUpgrader;
 
 use crate::{
     AppError, Config, ConfigError, HttpHandler,
+    admission::{self, Admission},
     http::{self, BoxHttpHandler},
 };
 
-/// Time allowed, after the handlers' grace period, for close handshakes to complete.
-const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Time allowed, after the handlers' grace period, for close handshakes to complete; the
+/// outbound services get what is left of [`EXIT_MARGIN`].
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+/// The process exits within `SHUTDOWN_GRACE_PERIOD` plus this after the signal, whatever the
+/// clients do.
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+/// Of [`EXIT_MARGIN`], what is kept back for returning from `serve` and exiting.
+const EXIT_RESERVE: Duration = Duration::from_millis(400);
 
 type RouterLayer = Box<dyn FnOnce(Router) -> Router + Send>;
 type ConfigureEndpoint = Box<dyn FnOnce(Endpoint) -> Endpoint + Send>;
@@ -334,6 +346,27 @@ impl App {
         self
     }
 
+    /// At most this many WebSocket connections open at once across all routes (at least 1),
+    /// as `WS_MAX_CONNECTIONS` sets; more are refused with 503 and `Retry-After` before the
+    /// upgrade. Default 10,000. Each route may have its own lower limit
+    /// ([`Endpoint::max_connections`]).
+    pub fn ws_max_connections(&mut self, connections: usize) -> &mut Self {
+        if let Ok(config) = &mut self.config {
+            config.ws_max_connections = connections.max(1);
+        }
+        self
+    }
+
+    /// At most this many WebSocket connections open at once from one client IP address, as
+    /// `WS_MAX_CONNECTIONS_PER_IP` sets; `None` (the default) means no such limit. Behind a
+    /// proxy every client has the proxy's address: limit there instead.
+    pub fn ws_max_connections_per_ip(&mut self, connections: Option<usize>) -> &mut Self {
+        if let Ok(config) = &mut self.config {
+            config.ws_max_connections_per_ip = connections.map(|n| n.max(1));
+        }
+        self
+    }
+
     /// A handle that shuts the app down when asked, as SIGINT or SIGTERM do.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -355,9 +388,11 @@ impl App {
 
     /// Serves on a bound listener until SIGINT, SIGTERM or the [`ShutdownHandle`], with
     /// `/metrics` on `METRICS_PORT` (or the [`metrics_listener`](App::metrics_listener)).
-    /// Then it stops accepting, sends close 1001 to every WebSocket, gives running handlers
-    /// the shutdown grace period to finish, waits for the close handshakes, closes every
-    /// outbound service with 1001 (stopping their reconnect loops) and returns.
+    /// Then it stops accepting, sends close 1001 to every WebSocket (also to those whose
+    /// upgrade completes during the shutdown), gives running handlers and unfinished HTTP
+    /// requests the shutdown grace period to finish, waits for the close handshakes, closes
+    /// every outbound service with 1001 (stopping their reconnect loops) and returns: within
+    /// `SHUTDOWN_GRACE_PERIOD` plus 2 s of the signal, whatever the clients do.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::metrics::install();
@@ -383,14 +418,21 @@ impl App {
         let metrics_address = metrics_listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        // The same head, idle and size limits as the app's port.
+        let metrics_serve = ws_upgrader::serve(metrics_listener, crate::metrics::routes())
+            .handshake_timeout(Some(config.http_read_header_timeout))
+            .body_read_timeout(Some(config.http_read_timeout))
+            .idle_timeout(Some(config.http_idle_timeout))
+            .max_header_bytes(config.http_max_header_bytes);
         let metrics_server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(metrics_listener, crate::metrics::routes()).await {
+            if let Err(error) = metrics_serve.await {
                 tracing::error!(%error, "metrics server failed");
             }
         });
         tracing::info!(%metrics_address, "metrics on http://{metrics_address}/metrics");
 
         let mut router = self.router;
+        let admission = Admission::new(config.ws_max_connections, config.ws_max_connections_per_ip);
         for route in self.websockets {
             let mut endpoint = Endpoint::new(route.handler)
                 .upgrader(self.upgrader.clone())
@@ -399,32 +441,58 @@ impl App {
             if let Some(configure) = route.configure {
                 endpoint = configure(endpoint);
             }
-            router = router.route(&route.path, endpoint.into_route());
+            // Inside the app's own layers: authentication refuses before a place is taken.
+            let (admission, upgrader) = (admission.clone(), self.upgrader.clone());
+            let admit = axum::middleware::from_fn(move |request, next| {
+                admission::admit(admission.clone(), upgrader.clone(), request, next)
+            });
+            router = router.route(&route.path, endpoint.into_route().layer(admit));
         }
         // Handlers find the services in the request extensions (`ServiceExt`).
         router = router.layer(Extension(self.services.clone()));
         for layer in self.layers {
             router = layer(router);
         }
-        let router = router.merge(crate::health::routes(
-            &config,
-            self.hub.clone(),
-            self.services.clone(),
-        ));
+        let router = router
+            .merge(crate::health::routes(
+                &config,
+                self.hub.clone(),
+                self.services.clone(),
+            ))
+            .layer(axum::middleware::from_fn(admission::catch_panic));
 
         tracing::info!(app = %config.app_name, %address, "server listening on {address}");
         let hub = self.hub.clone();
         let mut stop = self.shutdown.subscribe();
+        // The head timeout is the stricter of the upgrader's handshake timeout and
+        // `HTTP_READ_HEADER_TIMEOUT`: both are promises about the same wait.
+        let header_timeout = self
+            .upgrader
+            .handshake_timeout()
+            .map_or(config.http_read_header_timeout, |t| {
+                t.min(config.http_read_header_timeout)
+            });
+        // When the shutdown started: every later wait is measured from it, so the process
+        // exits within the grace period plus EXIT_MARGIN whatever the clients do.
+        let stopped_at = Arc::new(OnceLock::new());
+        let stop_clock = stopped_at.clone();
         // Not axum::serve: it has no limit on reading a request, and the upgrader's handshake
         // timeout must cover that too. Requests still carry ConnectInfo<SocketAddr>.
         ws_upgrader::serve(listener, router)
-            .handshake_timeout(self.upgrader.handshake_timeout())
+            .handshake_timeout(Some(header_timeout))
+            .body_read_timeout(Some(config.http_read_timeout))
+            .idle_timeout(Some(config.http_idle_timeout))
+            .max_header_bytes(config.http_max_header_bytes)
+            // HTTP requests get the handlers' grace period too; then they are dropped.
+            .shutdown_timeout(config.shutdown_grace)
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     () = os_signal() => {}
                     _ = stop.wait_for(|stop| *stop) => {}
                 }
-                let sockets = hub.close_all(close_code::GOING_AWAY, "server shutting down");
+                let _ = stop_clock.set(Instant::now());
+                // Also every socket whose upgrade is under way and completes from now on.
+                let sockets = hub.shutdown(close_code::GOING_AWAY, "server shutting down");
                 tracing::info!(
                     sockets,
                     "shutting down: no new connections, closing WebSockets with 1001"
@@ -436,8 +504,13 @@ impl App {
                 source,
             })?;
 
-        let wait = config.shutdown_grace + CLOSE_HANDSHAKE;
-        if tokio::time::timeout(wait, self.hub.wait_empty())
+        let stopped_at = stopped_at.get().copied().unwrap_or_else(Instant::now);
+        let grace_end = stopped_at
+            .checked_add(config.shutdown_grace)
+            .unwrap_or_else(Instant::now);
+        let sockets_deadline = grace_end + CLOSE_HANDSHAKE;
+        let exit_deadline = grace_end + EXIT_MARGIN - EXIT_RESERVE;
+        if tokio::time::timeout_at(sockets_deadline, self.hub.wait_empty())
             .await
             .is_err()
         {
@@ -447,7 +520,14 @@ impl App {
             );
         }
         // After the handlers, so what they queued is still sent.
-        self.services.shutdown().await;
+        if tokio::time::timeout_at(exit_deadline, self.services.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "outbound services still closing after the grace period; exiting anyway"
+            );
+        }
         metrics_server.abort();
         #[cfg(feature = "redis")]
         self.cluster.disconnect();

@@ -56,10 +56,18 @@ impl LogLevel {
 /// | `HTTP_PORT` | `8000` | port of HTTP and WebSocket routes (0 picks a free one) |
 /// | `METRICS_PORT` | `2121` | port of `/metrics`, Prometheus text format (0 picks a free one) |
 /// | `LOG_LEVEL` | `INFO` | `DEBUG`, `INFO`, `NOTICE`, `WARN`, `ERROR`, `FATAL` |
-/// | `SHUTDOWN_GRACE_PERIOD` | `5s` | time handlers get to finish at shutdown (`500ms`, `5s`, `1m`, or seconds) |
+/// | `SHUTDOWN_GRACE_PERIOD` | `5s` | time handlers get to finish at shutdown (`500ms`, `5s`, `1m`, or seconds; at most 1 h); the process exits within it plus 2 s |
+/// | `HTTP_READ_HEADER_TIMEOUT` | `10s` | time a client has to send each request head, a WebSocket handshake included (the smaller of this and the upgrader's handshake timeout applies); also on `METRICS_PORT` |
+/// | `HTTP_READ_TIMEOUT` | `30s` | time a client has to send a request body once its head is read; later, `408` |
+/// | `HTTP_IDLE_TIMEOUT` | `5s` | time a keep-alive connection may wait for its next request (never more than the header timeout); also on `METRICS_PORT` |
+/// | `HTTP_MAX_HEADER_BYTES` | `65536` | largest request head in bytes (8 KiB to 1 MiB); larger heads get `431` |
+/// | `WS_MAX_CONNECTIONS` | `10000` | WebSocket connections open at once across all routes; more get `503` with `Retry-After` |
+/// | `WS_MAX_CONNECTIONS_PER_IP` | unset (no limit) | WebSocket connections open at once from one client IP address; more get `503` with `Retry-After` |
 /// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` (needs the `redis` feature) |
 ///
-/// Variables already set in the environment win over `configs/.env`.
+/// Variables already set in the environment win over `configs/.env`. Every number is checked
+/// against its range, and a value out of it is an error naming the variable: durations from
+/// 1 ms (0 for the grace period) to 1 h, counts from 1 to 10,000,000.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
@@ -75,6 +83,18 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `SHUTDOWN_GRACE_PERIOD`
     pub shutdown_grace: Duration,
+    /// `HTTP_READ_HEADER_TIMEOUT`
+    pub http_read_header_timeout: Duration,
+    /// `HTTP_READ_TIMEOUT`
+    pub http_read_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT`
+    pub http_idle_timeout: Duration,
+    /// `HTTP_MAX_HEADER_BYTES`
+    pub http_max_header_bytes: usize,
+    /// `WS_MAX_CONNECTIONS`
+    pub ws_max_connections: usize,
+    /// `WS_MAX_CONNECTIONS_PER_IP` (`None`: no limit)
+    pub ws_max_connections_per_ip: Option<usize>,
     /// `REDIS_URL`: with it, rooms, broadcasts and send-to-id span every instance connected
     /// to this Redis.
     pub redis_url: Option<String>,
@@ -132,16 +152,66 @@ impl Config {
                 ));
             }
         };
-        let shutdown_grace = match get("SHUTDOWN_GRACE_PERIOD") {
-            Some(v) => parse_duration(v).ok_or_else(|| {
-                bad(
-                    "SHUTDOWN_GRACE_PERIOD",
-                    v,
-                    "is not a duration such as 500ms, 5s or 1m",
-                )
-            })?,
-            None => Duration::from_secs(5),
+        let duration = |name: &'static str, default: Duration, min: Duration| {
+            let Some(v) = get(name) else {
+                return Ok(default);
+            };
+            match parse_duration(v) {
+                Some(d) if d >= min && d <= MAX_DURATION => Ok(d),
+                Some(_) if min.is_zero() => Err(bad(name, v, "is out of range (0 to 1h)")),
+                Some(_) => Err(bad(name, v, "is out of range (1ms to 1h)")),
+                None => Err(bad(name, v, "is not a duration such as 500ms, 5s or 1m")),
+            }
         };
+        let count = |name: &'static str, min: usize, max: usize, expected: &'static str| {
+            get(name)
+                .map(|v| match v.parse::<usize>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
+                    _ => Err(bad(name, v, expected)),
+                })
+                .transpose()
+        };
+        let shutdown_grace = duration(
+            "SHUTDOWN_GRACE_PERIOD",
+            Duration::from_secs(5),
+            Duration::ZERO,
+        )?;
+        let one_ms = Duration::from_millis(1);
+        let http_read_header_timeout = duration(
+            "HTTP_READ_HEADER_TIMEOUT",
+            ws_upgrader::DEFAULT_HANDSHAKE_TIMEOUT,
+            one_ms,
+        )?;
+        let http_read_timeout = duration(
+            "HTTP_READ_TIMEOUT",
+            ws_upgrader::DEFAULT_BODY_READ_TIMEOUT,
+            one_ms,
+        )?;
+        let http_idle_timeout = duration(
+            "HTTP_IDLE_TIMEOUT",
+            ws_upgrader::DEFAULT_IDLE_TIMEOUT,
+            one_ms,
+        )?;
+        let http_max_header_bytes = count(
+            "HTTP_MAX_HEADER_BYTES",
+            ws_upgrader::MIN_MAX_HEADER_BYTES,
+            1 << 20,
+            "is not a size in bytes from 8192 to 1048576",
+        )?
+        .unwrap_or(ws_upgrader::DEFAULT_MAX_HEADER_BYTES);
+        let ws_max_connections = count(
+            "WS_MAX_CONNECTIONS",
+            1,
+            MAX_COUNT,
+            "is not a count from 1 to 10000000",
+        )?
+        .unwrap_or(DEFAULT_WS_MAX_CONNECTIONS);
+        let ws_max_connections_per_ip = count(
+            "WS_MAX_CONNECTIONS_PER_IP",
+            1,
+            MAX_COUNT,
+            "is not a count from 1 to 10000000",
+        )?;
         let redis_url = get("REDIS_URL").map(str::to_owned);
         if cfg!(not(feature = "redis"))
             && let Some(url) = &redis_url
@@ -160,9 +230,24 @@ impl Config {
             metrics_port,
             log_level,
             shutdown_grace,
+            http_read_header_timeout,
+            http_read_timeout,
+            http_idle_timeout,
+            http_max_header_bytes,
+            ws_max_connections,
+            ws_max_connections_per_ip,
         })
     }
 }
+
+/// The longest duration any setting takes: 1 h. Longer values are almost certainly a mistake,
+/// and unbounded ones overflow the clock (`SHUTDOWN_GRACE_PERIOD=18446744073709551615`).
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// The largest count any setting takes.
+const MAX_COUNT: usize = 10_000_000;
+/// Default of `WS_MAX_CONNECTIONS`: sized for a small server (each connection costs a file
+/// descriptor and some KiB), and below the usual descriptor limits of a tuned host.
+pub const DEFAULT_WS_MAX_CONNECTIONS: usize = 10_000;
 
 /// `250ms`, `5s`, `2m`, or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
@@ -175,6 +260,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
         "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
         _ => None,
     }
 }
@@ -239,6 +325,60 @@ mod tests {
         assert!(Config::from_vars(&vars(&[("LOG_LEVEL", "LOUD")])).is_err());
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("5h"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn every_number_is_bounded_and_the_error_names_the_variable() {
+        // Each of these was accepted before, and the first panicked at shutdown.
+        for (name, value) in [
+            ("SHUTDOWN_GRACE_PERIOD", "18446744073709551615"),
+            ("SHUTDOWN_GRACE_PERIOD", "2h"),
+            ("HTTP_READ_HEADER_TIMEOUT", "0"),
+            ("HTTP_READ_HEADER_TIMEOUT", "99999999999"),
+            ("HTTP_READ_TIMEOUT", "0ms"),
+            ("HTTP_IDLE_TIMEOUT", "61m"),
+            ("HTTP_MAX_HEADER_BYTES", "100"),
+            ("HTTP_MAX_HEADER_BYTES", "99999999999"),
+            ("WS_MAX_CONNECTIONS", "0"),
+            ("WS_MAX_CONNECTIONS", "18446744073709551616"),
+            ("WS_MAX_CONNECTIONS_PER_IP", "0"),
+            ("WS_MAX_CONNECTIONS_PER_IP", "-1"),
+            ("HTTP_PORT", "65536"),
+            ("METRICS_PORT", "-1"),
+        ] {
+            let error = Config::from_vars(&vars(&[(name, value)]))
+                .expect_err(&format!("{name}={value} accepted"));
+            assert_eq!(error.name(), name);
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_values_in_range() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(config.http_read_header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.http_idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.http_max_header_bytes, 64 * 1024);
+        assert_eq!(config.ws_max_connections, 10_000);
+        assert_eq!(config.ws_max_connections_per_ip, None);
+        let config = Config::from_vars(&vars(&[
+            ("SHUTDOWN_GRACE_PERIOD", "1h"),
+            ("HTTP_READ_HEADER_TIMEOUT", "2s"),
+            ("HTTP_READ_TIMEOUT", "1500ms"),
+            ("HTTP_IDLE_TIMEOUT", "1m"),
+            ("HTTP_MAX_HEADER_BYTES", "8192"),
+            ("WS_MAX_CONNECTIONS", "3"),
+            ("WS_MAX_CONNECTIONS_PER_IP", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3600));
+        assert_eq!(config.http_read_header_timeout, Duration::from_secs(2));
+        assert_eq!(config.http_read_timeout, Duration::from_millis(1500));
+        assert_eq!(config.http_idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.http_max_header_bytes, 8192);
+        assert_eq!(config.ws_max_connections, 3);
+        assert_eq!(config.ws_max_connections_per_ip, Some(2));
     }
 }

@@ -167,7 +167,16 @@ pub(crate) async fn serve(
     };
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
-        Err(_) => {
+        Err(error) => {
+            // A body that stalls past `HTTP_READ_TIMEOUT` is 408; one over the limit is 413.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            while let Some(current) = cause {
+                if let Some(timeout) = current.downcast_ref::<ws_upgrader::BodyTimeout>() {
+                    return Error::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string())
+                        .into_response();
+                }
+                cause = current.source();
+            }
             return Error::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body over {BODY_LIMIT} bytes"),

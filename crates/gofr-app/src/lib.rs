@@ -80,6 +80,7 @@
 //! `run`.
 #![deny(missing_docs)]
 
+mod admission;
 mod app;
 mod config;
 mod error;
@@ -90,7 +91,7 @@ mod metrics;
 mod services;
 
 pub use crate::app::{App, ShutdownHandle};
-pub use crate::config::{Config, ConfigError, LogLevel};
+pub use crate::config::{Config, ConfigError, DEFAULT_WS_MAX_CONNECTIONS, LogLevel};
 pub use crate::error::{AppError, Error};
 pub use crate::http::{HttpContext, HttpHandler};
 pub use crate::services::ServiceExt;

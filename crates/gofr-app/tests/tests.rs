@@ -5,6 +5,7 @@ mod support;
 mod broadcast;
 mod handshake_timeout;
 mod http_routes;
+mod limits;
 mod metrics;
 mod services;
 mod websocket;

@@ -65,23 +65,47 @@
 //! [`WsClientPool::write_message_to_service`] encodes the value with [`ws_message::encode`]
 //! (the same rules as `write_message_to_socket`) and puts it in the service's bounded queue;
 //! it never waits for the network. A full queue is [`PoolError::QueueFull`]: messages are never
-//! dropped silently, and the queue holds at most its capacity (plus the one message in flight
-//! that a failed write puts back), so memory stays within capacity × message size.
+//! dropped silently. The queue holds at most its capacity, plus the messages a dropped
+//! connection hands back (at most 64, see below), so memory stays within about capacity ×
+//! message size.
 //!
-//! The task sends the queue in order. A message the socket refused, or whose flush failed (so
-//! it cannot have reached the service whole), goes back to the head of the queue and is sent
-//! first after the reconnect. So:
+//! The task sends the queue in order. A message handed to the WebSocket engine is not yet on
+//! its way: it may sit whole in the engine's write buffer or in TLS's, or be partly written,
+//! when the connection dies. The pool therefore measures what the kernel accepted (it counts
+//! the bytes the TCP socket takes and where each message starts in the stream): a message
+//! *may have left* once the kernel took at least one of its bytes. What that means in each
+//! case:
 //!
-//! - **Graceful drops** (the service sends a close frame, or the pool shuts down): nothing is
-//!   lost or duplicated. After a close frame the service reads until our reply, so what we
-//!   wrote before is delivered; what was not written stays queued for the next connection.
-//! - **Hard drops** (a killed process, a reset, a silent peer): messages already handed to the
-//!   kernel may die in its buffers. They are never sent twice (at most once), and the pool
-//!   reports how many *may* have been lost: each ping carries the number of messages written
-//!   on the connection so far, and the service's pong confirms it has read them. On a hard
-//!   drop, the messages written after the last confirmed ping are added to
-//!   [`ServiceStatus::possibly_lost`] and logged. An application that needs every message
-//!   must acknowledge at its level and re-send what stays unacknowledged.
+//! | how the connection ends | messages that never left | messages that may have left |
+//! |---|---|---|
+//! | the service closes it (close frame, handshake completed) | back to the head of the queue, in order; sent first on the next connection | delivered: the service reads until our close reply |
+//! | [`shutdown`](WsClientPool::shutdown), reply within the close timeout | none: the whole queue is written before close 1001 | delivered |
+//! | shutdown, no reply in time or the handshake fails | stay in the queue, unsent (logged, [`ServiceStatus::queued`]) | not confirmed by a ping: [`possibly_lost`](ServiceStatus::possibly_lost) |
+//! | reset, killed service, dead network, unanswered ping, a message over the limits (close 1009) | back to the head of the queue, in order; sent on the next connection (with reconnection off they stay queued, unsent) | confirmed by a ping: delivered; the others: [`possibly_lost`](ServiceStatus::possibly_lost), never sent again |
+//! | our process exits or is killed | lost with the process (nothing is persisted) | whatever the kernel still sends; nothing is counted |
+//!
+//! So delivery is **in order and at most once**, and **no message that never left a dropped
+//! connection is lost**: it is sent on the next one. Only messages that may have reached the
+//! old peer can be lost, and each of those is either confirmed or counted:
+//! each ping carries the number of messages written on the connection so far, and the
+//! service's pong confirms it has read them; on a hard drop, the messages that may have left
+//! after the last confirmed ping are added to [`ServiceStatus::possibly_lost`] (and the
+//! `ws_client_messages_possibly_lost_total` metric) and logged. Some of them may have been
+//! read: the count is an upper bound. Over plain `ws://` the split between "never left" and
+//! "may have left" is exact; over `wss://` the kernel counts ciphertext, so a message within
+//! the TLS framing of what was in flight (about 22 bytes per 16 KiB record) may be counted as
+//! possibly lost though it never left; it is never sent twice. After a loss, later messages
+//! still arrive in order, after a gap. An application that needs every message must
+//! acknowledge at its level and re-send what stays unacknowledged; call
+//! [`shutdown`](WsClientPool::shutdown) before exiting so that nothing is left in the queue.
+//!
+//! # Limits
+//!
+//! A service may send messages and frames up to [`ServiceOptions::max_message_size`] and
+//! [`ServiceOptions::max_frame_size`] (16 MiB each by default, [`DEFAULT_MAX_MESSAGE_SIZE`],
+//! like the server; tungstenite's own default is 64 MiB). A larger one is refused as soon as
+//! its header says so: the pool sends close 1009 (message too big), drops the connection
+//! (a hard drop, above) and reconnects per the policy.
 //!
 //! # Reading
 //!
@@ -121,9 +145,12 @@ mod options;
 mod pool;
 mod queue;
 mod status;
+mod wire;
 
 pub use crate::error::PoolError;
-pub use crate::options::{Reconnect, ServiceOptions};
+pub use crate::options::{
+    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Reconnect, ServiceOptions,
+};
 pub use crate::pool::{ServiceMessages, WsClientPool};
 pub use crate::status::{ServiceState, ServiceStatus};
 pub use ws_message::Message;

@@ -7,6 +7,17 @@ use http::{HeaderMap, HeaderName, Uri, header};
 
 use crate::PoolError;
 
+/// Default cap on one message received from a service: 16 MiB, the same as the server's
+/// (`ws_upgrader::DEFAULT_MAX_MESSAGE_SIZE`, see
+/// [ws-upgrader](https://docs.rs/ws-upgrader/latest/ws_upgrader/constant.DEFAULT_MAX_MESSAGE_SIZE.html));
+/// tungstenite's own default is 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Default cap on one frame received from a service: 16 MiB, the same as the server's
+/// (`ws_upgrader::DEFAULT_MAX_FRAME_SIZE`).
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+/// The largest size limit accepted (1 TiB), as on the server.
+const MAX_SIZE_LIMIT: usize = 1 << 40;
+
 /// How long to wait before each new dial after a failure or a drop.
 ///
 /// ```
@@ -85,7 +96,8 @@ impl Reconnect {
 ///
 /// Defaults: no extra headers, reconnection on with a fixed 5 s interval, a send queue of 1024
 /// messages, an inbound buffer of 256 messages, a ping every 10 s, 10 s to connect, 5 s for
-/// the closing handshake.
+/// the closing handshake, received messages and frames up to [`DEFAULT_MAX_MESSAGE_SIZE`] and
+/// [`DEFAULT_MAX_FRAME_SIZE`] (16 MiB each).
 ///
 /// ```
 /// use std::time::Duration;
@@ -107,6 +119,8 @@ pub struct ServiceOptions {
     pub(crate) ping_interval: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) close_timeout: Duration,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
 }
 
 impl ServiceOptions {
@@ -121,6 +135,8 @@ impl ServiceOptions {
             ping_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
         }
     }
 
@@ -178,6 +194,32 @@ impl ServiceOptions {
         self
     }
 
+    /// The largest message the service may send, in bytes (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`], 16 MiB). A service that sends a larger one is
+    /// disconnected with close code 1009 (message too big) and reconnected per the policy.
+    /// Between 1 byte and 1 TiB, and not below [`max_frame_size`](Self::max_frame_size).
+    ///
+    /// ```
+    /// use ws_client_pool::ServiceOptions;
+    ///
+    /// let options = ServiceOptions::new("ws://127.0.0.1:8081/ws")
+    ///     .max_message_size(1 << 20)
+    ///     .max_frame_size(64 << 10);
+    /// # let _ = options;
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// The largest frame the service may send, in bytes (default [`DEFAULT_MAX_FRAME_SIZE`],
+    /// 16 MiB); a larger one is treated like a message over
+    /// [`max_message_size`](Self::max_message_size): close 1009, then reconnect.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
     /// Refuses what would fail later: a bad URL, a header the handshake owns, a zero value.
     pub(crate) fn validate(&self) -> Result<(), PoolError> {
         validate_url(&self.url)?;
@@ -205,6 +247,23 @@ impl ServiceOptions {
                     reason: "must be greater than zero",
                 });
             }
+        }
+        for (option, bytes) in [
+            ("max_message_size", self.max_message_size),
+            ("max_frame_size", self.max_frame_size),
+        ] {
+            if !(1..=MAX_SIZE_LIMIT).contains(&bytes) {
+                return Err(PoolError::InvalidOption {
+                    option,
+                    reason: "must be between 1 byte and 1 TiB",
+                });
+            }
+        }
+        if self.max_frame_size > self.max_message_size {
+            return Err(PoolError::InvalidOption {
+                option: "max_frame_size",
+                reason: "must not exceed max_message_size",
+            });
         }
         Ok(())
     }
@@ -267,6 +326,37 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn size_limits_are_checked_when_the_service_is_added() {
+        let options = || ServiceOptions::new("ws://127.0.0.1:8081/ws");
+        assert!(options().validate().is_ok());
+        assert_eq!(
+            (options().max_message_size, options().max_frame_size),
+            (16 << 20, 16 << 20)
+        );
+        for (bad, option) in [
+            (options().max_message_size(0), "max_message_size"),
+            (options().max_frame_size(0), "max_frame_size"),
+            (
+                options().max_message_size((1 << 40) + 1),
+                "max_message_size",
+            ),
+            (options().max_frame_size(17 << 20), "max_frame_size"),
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(PoolError::InvalidOption { option: o, .. }) if o == option),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(
+            options()
+                .max_message_size(1 << 30)
+                .max_frame_size(1 << 20)
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -46,11 +46,17 @@ impl SendQueue {
         Ok(depth)
     }
 
-    /// Puts back a message whose write failed, ahead of everything else. It was taken from this
-    /// queue, so the queue holds at most `capacity` plus the one message in flight.
-    pub(crate) fn push_front(&self, message: Message) -> usize {
+    /// Puts back, ahead of everything else and in their order, messages taken from this queue
+    /// that never reached the kernel (a connection ended while they were in the engine's
+    /// buffer). Returns the new depth. They were taken from the queue, so it holds at most
+    /// `capacity` plus the messages one connection had in flight: at most 64 (the frames
+    /// written between two flushes); during shutdown, when writes are refused anyway, what
+    /// the engine's 128 KiB write buffer holds.
+    pub(crate) fn requeue(&self, unsent: impl DoubleEndedIterator<Item = Message>) -> usize {
         let mut messages = self.lock();
-        messages.push_front(message);
+        for message in unsent.rev() {
+            messages.push_front(message);
+        }
         messages.len()
     }
 

@@ -65,7 +65,8 @@ pub struct ServiceStatus {
     pub last_error: Option<(SystemTime, String)>,
     /// Messages waiting in the send queue.
     pub queued: usize,
-    /// Data messages written to a connection.
+    /// Data messages handed to a connection. A message that never left a connection that
+    /// dropped is sent again on the next one, and counted again.
     pub sent: u64,
     /// Data messages received from the service.
     pub received: u64,
@@ -73,9 +74,11 @@ pub struct ServiceStatus {
     pub discarded: u64,
     /// Successful connections after the first one.
     pub reconnects: u64,
-    /// Messages written to connections that then died without a closing handshake before the
-    /// service confirmed them (by answering a later ping): they may have been lost in the
-    /// kernels' buffers. Zero means every message sent was confirmed.
+    /// Messages that may have reached connections that then died without a closing
+    /// handshake (the kernel had taken at least one of their bytes) and that the service had
+    /// not confirmed (by answering a later ping): they may have been lost in the kernels'
+    /// buffers, and are never sent again. Messages that never reached the kernel are not
+    /// counted: they go back to the queue. Zero means nothing can have been lost.
     pub possibly_lost: u64,
 }
 

@@ -2,7 +2,9 @@
 
 mod support;
 
+mod accounting;
 mod connect;
 mod delivery;
 mod failures;
+mod limits;
 mod shutdown;

@@ -73,6 +73,9 @@ impl Drop for Permit {
     }
 }
 
+/// The `Retry-After` of a refusal for too many connections, in seconds.
+const RETRY_AFTER_SECONDS: &str = "5";
+
 /// Time allowed to tell a peer that broke the protocol why it is being dropped.
 const FAIL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -181,7 +184,8 @@ impl Endpoint {
     }
 
     /// At most this many connections open on this route at once (shared by clones of the
-    /// endpoint). Over it, the upgrade is refused with 503 and a reason. Default: no limit.
+    /// endpoint). Over it, the upgrade is refused with 503, a reason and `Retry-After: 5`.
+    /// Default: no limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.limit = Some(Arc::new(Limit {
             max: connections,
@@ -282,9 +286,15 @@ impl Endpoint {
                         "too many connections: {route} allows {} at once; try again later",
                         limit.max
                     );
-                    return self
+                    let mut refusal = self
                         .upgrader
                         .reject(&UpgradeRejection::new(RejectionKind::Overloaded, reason));
+                    // A place frees when a connection ends; tell clients when to come back.
+                    refusal
+                        .headers_mut()
+                        .entry(http::header::RETRY_AFTER)
+                        .or_insert(http::HeaderValue::from_static(RETRY_AFTER_SECONDS));
+                    return refusal;
                 }
             },
             None => None,

@@ -99,6 +99,9 @@ struct Entry {
 struct Registry {
     connections: HashMap<ConnectionId, Entry>,
     rooms: HashMap<Arc<str>, HashSet<ConnectionId>>,
+    /// Set by [`ConnectionHub::shutdown`]: every connection registered later is closed with
+    /// it at once.
+    closing: Option<CloseFrame>,
 }
 
 /// Every open connection of an app: list them, write to one, to a room or to all, close them.
@@ -365,6 +368,30 @@ impl ConnectionHub {
         asked
     }
 
+    /// Asks every open connection on this instance to close with a code and reason, as
+    /// [`close_all`](Self::close_all) does, and every connection registered from now on too;
+    /// returns how many were asked now. What a server shutting down calls: a request already
+    /// being upgraded when the shutdown starts becomes a connection after it, and that
+    /// connection gets the same close frame (1001, say) as soon as it opens.
+    pub fn shutdown(&self, code: u16, reason: &str) -> usize {
+        let frame = CloseFrame::new(code, reason);
+        // Set and collected under one lock: a connection registered concurrently is either
+        // collected here or sees the frame in `insert`.
+        let writers: Vec<SocketWriter> = {
+            let mut registry = self.write();
+            registry.closing = Some(frame.clone());
+            registry
+                .connections
+                .values()
+                .map(|e| e.writer().clone())
+                .collect()
+        };
+        writers
+            .iter()
+            .map(|writer| usize::from(writer.try_close(frame.clone())))
+            .sum()
+    }
+
     /// Waits until no connection is open.
     pub async fn wait_empty(&self) {
         let mut count = self.inner.count.subscribe();
@@ -373,16 +400,22 @@ impl ConnectionHub {
     }
 
     pub(crate) fn insert(&self, conn: Connection) {
-        let mut registry = self.write();
-        registry.connections.insert(
-            conn.id().clone(),
-            Entry {
-                conn,
-                connected_at: SystemTime::now(),
-                rooms: HashSet::new(),
-            },
-        );
-        self.inner.count.send_replace(registry.connections.len());
+        let closing = {
+            let mut registry = self.write();
+            registry.connections.insert(
+                conn.id().clone(),
+                Entry {
+                    conn: conn.clone(),
+                    connected_at: SystemTime::now(),
+                    rooms: HashSet::new(),
+                },
+            );
+            self.inner.count.send_replace(registry.connections.len());
+            registry.closing.clone()
+        };
+        if let Some(frame) = closing {
+            conn.0.writer.try_close(frame);
+        }
     }
 
     /// Forgets a connection and takes it out of every room.

@@ -265,3 +265,36 @@ async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
     assert_eq!(code, Some(ws_context::SLOW_PEER_CLOSE_CODE));
     eventually("the slow peer is gone", || hub.len() == 1).await;
 }
+
+async fn echo_text(ctx: Context) -> Result<String, anyhow::Error> {
+    Ok(ctx.bind()?)
+}
+
+#[tokio::test]
+async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
+    // A server shutting down may still complete upgrades that were under way: those sockets
+    // register after the hub closed the others, and must get the same 1001.
+    let hub = ConnectionHub::new();
+    let router = axum::Router::new().route(
+        "/ws",
+        Endpoint::new(echo_text).hub(hub.clone()).into_route(),
+    );
+    let addr = serve(router).await;
+    let mut before = connect(addr, "/ws").await;
+    eventually("the first connection registers", || hub.len() == 1).await;
+    assert_eq!(hub.shutdown(1001, "server shutting down"), 1);
+    assert_eq!(close_code(&mut before).await, 1001);
+    let mut after = connect(addr, "/ws").await;
+    assert_eq!(close_code(&mut after).await, 1001);
+    // close_all, unlike shutdown, leaves later connections alone.
+    let other = ConnectionHub::new();
+    let router = axum::Router::new().route(
+        "/ws",
+        Endpoint::new(echo_text).hub(other.clone()).into_route(),
+    );
+    let addr = serve(router).await;
+    other.close_all(1001, "bye");
+    let mut later = connect(addr, "/ws").await;
+    later.send(Message::text("still open")).await.unwrap();
+    assert_eq!(next_data(&mut later).await, Message::text("still open"));
+}

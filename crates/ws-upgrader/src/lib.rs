@@ -53,9 +53,12 @@
 //! # Serving
 //!
 //! The HTTP request is read before any handler runs, so the handshake timeout needs the
-//! server's help: [`serve`] is `axum::serve` for a `Router` plus a limit on reading each
-//! request head (and `ConnectInfo<SocketAddr>`, graceful shutdown). With plain `axum::serve`
-//! every other option works, but a client may take as long as it likes to send its request.
+//! server's help: [`serve`] is `axum::serve` for a `Router` plus limits on time and size, on
+//! by default: each request head within 10 s, each body within 30 s, 5 s of keep-alive idle,
+//! heads up to 64 KiB and 100 headers (`431` beyond), a graceful shutdown bounded in time,
+//! and an accept loop that survives running out of file descriptors (plus
+//! `ConnectInfo<SocketAddr>`). With plain `axum::serve` every other option works, but a
+//! client may take as long as it likes to send its request.
 //!
 //! # Compression
 //!
@@ -84,7 +87,11 @@ pub use crate::options::{
     DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
     MAX_READ_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
 };
-pub use crate::serve::{Serve, serve};
+pub use crate::serve::{
+    BodyTimeout, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_SHUTDOWN_TIMEOUT, MIN_MAX_HEADER_BYTES,
+    Serve, serve,
+};
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};
 pub use ws_protocol::InboundBudget;

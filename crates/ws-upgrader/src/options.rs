@@ -141,7 +141,7 @@ pub(crate) struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            handshake_timeout: None,
+            handshake_timeout: Some(crate::DEFAULT_HANDSHAKE_TIMEOUT),
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             subprotocols: Vec::new(),
@@ -173,7 +173,8 @@ impl Options {
 /// [`WsUpgrader::builder`], then call [`WsUpgrader::upgrade`] from an axum handler (or hand it to
 /// `ws-context`/`gofr-app`, which do that for you). Cloning is cheap; clones share the options.
 ///
-/// Defaults: no handshake timeout, 64 KiB reads and a 16 KiB write buffer, no subprotocols,
+/// Defaults: a 10 s handshake timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)),
+/// 64 KiB reads and a 16 KiB write buffer, no subprotocols,
 /// plain-text error responses, same-origin check, no compression, 16 MiB message and frame
 /// limits, a ping every 30 s with a 10 s pong deadline, 30 s for an unfinished message to make
 /// progress, and the process's 256 MiB budget for unfinished messages.
@@ -260,7 +261,7 @@ impl fmt::Debug for WsUpgraderBuilder {
 
 impl WsUpgraderBuilder {
     /// Time a client has to send its upgrade request (GoFr's `WithHandshakeTimeout`).
-    /// Default: none.
+    /// Default: 10 s ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)).
     ///
     /// The request is read by the HTTP server before any handler or upgrader runs, so the
     /// server enforces it: serve with [`serve`](crate::serve) (as `gofr-app`'s `App` does) and

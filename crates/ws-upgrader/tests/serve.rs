@@ -107,3 +107,173 @@ async fn a_transport_other_than_tcp_is_served_through_hyper_s_upgraded() {
         assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
     }
 }
+
+mod limits {
+    //! The time and size limits `serve` puts on HTTP connections by default.
+
+    use std::{
+        net::SocketAddr,
+        time::{Duration, Instant},
+    };
+
+    use axum::{
+        Router,
+        body::Body,
+        routing::{get, post},
+    };
+    use tokio::{
+        io::AsyncWriteExt as _,
+        net::{TcpListener, TcpStream},
+        sync::oneshot,
+    };
+
+    use crate::support::{WAIT, closed_within, raw_request};
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    /// Reads the body; a stalled one answers 408 with the error.
+    async fn read_body(body: Body) -> (http::StatusCode, String) {
+        match axum::body::to_bytes(body, 1 << 20).await {
+            Ok(bytes) => (http::StatusCode::OK, format!("{} bytes", bytes.len())),
+            Err(error) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+                while let Some(current) = cause {
+                    if current.is::<ws_upgrader::BodyTimeout>() {
+                        return (http::StatusCode::REQUEST_TIMEOUT, current.to_string());
+                    }
+                    cause = current.source();
+                }
+                (http::StatusCode::BAD_REQUEST, error.to_string())
+            }
+        }
+    }
+
+    fn router() -> Router {
+        Router::new()
+            .route("/", get(|| async { "hello" }))
+            .route("/upload", post(read_body))
+    }
+
+    /// Serves `router()` with `configure` applied until the returned sender fires.
+    async fn spawn(
+        configure: impl FnOnce(ws_upgrader::Serve) -> ws_upgrader::Serve,
+    ) -> (
+        SocketAddr,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            configure(ws_upgrader::serve(listener, router())).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            }),
+        );
+        (addr, stop, server)
+    }
+
+    #[test]
+    fn the_handshake_is_bounded_by_default() {
+        assert_eq!(
+            ws_upgrader::WsUpgrader::new().handshake_timeout(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            ws_upgrader::DEFAULT_HANDSHAKE_TIMEOUT,
+            Duration::from_secs(10)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_body_is_answered_408_at_the_body_read_timeout() {
+        let (addr, _stop, _server) = spawn(|s| s.body_read_timeout(Some(SHORT))).await;
+        let started = Instant::now();
+        let (mut stream, status, _) = raw_request(
+            addr,
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..",
+        )
+        .await;
+        let elapsed = started.elapsed();
+        assert_eq!(status, 408);
+        assert!(elapsed >= SHORT && elapsed < SHORT + WAIT, "{elapsed:?}");
+        // The rest of the body never comes: the connection is not kept for another request.
+        assert!(closed_within(&mut stream, WAIT).await);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_time_is_read_whole() {
+        let (addr, _stop, _server) = spawn(|s| s.body_read_timeout(Some(SHORT))).await;
+        let (_stream, status, _) = raw_request(
+            addr,
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+        let (addr, _stop, _server) = spawn(|s| s.idle_timeout(Some(SHORT))).await;
+        let (mut stream, status, _) = raw_request(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, 200);
+        let started = Instant::now();
+        assert!(closed_within(&mut stream, SHORT + WAIT).await);
+        let elapsed = started.elapsed();
+        // Well before the 10 s handshake timeout, which also runs while idle.
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_request_head_gets_431() {
+        let (addr, _stop, _server) = spawn(|s| s).await;
+        let big = "a".repeat(70 * 1024);
+        let (_stream, status, _) = raw_request(
+            addr,
+            &format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 431);
+        let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let (_stream, status, _) =
+            raw_request(addr, &format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")).await;
+        assert_eq!(status, 431);
+        // Within the limits, served.
+        let (_stream, status, _) = raw_request(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_requests_that_never_finish_at_the_shutdown_timeout() {
+        // No head or body timeout: only the shutdown timeout bounds the shutdown.
+        let (addr, stop, server) = spawn(|s| {
+            s.handshake_timeout(None)
+                .body_read_timeout(None)
+                .shutdown_timeout(SHORT)
+        })
+        .await;
+        let mut half_head = TcpStream::connect(addr).await.unwrap();
+        half_head
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut half_body = TcpStream::connect(addr).await.unwrap();
+        half_body
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.")
+            .await
+            .unwrap();
+        // Let the server read both.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(SHORT + WAIT, server)
+            .await
+            .expect("serve returns after the shutdown timeout")
+            .unwrap()
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert!(elapsed < SHORT + Duration::from_secs(1), "{elapsed:?}");
+        assert!(closed_within(&mut half_head, WAIT).await);
+        assert!(closed_within(&mut half_body, WAIT).await);
+    }
+}
