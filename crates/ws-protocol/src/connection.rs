@@ -388,6 +388,10 @@ impl Connection {
         let whole = input.len() >= len;
         if frame.opcode >= OP_CLOSE {
             if whole {
+                if self.message.is_some() {
+                    // Between fragments: this call ends with the message unfinished.
+                    self.hold()?;
+                }
                 let payload = Bytes::from(take_payload(input, len, frame.mask));
                 return self.on_control(frame.opcode, payload).map(Some);
             }
@@ -617,7 +621,9 @@ impl Connection {
 
     /// After [`receive`](Connection::receive) returned `error`: queues the close frame for it
     /// (its [close code](ProtocolError::close_code), its message as the reason, cut to fit) if
-    /// ours is not out yet, and stops reading.
+    /// ours is not out yet, and stops reading. This is "Fail the WebSocket Connection" (RFC 6455
+    /// §7.1.7): write the output, then close the transport; the peer's close frame will not be
+    /// read, so the state stays [`CloseSent`](CloseState::CloseSent).
     pub fn fail(&mut self, error: &ProtocolError) {
         self.stop_reading();
         if matches!(self.close, CloseState::Open | CloseState::CloseReceived) {
