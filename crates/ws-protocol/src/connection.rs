@@ -411,12 +411,27 @@ impl Connection {
                 compressed: frame.rsv1,
             });
         }
-        if !whole {
-            // The payload will be kept across calls: reserve before allocating.
-            let capacity = self.data.capacity().max(self.data.len() + len);
-            self.reserve_to(capacity + self.control.capacity())?;
+        let needed = self.data.len() + len;
+        if needed > self.data.capacity() {
+            // The first frame's buffer is exactly what its header declares. Later fragments
+            // grow it at least twofold (up to the message limit), so that a message in many
+            // small fragments is not copied once per fragment.
+            let capacity = if self.data.is_empty() {
+                needed
+            } else {
+                needed.max(
+                    self.data
+                        .capacity()
+                        .saturating_mul(2)
+                        .min(self.max_message_size),
+                )
+            };
+            if !whole {
+                // The payload will be kept across calls: reserve before allocating.
+                self.reserve_to(capacity + self.control.capacity())?;
+            }
+            self.data.reserve_exact(capacity - self.data.len());
         }
-        self.data.reserve_exact(len);
         self.frame = Some(frame);
         Ok(None)
     }
