@@ -388,6 +388,10 @@ impl Connection {
         let whole = input.len() >= len;
         if frame.opcode >= OP_CLOSE {
             if whole {
+                if self.message.is_some() {
+                    // Between fragments: this call ends with the message unfinished.
+                    self.hold()?;
+                }
                 let payload = Bytes::from(take_payload(input, len, frame.mask));
                 return self.on_control(frame.opcode, payload).map(Some);
             }
@@ -407,12 +411,27 @@ impl Connection {
                 compressed: frame.rsv1,
             });
         }
-        if !whole {
-            // The payload will be kept across calls: reserve before allocating.
-            let capacity = self.data.capacity().max(self.data.len() + len);
-            self.reserve_to(capacity + self.control.capacity())?;
+        let needed = self.data.len() + len;
+        if needed > self.data.capacity() {
+            // The first frame's buffer is exactly what its header declares. Later fragments
+            // grow it at least twofold (up to the message limit), so that a message in many
+            // small fragments is not copied once per fragment.
+            let capacity = if self.data.is_empty() {
+                needed
+            } else {
+                needed.max(
+                    self.data
+                        .capacity()
+                        .saturating_mul(2)
+                        .min(self.max_message_size),
+                )
+            };
+            if !whole {
+                // The payload will be kept across calls: reserve before allocating.
+                self.reserve_to(capacity + self.control.capacity())?;
+            }
+            self.data.reserve_exact(capacity - self.data.len());
         }
-        self.data.reserve_exact(len);
         self.frame = Some(frame);
         Ok(None)
     }
@@ -617,7 +636,9 @@ impl Connection {
 
     /// After [`receive`](Connection::receive) returned `error`: queues the close frame for it
     /// (its [close code](ProtocolError::close_code), its message as the reason, cut to fit) if
-    /// ours is not out yet, and stops reading.
+    /// ours is not out yet, and stops reading. This is "Fail the WebSocket Connection" (RFC 6455
+    /// §7.1.7): write the output, then close the transport; the peer's close frame will not be
+    /// read, so the state stays [`CloseSent`](CloseState::CloseSent).
     pub fn fail(&mut self, error: &ProtocolError) {
         self.stop_reading();
         if matches!(self.close, CloseState::Open | CloseState::CloseReceived) {

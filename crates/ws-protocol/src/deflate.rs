@@ -12,9 +12,10 @@
 //! client_no_context_takeover`, as gorilla/websocket does) a connection keeps no zlib state:
 //! each message borrows a compressor or decompressor from a per-thread pool (keyed by window
 //! bits and level), resets it and gives it back. With context takeover the connection owns its
-//! compressor (about 256 KiB at window 15, level 1, 8 KiB at window 9) and its decompressor (a
-//! 32 KiB window plus about 10 KiB of state), made at the first compressed message and kept for
-//! its life.
+//! compressor and decompressor, made at its first compressed message and kept for its life: by
+//! zlib's formulas (not measured here) about 2^(w+2) bytes + 128 KiB for a compressor with
+//! window bits w (256 KiB at 15, 130 KiB at 9) and 2^w bytes + about 7 KiB for a decompressor
+//! (39 KiB: this crate always inflates with a 15-bit window).
 //!
 //! ```
 //! use ws_protocol::deflate::{DeflatePolicy, negotiate};
@@ -46,9 +47,10 @@ pub struct DeflatePolicy {
     /// messages). True gives a better ratio on many similar small messages at a per-connection
     /// memory cost (see the module docs).
     pub context_takeover: bool,
-    /// 9..=15 (default 15): the largest server LZ77 window accepted. A client's
-    /// `server_max_window_bits` shrinks it further; 8 is refused (zlib's raw deflate cannot
-    /// produce it).
+    /// 9..=15 (default 15): the largest server LZ77 window used. A client's
+    /// `server_max_window_bits` shrinks it further. zlib's raw deflate has no 8-bit window, so a
+    /// connection whose peer demands 8 is sent stored deflate blocks (valid for any window,
+    /// but not smaller than the message).
     pub max_window_bits: u8,
 }
 
@@ -70,9 +72,10 @@ pub struct DeflateParams {
     pub server_no_context_takeover: bool,
     /// The client resets its compression context after every message.
     pub client_no_context_takeover: bool,
-    /// The server's LZ77 window, 9..=15 (the window bits its compressor uses).
+    /// The server's LZ77 window, 8..=15 (8: the server sends stored blocks, see
+    /// [`DeflatePolicy::max_window_bits`]).
     pub server_max_window_bits: u8,
-    /// The client's LZ77 window, 8..=15 (a client compresses with at least 9).
+    /// The client's LZ77 window, 8..=15 (8: the client sends stored blocks).
     pub client_max_window_bits: u8,
     /// Compression level of this end, 0-9.
     pub level: u32,
@@ -195,7 +198,9 @@ fn window_bits(value: &str) -> Result<u8, &'static str> {
 /// with the response header value to send; `None` when no offer is acceptable.
 ///
 /// Offers are parsed strictly: one with an unknown or repeated parameter or a bad value is
-/// skipped, as is one demanding `server_max_window_bits=8`. Without context takeover in the
+/// skipped. `server_max_window_bits=8` is accepted, and honoured by sending stored blocks (zlib
+/// cannot compress with an 8-bit window; an LZ77 stream without back-references fits any
+/// window). Without context takeover in the
 /// policy the answer always holds `server_no_context_takeover; client_no_context_takeover`
 /// (valid per RFC 7692 §7.1.1); `server_max_window_bits=N` is added when the client asked for
 /// one (N is the smaller of its value and the policy's).
@@ -209,9 +214,6 @@ pub fn negotiate<'a>(
             let Ok(offer) = parse_extension(extension) else {
                 continue;
             };
-            if offer.server_max_window_bits.is_some_and(|bits| bits < 9) {
-                continue;
-            }
             let server_bits = offer
                 .server_max_window_bits
                 .map_or(max_bits, |b| b.min(max_bits));
@@ -294,11 +296,6 @@ pub fn accept_response(
         Some(None) => {
             return Err(NegotiationError::Malformed(
                 "client_max_window_bits without a value in an answer",
-            ));
-        }
-        Some(Some(8)) => {
-            return Err(NegotiationError::NotAllowed(
-                "client_max_window_bits=8: zlib cannot compress with an 8-bit window",
             ));
         }
         Some(Some(bits)) => bits,
@@ -462,8 +459,9 @@ fn finish(mut out: Vec<u8>) -> Vec<u8> {
 /// One connection's compression state.
 pub(crate) struct Codec {
     pub(crate) params: DeflateParams,
-    /// Window bits of the compressor this end sends with.
+    /// Window bits and level of the compressor this end sends with.
     send_bits: u8,
+    send_level: u32,
     /// Whether this end keeps its compression context between messages.
     send_takeover: bool,
     /// Whether the peer keeps its context (so our decompressor must, too).
@@ -497,9 +495,17 @@ impl Codec {
                 !params.server_no_context_takeover,
             ),
         };
+        // An 8-bit window (which zlib cannot compress with) is kept by sending stored blocks:
+        // level 0 never refers back, so any window decodes it.
+        let send_level = if send_bits < 9 {
+            0
+        } else {
+            params.level.min(9)
+        };
         Codec {
             params,
             send_bits: send_bits.clamp(9, 15),
+            send_level,
             send_takeover,
             receive_takeover,
             compressor: None,
@@ -510,18 +516,18 @@ impl Codec {
     /// The key under which a prepared message can share its compressed bytes with other
     /// connections: `None` when this connection keeps context (it must compress itself).
     pub(crate) fn shared_key(&self) -> Option<(u32, u8)> {
-        (!self.send_takeover).then_some((self.params.level.min(9), self.send_bits))
+        (!self.send_takeover).then_some((self.send_level, self.send_bits))
     }
 
     pub(crate) fn compress(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
         if self.send_takeover {
-            let (level, bits) = (self.params.level, self.send_bits);
+            let (level, bits) = (self.send_level, self.send_bits);
             let compressor = self
                 .compressor
                 .get_or_insert_with(|| Box::new(new_compressor(level, bits)));
             deflate_message(compressor, payload)
         } else {
-            compress_once(payload, self.params.level, self.send_bits)
+            compress_once(payload, self.send_level, self.send_bits)
         }
     }
 
@@ -563,7 +569,6 @@ mod tests {
             "permessage-deflate; server_max_window_bits",
             "permessage-deflate; server_max_window_bits=16",
             "permessage-deflate; server_max_window_bits=08",
-            "permessage-deflate; server_max_window_bits=8",
             "permessage-deflate; client_no_context_takeover=1",
             "x-webkit-deflate-frame",
         ] {
@@ -617,7 +622,7 @@ mod tests {
             "permessage-deflate; client_no_context_takeover",
             "permessage-deflate; server_no_context_takeover; server_max_window_bits=12",
             "permessage-deflate; server_no_context_takeover",
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits=8",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits",
             "permessage-deflate; server_no_context_takeover; server_max_window_bits=10, foo",
         ] {
             assert!(accept_response(answer, &policy).is_err(), "{answer}");

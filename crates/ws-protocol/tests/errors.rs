@@ -336,3 +336,20 @@ fn oversized_control_payloads_are_refused_on_send() {
     ));
     connection.send(Message::Ping(vec![0; 125].into())).unwrap();
 }
+
+#[test]
+fn a_message_in_many_small_fragments_grows_its_buffer_geometrically() {
+    let mut connection = server();
+    let fragment = [b'a'; 64];
+    let count = 16 * 1024; // 1 MiB in 64-byte fragments
+    let mut wire = masked(0x01, KEY, &fragment);
+    for _ in 1..count - 1 {
+        wire.extend(masked(0x00, KEY, &fragment));
+    }
+    wire.extend(masked(0x80, KEY, &fragment));
+    let mut input = &wire[..];
+    let started = std::time::Instant::now();
+    let message = connection.receive(&mut input).unwrap().unwrap();
+    assert_eq!(message.len(), 64 * count);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}

@@ -54,6 +54,8 @@ fn both_directions_with_and_without_deflate_and_takeover() {
         Some(params(true, 15)),
         Some(params(false, 9)),
         Some(params(true, 10)),
+        Some(params(false, 8)),
+        Some(params(true, 8)),
     ];
     for deflate in settings {
         let (mut server, mut client) = pair(deflate);
@@ -163,4 +165,35 @@ fn prepared_messages_are_shared_between_threads() {
     let outputs: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(outputs.windows(2).all(|w| w[0] == w[1]));
     let _ = Role::Server;
+}
+
+#[test]
+fn an_8_bit_window_is_honoured_with_stored_blocks() {
+    use ws_protocol::deflate::negotiate;
+    let (params, answer) = negotiate(
+        ["permessage-deflate; server_max_window_bits=8"],
+        &DeflatePolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(params.server_max_window_bits, 8);
+    assert!(answer.ends_with("; server_max_window_bits=8"));
+    let mut server = Connection::new(Config {
+        deflate: Some(params),
+        ..Config::server()
+    });
+    let text = "abcabcabc".repeat(100);
+    server.send(Message::text(text.clone())).unwrap();
+    let wire = take_output(&mut server);
+    assert_eq!(wire[0], 0xc1, "compressed");
+    assert!(
+        wire.len() > text.len(),
+        "stored, not compressed: no back-references"
+    );
+    // A stored block holds the text verbatim: no back-reference, so any window reads it.
+    assert!(wire.windows(text.len()).any(|w| w == text.as_bytes()));
+    let mut client = Connection::new(Config {
+        deflate: Some(params),
+        ..Config::client()
+    });
+    assert_eq!(read_all(&mut client, &wire), [Message::text(text)]);
 }
