@@ -108,7 +108,9 @@ async fn run_command(
         }
         "kick" if !rest.is_empty() => {
             let reason = format!("removed by {from}");
-            if ctx.hub().close(&ConnectionId::from(rest), KICKED, &reason) {
+            let kicked =
+                CloseFrame::new(KICKED, reason).map_err(|e| Error::internal(e.to_string()))?;
+            if ctx.hub().close(&ConnectionId::from(rest), kicked) {
                 Ok(None)
             } else {
                 Err(Error::not_found(format!("no connection {rest}")))

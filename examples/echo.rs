@@ -1,5 +1,5 @@
 //! Returns every message as it came: text as text, binary as binary. The server of the
-//! conformance suite and the benchmarks.
+//! conformance suite, the interop suite and the benchmarks.
 //!
 //! Run with
 //!
@@ -8,8 +8,16 @@
 //! ```
 //!
 //! and connect to `ws://127.0.0.1:8000/ws` (`HTTP_PORT` changes the port).
+//!
+//! Two variables of its own set up permessage-deflate, which is negotiated only with clients
+//! that offer it:
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WS_COMPRESSION` | `on` | `off` declines permessage-deflate |
+//! | `WS_CONTEXT_TAKEOVER` | `0` | `1` lets both sides keep their compression context between messages (takes effect with the new protocol core; today's engine always allows it) |
 
-use gofr_app::{App, Context, Message, WsUpgrader};
+use gofr_app::{App, Context, Message, WsUpgrader, upgrader::Compression};
 
 async fn echo(ctx: Context) -> Result<Message, gofr_app::BindError> {
     ctx.bind()
@@ -17,10 +25,29 @@ async fn echo(ctx: Context) -> Result<Message, gofr_app::BindError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let compression = flag("WS_COMPRESSION", true)?;
+    let context_takeover = flag("WS_CONTEXT_TAKEOVER", false)?;
+    let mut upgrader = WsUpgrader::builder();
+    if compression {
+        upgrader = upgrader.compression_with(Compression {
+            // With the new protocol core: `context_takeover,`
+            ..Compression::default()
+        });
+    }
     let mut app = App::new();
-    // Negotiated only with clients that offer permessage-deflate.
-    app.override_websocket_upgrader(WsUpgrader::builder().compression().build()?);
+    app.override_websocket_upgrader(upgrader.build()?);
     app.websocket("/ws", echo);
+    tracing::info!(compression, context_takeover, "echo settings");
     app.run().await?;
     Ok(())
+}
+
+/// An on/off variable: `on`/`1`/`true` or `off`/`0`/`false`; unset or empty is `default`.
+fn flag(name: &str, default: bool) -> anyhow::Result<bool> {
+    match std::env::var(name).as_deref().map(str::trim) {
+        Err(_) | Ok("") => Ok(default),
+        Ok("on" | "1" | "true") => Ok(true),
+        Ok("off" | "0" | "false") => Ok(false),
+        Ok(other) => anyhow::bail!("{name}={other:?} is not one of on, off, 1, 0, true, false"),
+    }
 }

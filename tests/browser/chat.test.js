@@ -1,6 +1,7 @@
 // The chat example in a real browser (headless Chromium through playwright-core): two pages in
 // one room and one in another; what the first types shows on the second and not on the third,
-// and the browser negotiated permessage-deflate.
+// the browser negotiated permessage-deflate, and compressed messages of 1 to 2,000 characters
+// (multi-byte UTF-8 among them) come back unchanged and in order.
 //
 // Run by `cargo xtask browser-test`, which starts the chat and sets CHAT_URL (http://addr/),
 // CHROMIUM (the browser binary) and NODE_PATH (where playwright-core is installed).
@@ -99,6 +100,51 @@ async function main() {
       assert.match(header[1], /permessage-deflate/);
     }
     console.log("ok: every page negotiated permessage-deflate (ws.extensions and the 101's header)");
+
+    // Compressed messages of a few sizes round-trip: a second socket of Ann's page, alone in a
+    // room, sends texts of 1 to 2,000 characters (the chat's limit; multi-byte UTF-8 among
+    // them) and gets each back, in order, as the room's chat line.
+    const sizes = [1, 31, 32, 125, 126, 1000, 2000];
+    const trip = await ann.evaluate(
+      async ({ sizes, waitMs }) => {
+        const alphabet = Array.from("abcxyz é ü € ✓ 日本 😀 𝄞");
+        // The chat trims a message: no space at either end.
+        const texts = sizes.map((n, i) =>
+          Array.from({ length: n }, (_, j) =>
+            j === 0 || j === n - 1 ? "x" : alphabet[(i * 7 + j * 13) % alphabet.length],
+          ).join(""),
+        );
+        const url = `${location.origin.replace(/^http/, "ws")}/ws/sizes-${Date.now()}?name=sizes`;
+        const probe = new WebSocket(url);
+        await new Promise((resolve, reject) => {
+          probe.onopen = resolve;
+          probe.onerror = () => reject(new Error(`cannot open ${url}`));
+        });
+        const got = [];
+        const all = new Promise((resolve, reject) => {
+          const timer = setTimeout(
+            () => reject(new Error(`${got.length} of ${texts.length} messages came back`)),
+            waitMs,
+          );
+          probe.onmessage = (m) => {
+            got.push(JSON.parse(m.data).text);
+            if (got.length === texts.length) {
+              clearTimeout(timer);
+              resolve();
+            }
+          };
+        });
+        for (const text of texts) probe.send(text);
+        await all;
+        const extensions = probe.extensions;
+        probe.close(1000);
+        return { texts, got, extensions };
+      },
+      { sizes, waitMs: WAIT_MS },
+    );
+    assert.match(trip.extensions, /^permessage-deflate/, `probe's ws.extensions is ${trip.extensions}`);
+    assert.deepEqual(trip.got, trip.texts, "messages came back changed or out of order");
+    console.log(`ok: compressed messages of ${sizes.join(", ")} characters round-trip`);
   } finally {
     await context.close();
     fs.rmSync(profile, { recursive: true, force: true });

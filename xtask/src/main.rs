@@ -20,7 +20,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests, tidy
+  ci     everything CI checks: fmt, clippy -D warnings, rustdoc -D warnings, all tests (the
+         interop clients of examples/tests/interop.rs included), tidy
   tidy   workspace conventions (crate READMEs, changelogs, docs lints, no println! in libraries)
   bench  release-build performance comparison with the raw engine and peers (see bench/README.md)
   autobahn  the Autobahn TestSuite (517 cases, kosoku from PyPI in target/autobahn/venv)

@@ -14,7 +14,7 @@ use axum::{
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch, time::Instant};
 use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
-use ws_context::{BoxHandlerFn, ConnectionHub, Endpoint, Handler, close_code};
+use ws_context::{BoxHandlerFn, CloseFrame, ConnectionHub, Endpoint, Handler};
 use ws_upgrader::WsUpgrader;
 
 use crate::{
@@ -492,7 +492,7 @@ impl App {
                 }
                 let _ = stop_clock.set(Instant::now());
                 // Also every socket whose upgrade is under way and completes from now on.
-                let sockets = hub.shutdown(close_code::GOING_AWAY, "server shutting down");
+                let sockets = hub.shutdown(CloseFrame::going_away("server shutting down"));
                 tracing::info!(
                     sockets,
                     "shutting down: no new connections, closing WebSockets with 1001"

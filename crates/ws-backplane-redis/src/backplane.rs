@@ -682,7 +682,7 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
     }
 }
 
-/// The node part of a connection id or origin (`<node>-<seq>`, `<node>/<hub>`).
+/// The node part of a connection id or origin (`<node>-<random>`, `<node>/<hub>`).
 fn node_of(id: &str) -> &str {
     id.split(['-', '/']).next().unwrap_or(id)
 }

@@ -16,7 +16,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use ws_context::{CloseFrame, ConnectionId, Message, Target, Utf8Bytes};
+use ws_context::{CloseCodeError, CloseFrame, ConnectionId, Message, Target, Utf8Bytes};
 
 /// The format version this crate writes and reads.
 pub(crate) const VERSION: u8 = 1;
@@ -70,6 +70,9 @@ pub(crate) enum WireError {
     Unknown { field: &'static str, value: u8 },
     #[error("{0} is not valid UTF-8")]
     Utf8(&'static str),
+    /// A close with a code no peer may receive: another instance's bug, or not ours.
+    #[error("close envelope: {0}")]
+    CloseCode(#[from] CloseCodeError),
 }
 
 pub(crate) fn encode(origin: &str, position: Position, sent_at_us: u64, body: &Body) -> Bytes {
@@ -95,13 +98,15 @@ pub(crate) fn encode(origin: &str, position: Position, sent_at_us: u64, body: &B
                 Message::Binary(data) => (OP_BINARY, data.clone()),
                 Message::Ping(data) => (OP_PING, data.clone()),
                 Message::Pong(data) => (OP_PONG, data.clone()),
-                Message::Close(None) => (OP_CLOSE, Bytes::new()),
-                Message::Close(Some(frame)) => {
-                    let mut close = BytesMut::with_capacity(2 + frame.reason.len());
-                    close.put_u16(frame.code);
-                    close.put_slice(frame.reason.as_bytes());
+                // A frame that only reports (1005, 1006) travels as a close without a code,
+                // as it would go on the wire.
+                Message::Close(Some(frame)) if frame.is_sendable() => {
+                    let mut close = BytesMut::with_capacity(2 + frame.reason().len());
+                    close.put_u16(frame.code());
+                    close.put_slice(frame.reason().as_bytes());
                     (OP_CLOSE, close.freeze())
                 }
+                Message::Close(_) => (OP_CLOSE, Bytes::new()),
             };
             (kind, target, opcode, payload)
         }
@@ -180,7 +185,9 @@ pub(crate) fn decode(mut frame: Bytes) -> Result<Frame, WireError> {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
                 let reason = std::str::from_utf8(&payload[2..])
                     .map_err(|_| WireError::Utf8("close reason"))?;
-                Message::Close(Some(CloseFrame::new(code, reason)))
+                // Checked as any close frame is made: a code no peer may receive drops the
+                // frame (counted by the reader), and the reason is cut to 123 bytes.
+                Message::Close(Some(CloseFrame::new(code, reason)?))
             }
             value => {
                 return Err(WireError::Unknown {
@@ -241,7 +248,7 @@ mod tests {
             Message::Ping(Bytes::from_static(b"p")),
             Message::Pong(Bytes::new()),
             Message::Close(None),
-            Message::Close(Some(CloseFrame::new(4001, "kicked"))),
+            Message::Close(Some(CloseFrame::new(4001, "kicked").unwrap())),
         ] {
             for target in [
                 Target::All,
@@ -288,5 +295,62 @@ mod tests {
             decode(bad_text.into()).unwrap_err(),
             WireError::Utf8("text payload")
         );
+    }
+
+    /// Issue 12: a close envelope is checked as any close frame: a code no peer may receive
+    /// is an error (the reader drops and counts it), a long reason is cut to 123 bytes.
+    #[test]
+    fn close_envelopes_with_codes_a_peer_may_not_receive_are_errors() {
+        let close = |code: u16, reason: &str| {
+            let valid = CloseFrame::new(4001, "").unwrap();
+            let mut bytes = encode(
+                "o",
+                Position { stream: 1, seq: 1 },
+                1,
+                &Body::Delivery {
+                    target: Target::Connection(ConnectionId::from("n-1")),
+                    message: Message::Close(Some(valid)),
+                },
+            )
+            .to_vec();
+            // The close payload ends the frame: the code, then the reason.
+            let at = bytes.len() - 2;
+            bytes[at..].copy_from_slice(&code.to_be_bytes());
+            bytes.extend_from_slice(reason.as_bytes());
+            decode(bytes.into())
+        };
+        for code in [1005, 1006, 1015] {
+            assert_eq!(
+                close(code, "x").unwrap_err(),
+                WireError::CloseCode(CloseCodeError::LocalOnly(code))
+            );
+        }
+        for code in [0, 1004, 2999, 5000] {
+            assert_eq!(
+                close(code, "x").unwrap_err(),
+                WireError::CloseCode(CloseCodeError::Invalid(code))
+            );
+        }
+        let Body::Delivery { message, .. } = close(4002, &"r".repeat(200)).unwrap().body else {
+            panic!("not a delivery");
+        };
+        assert_eq!(
+            message,
+            Message::Close(Some(CloseFrame::new(4002, "r".repeat(123)).unwrap()))
+        );
+        // A frame that only reports travels without its code.
+        let bytes = encode(
+            "o",
+            Position { stream: 1, seq: 1 },
+            1,
+            &Body::Delivery {
+                target: Target::All,
+                message: Message::Close(Some(CloseFrame::abnormal("gone"))),
+            },
+        );
+        let Body::Delivery { message, .. } = decode(bytes).unwrap().body else {
+            panic!("not a delivery");
+        };
+        assert_eq!(message, Message::Close(None));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 use ws_backplane_redis::{RedisBackplane, RedisBackplaneError};
-use ws_context::{Backplane as _, BackplaneStatus, ConnectionHub, ConnectionId};
+use ws_context::{Backplane as _, BackplaneStatus, CloseFrame, ConnectionHub, ConnectionId};
 
 use crate::{
     redis_server::RedisServer,
@@ -64,7 +64,7 @@ async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
         .await
         .unwrap();
     assert_eq!(next_data(&mut on_b).await, Message::text("just you"));
-    assert!(a.hub.close(&red_b, 4001, "moved"));
+    assert!(a.hub.close(&red_b, CloseFrame::new(4001, "moved").unwrap()));
     assert_eq!(close_code(&mut on_b).await, 4001);
     // Nothing leaked to the others.
     assert!(nothing_within(&mut blue_on_b, Duration::from_millis(200)).await);

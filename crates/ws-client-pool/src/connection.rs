@@ -728,10 +728,13 @@ fn to_engine(message: &Message) -> WireMessage {
         Message::Binary(data) => WireMessage::Binary(data.clone()),
         Message::Ping(data) => WireMessage::Ping(data.clone()),
         Message::Pong(data) => WireMessage::Pong(data.clone()),
+        // A frame that only reports (1005, 1006) goes out without a code.
         Message::Close(frame) => {
-            WireMessage::Close(frame.as_ref().map(|f| tungstenite::protocol::CloseFrame {
-                code: CloseCode::from(f.code),
-                reason: f.reason.clone().into(),
+            WireMessage::Close(frame.as_ref().filter(|f| f.is_sendable()).map(|f| {
+                tungstenite::protocol::CloseFrame {
+                    code: CloseCode::from(f.code()),
+                    reason: f.reason().into(),
+                }
             }))
         }
     }

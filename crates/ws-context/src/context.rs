@@ -101,7 +101,9 @@ fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 /// use ws_context::{CloseFrame, Connection, Endpoint};
 ///
 /// async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
-///     let room = conn.path_param("room").ok_or_else(|| CloseFrame::new(4000, "no room"))?;
+///     let Some(room) = conn.path_param("room") else {
+///         return Err(CloseFrame::new(4000, "no room")?);
+///     };
 ///     conn.hub().join(conn.id(), room).await;
 ///     Ok(())
 /// }
@@ -126,7 +128,8 @@ impl Connection {
         &self.0.id
     }
 
-    /// The route pattern the connection matched, such as `/ws/{room}`.
+    /// The route pattern the connection matched, such as `/ws/{room}`; the request's path when
+    /// it matched none (an endpoint served as a fallback).
     pub fn route(&self) -> &str {
         &self.0.route
     }

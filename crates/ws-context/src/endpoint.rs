@@ -22,19 +22,25 @@ use futures_util::{FutureExt as _, Sink as _};
 use http::Uri;
 use tokio::time::Instant;
 use tracing::Instrument as _;
-use ws_message::{CloseFrame, Message, close_code};
+use ws_message::{CloseFrame, Message};
 use ws_upgrader::{RejectionKind, UpgradeRejection, WebSocket, WsError, WsUpgrader};
 
 use crate::{
     Connection, ConnectionHub, ConnectionId, Context, Handler, SocketWriter,
     context::{ConnShared, RequestHeaders},
     handler::{BoxHandler, Reply, ReplyFuture, error_frame},
-    metrics::{ConnMetrics, RouteMetrics, upgrade_failed},
+    metrics::{ConnMetrics, RouteMetrics, UNMATCHED_ROUTE, upgrade_failed},
     writer::{Delivery, Outbound},
 };
 
 /// Default capacity of each connection's outbound queue, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default bound of each connection's outbound queue, in payload bytes: 4 MiB, 4 KiB for each
+/// of the [`DEFAULT_QUEUE_CAPACITY`] slots. A peer that stops reading holds at most this much
+/// of queued messages (plus the engine's write buffer), where a bound in messages alone let it
+/// hold 1024 messages of any size (16 GiB of 16 MiB messages). A message larger than the
+/// bound is still sent, alone: it waits for an empty queue.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Default time a writer waits for room in a full queue before giving up.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a running handler gets to finish when its connection is closed, and then
@@ -106,6 +112,7 @@ pub struct Endpoint {
     upgrader: WsUpgrader,
     hub: ConnectionHub,
     queue_capacity: usize,
+    queue_bytes: usize,
     send_timeout: Duration,
     close_grace: Duration,
     limit: Option<Arc<Limit>>,
@@ -120,6 +127,7 @@ impl fmt::Debug for Endpoint {
             .field("upgrader", &self.upgrader)
             .field("hub", &self.hub)
             .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
             .field("send_timeout", &self.send_timeout)
             .field("close_grace", &self.close_grace)
             .field("max_connections", &self.limit.as_ref().map(|l| l.max))
@@ -139,6 +147,7 @@ impl Endpoint {
             upgrader: WsUpgrader::new(),
             hub: ConnectionHub::new(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             close_grace: DEFAULT_CLOSE_GRACE,
             limit: None,
@@ -163,6 +172,18 @@ impl Endpoint {
     /// Capacity of each connection's outbound queue, in messages (at least 1).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
         self.queue_capacity = messages.max(1);
+        self
+    }
+
+    /// Bound of each connection's outbound queue, in payload bytes (default
+    /// [`DEFAULT_QUEUE_BYTES`], 4 MiB). A write that would pass it waits as for a full queue:
+    /// up to the send timeout, then [`WriteError::Full`](crate::WriteError::Full) and the
+    /// 1008 close. Each message counts its payload, but at least `bytes / queue_capacity` (so
+    /// one count bounds both); a message larger than the bound gets into an empty queue only.
+    /// The bound is rounded down to a multiple of the capacity, at least one byte per message,
+    /// at most 4 GiB.
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes;
         self
     }
 
@@ -206,7 +227,8 @@ impl Endpoint {
     /// async fn only_with_token(conn: Connection) -> Result<(), CloseFrame> {
     ///     match conn.query_param("token") {
     ///         Some(token) if token == "let-me-in" => Ok(()),
-    ///         _ => Err(CloseFrame::new(4001, "missing or wrong token")),
+    ///         // An invalid code would turn into 1011 through `?`.
+    ///         _ => Err(CloseFrame::new(4001, "missing or wrong token")?),
     ///     }
     /// }
     /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
@@ -229,7 +251,7 @@ impl Endpoint {
     /// use ws_context::{CloseFrame, Connection, Endpoint};
     ///
     /// async fn log_close(conn: Connection, close: CloseFrame) {
-    ///     tracing::info!(id = %conn.id(), code = close.code, reason = %close.reason, "left");
+    ///     tracing::info!(id = %conn.id(), code = close.code(), reason = %close.reason(), "left");
     /// }
     /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
     /// let endpoint = Endpoint::new(handler).on_close(log_close);
@@ -266,14 +288,17 @@ impl Endpoint {
     /// Upgrades one request and runs the connection; the response is the `101` or the refusal.
     pub async fn serve(&self, request: Request) -> Response {
         let (mut parts, _body) = request.into_parts();
-        let route: Arc<str> = parts
-            .extensions
-            .get::<MatchedPath>()
-            .map_or_else(|| parts.uri.path().into(), |p| p.as_str().into());
+        let matched = parts.extensions.get::<MatchedPath>();
+        // Metrics name the pattern, or one label for every unmatched path (a fallback
+        // service): a path the client chose would make a series per path.
+        let label = matched.map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        let metrics = self.metrics.get(label);
+        let route: Arc<str> =
+            matched.map_or_else(|| parts.uri.path().into(), |p| p.as_str().into());
         let pending = match self.upgrader.upgrade(&mut parts) {
             Ok(pending) => pending,
             Err(refusal) => {
-                upgrade_failed(&route, refusal_reason(&refusal));
+                upgrade_failed(metrics.route(), refusal_reason(&refusal));
                 return refusal;
             }
         };
@@ -281,7 +306,7 @@ impl Endpoint {
             Some(limit) => match Permit::acquire(limit) {
                 Some(permit) => Some(permit),
                 None => {
-                    upgrade_failed(&route, "overloaded");
+                    upgrade_failed(metrics.route(), "overloaded");
                     let reason = format!(
                         "too many connections: {route} allows {} at once; try again later",
                         limit.max
@@ -310,17 +335,24 @@ impl Endpoint {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
-        let id = ConnectionId::generate();
+        let Some(id) = ConnectionId::generate() else {
+            tracing::error!("the OS random generator failed; refusing the upgrade");
+            upgrade_failed(metrics.route(), "overloaded");
+            return self.upgrader.reject(&UpgradeRejection::new(
+                RejectionKind::Overloaded,
+                "no connection id could be made; try again later",
+            ));
+        };
         let span = tracing::info_span!(
             "ws",
             conn_id = %id,
             route = %route,
             peer = remote_addr.map(tracing::field::display),
         );
-        let metrics = self.metrics.get(&route);
         let writer = SocketWriter::new(
             id.clone(),
             self.queue_capacity,
+            self.queue_bytes,
             self.send_timeout,
             metrics.clone(),
         );
@@ -358,8 +390,8 @@ impl Endpoint {
                 };
                 let close = run.await;
                 let conn = registration.end();
-                metrics.closed(close.code);
-                tracing::debug!(parent: conn.span(), code = close.code, reason = %close.reason, "connection closed");
+                metrics.closed(close.code());
+                tracing::debug!(parent: conn.span(), code = close.code(), reason = %close.reason(), "connection closed");
                 if accepted && let Some(hook) = &endpoint.on_close {
                     let hook = AssertUnwindSafe(hook(conn.clone(), close).instrument(conn.span().clone())).catch_unwind();
                     if let Err(panic) = hook.await {
@@ -384,16 +416,13 @@ async fn connect_hook(hook: Option<&ConnectHook>, conn: &Connection) -> Option<C
     {
         Ok(Ok(())) => None,
         Ok(Err(frame)) => {
-            tracing::debug!(parent: span, code = frame.code, reason = %frame.reason, "connect hook refused the connection");
+            tracing::debug!(parent: span, code = frame.code(), reason = %frame.reason(), "connect hook refused the connection");
             Some(frame)
         }
         Err(panic) => {
             let what = panic_message(&panic);
             tracing::error!(parent: span, panic = %what, "connect hook panicked; closing the connection");
-            Some(CloseFrame::new(
-                close_code::INTERNAL,
-                "internal server error",
-            ))
+            Some(CloseFrame::internal("internal server error"))
         }
     }
 }
@@ -583,7 +612,7 @@ impl ConnectionTask {
             self.tally.publish(&self.metrics);
             self.ended_by
                 .take()
-                .unwrap_or_else(|| CloseFrame::new(close_code::ABNORMAL, "connection dropped"))
+                .unwrap_or_else(|| CloseFrame::abnormal("connection dropped"))
         }
     }
 
@@ -708,7 +737,12 @@ impl ConnectionTask {
             Some(Err(error)) => {
                 // The socket has stopped reading; tell the peer why (1002, 1007, 1009, 1013, ...).
                 tracing::debug!(parent: self.conn.span(), %error, "connection failed");
-                self.ended_by = Some(CloseFrame::new(error.close_code(), error.to_string()));
+                // Only reported (1006 for a broken transport), so a code that may not be sent
+                // is kept as "abnormal".
+                self.ended_by = Some(
+                    CloseFrame::new(error.close_code(), error.to_string())
+                        .unwrap_or_else(|_| CloseFrame::abnormal(error.to_string())),
+                );
                 // Boxed, as every rare wait with a timer: a timer is large, and inline it would
                 // grow every connection's task (S5) and every move of its futures.
                 let _ = Box::pin(tokio::time::timeout(
@@ -720,8 +754,7 @@ impl ConnectionTask {
             }
             Some(Ok(Message::Close(frame))) => {
                 // The socket answers the close; keep reading until it reports the end.
-                self.ended_by =
-                    Some(frame.unwrap_or_else(|| CloseFrame::new(close_code::NO_STATUS, "")));
+                self.ended_by = Some(frame.unwrap_or_else(CloseFrame::no_status));
                 self.closing = Closing::Sent;
                 self.next = None;
                 Step::Continue(())
@@ -823,8 +856,13 @@ impl ConnectionTask {
             })
             .filter(|span| !span.is_disabled());
         let ctx = Context::new(self.conn.clone(), message);
+        // A panic in the handler's synchronous part (before its future exists) is caught too,
+        // and resumed when the future is polled: the same catch then logs it, counts it and
+        // closes with 1011, as for a panic in the future. No cost unless it panics.
+        let future = std::panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(ctx)))
+            .unwrap_or_else(|panic| Box::pin(async move { std::panic::resume_unwind(panic) }));
         Running {
-            future: AssertUnwindSafe((self.handler)(ctx)).catch_unwind(),
+            future: AssertUnwindSafe(future).catch_unwind(),
             // `poll_running` enters it inside the connection's span, which the turn is in.
             span,
         }
@@ -850,10 +888,7 @@ impl ConnectionTask {
                 let what = panic_message(&panic);
                 tracing::error!(parent: self.conn.span(), panic = %what, "handler panicked; closing the connection");
                 self.metrics.handler_failed("panic");
-                close = Some(CloseFrame::new(
-                    close_code::INTERNAL,
-                    "internal server error",
-                ));
+                close = Some(CloseFrame::internal("internal server error"));
             }
         }
         if !self.may_write() {

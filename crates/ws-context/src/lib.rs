@@ -58,12 +58,13 @@
 //!
 //! # Backpressure and limits
 //!
-//! Each connection's outbound queue is bounded ([`Endpoint::queue_capacity`]). A writer that
-//! finds it full waits up to [`Endpoint::send_timeout`], then gets [`WriteError::Full`]; a
+//! Each connection's outbound queue is bounded in messages ([`Endpoint::queue_capacity`]) and
+//! in payload bytes ([`Endpoint::queue_bytes`]). A writer that finds it full waits up to [`Endpoint::send_timeout`], then gets [`WriteError::Full`]; a
 //! peer that stays full that long, or whose socket takes nothing for that long, is closed
 //! with [`SLOW_PEER_CLOSE_CODE`] (1008) and its queue dropped. Broadcasts wait for full peers
 //! together, never one after another. Server memory per connection is therefore bounded by
-//! the queue capacity times the message size, plus the engine's buffers.
+//! the queue's byte bound (4 MiB by default; a larger message goes only into an empty queue),
+//! plus the engine's buffers.
 //! [`Endpoint::max_connections`] refuses upgrades over a limit with 503 and a reason.
 //!
 //! # Liveness
@@ -96,7 +97,8 @@ pub use crate::backplane::{
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
-    DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEND_TIMEOUT, Endpoint,
+    DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEND_TIMEOUT,
+    Endpoint,
 };
 #[doc(hidden)]
 pub use crate::handler::BoxHandlerFn;
@@ -104,7 +106,7 @@ pub use crate::handler::Handler;
 pub use crate::hub::{ConnectionHub, ConnectionId, ConnectionInfo, node_id};
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
-pub use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
+pub use ws_message::{Bytes, CloseCodeError, CloseFrame, Message, Utf8Bytes, close_code};
 pub use ws_upgrader::WsUpgrader;
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.

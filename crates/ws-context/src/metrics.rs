@@ -4,6 +4,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::{Counter, Gauge, counter, gauge};
+use ws_message::close_code;
+
+/// The `route` label of connections whose request matched no route pattern (an endpoint
+/// served as a fallback): one series, not one per path.
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Open connections, per route (gauge).
 const OPEN: &str = "ws_connections_open";
@@ -30,7 +35,10 @@ const SLOW_PEERS: &str = "ws_slow_peer_disconnects_total";
 /// | `ws_messages_sent_total`, `ws_bytes_sent_total` | `route` | data frames written, and their payload bytes |
 /// | `ws_upgrade_failures_total` | `route`, `reason` | refused upgrades (`method_not_get`, `not_upgrade`, `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`, `other`) |
 /// | `ws_handler_errors_total` | `route`, `kind` | handler calls that returned an error (`error`) or panicked (`panic`) |
-/// | `ws_closes_total` | `route`, `code` | ended connections by close code (1006 when the peer vanished) |
+/// | `ws_closes_total` | `route`, `code` | ended connections by close code: the [`close_code`](crate::close_code) constants by number (1005 when the peer's close had no code, 1006 when the peer vanished), any other code `other` |
+///
+/// `route` is the route pattern (`/ws/{room}`), or `unmatched` for a request that matched no
+/// pattern: no label takes a value the peer chose, so the number of series stays bounded.
 /// | `ws_queue_full_total` | `route` | writes that found the outbound queue full |
 /// | `ws_slow_peer_disconnects_total` | `route` | peers closed with 1008 for not reading |
 pub fn describe_metrics() {
@@ -93,7 +101,8 @@ impl ConnMetrics {
 
     pub(crate) fn closed(&self, code: u16) {
         self.open.decrement(1.0);
-        counter!(CLOSES, "route" => self.route.clone(), "code" => code.to_string()).increment(1);
+        counter!(CLOSES, "route" => self.route.clone(), "code" => close_code_label(code))
+            .increment(1);
     }
 
     pub(crate) fn handler_failed(&self, kind: &'static str) {
@@ -116,6 +125,25 @@ impl RouteMetrics {
         let metrics = Arc::new(ConnMetrics::new(route));
         routes.push(metrics.clone());
         metrics
+    }
+}
+
+/// The `code` label: known codes by number, every other one (a peer's 4xxx, 3xxx, ...) as
+/// `other`, so a peer cannot make a series per code.
+fn close_code_label(code: u16) -> &'static str {
+    match code {
+        close_code::NORMAL => "1000",
+        close_code::GOING_AWAY => "1001",
+        close_code::PROTOCOL_ERROR => "1002",
+        close_code::UNSUPPORTED => "1003",
+        close_code::NO_STATUS => "1005",
+        close_code::ABNORMAL => "1006",
+        close_code::INVALID_PAYLOAD => "1007",
+        close_code::POLICY => "1008",
+        close_code::TOO_BIG => "1009",
+        close_code::INTERNAL => "1011",
+        close_code::TRY_AGAIN_LATER => "1013",
+        _ => "other",
     }
 }
 

@@ -38,6 +38,17 @@ pub(crate) enum Outbound {
     Close(CloseFrame),
 }
 
+impl Outbound {
+    /// What it weighs in the queue's byte bound: a message's payload (a close costs the
+    /// least an item costs).
+    fn bytes(&self) -> usize {
+        match self {
+            Outbound::Message(message) => message.len(),
+            Outbound::Close(_) => 0,
+        }
+    }
+}
+
 /// Why a write to a socket failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,7 +71,8 @@ pub enum WriteError {
 /// messages in order and coalesces whatever is ready into one system call. Messages from one
 /// handle keep their order; messages from different handles never interleave inside a frame.
 ///
-/// The queue is bounded. A write that finds it full waits up to the send timeout, then fails
+/// The queue is bounded, in messages and in bytes ([`Endpoint::queue_capacity`](crate::Endpoint::queue_capacity),
+/// [`Endpoint::queue_bytes`](crate::Endpoint::queue_bytes)). A write that finds it full waits up to the send timeout, then fails
 /// with [`WriteError::Full`], and the peer, which stayed full that long, is closed with
 /// [`SLOW_PEER_CLOSE_CODE`] (1008): a slow reader can never grow server memory without bound.
 ///
@@ -154,6 +166,7 @@ impl SocketWriter {
     pub(crate) fn new(
         id: ConnectionId,
         capacity: usize,
+        max_bytes: usize,
         send_timeout: Duration,
         metrics: Arc<ConnMetrics>,
     ) -> Self {
@@ -161,7 +174,7 @@ impl SocketWriter {
             id,
             send_timeout,
             shared: Arc::new(Shared {
-                queue: OutboundQueue::new(capacity),
+                queue: OutboundQueue::new(capacity, max_bytes),
                 urgent: UrgentClose::new(),
                 metrics,
             }),
@@ -269,7 +282,9 @@ impl SocketWriter {
         self.send(Message::Ping(payload.into())).await
     }
 
-    /// Closes the connection with a code and reason after the messages queued before it.
+    /// Closes the connection with a close frame after the messages queued before it.
+    /// Its code was checked when it was made ([`CloseFrame::new`]; a frame that only reports,
+    /// 1005 or 1006, goes out without a code).
     /// A handler running at the time may finish first, within the endpoint's grace period.
     /// If the queue stays full for the send timeout, the queued messages are dropped and the
     /// close goes out at once.
@@ -277,8 +292,7 @@ impl SocketWriter {
     /// # Cancel safety
     ///
     /// Cancel safe: the close is queued whole or not at all.
-    pub async fn close(&self, code: u16, reason: impl Into<String>) -> Result<(), WriteError> {
-        let frame = CloseFrame::new(code, reason);
+    pub async fn close(&self, frame: CloseFrame) -> Result<(), WriteError> {
         match self.enqueue(Outbound::Close(frame.clone())).await {
             Err(WriteError::Full(_)) => {
                 self.close_now(frame);
@@ -290,9 +304,10 @@ impl SocketWriter {
 
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
+        let bytes = message.len();
         self.shared
             .queue
-            .try_push(Outbound::Message(message))
+            .try_push(Outbound::Message(message), bytes)
             .map_err(|refused| match refused {
                 Refused::Full(_) => {
                     self.shared.metrics.queue_full.increment(1);
@@ -304,7 +319,7 @@ impl SocketWriter {
 
     /// Closes after what is queued, or at once if the queue is full. False if already closed.
     pub(crate) fn try_close(&self, frame: CloseFrame) -> bool {
-        match self.shared.queue.try_push(Outbound::Close(frame)) {
+        match self.shared.queue.try_push(Outbound::Close(frame), 0) {
             Ok(()) => true,
             Err(Refused::Full(Outbound::Close(frame))) => self.close_now(frame),
             Err(_) => false,
@@ -313,7 +328,7 @@ impl SocketWriter {
 
     /// Closes the peer for not reading: counted, and the queue is dropped.
     pub(crate) fn close_slow(&self) {
-        if self.close_now(CloseFrame::new(SLOW_PEER_CLOSE_CODE, SLOW_PEER_REASON)) {
+        if self.close_now(CloseFrame::policy(SLOW_PEER_REASON)) {
             self.shared.metrics.slow_peers.increment(1);
             tracing::warn!(conn_id = %self.id, "peer is not reading; closing it with 1008");
         }
@@ -330,13 +345,14 @@ impl SocketWriter {
     }
 
     async fn enqueue(&self, item: Outbound) -> Result<(), WriteError> {
-        let item = match self.shared.queue.try_push(item) {
+        let bytes = item.bytes();
+        let item = match self.shared.queue.try_push(item, bytes) {
             Ok(()) => return Ok(()),
             Err(Refused::Closed(_)) => return Err(WriteError::Closed(self.id.clone())),
             Err(Refused::Full(item)) => item,
         };
         self.shared.metrics.queue_full.increment(1);
-        match tokio::time::timeout(self.send_timeout, self.shared.queue.push(item)).await {
+        match tokio::time::timeout(self.send_timeout, self.shared.queue.push(item, bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Closed(self.id.clone())),
             Err(_) => Err(WriteError::Full(self.id.clone())),

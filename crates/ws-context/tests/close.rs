@@ -67,7 +67,10 @@ async fn hub_closes_one_connection_with_code_and_reason() {
     eventually("second registered", || hub.len() == 2).await;
     let second = hub.list().into_iter().find(|c| c.id != first).unwrap().id;
 
-    assert!(hub.close(&second, 4001, "kicked"));
+    assert!(hub.close(
+        &second,
+        ws_context::CloseFrame::new(4001, "kicked").unwrap()
+    ));
     match tokio::time::timeout(WAIT, kicked.next()).await.unwrap() {
         Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!(u16::from(frame.code), 4001);
@@ -90,7 +93,10 @@ async fn close_all_sends_1001_to_everyone() {
         clients.push(connect(addr, "/ws").await);
     }
     eventually("all registered", || hub.len() == 10).await;
-    assert_eq!(hub.close_all(1001, "server shutting down"), 10);
+    assert_eq!(
+        hub.close_all(ws_context::CloseFrame::going_away("server shutting down")),
+        10
+    );
     for client in &mut clients {
         assert_eq!(closed_with(client).await, 1001);
     }
@@ -109,7 +115,10 @@ async fn fill_then_close(ctx: Context) -> Result<(), ws_context::BindError> {
         queued += 1;
     }
     assert_eq!(queued, 4, "the queue holds its capacity");
-    assert!(ctx.hub().close(ctx.id(), 4000, "full"));
+    assert!(
+        ctx.hub()
+            .close(ctx.id(), ws_context::CloseFrame::new(4000, "full").unwrap())
+    );
     Ok(())
 }
 
@@ -126,4 +135,42 @@ async fn a_close_that_skips_a_full_queue_is_sent_after_the_handler_returns() {
     // What the handler queued before the close may or may not go out; the close must.
     assert_eq!(closed_with(&mut client).await, 4000);
     eventually("connection gone", || hub.is_empty()).await;
+}
+
+/// Issue 12: no close code a peer may not receive reaches the wire through the hub, and
+/// reasons fit a control frame.
+#[tokio::test]
+async fn hub_close_sends_no_local_only_code_and_cuts_long_reasons() {
+    let hub = ConnectionHub::new();
+    let addr = echo_server(&hub).await;
+
+    // A frame that only reports (1006) goes out as a close without a code: the peer sees
+    // 1005, and the handshake completes instead of failing with 1002.
+    let mut client = connect(addr, "/ws").await;
+    eventually("registered", || hub.len() == 1).await;
+    let id = hub.list()[0].id.clone();
+    assert!(hub.close(&id, ws_context::CloseFrame::abnormal("dropped")));
+    assert_eq!(closed_with(&mut client).await, 1005);
+    eventually("connection gone", || hub.is_empty()).await;
+
+    // A long reason is cut at a character boundary to 123 bytes.
+    let mut client = connect(addr, "/ws").await;
+    eventually("registered", || hub.len() == 1).await;
+    let id = hub.list()[0].id.clone();
+    let frame = ws_context::CloseFrame::new(4000, "é".repeat(100)).unwrap();
+    assert!(hub.close(&id, frame));
+    match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4000);
+            assert_eq!(frame.reason.as_str(), "é".repeat(61));
+        }
+        other => panic!("expected close 4000, got {other:?}"),
+    }
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, client.next()).await.unwrap() {}
+    eventually("connection gone", || hub.is_empty()).await;
+
+    // Codes a peer may not receive cannot be made into a frame at all.
+    for code in [1004, 1005, 1006, 1015, 2000, 5000] {
+        assert!(ws_context::CloseFrame::new(code, "x").is_err(), "{code}");
+    }
 }

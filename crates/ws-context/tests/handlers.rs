@@ -140,6 +140,37 @@ async fn a_panic_closes_only_its_connection_with_1011() {
     crate::support::eventually("victim removed from hub", || hub.len() == 1).await;
 }
 
+/// Panics before making its future, in the closure's synchronous part.
+fn panics_before_its_future(
+    ctx: Context,
+) -> impl Future<Output = Result<String, ws_context::BindError>> {
+    let text: Result<String, _> = ctx.bind();
+    if text.as_deref().is_ok_and(|text| text == "boom") {
+        panic!("handler exploded before its future");
+    }
+    async move { text }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_synchronous_part_of_a_handler_closes_with_1011() {
+    let hub = ConnectionHub::new();
+    let route = Endpoint::new(panics_before_its_future)
+        .hub(hub.clone())
+        .into_route();
+    let addr = serve(axum::Router::new().route("/ws", route)).await;
+    let mut victim = connect(addr, "/ws").await;
+    let mut bystander = connect(addr, "/ws").await;
+
+    victim.send(Message::text("fine")).await.unwrap();
+    assert_eq!(next_data(&mut victim).await, Message::text("fine"));
+    victim.send(Message::text("boom")).await.unwrap();
+    assert_eq!(closed_with(&mut victim).await, 1011);
+
+    bystander.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut bystander).await, Message::text("still here"));
+    crate::support::eventually("victim removed from hub", || hub.len() == 1).await;
+}
+
 async fn counts_calls(ctx: Context) -> Result<(), ws_context::WriteError> {
     // A handler that never binds is called once per message, not in a loop (GoFr floods).
     ctx.write_message_to_socket("called").await

@@ -151,10 +151,10 @@ async fn gatekeeper(conn: Connection) -> Result<(), CloseFrame> {
         conn.socket()
             .text("welcome")
             .await
-            .map_err(|_| CloseFrame::new(1011, "?"))?;
+            .map_err(|_| CloseFrame::internal("?"))?;
         Ok(())
     } else {
-        Err(CloseFrame::new(4001, "missing token"))
+        Err(CloseFrame::new(4001, "missing token")?)
     }
 }
 
@@ -165,7 +165,7 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
         move |conn: Connection, close: CloseFrame| {
             let closed = closed_tx.clone();
             async move {
-                let _ = closed.send((conn.id().clone(), close.code, close.reason));
+                let _ = closed.send((conn.id().clone(), close.code(), close.reason().to_owned()));
             }
         },
     );
@@ -282,7 +282,7 @@ async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
     let addr = serve(router).await;
     let mut before = connect(addr, "/ws").await;
     eventually("the first connection registers", || hub.len() == 1).await;
-    assert_eq!(hub.shutdown(1001, "server shutting down"), 1);
+    assert_eq!(hub.shutdown(CloseFrame::going_away("server shutting down")), 1);
     assert_eq!(close_code(&mut before).await, 1001);
     let mut after = connect(addr, "/ws").await;
     assert_eq!(close_code(&mut after).await, 1001);
@@ -293,8 +293,57 @@ async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
         Endpoint::new(echo_text).hub(other.clone()).into_route(),
     );
     let addr = serve(router).await;
-    other.close_all(1001, "bye");
+    other.close_all(CloseFrame::going_away("bye"));
     let mut later = connect(addr, "/ws").await;
     later.send(Message::text("still open")).await.unwrap();
     assert_eq!(next_data(&mut later).await, Message::text("still open"));
+}
+
+/// Issue 12: the outbound queue is bounded in bytes as well as in messages. A peer that never
+/// reads, written large messages, stops taking them near the byte bound (plus what the socket
+/// buffers hold), long before the bound in messages, then is closed with 1008.
+#[tokio::test]
+async fn large_messages_to_a_peer_that_never_reads_stop_at_the_byte_bound() {
+    const MESSAGE: usize = 256 * 1024;
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore)
+        .hub(hub.clone())
+        .queue_capacity(1024)
+        .queue_bytes(1024 * 1024)
+        .send_timeout(Duration::from_millis(300));
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut slow = connect(addr, "/ws").await;
+    eventually("connected", || hub.len() == 1).await;
+    let id = hub.list()[0].id.clone();
+
+    let payload = ws_context::Bytes::from(vec![7u8; MESSAGE]);
+    let mut accepted = 0usize;
+    while accepted < 1024 {
+        match hub
+            .send_to(&id, ws_context::Message::Binary(payload.clone()))
+            .await
+        {
+            Ok(()) => accepted += 1,
+            Err(_) => break,
+        }
+    }
+    // 1 MiB in the queue, plus the kernel's socket buffers and the engine's write buffer
+    // (a few MiB on loopback); a bound in messages alone took all 1024 (256 MiB).
+    assert!(
+        accepted * MESSAGE <= 24 * 1024 * 1024,
+        "{accepted} messages of 256 KiB were taken"
+    );
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match slow.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(ws_context::SLOW_PEER_CLOSE_CODE));
+    eventually("the slow peer is gone", || hub.is_empty()).await;
 }

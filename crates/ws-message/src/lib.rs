@@ -31,7 +31,9 @@ mod codec;
 mod message;
 
 pub use crate::codec::{DecodeError, EncodeError, decode, encode};
-pub use crate::message::{CloseFrame, Message, Utf8Bytes, close_code};
+pub use crate::message::{
+    CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
+};
 pub use bytes::Bytes;
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.

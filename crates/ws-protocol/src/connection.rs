@@ -509,7 +509,7 @@ impl Connection {
                 self.transition(CloseEvent::Received);
                 if self.close == CloseState::CloseReceived {
                     // Echo the code (no reason); a close without a code is echoed empty.
-                    let echo = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                    let echo = frame.as_ref().and_then(|f| CloseFrame::new(f.code(), "").ok());
                     self.write_frame(OP_CLOSE, false, &close_payload(echo.as_ref()));
                     self.transition(CloseEvent::Sent);
                 }
@@ -642,7 +642,9 @@ impl Connection {
     pub fn fail(&mut self, error: &ProtocolError) {
         self.stop_reading();
         if matches!(self.close, CloseState::Open | CloseState::CloseReceived) {
-            let frame = CloseFrame::new(error.close_code(), error.to_string());
+            // Every error's code may be sent; were one not, the peer would get 1011.
+            let frame = CloseFrame::new(error.close_code(), error.to_string())
+                .unwrap_or_else(CloseFrame::from);
             self.write_frame(OP_CLOSE, false, &close_payload(Some(&frame)));
             self.transition(CloseEvent::Sent);
         }
@@ -732,27 +734,23 @@ fn parse_close(payload: &[u8]) -> Result<Option<CloseFrame>, ProtocolError> {
         [_] => Err(ProtocolError::Protocol("close frame with a 1-byte payload")),
         [high, low, reason @ ..] => {
             let code = u16::from_be_bytes([*high, *low]);
-            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
-                return Err(ProtocolError::BadCloseCode(code));
-            }
             let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::BadClosePayload)?;
-            Ok(Some(CloseFrame::new(code, reason)))
+            // `CloseFrame::new` takes exactly the codes a peer may send.
+            CloseFrame::new(code, reason)
+                .map(Some)
+                .map_err(|_| ProtocolError::BadCloseCode(code))
         }
     }
 }
 
-/// A close frame's payload: nothing for `None` or code 1005 (no status), else the code and
-/// the reason cut to 123 bytes at a character boundary.
+/// A close frame's payload: nothing for `None` or a frame that only reports (1005, 1006), else
+/// the code and the reason (which `CloseFrame` keeps within 123 bytes).
 fn close_payload(frame: Option<&CloseFrame>) -> Bytes {
-    let Some(frame) = frame.filter(|f| f.code != ws_message::close_code::NO_STATUS) else {
+    let Some(frame) = frame.filter(|f| f.is_sendable()) else {
         return Bytes::new();
     };
-    let mut end = frame.reason.len().min(123);
-    while !frame.reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + end);
-    payload.extend_from_slice(&frame.code.to_be_bytes());
-    payload.extend_from_slice(&frame.reason.as_bytes()[..end]);
+    let mut payload = Vec::with_capacity(2 + frame.reason().len());
+    payload.extend_from_slice(&frame.code().to_be_bytes());
+    payload.extend_from_slice(frame.reason().as_bytes());
     Bytes::from(payload)
 }

@@ -146,7 +146,7 @@ fn close_codes_a_peer_may_not_send_are_1002_and_bad_reasons_1007() {
     for code in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
         let mut connection = server();
         let messages = read_all(&mut connection, &masked(0x88, KEY, &code.to_be_bytes()));
-        assert_eq!(messages, [Message::Close(Some(CloseFrame::new(code, "")))]);
+        assert_eq!(messages, [Message::Close(Some(CloseFrame::new(code, "").unwrap()))]);
     }
     let mut payload = 1000u16.to_be_bytes().to_vec();
     payload.extend_from_slice(&[0xff, 0xfe]);
@@ -261,7 +261,7 @@ fn peer_close_is_echoed_and_ends_reading() {
     let mut input = &wire[..];
     assert_eq!(
         connection.receive(&mut input).unwrap(),
-        Some(Message::Close(Some(CloseFrame::new(1000, "bye"))))
+        Some(Message::Close(Some(CloseFrame::new(1000, "bye").unwrap())))
     );
     assert_eq!(connection.close_state(), CloseState::Closed);
     assert_eq!(take_output(&mut connection), [0x88, 0x02, 0x03, 0xe8]);
@@ -285,7 +285,7 @@ fn peer_close_is_echoed_and_ends_reading() {
 fn our_close_first_then_the_peers() {
     let mut connection = server();
     connection
-        .send(Message::Close(Some(CloseFrame::new(1001, "going"))))
+        .send(Message::Close(Some(CloseFrame::new(1001, "going").unwrap())))
         .unwrap();
     assert_eq!(connection.close_state(), CloseState::CloseSent);
     assert_eq!(
@@ -307,7 +307,7 @@ fn our_close_first_then_the_peers() {
     );
     assert_eq!(
         read_all(&mut connection, &masked(0x88, KEY, &1001u16.to_be_bytes())),
-        [Message::Close(Some(CloseFrame::new(1001, "")))]
+        [Message::Close(Some(CloseFrame::new(1001, "").unwrap()))]
     );
     assert_eq!(connection.close_state(), CloseState::Closed);
     assert!(connection.output().is_empty(), "no second close");

@@ -80,18 +80,18 @@ fn both_directions_with_and_without_deflate_and_takeover() {
             let _ = take_output(&mut client);
         }
         client
-            .send(Message::Close(Some(CloseFrame::new(1000, "done"))))
+            .send(Message::Close(Some(CloseFrame::new(1000, "done").unwrap())))
             .unwrap();
         let wire = take_output(&mut client);
         assert_eq!(
             read_all(&mut server, &wire),
-            [Message::Close(Some(CloseFrame::new(1000, "done")))]
+            [Message::Close(Some(CloseFrame::new(1000, "done").unwrap()))]
         );
         assert_eq!(server.close_state(), CloseState::Closed);
         let echo = take_output(&mut server);
         assert_eq!(
             read_all(&mut client, &echo),
-            [Message::Close(Some(CloseFrame::new(1000, "")))]
+            [Message::Close(Some(CloseFrame::new(1000, "").unwrap()))]
         );
         assert_eq!(client.close_state(), CloseState::Closed);
     }

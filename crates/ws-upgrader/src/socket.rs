@@ -407,10 +407,11 @@ impl WebSocket {
     }
 
     /// Starts the closing handshake with a code and reason and flushes. Keep calling
-    /// [`recv`](WebSocket::recv) until it gives `None` to complete the handshake.
+    /// [`recv`](WebSocket::recv) until it gives `None` to complete the handshake. A code that
+    /// may not be sent (see [`CloseFrame::new`]) is refused with [`WsError::Protocol`].
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
-        self.send(Message::Close(Some(CloseFrame::new(code, reason))))
-            .await
+        let frame = CloseFrame::new(code, reason).map_err(|e| WsError::Protocol(e.to_string()))?;
+        self.send(Message::Close(Some(frame))).await
     }
 
     /// After [`recv`](WebSocket::recv) gave an error, tells the peer why with the matching close
@@ -420,7 +421,8 @@ impl WebSocket {
         match self.failure.take() {
             Some(protocol_error) => self.conn.fail(&protocol_error),
             None if !matches!(error, WsError::Io(_) | WsError::Closed) => {
-                let frame = CloseFrame::new(error.close_code(), error.to_string());
+                let frame = CloseFrame::new(error.close_code(), error.to_string())
+                    .unwrap_or_else(CloseFrame::from);
                 // Refused only when our close is out already: nothing more to say then.
                 let _ = self.conn.send(Message::Close(Some(frame)));
             }
