@@ -48,7 +48,6 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(60);
 /// Longest an install (venv + pip, or npm) may take.
 const INSTALL_LIMIT: Duration = Duration::from_secs(300);
 
-
 /// How the echo example is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {

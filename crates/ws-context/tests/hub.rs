@@ -282,7 +282,10 @@ async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
     let addr = serve(router).await;
     let mut before = connect(addr, "/ws").await;
     eventually("the first connection registers", || hub.len() == 1).await;
-    assert_eq!(hub.shutdown(CloseFrame::going_away("server shutting down")), 1);
+    assert_eq!(
+        hub.shutdown(CloseFrame::going_away("server shutting down")),
+        1
+    );
     assert_eq!(close_code(&mut before).await, 1001);
     let mut after = connect(addr, "/ws").await;
     assert_eq!(close_code(&mut after).await, 1001);

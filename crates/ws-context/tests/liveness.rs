@@ -142,9 +142,7 @@ fn liveness_endpoint(hub: &ConnectionHub) -> axum::Router {
         .pong_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let endpoint = Endpoint::new(slow_echo)
-        .upgrader(upgrader)
-        .hub(hub.clone());
+    let endpoint = Endpoint::new(slow_echo).upgrader(upgrader).hub(hub.clone());
     axum::Router::new().route("/ws", endpoint.into_route())
 }
 
@@ -197,9 +195,16 @@ async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
     }
     let elapsed = sent.elapsed();
     // Interval + timeout is 600 ms; the handler alone would take 4 s.
-    assert!(elapsed < Duration::from_millis(1500), "closed after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed after {elapsed:?}"
+    );
     let frames = frames(&received);
-    assert_eq!(frames.first().map(|f| f.0), Some(0x9), "a ping first: {frames:?}");
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x9),
+        "a ping first: {frames:?}"
+    );
     let close = frames.iter().find(|f| f.0 == 0x8).expect("a close frame");
     assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1001);
 }

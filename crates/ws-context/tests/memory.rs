@@ -201,7 +201,11 @@ async fn a_client_that_stops_reading_cannot_grow_server_memory() {
 /// One attacker: upgrades, then sends the first frame of a binary message of `len` bytes
 /// (FIN clear, never continued) as fast as the server takes it. Returns the close code the
 /// server ended the connection with.
-async fn hold_unfinished_message(addr: SocketAddr, len: u64, chunk: std::sync::Arc<Vec<u8>>) -> u16 {
+async fn hold_unfinished_message(
+    addr: SocketAddr,
+    len: u64,
+    chunk: std::sync::Arc<Vec<u8>>,
+) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
@@ -212,7 +216,11 @@ async fn hold_unfinished_message(addr: SocketAddr, len: u64, chunk: std::sync::A
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed in the handshake");
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the handshake"
+        );
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"));
@@ -259,7 +267,13 @@ async fn unfinished_messages_stay_inside_the_inbound_budget_and_others_are_serve
 
     let chunk = std::sync::Arc::new(vec![0u8; 256 << 10]);
     let attackers: Vec<_> = (0..ATTACKERS)
-        .map(|_| tokio::spawn(hold_unfinished_message(server.addr, message_limit - 1, chunk.clone())))
+        .map(|_| {
+            tokio::spawn(hold_unfinished_message(
+                server.addr,
+                message_limit - 1,
+                chunk.clone(),
+            ))
+        })
         .collect();
     // Meanwhile the well-behaved clients are answered promptly.
     let echoes: Vec<_> = good
@@ -310,9 +324,19 @@ async fn unfinished_messages_stay_inside_the_inbound_budget_and_others_are_serve
         "server RSS growth {growth} B (bound {bound} B); echo p99 {p99:?}; \
          {refused} attackers closed 1013, {timed_out} closed 1008"
     );
-    assert!(growth < bound, "server memory grew by {growth} bytes; bound {bound}");
-    assert_eq!(refused + timed_out, ATTACKERS, "only 1013 and 1008: {codes:?}");
-    assert!(timed_out as u64 <= budget / (message_limit - 1), "{timed_out} held a message");
+    assert!(
+        growth < bound,
+        "server memory grew by {growth} bytes; bound {bound}"
+    );
+    assert_eq!(
+        refused + timed_out,
+        ATTACKERS,
+        "only 1013 and 1008: {codes:?}"
+    );
+    assert!(
+        timed_out as u64 <= budget / (message_limit - 1),
+        "{timed_out} held a message"
+    );
     assert!(refused > 0 && timed_out > 0, "{codes:?}");
     // A bound on starvation only: the p99 itself (100 ms is the target) is a speed figure,
     // measured on a release build of this test (`cargo test --release`), not asserted on a

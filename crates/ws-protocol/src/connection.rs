@@ -509,7 +509,9 @@ impl Connection {
                 self.transition(CloseEvent::Received);
                 if self.close == CloseState::CloseReceived {
                     // Echo the code (no reason); a close without a code is echoed empty.
-                    let echo = frame.as_ref().and_then(|f| CloseFrame::new(f.code(), "").ok());
+                    let echo = frame
+                        .as_ref()
+                        .and_then(|f| CloseFrame::new(f.code(), "").ok());
                     self.write_frame(OP_CLOSE, false, &close_payload(echo.as_ref()));
                     self.transition(CloseEvent::Sent);
                 }

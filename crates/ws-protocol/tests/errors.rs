@@ -146,7 +146,10 @@ fn close_codes_a_peer_may_not_send_are_1002_and_bad_reasons_1007() {
     for code in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
         let mut connection = server();
         let messages = read_all(&mut connection, &masked(0x88, KEY, &code.to_be_bytes()));
-        assert_eq!(messages, [Message::Close(Some(CloseFrame::new(code, "").unwrap()))]);
+        assert_eq!(
+            messages,
+            [Message::Close(Some(CloseFrame::new(code, "").unwrap()))]
+        );
     }
     let mut payload = 1000u16.to_be_bytes().to_vec();
     payload.extend_from_slice(&[0xff, 0xfe]);
@@ -285,7 +288,9 @@ fn peer_close_is_echoed_and_ends_reading() {
 fn our_close_first_then_the_peers() {
     let mut connection = server();
     connection
-        .send(Message::Close(Some(CloseFrame::new(1001, "going").unwrap())))
+        .send(Message::Close(Some(
+            CloseFrame::new(1001, "going").unwrap(),
+        )))
         .unwrap();
     assert_eq!(connection.close_state(), CloseState::CloseSent);
     assert_eq!(

@@ -136,8 +136,7 @@ const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
 #[tokio::test]
-async fn an_unfinished_message_is_closed_1008_after_the_message_timeout_pings_answered_meanwhile()
-{
+async fn an_unfinished_message_is_closed_1008_after_the_message_timeout_pings_answered_meanwhile() {
     let timeout = std::time::Duration::from_millis(600);
     let addr = spawn_echo(
         WsUpgrader::builder()
