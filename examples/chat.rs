@@ -1,8 +1,19 @@
 //! A browser chat served by the app itself: `/` is one static page with a few lines of plain
 //! JavaScript, and `/ws/{room}` joins the room named in the path. Every message a member
-//! sends goes to everyone in that room as JSON `{"from": ..., "text": ..., "at": ...}`
-//! (`from` is the `name` query parameter or the connection id, `at` milliseconds since the
-//! Unix epoch).
+//! sends goes to everyone in that room as JSON `{"from": ..., "text": ..., "at": ...,
+//! "pos": ...}` (`from` is the `name` query parameter or the connection id, `at`
+//! milliseconds since the Unix epoch, `pos` the message's position in the room's history,
+//! an opaque string).
+//!
+//! # Coming back without missing anything
+//!
+//! Connecting to `/ws/{room}?since=POS`, with the `pos` of the last message received, first
+//! delivers every room message after it, in order, then the live ones: none missing, none
+//! twice. When that is not possible (the position is older than the last 256 messages or 5
+//! minutes, the server restarted, or rooms span instances, whose shared history is not
+//! built yet) the first message is `{"from": "server", "text": "...", "recovered": false,
+//! "at": ...}` and the client should reload what it shows. The page does this after every
+//! drop.
 //!
 //! A few commands, answered to the sender only when they fail:
 //!
@@ -35,7 +46,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{response::Html, routing::get};
-use gofr_app::{App, CloseFrame, Connection, ConnectionId, Context, Error, Message, WsUpgrader};
+use gofr_app::{
+    App, CloseFrame, Connection, ConnectionId, Context, Error, Message, RecoveryError,
+    RoomPosition, WsUpgrader,
+};
 
 const PAGE: &str = include_str!("chat.html");
 /// Longest message accepted, in characters.
@@ -48,11 +62,38 @@ struct ChatMessage<'a> {
     from: &'a str,
     text: &'a str,
     at: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pos: Option<String>,
 }
 
+/// Joins the room; with `?since=POS`, recovers what was missed since then first, or says
+/// first that it cannot.
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
-    conn.hub().join(conn.id(), &room).await;
+    let hub = conn.hub();
+    if let Some(since) = conn.query_param("since") {
+        let recovered = match since.parse::<RoomPosition>() {
+            Ok(since) => hub.join_since(conn.id(), &room, &since).await,
+            Err(_) => Err(RecoveryError::EpochChanged),
+        };
+        match recovered {
+            Ok(recovered) => {
+                tracing::info!(room, missed = recovered.count, "rejoined");
+                return Ok(());
+            }
+            Err(RecoveryError::NotOpen) => return Ok(()),
+            Err(error) => {
+                let notice = serde_json::json!({
+                    "from": "server",
+                    "text": format!("missed messages cannot be recovered: {error}"),
+                    "recovered": false,
+                    "at": now_ms(),
+                });
+                let _ = conn.socket().json(&notice).await;
+            }
+        }
+    }
+    hub.join(conn.id(), &room).await;
     tracing::info!(room, "joined");
     Ok(())
 }
@@ -73,10 +114,24 @@ async fn chat(ctx: Context) -> Result<Option<serde_json::Value>, Error> {
         return run_command(&ctx, &from, command).await;
     }
     let room = ctx.path_param("room").unwrap_or("lobby");
+    // The line is made once its position is known, so that it carries it.
+    let mut failed = None;
     ctx.hub()
-        .send_to_room(room, Message::text(line(&from, text)?))
+        .send_to_room_with(room, |pos| {
+            let pos = pos.map(ToString::to_string);
+            match line_at(&from, text, pos) {
+                Ok(line) => Message::text(line),
+                Err(error) => {
+                    failed = Some(error);
+                    Message::text("{}")
+                }
+            }
+        })
         .await;
-    Ok(None)
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(None),
+    }
 }
 
 /// `/me`, `/dm <id> <text>` and `/kick <id>`; the id may be on any instance.
@@ -124,9 +179,19 @@ async fn run_command(
 
 /// One chat line as JSON, stamped with the time.
 fn line(from: &str, text: &str) -> Result<String, Error> {
+    line_at(from, text, None)
+}
+
+/// One chat line as JSON, stamped with the time and, for a room, its position.
+fn line_at(from: &str, text: &str, pos: Option<String>) -> Result<String, Error> {
     let at = now_ms();
-    serde_json::to_string(&ChatMessage { from, text, at })
-        .map_err(|e| Error::internal(e.to_string()))
+    serde_json::to_string(&ChatMessage {
+        from,
+        text,
+        at,
+        pos,
+    })
+    .map_err(|e| Error::internal(e.to_string()))
 }
 
 fn now_ms() -> u128 {
@@ -138,6 +203,11 @@ fn now_ms() -> u128 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut app = App::new();
+    // Each room keeps its last 256 messages (5 minutes at most) for members that come back.
+    app.hub().set_history_limits(
+        gofr_app::context::DEFAULT_HISTORY_LEN,
+        gofr_app::context::DEFAULT_HISTORY_AGE,
+    );
     // Browsers offer permessage-deflate; chat text compresses well.
     app.override_websocket_upgrader(WsUpgrader::builder().compression().build()?);
     app.merge(axum::Router::new().route("/", get(|| async { Html(PAGE) })));

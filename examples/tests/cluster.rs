@@ -22,8 +22,10 @@ struct Cluster {
 fn cluster() -> Option<Cluster> {
     let redis = RedisServer::start()?;
     let url = redis.url();
-    let a = Running::start_with("chat", &[("REDIS_URL", &url)]);
-    let b = Running::start_with("chat", &[("REDIS_URL", &url)]);
+    // Two instances of one app share APP_NAME, which names their Redis channels.
+    let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    let a = Running::start_with("chat", &env);
+    let b = Running::start_with("chat", &env);
     Some(Cluster { redis, a, b })
 }
 
@@ -203,10 +205,11 @@ async fn a_room_with_members_on_one_instance_sends_nothing_to_the_other() {
     };
     let (mut first, _) = join(&cluster.a, "solo").await;
     let (mut second, _) = join(&cluster.a, "solo").await;
-    // Only A subscribed to the room's channel, so Redis has nobody else to send it to.
+    // Only A subscribed to the room's channel, so Redis has nobody else to send it to. The
+    // channel is prefixed with the app's name.
     assert_eq!(
-        cluster.redis.cli(&["PUBSUB", "NUMSUB", "gofrws:room:solo"]),
-        "gofrws:room:solo\n1"
+        cluster.redis.cli(&["PUBSUB", "NUMSUB", "chat:room:solo"]),
+        "chat:room:solo\n1"
     );
     let before = metric(&cluster.b, "backplane_messages_received_total").await;
     for n in 0..20 {

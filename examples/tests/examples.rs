@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod cluster;
 mod limits;
+mod recovery;
 #[path = "../../crates/ws-backplane-redis/tests/redis_server.rs"]
 mod redis_server;
 

@@ -83,7 +83,9 @@ fn answers_ping(port: u16) -> bool {
 }
 
 /// Starts one chat instance on free ports, joined to `redis_url`; returns it and its HTTP
-/// address, read from its JSON log line.
+/// address, read from its JSON log line. Every instance gets `APP_NAME=chat`: the app name
+/// is the channel prefix, so instances of one app must share it; `name` tells them apart
+/// in the error messages only.
 pub(crate) fn start_chat(
     binary: &std::path::Path,
     name: &str,
@@ -91,7 +93,7 @@ pub(crate) fn start_chat(
     nice: bool,
 ) -> Result<(Process, String), String> {
     let mut child = command(binary, nice)
-        .env("APP_NAME", name)
+        .env("APP_NAME", "chat")
         .env("HTTP_HOST", "127.0.0.1")
         .env("HTTP_PORT", "0")
         .env("METRICS_PORT", "0")

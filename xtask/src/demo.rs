@@ -125,9 +125,10 @@ fn cluster() -> Result<(), String> {
         reexec_ignoring_sigint(&["demo", "cluster"])?;
     }
     let (_redis, redis_url) = crate::cluster::start_redis(false)?;
-    let env = |name| {
+    // One app, two instances: they share APP_NAME, which names their Redis channels.
+    let env = |_instance: &str| {
         [
-            ("APP_NAME", name),
+            ("APP_NAME", "chat"),
             ("HTTP_HOST", "127.0.0.1"),
             ("HTTP_PORT", "0"),
             ("METRICS_PORT", "0"),

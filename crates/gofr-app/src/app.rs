@@ -112,7 +112,7 @@ impl App {
         App::build(Ok(config))
     }
 
-    fn build(config: Result<Config, ConfigError>) -> Self {
+    fn build(mut config: Result<Config, ConfigError>) -> Self {
         // Logging starts with the app, as in GoFr, so what happens before `run` (a first dial
         // of `add_ws_service` that fails, say) is logged too.
         if let Ok(config) = &config {
@@ -121,7 +121,16 @@ impl App {
         // With the feature, the hub always has the Redis backplane; until `serve` connects
         // it (only when `REDIS_URL` is set) it keeps every delivery in this process.
         #[cfg(feature = "redis")]
-        let cluster = ws_backplane_redis::RedisBackplane::new();
+        let cluster = match &config {
+            Ok(settings) => match backplane_settings(settings) {
+                Ok(settings) => ws_backplane_redis::RedisBackplane::with_settings(settings),
+                Err(error) => {
+                    config = Err(error);
+                    ws_backplane_redis::RedisBackplane::new()
+                }
+            },
+            Err(_) => ws_backplane_redis::RedisBackplane::new(),
+        };
         #[cfg(feature = "redis")]
         let hub = ConnectionHub::with_backplane(cluster.clone());
         #[cfg(not(feature = "redis"))]
@@ -534,6 +543,26 @@ impl App {
         tracing::info!("server stopped");
         Ok(())
     }
+}
+
+/// The backplane's settings from the configuration: channel prefix, shared secret, TLS CA.
+#[cfg(feature = "redis")]
+fn backplane_settings(config: &Config) -> Result<ws_backplane_redis::Settings, ConfigError> {
+    let mut settings = ws_backplane_redis::Settings::default().prefix(&config.backplane_prefix);
+    if let Some(secret) = &config.backplane_secret {
+        settings = settings.secret(secret.expose());
+    }
+    if let Some(path) = &config.redis_tls_ca_cert {
+        let pem = std::fs::read(path).map_err(|_| {
+            ConfigError::new(
+                "REDIS_TLS_CA_CERT",
+                &path.display().to_string(),
+                "is not a readable file",
+            )
+        })?;
+        settings = settings.tls_root_ca(pem);
+    }
+    Ok(settings)
 }
 
 /// Shuts an [`App`] down from code, as a signal would. Cloneable.

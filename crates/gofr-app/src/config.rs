@@ -1,4 +1,10 @@
-use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// A configuration value that cannot be used. The message names the variable and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -10,6 +16,15 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn new(name: &'static str, value: &str, expected: &'static str) -> Self {
+        ConfigError {
+            name,
+            value: value.to_owned(),
+            expected,
+        }
+    }
+
     /// The variable at fault.
     pub fn name(&self) -> &'static str {
         self.name
@@ -18,6 +33,34 @@ impl ConfigError {
     /// The value it had.
     pub fn value(&self) -> &str {
         &self.value
+    }
+}
+
+/// A secret from the configuration: kept out of `Debug` output (and so out of logs).
+///
+/// ```
+/// let secret = gofr_app::Secret::new("hunter2");
+/// assert_eq!(format!("{secret:?}"), "Secret(***)");
+/// assert_eq!(secret.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 
@@ -63,7 +106,10 @@ impl LogLevel {
 /// | `HTTP_MAX_HEADER_BYTES` | `65536` | largest request head in bytes (8 KiB to 1 MiB); larger heads get `431` |
 /// | `WS_MAX_CONNECTIONS` | `10000` | WebSocket connections open at once across all routes; more get `503` with `Retry-After` |
 /// | `WS_MAX_CONNECTIONS_PER_IP` | unset (no limit) | WebSocket connections open at once from one client IP address; more get `503` with `Retry-After` |
-/// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` (needs the `redis` feature) |
+/// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` or `rediss://` for TLS (needs the `redis` feature) |
+/// | `WS_BACKPLANE_PREFIX` | `APP_NAME` | prefix of the app's Redis channels and keys: instances of one app share it, other apps on the same Redis must not (letters, digits, `.`, `_`, `-`, at most 64) |
+/// | `WS_BACKPLANE_SECRET` | unset | shared secret: cross-instance envelopes are signed (HMAC-SHA256) and unsigned or altered ones dropped |
+/// | `REDIS_TLS_CA_CERT` | unset | PEM file of the CA to trust for `rediss://` instead of the webpki roots |
 ///
 /// Variables already set in the environment win over `configs/.env`. Every number is checked
 /// against its range, and a value out of it is an error naming the variable: durations from
@@ -98,6 +144,13 @@ pub struct Config {
     /// `REDIS_URL`: with it, rooms, broadcasts and send-to-id span every instance connected
     /// to this Redis.
     pub redis_url: Option<String>,
+    /// `WS_BACKPLANE_PREFIX`, else `APP_NAME` with every character outside letters, digits,
+    /// `.`, `_` and `-` replaced by `_`.
+    pub backplane_prefix: String,
+    /// `WS_BACKPLANE_SECRET`
+    pub backplane_secret: Option<Secret>,
+    /// `REDIS_TLS_CA_CERT`
+    pub redis_tls_ca_cert: Option<PathBuf>,
 }
 
 impl Config {
@@ -222,9 +275,24 @@ impl Config {
                 "needs gofr-app built with its `redis` feature",
             ));
         }
+        let app_name = get("APP_NAME").unwrap_or("gofr-app").to_owned();
+        let backplane_prefix = match get("WS_BACKPLANE_PREFIX") {
+            Some(prefix) if prefix_is_valid(prefix) => prefix.to_owned(),
+            Some(prefix) => {
+                return Err(bad(
+                    "WS_BACKPLANE_PREFIX",
+                    prefix,
+                    "is not 1 to 64 letters, digits, '.', '_' or '-'",
+                ));
+            }
+            None => prefix_from(&app_name),
+        };
         Ok(Config {
             redis_url,
-            app_name: get("APP_NAME").unwrap_or("gofr-app").to_owned(),
+            backplane_prefix,
+            backplane_secret: get("WS_BACKPLANE_SECRET").map(Secret::new),
+            redis_tls_ca_cert: get("REDIS_TLS_CA_CERT").map(PathBuf::from),
+            app_name,
             http_host,
             http_port,
             metrics_port,
@@ -248,6 +316,28 @@ const MAX_COUNT: usize = 10_000_000;
 /// Default of `WS_MAX_CONNECTIONS`: sized for a small server (each connection costs a file
 /// descriptor and some KiB), and below the usual descriptor limits of a tuned host.
 pub const DEFAULT_WS_MAX_CONNECTIONS: usize = 10_000;
+fn prefix_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn prefix_is_valid(prefix: &str) -> bool {
+    (1..=64).contains(&prefix.len()) && prefix.chars().all(prefix_char)
+}
+
+/// `APP_NAME` made into a channel prefix: no `:` (the separator) nor `{`/`}` (Redis Cluster
+/// hash tags), at most 64 bytes.
+fn prefix_from(app_name: &str) -> String {
+    let prefix: String = app_name
+        .chars()
+        .map(|c| if prefix_char(c) { c } else { '_' })
+        .take(64)
+        .collect();
+    if prefix.is_empty() {
+        "gofr-app".to_owned()
+    } else {
+        prefix
+    }
+}
 
 /// `250ms`, `5s`, `2m`, or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
@@ -298,6 +388,28 @@ mod tests {
         } else {
             assert_eq!(result.unwrap_err().name(), "REDIS_URL");
         }
+    }
+
+    #[test]
+    fn backplane_prefix_comes_from_app_name_unless_set() {
+        let config = Config::from_vars(&vars(&[("APP_NAME", "shop: orders {eu}")])).unwrap();
+        assert_eq!(config.backplane_prefix, "shop__orders__eu_");
+        assert_eq!(config.backplane_secret, None);
+        let config = Config::from_vars(&vars(&[
+            ("APP_NAME", "shop"),
+            ("WS_BACKPLANE_PREFIX", "shop-v2"),
+            ("WS_BACKPLANE_SECRET", "s3cret"),
+        ]))
+        .unwrap();
+        assert_eq!(config.backplane_prefix, "shop-v2");
+        assert_eq!(config.backplane_secret, Some(Secret::new("s3cret")));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let error = Config::from_vars(&vars(&[("WS_BACKPLANE_PREFIX", "a:b")])).unwrap_err();
+        assert_eq!(error.name(), "WS_BACKPLANE_PREFIX");
+        assert_eq!(
+            Config::from_vars(&HashMap::new()).unwrap().backplane_prefix,
+            "gofr-app"
+        );
     }
 
     #[test]

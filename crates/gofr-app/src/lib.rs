@@ -91,7 +91,7 @@ mod metrics;
 mod services;
 
 pub use crate::app::{App, ShutdownHandle};
-pub use crate::config::{Config, ConfigError, DEFAULT_WS_MAX_CONNECTIONS, LogLevel};
+pub use crate::config::{Config, ConfigError, DEFAULT_WS_MAX_CONNECTIONS, LogLevel, Secret};
 pub use crate::error::{AppError, Error};
 pub use crate::http::{HttpContext, HttpHandler};
 pub use crate::services::ServiceExt;
@@ -101,7 +101,7 @@ pub use ws_client_pool::{
 };
 pub use ws_context::{
     BindError, CloseFrame, Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context,
-    Endpoint, Message, SocketWriter, WriteError,
+    Endpoint, Message, RecoveryError, RoomPosition, SocketWriter, WriteError,
 };
 pub use ws_upgrader::WsUpgrader;
 

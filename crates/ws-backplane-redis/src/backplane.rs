@@ -1,8 +1,10 @@
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
+    hash::{BuildHasher as _, Hasher as _},
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -19,7 +21,7 @@ use ws_context::{
 
 use crate::{
     metrics as m,
-    wire::{self, Body, Frame, Position},
+    wire::{self, Body, Frame, Key, Position, WireError},
 };
 
 /// Default time between heartbeats; a hub is dropped from [`RedisBackplane::nodes`] after
@@ -29,14 +31,22 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 pub const DEFAULT_PREFIX: &str = "gofrws";
 /// Default capacity of the outgoing and incoming queues, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
+/// Default largest payload carried between instances: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 16 << 20;
 /// How long a publish, subscribe or health probe may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a pipeline of publishes may take (up to [`BATCH`] of them, each up to the
+/// payload limit) before its messages count as failed and Redis as down.
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a disconnected backplane checks whether Redis is back.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// Most publishes sent to Redis in one pipeline.
 const BATCH: usize = 256;
 /// Most channels whose numbering a sender keeps; past it, every count starts a new stream.
+/// Also the most (sender, channel) pairs a receiver remembers.
 const MAX_NUMBERED_CHANNELS: usize = 65_536;
+/// How far behind the newest number a receiver still tells duplicates from late arrivals.
+const WINDOW: u64 = 32;
 /// Longest the first connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,24 +65,78 @@ pub struct Settings {
     prefix: String,
     heartbeat: Duration,
     queue_capacity: usize,
+    max_payload: usize,
+    secret: Option<Secret>,
+    tls_root_ca: Option<Vec<u8>>,
+}
+
+/// The shared secret's key; never printed.
+#[derive(Clone)]
+struct Secret(Key);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl Default for Settings {
-    /// Prefix `gofrws`, heartbeat every 2 s, queues of 16,384 messages.
+    /// Prefix `gofrws`, heartbeat every 2 s, queues of 16,384 messages, payloads up to
+    /// 16 MiB, no shared secret, the webpki roots for `rediss://`.
     fn default() -> Self {
         Settings {
             prefix: DEFAULT_PREFIX.to_owned(),
             heartbeat: DEFAULT_HEARTBEAT,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            secret: None,
+            tls_root_ca: None,
         }
     }
 }
 
 impl Settings {
     /// Sets the prefix of every channel name (default `gofrws`), so apps sharing a Redis
-    /// stay apart.
+    /// stay apart: pub/sub ignores database numbers, so two apps with one prefix hear each
+    /// other even on different databases. gofr-app sets it from `APP_NAME`. An empty
+    /// prefix keeps the default.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        let prefix = prefix.into();
+        if !prefix.is_empty() {
+            self.prefix = prefix;
+        }
+        self
+    }
+
+    /// Signs every envelope with HMAC-SHA256 under this shared secret, and drops (and
+    /// counts) every envelope that is unsigned or whose signature does not match. Every
+    /// instance of the app must use the same secret. The signature also covers the channel
+    /// name, so a signed envelope cannot be replayed onto another room or node.
+    ///
+    /// Without a secret, anyone who can `PUBLISH` on the Redis can inject well-formed
+    /// envelopes under the app's prefix.
+    ///
+    /// ```
+    /// let settings = ws_backplane_redis::Settings::default().secret("a long random string");
+    /// # let _ = settings;
+    /// ```
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(Secret(wire::key(secret.as_ref())));
+        self
+    }
+
+    /// Sets the largest payload carried between instances (default 16 MiB): larger ones are
+    /// not published (the local delivery still happens), and received ones are dropped and
+    /// counted.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Trusts this CA (PEM) for `rediss://` URLs instead of the webpki roots, as for a Redis
+    /// with a self-signed or private certificate.
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_ca = Some(pem.into());
         self
     }
 
@@ -121,6 +185,43 @@ pub enum RedisBackplaneError {
     AlreadyConnected,
 }
 
+/// What a [`RedisBackplane`] has counted since it was built; the same numbers go to the
+/// `metrics` facade (see [`describe_metrics`](crate::describe_metrics)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStats {
+    /// Deliveries Redis accepted for other instances.
+    pub published: u64,
+    /// Deliveries received from other instances and handed to the hub.
+    pub received: u64,
+    /// Deliveries that could not be published.
+    pub publish_errors: u64,
+    /// Breaks in a sender's numbering (messages lost between instances).
+    pub gaps: u64,
+    /// Deliveries received twice, dropped.
+    pub duplicates: u64,
+    /// Messages from Redis dropped because the reader's queue was full.
+    pub overflow: u64,
+    /// Frames dropped for being malformed, too long, on the wrong channel, unsigned or
+    /// wrongly signed.
+    pub invalid: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    publish_errors: AtomicU64,
+    gaps: AtomicU64,
+    duplicates: AtomicU64,
+    overflow: AtomicU64,
+    invalid: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
 /// A [`Backplane`] over Redis pub/sub: rooms, broadcasts, send-to-id and close-by-id reach
 /// every instance of an app connected to the same Redis.
 ///
@@ -153,6 +254,10 @@ struct Shared {
     prefix: String,
     heartbeat: Duration,
     queue_capacity: usize,
+    max_payload: usize,
+    secret: Option<Secret>,
+    tls_root_ca: Option<Vec<u8>>,
+    counters: Counters,
     inbound: OnceLock<Inbound>,
     link: OnceLock<Link>,
     up: AtomicBool,
@@ -176,30 +281,143 @@ struct Link {
 }
 
 /// Sequence numbers per channel, in streams: a forgotten channel restarts in a new stream,
-/// which receivers take as a fresh start rather than as duplicates.
-#[derive(Debug, Default)]
+/// which receivers take as a fresh start rather than as duplicates. Stream numbers start at
+/// a random point per process and only grow, so a restarted sender is a new stream too.
+#[derive(Debug)]
 struct Numbering {
-    next_stream: u32,
+    next_stream: u64,
     channels: HashMap<String, Position>,
 }
 
+impl Default for Numbering {
+    fn default() -> Self {
+        // Random, with room to grow: 2^62 streams before the top bit.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Numbering {
+            next_stream: random >> 2,
+            channels: HashMap::new(),
+        }
+    }
+}
+
 impl Numbering {
-    fn next(&mut self, channel: &str) -> Position {
-        if let Some(position) = self.channels.get_mut(channel) {
-            position.seq += 1;
-            return *position;
+    /// The position the next frame on `channel` gets; taken only by [`commit`](Self::commit).
+    fn peek(&mut self, channel: &str) -> Position {
+        match self.channels.get(channel) {
+            Some(position) => Position {
+                stream: position.stream,
+                seq: position.seq + 1,
+            },
+            None => Position {
+                stream: self.next_stream + 1,
+                seq: 1,
+            },
         }
-        if self.channels.len() >= MAX_NUMBERED_CHANNELS {
-            self.channels.clear();
+    }
+
+    fn commit(&mut self, channel: &str, position: Position) {
+        if position.seq == 1 {
+            if self.channels.len() >= MAX_NUMBERED_CHANNELS {
+                self.channels.clear();
+            }
+            self.next_stream = position.stream;
         }
-        self.next_stream = self.next_stream.wrapping_add(1);
-        let position = Position {
-            stream: self.next_stream,
-            seq: 1,
-        };
         self.channels.insert(channel.to_owned(), position);
+    }
+
+    #[cfg(test)]
+    fn next(&mut self, channel: &str) -> Position {
+        let position = self.peek(channel);
+        self.commit(channel, position);
         position
     }
+}
+
+/// What a receiver knows of one sender's numbering on one channel: the stream, the highest
+/// number seen and a fingerprint of each of the [`WINDOW`] numbers up to it that arrived.
+///
+/// A frame is a duplicate only if its number arrived before with the same bytes: without a
+/// secret anyone can publish a frame with a real sender's origin and number, and a forged
+/// frame must not make the real one with that number look like a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    stream: u64,
+    top: u64,
+    /// `slots[n % WINDOW]`: fingerprint of number `n` (0: not arrived), for `n` in
+    /// `top - WINDOW + 1 ..= top`.
+    slots: [u32; WINDOW as usize],
+}
+
+/// What a receiver makes of a frame's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Take it; `lost` numbers were skipped just before it.
+    Take { lost: u64 },
+    /// Seen already: drop it.
+    Duplicate,
+    /// A new stream, or (without a secret) a number far from the last: numbering starts
+    /// again from here, so a forged number cannot silence the real sender.
+    Restart,
+    /// With a secret, an older stream or a number far behind: a replay, dropped.
+    Stale,
+}
+
+impl Window {
+    fn new(position: Position, fingerprint: u32) -> Self {
+        let mut window = Window {
+            stream: position.stream,
+            top: position.seq,
+            slots: [0; WINDOW as usize],
+        };
+        window.slots[slot(position.seq)] = fingerprint | 1;
+        window
+    }
+
+    /// Judges a frame at `position` whose bytes have `fingerprint`. `signed`: frames are
+    /// authenticated, so numbers cannot be forged and anything old is a replay; otherwise a
+    /// number far from the last restarts the window instead of silencing what follows.
+    fn check(&mut self, position: Position, fingerprint: u32, signed: bool) -> Verdict {
+        let fingerprint = fingerprint | 1;
+        if position.stream != self.stream {
+            if signed && position.stream < self.stream {
+                return Verdict::Stale;
+            }
+            *self = Window::new(position, fingerprint);
+            return Verdict::Restart;
+        }
+        if position.seq > self.top {
+            let ahead = position.seq - self.top;
+            if ahead >= WINDOW {
+                self.slots = [0; WINDOW as usize];
+            } else {
+                for n in self.top + 1..position.seq {
+                    self.slots[slot(n)] = 0;
+                }
+            }
+            self.slots[slot(position.seq)] = fingerprint;
+            self.top = position.seq;
+            return Verdict::Take { lost: ahead - 1 };
+        }
+        if self.top - position.seq < WINDOW {
+            let seen = &mut self.slots[slot(position.seq)];
+            if *seen == fingerprint || (signed && *seen != 0) {
+                return Verdict::Duplicate;
+            }
+            *seen = fingerprint;
+            return Verdict::Take { lost: 0 };
+        }
+        if signed {
+            return Verdict::Stale;
+        }
+        *self = Window::new(position, fingerprint);
+        Verdict::Restart
+    }
+}
+
+fn slot(seq: u64) -> usize {
+    (seq % WINDOW) as usize
 }
 
 #[derive(Debug, Default)]
@@ -232,6 +450,10 @@ impl RedisBackplane {
                 prefix: settings.prefix,
                 heartbeat: settings.heartbeat,
                 queue_capacity: settings.queue_capacity,
+                max_payload: settings.max_payload,
+                secret: settings.secret,
+                tls_root_ca: settings.tls_root_ca,
+                counters: Counters::default(),
                 inbound: OnceLock::new(),
                 link: OnceLock::new(),
                 up: AtomicBool::new(false),
@@ -274,15 +496,27 @@ impl RedisBackplane {
         let info = info
             .set_redis_settings(settings)
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|source| RedisBackplaneError::Url {
+        let client = match &shared.tls_root_ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|source| RedisBackplaneError::Url {
             url: shown.clone(),
             source,
         })?;
 
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(shared.queue_capacity);
+        let overflow = self.shared.clone();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(move |push: PushInfo| {
                 push_tx.try_send(push).map_err(|_| {
+                    add(&overflow.counters.overflow, 1);
                     metrics::counter!(m::OVERFLOW).increment(1);
                 })
             })
@@ -345,6 +579,32 @@ impl RedisBackplane {
     pub fn room_channel(&self, room: &str) -> String {
         self.shared.room_channel(room)
     }
+
+    /// The channel of broadcasts and heartbeats: `<prefix>:all`.
+    pub fn all_channel(&self) -> String {
+        self.shared.all_channel()
+    }
+
+    /// The channel of send-to-id and close-by-id for connections of the node `node` (the
+    /// part of a connection id before its `-`): `<prefix>:node:<node>`.
+    pub fn node_channel(&self, node: &str) -> String {
+        self.shared.node_channel(node)
+    }
+
+    /// What this backplane has counted so far.
+    pub fn stats(&self) -> BackplaneStats {
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BackplaneStats {
+            published: get(&c.published),
+            received: get(&c.received),
+            publish_errors: get(&c.publish_errors),
+            gaps: get(&c.gaps),
+            duplicates: get(&c.duplicates),
+            overflow: get(&c.overflow),
+            invalid: get(&c.invalid),
+        }
+    }
 }
 
 impl Backplane for RedisBackplane {
@@ -369,9 +629,26 @@ impl Backplane for RedisBackplane {
             message: envelope.message,
         };
         let mut numbering = lock(&shared.numbering);
-        // Numbered even when refused, so receivers see the gap.
-        let position = numbering.next(&channel);
-        let frame = wire::encode(&envelope.origin, position, now_us(), &body);
+        let position = numbering.peek(&channel);
+        let frame = match wire::encode(
+            &channel,
+            &envelope.origin,
+            position,
+            now_us(),
+            &body,
+            shared.key(),
+            shared.max_payload,
+        ) {
+            Ok(frame) => frame,
+            Err(error) => {
+                // Not numbered: receivers would drop it, so it is no gap.
+                drop(numbering);
+                shared.publish_failed(1);
+                return Err(BackplaneError::Refused(error.to_string()));
+            }
+        };
+        // Numbered even when it cannot be sent now, so receivers see the gap.
+        numbering.commit(&channel, position);
         let result = if !shared.up.load(Ordering::Acquire) {
             Err(BackplaneError::Unavailable(format!(
                 "Redis at {} is unreachable",
@@ -384,7 +661,7 @@ impl Backplane for RedisBackplane {
         };
         drop(numbering);
         if result.is_err() {
-            metrics::counter!(m::PUBLISH_ERRORS).increment(1);
+            shared.publish_failed(1);
         }
         result
     }
@@ -484,6 +761,46 @@ impl Shared {
         format!("{}:node:{node}", self.prefix)
     }
 
+    fn key(&self) -> Option<&Key> {
+        self.secret.as_ref().map(|secret| &secret.0)
+    }
+
+    fn publish_failed(&self, n: u64) {
+        add(&self.counters.publish_errors, n);
+        metrics::counter!(m::PUBLISH_ERRORS).increment(n);
+    }
+
+    fn invalid(&self, reason: &'static str, error: &dyn fmt::Display) {
+        add(&self.counters.invalid, 1);
+        metrics::counter!(m::INVALID, "reason" => reason).increment(1);
+        tracing::warn!(%error, reason, "dropped a frame from Redis");
+    }
+
+    /// Whether a frame's target belongs on the channel it came by: room deliveries on their
+    /// room's channel, connection ones on this node's channel for this node's connections,
+    /// broadcasts and heartbeats on the broadcast channel.
+    fn on_its_channel(&self, channel: &[u8], body: &Body, own_node: &str) -> bool {
+        match body {
+            Body::Heartbeat { .. }
+            | Body::Delivery {
+                target: Target::All,
+                ..
+            } => channel == self.all_channel().as_bytes(),
+            Body::Delivery {
+                target: Target::Room(room),
+                ..
+            } => channel == self.room_channel(room).as_bytes(),
+            Body::Delivery {
+                target: Target::Connection(id),
+                ..
+            } => {
+                node_of(id.as_str()) == own_node
+                    && channel == self.node_channel(own_node).as_bytes()
+            }
+            Body::Delivery { .. } => false,
+        }
+    }
+
     fn seen(&self, origin: Arc<str>, interval: Duration) {
         lock(&self.nodes).insert(origin, (Instant::now(), interval));
     }
@@ -505,8 +822,10 @@ impl Shared {
 
 /// The single reader: everything from Redis arrives here, in order, and is delivered in order.
 async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<PushInfo>) {
-    // Last position seen per (origin, channel).
-    let mut last: HashMap<(Arc<str>, Bytes), Position> = HashMap::new();
+    // What each (origin, channel) has sent so far.
+    let mut windows: HashMap<(Arc<str>, Bytes), Window> = HashMap::new();
+    let own_node = node_of(inbound.origin()).to_owned();
+    let fingerprints = std::collections::hash_map::RandomState::new();
     while let Some(push) = pushes.recv().await {
         match push.kind {
             PushKind::Message => {
@@ -517,24 +836,32 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
                 ) else {
                     continue;
                 };
-                let frame = match wire::decode(payload) {
+                let fingerprint = fingerprints.hash_one(&payload) as u32;
+                let frame = match wire::decode(&channel, payload, shared.key(), shared.max_payload)
+                {
                     Ok(frame) => frame,
                     Err(error) => {
-                        metrics::counter!(m::INVALID).increment(1);
-                        tracing::warn!(%error, "dropped a frame from Redis");
+                        shared.invalid(error.reason(), &error);
                         continue;
                     }
                 };
                 if *frame.origin == *inbound.origin() {
                     continue;
                 }
-                deliver(&shared, &inbound, &mut last, channel, frame).await;
+                if !shared.on_its_channel(&channel, &frame.body, &own_node) {
+                    shared.invalid(
+                        "wrong_channel",
+                        &WireError::Invalid("target not on its channel"),
+                    );
+                    continue;
+                }
+                deliver(&shared, &inbound, &mut windows, channel, frame, fingerprint);
             }
             PushKind::Disconnection => shared.set_down(&"connection closed"),
             PushKind::Unsubscribe => {
                 // Left the channel on purpose: a later join starts its numbering afresh.
                 if let Some(channel) = push.data.into_iter().next().and_then(bytes_of) {
-                    last.retain(|(_, c), _| *c != channel);
+                    windows.retain(|(_, c), _| *c != channel);
                 }
             }
             _ => {}
@@ -542,18 +869,21 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
     }
 }
 
-async fn deliver(
+/// Delivers one frame without waiting for any member (see [`Inbound::deliver_now`]).
+fn deliver(
     shared: &Shared,
     inbound: &Inbound,
-    last: &mut HashMap<(Arc<str>, Bytes), Position>,
+    windows: &mut HashMap<(Arc<str>, Bytes), Window>,
     channel: Bytes,
     frame: Frame,
+    fingerprint: u32,
 ) {
     let Frame {
         origin,
         position,
         sent_at_us,
         body,
+        signed,
     } = frame;
     let (target, message) = match body {
         Body::Heartbeat { interval } => {
@@ -562,36 +892,36 @@ async fn deliver(
         }
         Body::Delivery { target, message } => (target, message),
     };
-    match last.entry((origin.clone(), channel)) {
-        // First from this sender here, or a new stream: nothing to compare with.
-        std::collections::hash_map::Entry::Vacant(entry) => {
-            entry.insert(position);
-        }
-        std::collections::hash_map::Entry::Occupied(mut entry) => {
-            let previous = *entry.get();
-            if previous.stream == position.stream {
-                if position.seq <= previous.seq {
-                    metrics::counter!(m::DUPLICATES).increment(1);
-                    return;
-                }
-                if position.seq > previous.seq + 1 {
-                    metrics::counter!(m::GAPS).increment(1);
-                    tracing::warn!(
-                        %origin,
-                        lost = position.seq - previous.seq - 1,
-                        "messages from another instance were lost"
-                    );
-                }
+    let key = (origin.clone(), channel);
+    let verdict = match windows.get_mut(&key) {
+        Some(window) => window.check(position, fingerprint, signed),
+        None => {
+            // Bounded memory: forgetting a sender only means starting its numbering afresh.
+            if windows.len() >= MAX_NUMBERED_CHANNELS {
+                windows.clear();
             }
-            entry.insert(position);
+            windows.insert(key, Window::new(position, fingerprint));
+            Verdict::Restart
         }
+    };
+    match verdict {
+        Verdict::Duplicate | Verdict::Stale => {
+            add(&shared.counters.duplicates, 1);
+            metrics::counter!(m::DUPLICATES).increment(1);
+            return;
+        }
+        Verdict::Take { lost } if lost > 0 => {
+            add(&shared.counters.gaps, 1);
+            metrics::counter!(m::GAPS).increment(1);
+            tracing::warn!(%origin, lost, "messages from another instance were lost");
+        }
+        Verdict::Take { .. } | Verdict::Restart => {}
     }
+    add(&shared.counters.received, 1);
     metrics::counter!(m::RECEIVED).increment(1);
     let latency = now_us().saturating_sub(sent_at_us);
     metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
-    inbound
-        .deliver(Envelope::new(origin, target, message))
-        .await;
+    inbound.deliver_now(Envelope::new(origin, target, message));
 }
 
 /// The single publisher: sends queued deliveries in order, many per round trip.
@@ -608,14 +938,17 @@ async fn publish_queued(
         }
         let sent = batch.len() as u64;
         batch.clear();
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.exec_async(&mut manager)).await {
-            Ok(Ok(())) => metrics::counter!(m::PUBLISHED).increment(sent),
+        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
+            Ok(Ok(())) => {
+                add(&shared.counters.published, sent);
+                metrics::counter!(m::PUBLISHED).increment(sent);
+            }
             Ok(Err(error)) => {
-                metrics::counter!(m::PUBLISH_ERRORS).increment(sent);
+                shared.publish_failed(sent);
                 shared.set_down(&error);
             }
             Err(_) => {
-                metrics::counter!(m::PUBLISH_ERRORS).increment(sent);
+                shared.publish_failed(sent);
                 shared.set_down(&"PUBLISH timed out");
             }
         }
@@ -630,19 +963,31 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
     loop {
         if shared.up.load(Ordering::Acquire) {
             let frame = wire::encode(
+                &all,
                 &origin,
                 Position { stream: 0, seq: 0 },
                 now_us(),
                 &Body::Heartbeat {
                     interval: shared.heartbeat,
                 },
+                shared.key(),
+                shared.max_payload,
             );
-            let sent: Result<Result<(), _>, _> =
-                tokio::time::timeout(COMMAND_TIMEOUT, manager.publish(&all, frame.as_ref())).await;
-            match sent {
-                Ok(Ok(())) => shared.seen(origin.clone(), shared.heartbeat),
-                Ok(Err(error)) => shared.set_down(&error),
-                Err(_) => shared.set_down(&"heartbeat timed out"),
+            match frame {
+                Ok(frame) => {
+                    let sent: Result<Result<(), _>, _> = tokio::time::timeout(
+                        COMMAND_TIMEOUT,
+                        manager.publish(&all, frame.as_ref()),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(())) => shared.seen(origin.clone(), shared.heartbeat),
+                        Ok(Err(error)) => shared.set_down(&error),
+                        Err(_) => shared.set_down(&"heartbeat timed out"),
+                    }
+                }
+                // Only an origin longer than the format allows; nothing to send.
+                Err(error) => tracing::error!(%error, "cannot encode a heartbeat"),
             }
             shared.live_nodes();
             tokio::time::sleep(if shared.up.load(Ordering::Acquire) {
@@ -738,7 +1083,59 @@ mod tests {
         numbering.channels.remove("a");
         let again = numbering.next("a");
         assert_eq!(again.seq, 1);
-        assert_ne!(again.stream, first.stream);
+        assert!(again.stream > first.stream);
+        // Two processes start their streams at different random points.
+        assert_ne!(
+            Numbering::default().peek("a"),
+            Numbering::default().peek("a")
+        );
+    }
+
+    #[test]
+    fn numbers_repeat_only_as_duplicates() {
+        let at = |seq| Position { stream: 7, seq };
+        let mut window = Window::new(at(1), 1);
+        assert_eq!(window.check(at(2), 2, false), Verdict::Take { lost: 0 });
+        assert_eq!(window.check(at(2), 2, false), Verdict::Duplicate);
+        assert_eq!(window.check(at(5), 5, false), Verdict::Take { lost: 2 });
+        // Late, but not seen yet: taken.
+        assert_eq!(window.check(at(4), 4, false), Verdict::Take { lost: 0 });
+        assert_eq!(window.check(at(4), 40, true), Verdict::Duplicate);
+        assert_eq!(
+            window.check(Position { stream: 8, seq: 1 }, 1, false),
+            Verdict::Restart
+        );
+    }
+
+    #[test]
+    fn a_forged_number_does_not_silence_the_sender() {
+        let at = |seq| Position { stream: 7, seq };
+        let mut window = Window::new(at(10), 10);
+        assert!(matches!(
+            window.check(at(u64::MAX), 666, false),
+            Verdict::Take { .. }
+        ));
+        // The real sender's next numbers are far below: numbering restarts, nothing dropped.
+        for seq in 11..20 {
+            assert_ne!(window.check(at(seq), seq as u32, false), Verdict::Duplicate);
+        }
+        // A forged jump inside the window, even onto a real number, silences nothing.
+        let mut window = Window::new(at(10), 10);
+        window.check(at(13), 666, false);
+        for seq in 11..20 {
+            assert_eq!(
+                window.check(at(seq), seq as u32, false),
+                Verdict::Take { lost: 0 },
+                "{seq}"
+            );
+        }
+        // Signed frames cannot be forged: far behind or an older stream is a replay.
+        let mut window = Window::new(at(1000), 1);
+        assert_eq!(window.check(at(1), 1, true), Verdict::Stale);
+        assert_eq!(
+            window.check(Position { stream: 6, seq: 1 }, 1, true),
+            Verdict::Stale
+        );
     }
 
     #[test]

@@ -39,12 +39,25 @@
 //! - `gofrws:node:<node>`: send-to-id and close-by-id. A connection id starts with its
 //!   instance's node id, so it routes without a lookup.
 //!
+//! The prefix ([`Settings::prefix`]; gofr-app takes `APP_NAME`) keeps apps on one Redis
+//! apart: instances of one app share it, and pub/sub ignores database numbers.
+//!
 //! # Guarantee
 //!
 //! At most once across instances, no duplicates, in order per sender and channel. Local
 //! members are served first and never wait on Redis. Each frame carries a format version,
 //! its origin hub, a sequence number per origin and channel, its kind, target, opcode,
 //! payload and send time; the receiver drops its own frames and duplicates, and counts gaps.
+//!
+//! # Integrity
+//!
+//! Every frame is checked before delivery: kind, opcode, close code, lengths, and that it
+//! came on its target's channel; the rest is dropped and counted. Without a secret, anyone
+//! who can `PUBLISH` on the Redis can still inject well-formed frames under the prefix; with
+//! [`Settings::secret`], frames are signed with HMAC-SHA256 (over the channel and the
+//! content) and unsigned or altered ones are dropped. A forged sequence number cannot
+//! silence a sender: a number far from the last restarts the count, and only the same bytes
+//! under the same number are a duplicate.
 //!
 //! # When Redis is down
 //!
@@ -68,8 +81,8 @@ mod metrics;
 mod wire;
 
 pub use crate::backplane::{
-    DEFAULT_HEARTBEAT, DEFAULT_PREFIX, DEFAULT_QUEUE_CAPACITY, RedisBackplane, RedisBackplaneError,
-    Settings,
+    BackplaneStats, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DEFAULT_QUEUE_CAPACITY,
+    RedisBackplane, RedisBackplaneError, Settings,
 };
 pub use crate::metrics::describe_metrics;
 

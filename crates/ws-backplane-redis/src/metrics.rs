@@ -23,7 +23,7 @@ pub(crate) const LATENCY: &str = "backplane_delivery_latency_seconds";
 /// | `backplane_duplicates_total` | deliveries received twice, dropped |
 /// | `backplane_reconnects_total` | times the connection to Redis came back |
 /// | `backplane_overflow_total` | messages from Redis dropped because the reader's queue was full |
-/// | `backplane_invalid_messages_total` | frames on the channels that could not be decoded |
+/// | `backplane_invalid_messages_total` | frames dropped, by `reason`: `malformed`, `too_long`, `wrong_channel`, `unsigned`, `bad_signature` |
 /// | `backplane_nodes` (gauge) | live hubs in the cluster, this one included |
 /// | `backplane_delivery_latency_seconds` (histogram) | send time to arrival, across instances |
 pub fn describe_metrics() {
@@ -38,7 +38,10 @@ pub fn describe_metrics() {
         OVERFLOW,
         "Messages dropped because the reader's queue was full"
     );
-    describe_counter!(INVALID, "Frames that could not be decoded");
+    describe_counter!(
+        INVALID,
+        "Frames dropped: malformed, too long, wrong channel, unsigned or wrongly signed"
+    );
     describe_gauge!(NODES, "Live hubs in the cluster, this one included");
     describe_histogram!(
         LATENCY,

@@ -14,11 +14,16 @@ const READY: Duration = Duration::from_secs(10);
 pub(crate) struct RedisServer {
     child: Option<Child>,
     pub(crate) port: u16,
+    /// With TLS: the directory holding the CA, certificate and key (deleted on drop).
+    tls: Option<std::path::PathBuf>,
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -43,9 +48,100 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: None,
+        };
         server.restart();
         Some(server)
+    }
+
+    /// Like [`start`](Self::start), but speaking only TLS, with a throwaway CA and a
+    /// certificate for `localhost` made by `openssl`; None when either tool is missing.
+    #[allow(dead_code, reason = "used by the backplane's tests, not the examples'")]
+    pub(crate) fn start_tls() -> Option<RedisServer> {
+        if Command::new("openssl")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("SKIPPED: openssl is not installed");
+            return None;
+        }
+        let mut server = RedisServer::start()?;
+        server.kill();
+        let dir = std::env::temp_dir().join(format!("redis-tls-{}", server.port));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("write ext.cnf");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "redis.crt",
+        ]);
+        server.tls = Some(dir);
+        server.restart();
+        Some(server)
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    #[allow(dead_code, reason = "used by the backplane's tests, not the examples'")]
+    pub(crate) fn tls_ca(&self) -> Option<std::path::PathBuf> {
+        self.tls.as_ref().map(|dir| dir.join("ca.crt"))
     }
 
     /// `redis://127.0.0.1:<port>/`
@@ -64,8 +160,28 @@ impl RedisServer {
     /// Starts it (again) on the same port and waits until it answers PING.
     pub(crate) fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(dir) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(dir.join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("redis.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt")),
+        };
+        let child = command
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,11 +198,14 @@ impl RedisServer {
         }
     }
 
-    /// Whether it answers PING with PONG.
+    /// Whether it answers PING with PONG (with TLS: whether it accepts connections).
     pub(crate) fn answers(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls.is_some() {
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()

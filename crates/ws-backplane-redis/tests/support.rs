@@ -23,12 +23,27 @@ pub(crate) struct Instance {
 
 impl Instance {
     pub(crate) async fn start(redis_url: &str, heartbeat: Duration) -> Instance {
-        let backplane = RedisBackplane::with_settings(Settings::default().heartbeat(heartbeat));
+        Instance::start_with(redis_url, Settings::default().heartbeat(heartbeat)).await
+    }
+
+    pub(crate) async fn start_with(redis_url: &str, settings: Settings) -> Instance {
+        Instance::start_custom(redis_url, settings, |endpoint| endpoint).await
+    }
+
+    /// With the endpoint's options changed by `options`.
+    pub(crate) async fn start_custom(
+        redis_url: &str,
+        settings: Settings,
+        options: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Instance {
+        let backplane = RedisBackplane::with_settings(settings);
         let hub = ConnectionHub::with_backplane(backplane.clone());
         backplane.connect(redis_url).await.unwrap();
-        let endpoint = Endpoint::new(to_room)
-            .hub(hub.clone())
-            .on_connect(join_room);
+        let endpoint = options(
+            Endpoint::new(to_room)
+                .hub(hub.clone())
+                .on_connect(join_room),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = axum::Router::new().route("/ws/{room}", endpoint.into_route());

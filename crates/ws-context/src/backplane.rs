@@ -1,8 +1,21 @@
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use ws_message::Message;
+use ws_message::{CloseFrame, Message};
 
-use crate::hub::{ConnectionId, HubInner};
+use crate::{
+    hub::{ConnectionId, HubInner},
+    writer::{SocketWriter, WriteError},
+};
+
+/// Most messages from other instances held for one member whose queue is full; past it the
+/// member is closed as a slow peer at once instead of after its send timeout.
+pub const MAX_STALLED_MESSAGES: usize = 16_384;
 
 /// A future returned by a [`Backplane`].
 pub type BackplaneFuture<'a> =
@@ -91,6 +104,10 @@ pub enum BackplaneError {
     /// The backplane is down or its queue is full.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
+    /// The delivery cannot travel between instances (too large, a field outside the
+    /// format's rules); it was still delivered locally.
+    #[error("backplane refused the delivery: {0}")]
+    Refused(String),
 }
 
 /// Who a delivery is for.
@@ -131,10 +148,83 @@ impl Envelope {
 
 /// Where a [`Backplane`] hands deliveries that come from other instances. Holds the hub
 /// weakly: once the hub is gone, deliveries are dropped.
+///
+/// # Slow members
+///
+/// A delivery never waits for a member: the single reader of a backplane must not let one
+/// connection delay everyone else's messages. A member whose queue is full gets the same
+/// policy as in local delivery, applied off the reader: its messages are held, in order, by
+/// one task that waits up to the member's send timeout for room in its queue; if none comes,
+/// the member is closed with [`SLOW_PEER_CLOSE_CODE`](crate::SLOW_PEER_CLOSE_CODE) (1008) and
+/// what was held is dropped. At most [`MAX_STALLED_MESSAGES`] are held per member; one more
+/// closes it at once.
 #[derive(Clone)]
 pub struct Inbound {
     pub(crate) hub: std::sync::Weak<HubInner>,
     pub(crate) origin: Arc<str>,
+    pub(crate) stalled: Stalled,
+}
+
+/// Messages held for members whose queue is full, per member, each drained by one task.
+#[derive(Clone, Default)]
+pub(crate) struct Stalled(Arc<Mutex<HashMap<ConnectionId, VecDeque<Message>>>>);
+
+impl Stalled {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, VecDeque<Message>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `message` on `writer` now, or holds it behind what is held already. False if
+    /// the member is closed (or just got closed for holding too much).
+    fn offer(&self, writer: &SocketWriter, message: &Message) -> bool {
+        let mut stalled = self.lock();
+        if let Some(held) = stalled.get_mut(writer.id()) {
+            if held.len() >= MAX_STALLED_MESSAGES {
+                held.clear();
+                drop(stalled);
+                writer.close_slow();
+                return false;
+            }
+            held.push_back(message.clone());
+            return true;
+        }
+        match writer.try_send(message.clone()) {
+            Ok(()) => true,
+            Err(WriteError::Full(_)) => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    drop(stalled);
+                    writer.close_slow();
+                    return false;
+                };
+                stalled.insert(writer.id().clone(), VecDeque::from([message.clone()]));
+                runtime.spawn(self.clone().drain(writer.clone()));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Feeds what is held for one member into its queue, in order, each write waiting up to
+    /// the send timeout (which closes the member with 1008 when it runs out).
+    async fn drain(self, writer: SocketWriter) {
+        loop {
+            let next = {
+                let mut stalled = self.lock();
+                match stalled.get_mut(writer.id()).and_then(VecDeque::pop_front) {
+                    Some(message) => message,
+                    None => {
+                        // Caught up: later deliveries go straight to the queue again.
+                        stalled.remove(writer.id());
+                        return;
+                    }
+                }
+            };
+            if writer.send(next).await.is_err() {
+                self.lock().remove(writer.id());
+                return;
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Inbound {
@@ -152,22 +242,152 @@ impl Inbound {
     }
 
     /// Delivers to this instance's connections only (never published again) and returns
-    /// how many took it. Envelopes from this instance itself are ignored.
+    /// how many took it or hold it for later (see [Slow members](Self#slow-members)).
+    /// Envelopes from this instance itself are ignored. Never waits for a member: this is
+    /// [`deliver_now`](Self::deliver_now), kept async for implementations written against it.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: dropping the future may leave the message with only some members.
+    /// Cancel safe: nothing happens after the first poll.
     pub async fn deliver(&self, envelope: Envelope) -> usize {
+        self.deliver_now(envelope)
+    }
+
+    /// Delivers to this instance's connections only, without waiting for any of them, and
+    /// returns how many took it or hold it for later. A backplane's single reader calls this
+    /// for every delivery, in order: each member gets them in that order.
+    ///
+    /// ```
+    /// # fn demo(inbound: &ws_context::Inbound) {
+    /// use ws_context::{Envelope, Message, Target};
+    /// let delivered = inbound.deliver_now(Envelope::new(
+    ///     "another-node/1",
+    ///     Target::Room("lobby".into()),
+    ///     Message::text("from far away"),
+    /// ));
+    /// # let _ = delivered; }
+    /// ```
+    pub fn deliver_now(&self, envelope: Envelope) -> usize {
         if envelope.origin == self.origin {
             return 0;
         }
-        match self.hub.upgrade() {
-            Some(inner) => {
-                crate::hub::ConnectionHub { inner }
-                    .deliver_locally(&envelope.target, envelope.message)
-                    .await
+        let Some(inner) = self.hub.upgrade() else {
+            return 0;
+        };
+        let hub = crate::hub::ConnectionHub { inner };
+        match (&envelope.target, envelope.message) {
+            (Target::Connection(id), Message::Close(frame)) => {
+                let frame = frame.unwrap_or_else(|| CloseFrame::normal(""));
+                // Ahead of anything held for the member: a close waits for no one.
+                hub.get(id)
+                    .map_or(0, |writer| usize::from(writer.try_close(frame)))
             }
-            None => 0,
+            (target, message) => {
+                let mut delivered = 0;
+                hub.for_each_writer(target, |writer| {
+                    delivered += usize::from(self.stalled.offer(writer, &message));
+                });
+                delivered
+            }
         }
     }
+}
+
+/// A room message's place in the room's history: an epoch, which changes whenever the
+/// history is lost (a restart, an expiry), and an offset, which counts the room's messages
+/// within the epoch. Clients get it as an opaque string (`to_string`, parsed back with
+/// `parse`) and hand it back to recover what they missed (see
+/// [`ConnectionHub::join_since`](crate::ConnectionHub::join_since)).
+///
+/// ```
+/// use ws_context::RoomPosition;
+/// let position = RoomPosition::new("3f9a0c", 42);
+/// let text = position.to_string();
+/// assert_eq!(text.parse::<RoomPosition>().unwrap(), position);
+/// assert!("nonsense".parse::<RoomPosition>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomPosition {
+    epoch: Arc<str>,
+    offset: u64,
+}
+
+impl RoomPosition {
+    /// A position; `epoch` is 1 to 64 ASCII letters, digits, `_` or `-` (others are kept
+    /// but such a position does not parse back).
+    pub fn new(epoch: impl Into<Arc<str>>, offset: u64) -> Self {
+        RoomPosition {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    /// The history's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The message's number within the epoch, from 1; 0 is "before the first".
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl fmt::Display for RoomPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.offset, self.epoch)
+    }
+}
+
+/// A string that is not a [`RoomPosition`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a room position: {0:?}")]
+pub struct PositionError(String);
+
+impl std::str::FromStr for RoomPosition {
+    type Err = PositionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || PositionError(text.chars().take(80).collect());
+        let (offset, epoch) = text.split_once('.').ok_or_else(bad)?;
+        let offset = offset.parse().map_err(|_| bad())?;
+        let valid = (1..=64).contains(&epoch.len())
+            && epoch
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(bad());
+        }
+        Ok(RoomPosition::new(epoch, offset))
+    }
+}
+
+/// Why a member could not recover a room's messages from a position; the app should reload
+/// its state (and then [`join`](crate::ConnectionHub::join) without recovery).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// The connection is not open here.
+    #[error("the connection is not open")]
+    NotOpen,
+    /// The room's history is not the one the position is from (it was lost, expired, or the
+    /// position is from another history).
+    #[error("the room's history has changed since that position")]
+    EpochChanged,
+    /// Some messages after the position are no longer kept.
+    #[error("the position is older than the room's history")]
+    TooOld,
+    /// No history is kept here for recovery (for example with a backplane that keeps none).
+    #[error("recovery is not available: {0}")]
+    Unavailable(String),
+}
+
+/// What [`ConnectionHub::join_since`](crate::ConnectionHub::join_since) recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// How many messages were queued for the member, in order, before any live one.
+    pub count: usize,
+    /// The room's position when the member joined: its last message before the live ones.
+    pub position: RoomPosition,
 }

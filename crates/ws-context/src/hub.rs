@@ -4,10 +4,10 @@ use std::{
     hash::{BuildHasher, Hasher},
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::watch;
@@ -15,7 +15,10 @@ use ws_message::{CloseFrame, Message};
 
 use crate::{
     Connection,
-    backplane::{Backplane, BackplaneError, BackplaneStatus, Envelope, InProcess, Inbound, Target},
+    backplane::{
+        Backplane, BackplaneError, BackplaneStatus, Envelope, InProcess, Inbound, Recovered,
+        RecoveryError, RoomPosition, Target,
+    },
     writer::{SocketWriter, WriteError},
 };
 
@@ -128,6 +131,20 @@ struct Registry {
 /// [`SLOW_PEER_CLOSE_CODE`](crate::SLOW_PEER_CLOSE_CODE) (1008). One slow peer delays a
 /// broadcast by at most one send timeout, once: after that it is gone.
 ///
+/// # History
+///
+/// With [`set_history_limits`](Self::set_history_limits) (off by default: a history holds
+/// messages, and so memory, after every member took them; gofr-app turns it on with
+/// [`DEFAULT_HISTORY_LEN`] and [`DEFAULT_HISTORY_AGE`]), each room keeps its last messages,
+/// numbered by a [`RoomPosition`]:
+/// [`send_to_room`](Self::send_to_room) returns it, [`room_position`](Self::room_position)
+/// gives the position now, and a client that comes back with the last position it saw is
+/// given every message after it with [`join_since`](Self::join_since), then the live ones,
+/// or told that this is not possible. History is kept in memory while the hub is on its
+/// own; with a backplane that reaches other instances it is not kept (positions are
+/// `None` and recovery is [`Unavailable`](RecoveryError::Unavailable)), since another
+/// instance's messages would not be in it.
+///
 /// # Other instances
 ///
 /// Deliveries also go to the hub's [`Backplane`] ([`InProcess`] by default, which reaches no
@@ -156,6 +173,8 @@ pub(crate) struct HubInner {
     count: watch::Sender<usize>,
     backplane: Box<dyn Backplane>,
     origin: Arc<str>,
+    /// Each room's recent messages, for members that come back (see [`Histories`]).
+    history: Mutex<Histories>,
 }
 
 impl Default for ConnectionHub {
@@ -191,11 +210,13 @@ impl ConnectionHub {
                 count: watch::channel(0).0,
                 backplane: Box::new(backplane),
                 origin: origin.clone(),
+                history: Mutex::new(Histories::default()),
             }),
         };
         hub.inner.backplane.attach(Inbound {
             hub: Arc::downgrade(&hub.inner),
             origin,
+            stalled: Default::default(),
         });
         hub
     }
@@ -251,21 +272,30 @@ impl ConnectionHub {
     ///
     /// Cancel safe: the membership is in place before the first await.
     pub async fn join(&self, id: &ConnectionId, room: &str) -> bool {
-        let first_here = {
-            let mut registry = self.write();
-            let Some(entry) = registry.connections.get_mut(id) else {
-                return false;
-            };
-            let room: Arc<str> = room.into();
-            entry.rooms.insert(room.clone());
-            let members = registry.rooms.entry(room).or_default();
-            members.insert(id.clone());
-            members.len() == 1
+        let Some(first_here) = self.join_locked(id, room) else {
+            return false;
         };
+        self.after_join(room, first_here).await;
+        true
+    }
+
+    /// The membership part of a join: None if the connection is not open, else whether it
+    /// is the room's first member here.
+    fn join_locked(&self, id: &ConnectionId, room: &str) -> Option<bool> {
+        let mut registry = self.write();
+        let entry = registry.connections.get_mut(id)?;
+        let room: Arc<str> = room.into();
+        entry.rooms.insert(room.clone());
+        let members = registry.rooms.entry(room).or_default();
+        members.insert(id.clone());
+        Some(members.len() == 1)
+    }
+
+    /// The backplane part of a join: on the first member here, start receiving the room.
+    async fn after_join(&self, room: &str, first_here: bool) {
         if first_here && let Err(error) = self.inner.backplane.join_interest(room).await {
             tracing::warn!(%error, room, "backplane did not take the room; it stays local");
         }
-        true
     }
 
     /// Removes a connection from a room. Returns false if it was not a member.
@@ -335,17 +365,149 @@ impl ConnectionHub {
         delivered
     }
 
-    /// Queues a message on every member of a room and returns how many took it; slow members
-    /// are treated as in [`broadcast`](Self::broadcast).
+    /// Queues a message on every member of a room and returns how many took it and the
+    /// message's [`RoomPosition`] in the room's history; slow members are treated as in
+    /// [`broadcast`](Self::broadcast).
     ///
     /// # Cancel safety
     ///
     /// Not cancel safe, as [`broadcast`](Self::broadcast).
-    pub async fn send_to_room(&self, room: &str, message: Message) -> usize {
+    pub async fn send_to_room(&self, room: &str, message: Message) -> RoomSent {
+        self.send_to_room_with(room, |_| message).await
+    }
+
+    /// Like [`send_to_room`](Self::send_to_room), with the message made once its position
+    /// is known, so that it can carry it (a chat line's `"pos"`, say). `make` gets `None`
+    /// when the room keeps no history here (see [History](Self#history)).
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub) {
+    /// use ws_context::Message;
+    /// let sent = hub
+    ///     .send_to_room_with("lobby", |pos| {
+    ///         let pos = pos.map(ToString::to_string);
+    ///         Message::text(serde_json::json!({"text": "hi", "pos": pos}).to_string())
+    ///     })
+    ///     .await;
+    /// println!("{} members took it at {:?}", sent.delivered, sent.position);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`broadcast`](Self::broadcast).
+    pub async fn send_to_room_with(
+        &self,
+        room: &str,
+        make: impl FnOnce(Option<&RoomPosition>) -> Message,
+    ) -> RoomSent {
         let target = Target::Room(room.into());
-        let delivered = self.deliver_locally(&target, message.clone()).await;
+        let (position, message, mut delivered, full) = if self.keeps_history() {
+            // Numbered, recorded and offered to every member under the history's lock, so a
+            // member recovering at the same time gets it once: from the history or live.
+            let mut histories = self.history();
+            let position = histories.append_position(room);
+            let message = make(Some(&position));
+            histories.record(room, position.offset(), message.clone());
+            let (delivered, full) = self.try_deliver(&target, &message);
+            drop(histories);
+            (Some(position), message, delivered, full)
+        } else {
+            let message = make(None);
+            let (delivered, full) = self.try_deliver(&target, &message);
+            (None, message, delivered, full)
+        };
+        delivered += self.wait_for_full(full, &message).await;
         let _ = self.publish(target, message);
-        delivered
+        RoomSent {
+            delivered,
+            position,
+        }
+    }
+
+    /// Adds a connection to a room and first queues for it every room message after
+    /// `since`, in order, then the live ones: none missing, none twice. When that is not
+    /// possible ([`RecoveryError`]) the connection is *not* added: tell the client (it
+    /// should reload its state), then [`join`](Self::join).
+    ///
+    /// Recovered messages go through the connection's queue; if it fills up, the connection
+    /// is closed as a slow peer (1008) and can recover again from its last position.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub, id: ws_context::ConnectionId, since: &str) {
+    /// use ws_context::RoomPosition;
+    /// match since.parse::<RoomPosition>() {
+    ///     Ok(since) => match hub.join_since(&id, "lobby", &since).await {
+    ///         Ok(recovered) => println!("{} missed messages sent", recovered.count),
+    ///         Err(error) => {
+    ///             println!("cannot recover: {error}");
+    ///             hub.join(&id, "lobby").await;
+    ///         }
+    ///     },
+    ///     Err(_) => {
+    ///         hub.join(&id, "lobby").await;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the membership and the recovered messages are in place before the first
+    /// await.
+    pub async fn join_since(
+        &self,
+        id: &ConnectionId,
+        room: &str,
+        since: &RoomPosition,
+    ) -> Result<Recovered, RecoveryError> {
+        if !self.keeps_history() {
+            return Err(RecoveryError::Unavailable(
+                "no room history is kept here (off, or rooms span instances)".to_owned(),
+            ));
+        }
+        let Some(writer) = self.get(id) else {
+            return Err(RecoveryError::NotOpen);
+        };
+        let recovered = {
+            let mut histories = self.history();
+            let (missed, position) = histories.since(room, since)?;
+            let count = missed.len();
+            for message in missed {
+                if writer.try_send(message).is_err() {
+                    writer.close_slow();
+                    break;
+                }
+            }
+            let Some(first_here) = self.join_locked(id, room) else {
+                return Err(RecoveryError::NotOpen);
+            };
+            (Recovered { count, position }, first_here)
+        };
+        self.after_join(room, recovered.1).await;
+        Ok(recovered.0)
+    }
+
+    /// The room's position now: the last message sent to it (offset 0 before the first).
+    /// `None` when no history is kept here. A client given this at join can recover from it
+    /// even if it receives nothing before it drops.
+    pub fn room_position(&self, room: &str) -> Option<RoomPosition> {
+        self.keeps_history().then(|| self.history().current(room))
+    }
+
+    /// Sets how much history each room keeps for recovery: at most `max_len` messages, none
+    /// older than `max_age` (suggested: [`DEFAULT_HISTORY_LEN`], [`DEFAULT_HISTORY_AGE`]).
+    /// `max_len` 0, the default, keeps none: no positions, no recovery.
+    ///
+    /// ```
+    /// let hub = ws_context::ConnectionHub::new();
+    /// hub.set_history_limits(ws_context::DEFAULT_HISTORY_LEN, ws_context::DEFAULT_HISTORY_AGE);
+    /// assert_eq!(hub.room_position("lobby").map(|p| p.offset()), Some(0));
+    /// ```
+    pub fn set_history_limits(&self, max_len: usize, max_age: Duration) {
+        let mut histories = self.history();
+        histories.max_len = max_len;
+        histories.max_age = max_age;
     }
 
     /// Closes one connection with a close frame, after what is already queued for it (at
@@ -463,6 +625,13 @@ impl ConnectionHub {
                 message => usize::from(writer.send(message).await.is_ok()),
             };
         }
+        let (delivered, full) = self.try_deliver(target, &message);
+        delivered + self.wait_for_full(full, &message).await
+    }
+
+    /// Queues on every connection `target` names that has room now; returns how many took
+    /// it and the writers that were full.
+    fn try_deliver(&self, target: &Target, message: &Message) -> (usize, Vec<SocketWriter>) {
         let mut delivered = 0;
         let mut full = Vec::new();
         self.for_each_writer(target, |writer| match writer.try_send(message.clone()) {
@@ -470,20 +639,27 @@ impl ConnectionHub {
             Err(WriteError::Full(_)) => full.push(writer.clone()),
             Err(_) => {}
         });
-        // Waited for together, so one slow peer costs one send timeout, not one each.
+        (delivered, full)
+    }
+
+    /// Waits for full writers together, so one slow peer costs one send timeout, not one
+    /// each; returns how many took the message.
+    async fn wait_for_full(&self, full: Vec<SocketWriter>, message: &Message) -> usize {
+        if full.is_empty() {
+            return 0;
+        }
         let waits = full.iter().map(|writer| writer.send(message.clone()));
-        delivered
-            + futures_util::future::join_all(waits)
-                .await
-                .iter()
-                .filter(|result| result.is_ok())
-                .count()
+        futures_util::future::join_all(waits)
+            .await
+            .iter()
+            .filter(|result| result.is_ok())
+            .count()
     }
 
     /// Calls `f` with the writer of each connection `target` names, under the registry's read
     /// lock (`f` must not wait): nothing is cloned for the connections that take a message at
     /// once.
-    fn for_each_writer(&self, target: &Target, mut f: impl FnMut(&SocketWriter)) {
+    pub(crate) fn for_each_writer(&self, target: &Target, mut f: impl FnMut(&SocketWriter)) {
         let registry = self.read();
         match target {
             Target::All => registry.connections.values().for_each(|e| f(e.writer())),
@@ -500,6 +676,20 @@ impl ConnectionHub {
                 .into_iter()
                 .for_each(|e| f(e.writer())),
         }
+    }
+
+    /// Whether room history is kept here: only while no other instance can send to the
+    /// rooms (a backplane that keeps a shared history is future work), so that every
+    /// position a client holds is one this history gave out.
+    fn keeps_history(&self) -> bool {
+        self.inner.backplane.status() == BackplaneStatus::Standalone && self.history().max_len > 0
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, Histories> {
+        self.inner
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn publish(&self, target: Target, message: Message) -> Result<(), BackplaneError> {
@@ -539,6 +729,157 @@ impl Entry {
 
     fn writer(&self) -> &SocketWriter {
         &self.conn.0.writer
+    }
+}
+
+/// What [`ConnectionHub::send_to_room`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoomSent {
+    /// How many members on this instance took the message.
+    pub delivered: usize,
+    /// Its position in the room's history; `None` when no history is kept here.
+    pub position: Option<RoomPosition>,
+}
+
+/// Suggested most messages a room keeps for recovery (gofr-app's default).
+pub const DEFAULT_HISTORY_LEN: usize = 256;
+/// Suggested longest a room message is kept for recovery (gofr-app's default).
+pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(300);
+/// Most rooms with a history; past it, the one idle longest loses its history.
+const MAX_HISTORIES: usize = 10_000;
+
+/// The rooms' recent messages, in memory: one epoch per room history (random, new when the
+/// history is created again after it was dropped), offsets from 1.
+struct Histories {
+    rooms: HashMap<Arc<str>, RoomHistory>,
+    max_len: usize,
+    max_age: Duration,
+}
+
+struct RoomHistory {
+    epoch: Arc<str>,
+    /// The last offset given out.
+    last: u64,
+    /// (offset, when, message), oldest first.
+    entries: std::collections::VecDeque<(u64, Instant, Message)>,
+    touched: Instant,
+}
+
+impl Default for Histories {
+    fn default() -> Self {
+        Histories {
+            rooms: HashMap::new(),
+            max_len: 0,
+            max_age: DEFAULT_HISTORY_AGE,
+        }
+    }
+}
+
+impl RoomHistory {
+    fn new() -> Self {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        RoomHistory {
+            epoch: format!("{random:016x}").into(),
+            last: 0,
+            entries: std::collections::VecDeque::new(),
+            touched: Instant::now(),
+        }
+    }
+
+    fn prune(&mut self, max_len: usize, max_age: Duration) {
+        while self.entries.len() > max_len
+            || self
+                .entries
+                .front()
+                .is_some_and(|(_, at, _)| at.elapsed() > max_age)
+        {
+            self.entries.pop_front();
+        }
+    }
+}
+
+impl Histories {
+    /// The room's history, created (with a new epoch) if it has none; an idle room past
+    /// the age limit starts over, as does the oldest when there are too many.
+    fn room(&mut self, room: &str) -> &mut RoomHistory {
+        let max_age = self.max_age;
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|history| history.touched.elapsed() > max_age)
+        {
+            self.rooms.remove(room);
+        }
+        if !self.rooms.contains_key(room) && self.rooms.len() >= MAX_HISTORIES {
+            self.rooms
+                .retain(|_, history| history.touched.elapsed() <= max_age);
+            if self.rooms.len() >= MAX_HISTORIES
+                && let Some(oldest) = self
+                    .rooms
+                    .iter()
+                    .min_by_key(|(_, history)| history.touched)
+                    .map(|(name, _)| name.clone())
+            {
+                self.rooms.remove(&oldest);
+            }
+        }
+        self.rooms
+            .entry(room.into())
+            .or_insert_with(RoomHistory::new)
+    }
+
+    fn current(&mut self, room: &str) -> RoomPosition {
+        let history = self.room(room);
+        RoomPosition::new(history.epoch.clone(), history.last)
+    }
+
+    /// The position the room's next message gets (taken by [`record`](Self::record)).
+    fn append_position(&mut self, room: &str) -> RoomPosition {
+        let history = self.room(room);
+        RoomPosition::new(history.epoch.clone(), history.last + 1)
+    }
+
+    fn record(&mut self, room: &str, offset: u64, message: Message) {
+        let (max_len, max_age) = (self.max_len, self.max_age);
+        let history = self.room(room);
+        history.last = offset;
+        history.touched = Instant::now();
+        history.entries.push_back((offset, Instant::now(), message));
+        history.prune(max_len, max_age);
+    }
+
+    /// Every message after `since`, and the position now.
+    fn since(
+        &mut self,
+        room: &str,
+        since: &RoomPosition,
+    ) -> Result<(Vec<Message>, RoomPosition), RecoveryError> {
+        let (max_len, max_age) = (self.max_len, self.max_age);
+        let history = self.room(room);
+        history.prune(max_len, max_age);
+        if *history.epoch != *since.epoch() || since.offset() > history.last {
+            return Err(RecoveryError::EpochChanged);
+        }
+        let oldest_kept = history
+            .entries
+            .front()
+            .map_or(history.last + 1, |(offset, _, _)| *offset);
+        if since.offset() + 1 < oldest_kept {
+            return Err(RecoveryError::TooOld);
+        }
+        let missed = history
+            .entries
+            .iter()
+            .filter(|(offset, _, _)| *offset > since.offset())
+            .map(|(_, _, message)| message.clone())
+            .collect();
+        Ok((
+            missed,
+            RoomPosition::new(history.epoch.clone(), history.last),
+        ))
     }
 }
 

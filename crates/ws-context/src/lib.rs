@@ -93,7 +93,7 @@ mod writer;
 
 pub use crate::backplane::{
     Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
-    Target,
+    MAX_STALLED_MESSAGES, PositionError, Recovered, RecoveryError, RoomPosition, Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
@@ -103,10 +103,15 @@ pub use crate::endpoint::{
 #[doc(hidden)]
 pub use crate::handler::BoxHandlerFn;
 pub use crate::handler::Handler;
-pub use crate::hub::{ConnectionHub, ConnectionId, ConnectionInfo, node_id};
+pub use crate::hub::{
+    ConnectionHub, ConnectionId, ConnectionInfo, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_LEN,
+    RoomSent, node_id,
+};
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
-pub use ws_message::{Bytes, CloseCodeError, CloseFrame, Message, Utf8Bytes, close_code};
+pub use ws_message::{
+    Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
+};
 pub use ws_upgrader::WsUpgrader;
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.

@@ -130,7 +130,8 @@ async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     assert!(!hub.leave(&a_id, "blue"), "not a member any more");
     assert_eq!(
         hub.send_to_room("blue", ws_context::Message::text("to blue"))
-            .await,
+            .await
+            .delivered,
         1
     );
     assert_eq!(next_data(&mut b).await, Message::text("to blue"));

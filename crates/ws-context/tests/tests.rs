@@ -5,6 +5,7 @@ mod support;
 mod backplane;
 mod close;
 mod handlers;
+mod history;
 mod hub;
 mod liveness;
 mod logging;

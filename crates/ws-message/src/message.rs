@@ -5,8 +5,9 @@ use bytestring::ByteString;
 
 /// Close codes of RFC 6455 §7.4.1 that applications use most.
 ///
-/// Codes 4000-4999 are free for applications; see [`CloseFrame::new`]. [`NO_STATUS`] and
-/// [`ABNORMAL`] only report how a connection ended; they are never sent.
+/// Codes 4000-4999 are free for applications; see [`CloseFrame::new`].
+/// [`NO_STATUS`](close_code::NO_STATUS) and [`ABNORMAL`](close_code::ABNORMAL) only report how
+/// a connection ended; they are never sent.
 pub mod close_code {
     /// 1000: the purpose of the connection has been fulfilled.
     pub const NORMAL: u16 = 1000;

@@ -1,0 +1,164 @@
+//! Room history: positions, and a member that comes back with its last position gets what
+//! it missed, once, in order, then the live messages; or is told it cannot.
+
+use std::time::Duration;
+
+use futures_util::SinkExt as _;
+use tokio_tungstenite::tungstenite::Message;
+use ws_context::{
+    CloseFrame, Connection, ConnectionHub, Context, Endpoint, RecoveryError, RoomPosition,
+};
+
+use crate::support::{connect, eventually, next_data, serve};
+
+/// Joins the room of the path; with `?since=POS`, recovers from there first, and when that
+/// is not possible says `recovery failed: <why>` before joining.
+async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    let room = conn.path_param("room").unwrap_or("lobby").to_owned();
+    let hub = conn.hub();
+    if let Some(since) = conn.query_param("since") {
+        let result = match since.parse::<RoomPosition>() {
+            Ok(since) => hub.join_since(conn.id(), &room, &since).await.map(|_| ()),
+            Err(_) => Err(RecoveryError::EpochChanged),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                let _ = conn
+                    .socket()
+                    .text(format!("recovery failed: {error}"))
+                    .await;
+            }
+        }
+    }
+    hub.join(conn.id(), &room).await;
+    Ok(())
+}
+
+/// Every text goes to the room as "<pos> <text>".
+async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
+    let text: String = ctx.bind()?;
+    let room = ctx.path_param("room").unwrap_or("lobby");
+    ctx.hub()
+        .send_to_room_with(room, |pos| {
+            let pos = pos.map_or_else(|| "-".to_owned(), ToString::to_string);
+            ws_context::Message::text(format!("{pos} {text}"))
+        })
+        .await;
+    Ok(())
+}
+
+async fn server(hub: &ConnectionHub) -> std::net::SocketAddr {
+    let endpoint = Endpoint::new(to_room)
+        .hub(hub.clone())
+        .on_connect(join_room);
+    serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
+}
+
+/// "<pos> <text>" split.
+fn parts(message: Message) -> (String, String) {
+    let Message::Text(text) = message else {
+        panic!("expected text, got {message:?}")
+    };
+    let (pos, text) = text.split_once(' ').unwrap();
+    (pos.to_owned(), text.to_owned())
+}
+
+#[tokio::test]
+async fn a_member_that_comes_back_gets_what_it_missed_once_in_order_then_live_ones() {
+    let hub = ConnectionHub::new();
+    assert_eq!(hub.room_position("r"), None, "off by default");
+    hub.set_history_limits(
+        ws_context::DEFAULT_HISTORY_LEN,
+        ws_context::DEFAULT_HISTORY_AGE,
+    );
+    let addr = server(&hub).await;
+    let mut sender = connect(addr, "/ws/r").await;
+    let mut dropper = connect(addr, "/ws/r").await;
+    eventually("joined", || hub.room_members("r").len() == 2).await;
+    // Position set at join: valid before anything was received.
+    let at_join = hub.room_position("r").unwrap();
+    assert_eq!(at_join.offset(), 0);
+
+    sender.send(Message::text("one")).await.unwrap();
+    let (first_pos, text) = parts(next_data(&mut dropper).await);
+    assert_eq!(text, "one");
+    let first: RoomPosition = first_pos.parse().unwrap();
+    assert_eq!(first.offset(), 1);
+    assert_eq!(first.epoch(), at_join.epoch());
+    drop(dropper);
+    eventually("dropped", || hub.room_members("r").len() == 1).await;
+
+    for i in 0..20 {
+        sender.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for _ in 0..21 {
+        next_data(&mut sender).await;
+    }
+    let mut back = connect(addr, &format!("/ws/r?since={first}")).await;
+    // Live messages right after the join, while the missed ones are being sent.
+    sender.send(Message::text("live")).await.unwrap();
+    for i in 0..20 {
+        let (pos, text) = parts(next_data(&mut back).await);
+        assert_eq!(text, format!("m{i}"));
+        assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 2 + i);
+    }
+    let (pos, text) = parts(next_data(&mut back).await);
+    assert_eq!(
+        (pos.parse::<RoomPosition>().unwrap().offset(), &*text),
+        (22, "live")
+    );
+
+    // From the position at join, a member that received nothing gets everything.
+    let mut late = connect(addr, &format!("/ws/r?since={at_join}")).await;
+    for i in 0..22 {
+        let (pos, _) = parts(next_data(&mut late).await);
+        assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 1 + i);
+    }
+}
+
+#[tokio::test]
+async fn recovery_that_is_not_possible_is_said_first() {
+    let hub = ConnectionHub::new();
+    hub.set_history_limits(5, Duration::from_secs(60));
+    let addr = server(&hub).await;
+    let mut sender = connect(addr, "/ws/r").await;
+    eventually("joined", || hub.room_members("r").len() == 1).await;
+    sender.send(Message::text("first")).await.unwrap();
+    let (first, _) = parts(next_data(&mut sender).await);
+    for i in 0..10 {
+        sender.send(Message::text(format!("m{i}"))).await.unwrap();
+        next_data(&mut sender).await;
+    }
+    let epoch = first.split_once('.').unwrap().1.to_owned();
+
+    // Older than the five kept, another epoch, from the future, not a position at all.
+    for (since, why) in [
+        (first.clone(), "older"),
+        (format!("3.{}", "0".repeat(16)), "changed"),
+        (format!("99.{epoch}"), "changed"),
+        ("garbage".to_owned(), "changed"),
+    ] {
+        let mut client = connect(addr, &format!("/ws/r?since={since}")).await;
+        let Message::Text(notice) = next_data(&mut client).await else {
+            panic!("expected the notice")
+        };
+        assert!(
+            notice.starts_with("recovery failed") && notice.contains(why),
+            "{since}: {notice}"
+        );
+        // Then it is a member like any other.
+        eventually("joined", || hub.room_members("r").len() == 2).await;
+        sender.send(Message::text("after")).await.unwrap();
+        assert_eq!(parts(next_data(&mut client).await).1, "after");
+        next_data(&mut sender).await;
+        drop(client);
+        eventually("left", || hub.room_members("r").len() == 1).await;
+    }
+    // 15 messages so far, the last five kept: from just before the oldest kept is fine.
+    let mut client = connect(addr, &format!("/ws/r?since=10.{epoch}")).await;
+    for offset in 11..=15 {
+        let (pos, _) = parts(next_data(&mut client).await);
+        assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), offset);
+    }
+}
