@@ -191,13 +191,14 @@ struct Timers {
     ping_interval: Option<Duration>,
     pong_timeout: Duration,
     message_timeout: Duration,
+    close_timeout: Duration,
     /// When bytes last came from the peer.
     last_heard: Instant,
     /// When our unanswered ping went out.
     ping_sent: Option<Instant>,
-    /// Bytes held for the unfinished message at its last progress, and when that was.
+    /// Bytes received of the unfinished message at its last progress, and when that was.
     progress: (usize, Instant),
-    /// When our close frame was queued; the peer then has `pong_timeout` to answer it.
+    /// When our close frame was queued; the peer then has `close_timeout` to answer it.
     close_sent: Option<Instant>,
 }
 
@@ -221,6 +222,7 @@ impl Timers {
             ping_interval: options.ping_interval,
             pong_timeout: options.pong_timeout,
             message_timeout: options.message_timeout,
+            close_timeout: options.close_timeout,
             last_heard: now,
             ping_sent: None,
             progress: (0, now),
@@ -236,7 +238,7 @@ impl Timers {
             (None, _) => None,
         };
         let progress = in_message.then(|| self.progress.1 + self.message_timeout);
-        let close = self.close_sent.map(|sent| sent + self.pong_timeout);
+        let close = self.close_sent.map(|sent| sent + self.close_timeout);
         [liveness, progress, close].into_iter().flatten().min()
     }
 
@@ -244,7 +246,7 @@ impl Timers {
     /// cannot be blamed for answers we did not read).
     fn due(&mut self, now: Instant, in_message: bool, suspended: bool) -> Option<Due> {
         if let Some(sent) = self.close_sent {
-            return (now >= sent + self.pong_timeout).then_some(Due::CloseTimeout);
+            return (now >= sent + self.close_timeout).then_some(Due::CloseTimeout);
         }
         if suspended {
             self.last_heard = now;
@@ -270,11 +272,12 @@ impl Timers {
     }
 
     /// Bytes came from the peer: it is alive, and an unfinished message may have grown.
-    fn heard(&mut self, now: Instant, buffered: usize) {
+    fn heard(&mut self, now: Instant, received: usize) {
         self.last_heard = now;
         self.ping_sent = None;
-        if buffered != self.progress.0 {
-            self.progress = (buffered, now);
+        // Between messages (0) the clock restarts, so the next message is timed from its start.
+        if received == 0 || received != self.progress.0 {
+            self.progress = (received, now);
         }
     }
 }
@@ -537,8 +540,8 @@ impl WebSocket {
                     reads += 1;
                     match ready!(self.poll_read(cx)) {
                         Ok(Read::Parsed(parsed)) => {
-                            let buffered = self.conn.buffered();
-                            self.timers.heard(Instant::now(), buffered);
+                            let received = self.conn.message_received();
+                            self.timers.heard(Instant::now(), received);
                             parsed
                         }
                         Ok(Read::Eof) => return self.end_with(None),
