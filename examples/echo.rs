@@ -9,13 +9,14 @@
 //!
 //! and connect to `ws://127.0.0.1:8000/ws` (`HTTP_PORT` changes the port).
 //!
-//! Two variables of its own set up permessage-deflate, which is negotiated only with clients
-//! that offer it:
+//! Variables of its own set up permessage-deflate, which is negotiated only with clients that
+//! offer it:
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `WS_COMPRESSION` | `on` | `off` declines permessage-deflate |
-//! | `WS_CONTEXT_TAKEOVER` | `0` | `1` lets both sides keep their compression context between messages (takes effect with the new protocol core; today's engine always allows it) |
+//! | `WS_CONTEXT_TAKEOVER` | `0` | `1` lets both sides keep their compression context between messages |
+//! | `WS_COMPRESSION_THRESHOLD` | `32` | messages shorter than this many bytes go uncompressed (the conformance suite sets 0) |
 
 use gofr_app::{App, Context, Message, WsUpgrader, upgrader::Compression};
 
@@ -27,17 +28,24 @@ async fn echo(ctx: Context) -> Result<Message, gofr_app::BindError> {
 async fn main() -> anyhow::Result<()> {
     let compression = flag("WS_COMPRESSION", true)?;
     let context_takeover = flag("WS_CONTEXT_TAKEOVER", false)?;
+    let threshold = match std::env::var("WS_COMPRESSION_THRESHOLD") {
+        Ok(bytes) => bytes.trim().parse().map_err(|_| {
+            anyhow::anyhow!("WS_COMPRESSION_THRESHOLD={bytes:?} is not a number of bytes")
+        })?,
+        Err(_) => Compression::default().threshold,
+    };
     let mut upgrader = WsUpgrader::builder();
     if compression {
         upgrader = upgrader.compression_with(Compression {
-            // With the new protocol core: `context_takeover,`
+            context_takeover,
+            threshold,
             ..Compression::default()
         });
     }
     let mut app = App::new();
     app.override_websocket_upgrader(upgrader.build()?);
     app.websocket("/ws", echo);
-    tracing::info!(compression, context_takeover, "echo settings");
+    tracing::info!(compression, context_takeover, threshold, "echo settings");
     app.run().await?;
     Ok(())
 }

@@ -48,12 +48,6 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(60);
 /// Longest an install (venv + pip, or npm) may take.
 const INSTALL_LIMIT: Duration = Duration::from_secs(300);
 
-/// Whether the echo example's `WS_CONTEXT_TAKEOVER` acts on the wire. False while the engine is
-/// sockudo-ws, which allows context takeover whatever the setting; set it to true with the
-/// protocol core of issue 13, whose default answer is
-/// `server_no_context_takeover; client_no_context_takeover`.
-const SERVER_CONTEXT_TAKEOVER_SETTING: bool = false;
-
 /// How the echo example is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
@@ -208,8 +202,8 @@ fn run_script_variants(program: &OsStr, script: &str, envs: &[(&str, &OsStr)]) {
 /// Judges the server's `Sec-WebSocket-Extensions` answer (`none` when absent) for a variant:
 /// permessage-deflate exactly when the client offered it and the server has it on; the
 /// client's `server_no_context_takeover` honoured (RFC 7692 §7.1.1.1); with
-/// `WS_CONTEXT_TAKEOVER=1` no `no_context_takeover` the client did not ask for; and, once the
-/// setting acts ([`SERVER_CONTEXT_TAKEOVER_SETTING`]), both of them by default.
+/// `WS_CONTEXT_TAKEOVER=1` no `no_context_takeover` the client did not ask for; and both of
+/// them by default (the server keeps no compression context unless told to).
 fn check_extensions(variant: Variant, answer: &str) -> Result<(), String> {
     let negotiated = answer != "none";
     let expected = variant.deflate && variant.server != Server::NoCompression;
@@ -235,7 +229,7 @@ fn check_extensions(variant: Variant, answer: &str) -> Result<(), String> {
         required.push("server_no_context_takeover");
     }
     match variant.server {
-        Server::Default if SERVER_CONTEXT_TAKEOVER_SETTING => {
+        Server::Default => {
             required.extend(["server_no_context_takeover", "client_no_context_takeover"]);
         }
         Server::ContextTakeover if !variant.no_context_takeover => {

@@ -95,17 +95,17 @@ function describe(data, isBinary) {
   return `${isBinary ? "binary" : "text"} of ${Buffer.byteLength(data)} bytes`;
 }
 
+// Without --no-context-takeover the client offers context takeover and takes what the server
+// answers, as ws's default does: an explicit `clientNoContextTakeover: false` would make ws
+// refuse a server that asks it to reset its context (RFC 7692 §7.1.1.2 lets a server ask).
 function options() {
+  const takeover = noContextTakeover
+    ? { serverNoContextTakeover: true, clientNoContextTakeover: true }
+    : {};
   return {
     maxPayload: 4 << 20,
     handshakeTimeout: WAIT_MS,
-    perMessageDeflate: deflate
-      ? {
-          serverNoContextTakeover: noContextTakeover,
-          clientNoContextTakeover: noContextTakeover,
-          threshold: 0,
-        }
-      : false,
+    perMessageDeflate: deflate ? { ...takeover, threshold: 0 } : false,
   };
 }
 

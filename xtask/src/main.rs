@@ -7,6 +7,7 @@ mod bench_cluster;
 mod browser_test;
 mod cluster;
 mod demo;
+mod fuzz;
 mod tidy;
 
 use std::{
@@ -30,6 +31,9 @@ tasks:
          start notification-service and ws-inter-service, send one notification between them
   demo cluster
          start Redis and two chat instances sharing rooms through it; print both URLs
+  fuzz [TARGET] [--time SECONDS]
+         the ws-protocol fuzz targets (frames, frames_deflate, inflate, negotiate; default
+         all, 600 s each) with cargo +nightly fuzz; prints executions and crashes per target
   browser-test
          the chat example in headless Chromium (playwright-core); CI=true makes a missing
          browser a failure instead of a skip
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("autobahn") => autobahn::run(),
         Some("demo") => demo::run(&args[1..]),
         Some("browser-test") => browser_test::run(),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

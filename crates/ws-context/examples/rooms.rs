@@ -10,12 +10,13 @@
 //!
 //! then connect two clients to `ws://127.0.0.1:3000/ws/lobby`. Settings (environment):
 //! `PORT` (3000; 0 picks a free port), `QUEUE_CAPACITY` (messages per connection),
-//! `SEND_TIMEOUT_MS` and `CLOSE_GRACE_MS` (see `Endpoint`). The tests run it to measure the
-//! server's memory while a client stops reading.
+//! `SEND_TIMEOUT_MS` and `CLOSE_GRACE_MS` (see `Endpoint`), `MESSAGE_TIMEOUT_MS` (see
+//! `WsUpgraderBuilder::message_timeout`). The tests run it to measure the server's memory while
+//! a client stops reading, and while clients hold unfinished messages.
 
 use std::{net::SocketAddr, time::Duration};
 
-use ws_context::{CloseFrame, Connection, Context, DEFAULT_QUEUE_CAPACITY, Endpoint};
+use ws_context::{CloseFrame, Connection, Context, DEFAULT_QUEUE_CAPACITY, Endpoint, WsUpgrader};
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
@@ -40,7 +41,12 @@ fn setting(name: &str, default: u64) -> u64 {
 async fn main() -> std::io::Result<()> {
     let queue = usize::try_from(setting("QUEUE_CAPACITY", DEFAULT_QUEUE_CAPACITY as u64))
         .unwrap_or(DEFAULT_QUEUE_CAPACITY);
+    let upgrader = WsUpgrader::builder()
+        .message_timeout(Duration::from_millis(setting("MESSAGE_TIMEOUT_MS", 30_000)))
+        .build()
+        .map_err(std::io::Error::other)?;
     let endpoint = Endpoint::new(to_room)
+        .upgrader(upgrader)
         .on_connect(join_room)
         .queue_capacity(queue)
         .send_timeout(Duration::from_millis(setting("SEND_TIMEOUT_MS", 5000)))

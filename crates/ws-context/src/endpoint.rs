@@ -644,6 +644,7 @@ impl ConnectionTask {
             _ => None,
         };
         let may_read = self.may_read();
+        let keep_alive = self.keeps_alive_only();
         let may_write = self.may_write();
         let handler_running = self.running.is_some();
 
@@ -653,7 +654,13 @@ impl ConnectionTask {
         let step = tokio::select! {
             biased;
             reply = poll_running(&mut self.running), if handler_running => self.on_reply(reply).await,
-            incoming = self.socket.recv(), if may_read => self.on_burst(incoming).await,
+            incoming = next_incoming(&mut self.socket, keep_alive), if may_read || keep_alive => {
+                if keep_alive {
+                    self.on_incoming(incoming).await
+                } else {
+                    self.on_burst(incoming).await
+                }
+            }
             delivery = self.conn.0.writer.delivery(), if may_write => match delivery {
                 Delivery::Urgent => {
                     self.begin_urgent_close();
@@ -693,6 +700,12 @@ impl ConnectionTask {
         }
     }
 
+    /// A message is read ahead while the handler runs: the socket still answers pings, pings
+    /// the peer and watches its deadlines, reading no further data.
+    fn keeps_alive_only(&self) -> bool {
+        matches!(self.closing, Closing::Open) && self.next.is_some()
+    }
+
     /// False once an urgent close is under way or our close frame is out.
     fn may_write(&self) -> bool {
         matches!(
@@ -701,7 +714,7 @@ impl ConnectionTask {
         )
     }
 
-    /// Handles what the socket gave, then each further message the engine has ready without
+    /// Handles what the socket gave, then each further message the socket has ready without
     /// waiting (already parsed or already readable), up to `MAX_BATCH`: a burst costs one turn.
     async fn on_burst(&mut self, first: Option<Result<Message, WsError>>) -> Step {
         let mut incoming = first;
@@ -722,7 +735,7 @@ impl ConnectionTask {
         match incoming {
             None => Step::Break(()),
             Some(Err(error)) => {
-                // The engine has stopped; tell the peer why (1002, 1007, 1009, ...).
+                // The socket has stopped reading; tell the peer why (1002, 1007, 1009, 1013, ...).
                 tracing::debug!(parent: self.conn.span(), %error, "connection failed");
                 // Only reported (1006 for a broken transport), so a code that may not be sent
                 // is kept as "abnormal".
@@ -740,7 +753,7 @@ impl ConnectionTask {
                 Step::Break(())
             }
             Some(Ok(Message::Close(frame))) => {
-                // The engine answers the close; keep reading until it reports the end.
+                // The socket answers the close; keep reading until it reports the end.
                 self.ended_by = Some(frame.unwrap_or_else(CloseFrame::no_status));
                 self.closing = Closing::Sent;
                 self.next = None;
@@ -756,7 +769,7 @@ impl ConnectionTask {
                     Step::Continue(())
                 }
             }
-            // Pings are answered by the engine; pongs feed its liveness timer.
+            // Pings are answered by the socket; any frame feeds its liveness timer.
             Some(Ok(_)) => Step::Continue(()),
         }
     }
@@ -997,6 +1010,19 @@ impl ConnectionTask {
                 false
             }
         }
+    }
+}
+
+/// The next message, or with `control_only` the next control frame (a data message read ahead
+/// is kept by the socket).
+async fn next_incoming(
+    socket: &mut WebSocket,
+    control_only: bool,
+) -> Option<Result<Message, WsError>> {
+    if control_only {
+        socket.recv_control().await
+    } else {
+        socket.recv().await
     }
 }
 

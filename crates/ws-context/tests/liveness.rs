@@ -127,3 +127,84 @@ async fn a_peer_that_answers_pings_stays_open() {
     }
     assert_eq!(hub.len(), 1);
 }
+
+/// A handler that takes longer than the pong deadline, so that the next message is read ahead
+/// while it runs.
+async fn slow_echo(ctx: Context) -> Result<String, ws_context::BindError> {
+    let text: String = ctx.bind()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(text)
+}
+
+fn liveness_endpoint(hub: &ConnectionHub) -> axum::Router {
+    let upgrader = WsUpgrader::builder()
+        .ping_interval(Some(Duration::from_millis(300)))
+        .pong_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let endpoint = Endpoint::new(slow_echo).upgrader(upgrader).hub(hub.clone());
+    axum::Router::new().route("/ws", endpoint.into_route())
+}
+
+#[tokio::test]
+async fn pings_go_on_while_a_handler_runs_longer_than_the_pong_deadline() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Tm;
+    let hub = ConnectionHub::new();
+    let addr = serve(liveness_endpoint(&hub)).await;
+    let mut client = crate::support::connect(addr, "/ws").await;
+    // The second message is read ahead while the first one's handler sleeps.
+    client.send(Tm::text("one")).await.unwrap();
+    client.send(Tm::text("two")).await.unwrap();
+    let mut replies = Vec::new();
+    let mut pings = 0;
+    while replies.len() < 2 {
+        // tungstenite answers each ping while it reads.
+        match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+            Some(Ok(Tm::Ping(_))) => pings += 1,
+            Some(Ok(Tm::Text(text))) => replies.push(text.to_string()),
+            other => panic!("expected pings and replies, got {other:?}"),
+        }
+    }
+    assert_eq!(replies, ["one", "two"]);
+    assert!(pings >= 4, "pings went on while the handlers ran: {pings}");
+    assert_eq!(hub.len(), 1);
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
+    let hub = ConnectionHub::new();
+    let addr = serve(liveness_endpoint(&hub)).await;
+    let (mut stream, mut received) = silent_client(addr).await;
+    // Two masked text frames (an all-zero mask leaves the payload as is), then silence.
+    stream
+        .write_all(b"\x81\x83\0\0\0\0one\x81\x83\0\0\0\0two")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("server did not end the connection")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    let elapsed = sent.elapsed();
+    // Interval + timeout is 600 ms; the handler alone would take 4 s.
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed after {elapsed:?}"
+    );
+    let frames = frames(&received);
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x9),
+        "a ping first: {frames:?}"
+    );
+    let close = frames.iter().find(|f| f.0 == 0x8).expect("a close frame");
+    assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1001);
+}

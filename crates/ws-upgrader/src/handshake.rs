@@ -5,7 +5,7 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use hyper::upgrade::OnUpgrade;
 use sha1::{Digest, Sha1};
-use sockudo_ws::deflate::DeflateConfig;
+use ws_protocol::deflate::{DeflateParams, DeflatePolicy};
 
 use crate::{WebSocket, WsUpgrader, options::Options};
 
@@ -116,7 +116,7 @@ pub struct PendingUpgrade {
     on_upgrade: OnUpgrade,
     accept: HeaderValue,
     protocol: Option<HeaderValue>,
-    deflate: Option<(String, DeflateConfig)>,
+    deflate: Option<(String, DeflateParams)>,
     upgrader: WsUpgrader,
 }
 
@@ -372,19 +372,19 @@ fn select_protocol(headers: &HeaderMap, ours: &[String]) -> Option<HeaderValue> 
         .and_then(|p| HeaderValue::from_str(p).ok())
 }
 
-fn negotiate_deflate(headers: &HeaderMap, options: &Options) -> Option<(String, DeflateConfig)> {
+fn negotiate_deflate(headers: &HeaderMap, options: &Options) -> Option<(String, DeflateParams)> {
     let compression = options.compression?;
-    let policy = DeflateConfig {
-        compression_level: compression.level,
-        compression_threshold: compression.threshold,
-        ..DeflateConfig::default()
+    let policy = DeflatePolicy {
+        level: compression.level,
+        threshold: compression.threshold,
+        context_takeover: compression.context_takeover,
+        max_window_bits: compression.max_window_bits,
     };
-    headers
+    let offers = headers
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|offers| sockudo_ws::deflate::negotiate_server_deflate(offers, &policy))
-        .map(|negotiation| (negotiation.to_response_header(), negotiation.config))
+        .filter_map(|v| v.to_str().ok());
+    ws_protocol::deflate::negotiate(offers, &policy).map(|(params, answer)| (answer, params))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //!
 //! This crate owns the HTTP side of the handshake: it validates the request (RFC 6455 §4.2.1),
 //! checks the origin, selects a subprotocol, negotiates permessage-deflate (RFC 7692) and writes
-//! the `101` response. The upgraded connection is handed to the WebSocket engine underneath and
-//! comes back as a [`WebSocket`] of [`Message`]s; no engine type appears in this API.
+//! the `101` response. The upgraded connection is driven by our protocol core (`ws-protocol`,
+//! sans-I/O) over tokio I/O and comes back as a [`WebSocket`] of [`Message`]s.
 //!
 //! # Example
 //!
@@ -45,8 +45,10 @@
 //! `write_buffer_size`, `subprotocols`, `error_handler`, `check_origin`, `compression`) and
 //! adds message and frame limits and liveness pings. Values that cannot work are refused by
 //! [`WsUpgraderBuilder::build`] with a [`ConfigError`], not at the first connection. Each
-//! builder method says precisely what its option does on the wire; `read_buffer_size` caps
-//! each read, since the engine's 64 KiB receive window is fixed.
+//! builder method says precisely what its option does on the wire. Memory: an idle connection
+//! holds no read buffer (reads go into a buffer of the worker thread) and, unless context
+//! takeover is chosen, no compression state; the bytes of unfinished messages across the
+//! process are bounded by an [`InboundBudget`].
 //!
 //! # Serving
 //!
@@ -80,9 +82,10 @@ mod socket;
 
 pub use crate::handshake::{PendingUpgrade, RejectionKind, UpgradeRejection};
 pub use crate::options::{
-    Compression, ConfigError, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    Compression, ConfigError, DEFAULT_CLOSE_TIMEOUT, DEFAULT_INBOUND_BUDGET,
+    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MESSAGE_TIMEOUT,
     DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
-    DEFAULT_WRITE_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
+    DEFAULT_WRITE_BUFFER_SIZE, MAX_READ_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
 };
 pub use crate::serve::{
     BodyTimeout, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
@@ -91,6 +94,7 @@ pub use crate::serve::{
 };
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};
+pub use ws_protocol::InboundBudget;
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

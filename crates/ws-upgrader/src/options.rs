@@ -1,7 +1,12 @@
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::response::Response;
 use http::request::Parts;
+use ws_protocol::InboundBudget;
 
 use crate::handshake::{UpgradeRejection, default_error_response};
 
@@ -11,8 +16,17 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 /// Default write buffer: 16 KiB, enough to coalesce many small frames into one write.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 << 10;
-/// Default read buffer: 64 KiB, the engine's receive window (reads are not capped below it).
+/// Default read size: 64 KiB, the most bytes one read takes from the socket.
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 64 << 10;
+/// Largest `read_buffer_size`: the per-thread read buffer grows to the largest one in use.
+pub const MAX_READ_BUFFER_SIZE: usize = 1 << 20;
+/// Default bound on the bytes held in unfinished messages across every connection of the
+/// process: 256 MiB, sized for a small server. See [`WsUpgraderBuilder::inbound_budget`].
+pub const DEFAULT_INBOUND_BUDGET: usize = 256 << 20;
+/// Default time the peer has to answer our close frame before the connection is dropped.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time an unfinished message may go without receiving any of its bytes.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default interval between the server's pings on a quiet connection.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default wait for the pong before the peer is considered gone.
@@ -57,15 +71,37 @@ pub enum ConfigError {
     /// Compression level outside zlib's 0-9.
     #[error("compression level must be 0-9, got {0}")]
     CompressionLevel(u32),
+    /// Compression window outside the 9-15 bits zlib can use for permessage-deflate.
+    #[error("compression max_window_bits must be 9-15, got {0}")]
+    CompressionWindow(u8),
 }
 
 /// permessage-deflate settings (RFC 7692), negotiated only with clients that offer it.
+///
+/// ```
+/// use ws_upgrader::Compression;
+///
+/// // Better ratio for chatty connections, at a memory cost per connection.
+/// let takeover = Compression { context_takeover: true, max_window_bits: 12, ..Compression::default() };
+/// # let _ = takeover;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
     /// zlib level, 0-9. Default 1: GoFr's (gorilla's) fast setting.
     pub level: u32,
     /// Messages shorter than this are sent uncompressed. Default 32 bytes.
     pub threshold: usize,
+    /// Keep the compression context from one message to the next (both ways), for a better
+    /// ratio on similar messages. Default `false`: the server answers
+    /// `server_no_context_takeover; client_no_context_takeover`, as gorilla does, and a
+    /// connection holds no compression state between messages: contexts are borrowed from a
+    /// per-thread pool for one message. With `true` each compressed connection owns a
+    /// compressor and a decompressor for its life (about 256 KiB + 40 KiB at window 15; a
+    /// smaller `max_window_bits` shrinks the compressor).
+    pub context_takeover: bool,
+    /// The largest window (in bits, 9-15) the server compresses with; a client's
+    /// `server_max_window_bits` lowers it further. Default 15.
+    pub max_window_bits: u8,
 }
 
 impl Default for Compression {
@@ -73,8 +109,18 @@ impl Default for Compression {
         Compression {
             level: 1,
             threshold: 32,
+            context_takeover: false,
+            max_window_bits: 15,
         }
     }
+}
+
+/// The budget every upgrader shares unless given its own: one per process.
+fn process_budget() -> InboundBudget {
+    static BUDGET: OnceLock<InboundBudget> = OnceLock::new();
+    BUDGET
+        .get_or_init(|| InboundBudget::new(DEFAULT_INBOUND_BUDGET))
+        .clone()
 }
 
 #[derive(Clone)]
@@ -90,6 +136,9 @@ pub(crate) struct Options {
     pub(crate) max_frame_size: usize,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) pong_timeout: Duration,
+    pub(crate) message_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) inbound_budget: InboundBudget,
 }
 
 impl Default for Options {
@@ -106,6 +155,9 @@ impl Default for Options {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             pong_timeout: DEFAULT_PONG_TIMEOUT,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            inbound_budget: process_budget(),
         }
     }
 }
@@ -125,9 +177,11 @@ impl Options {
 /// [`WsUpgrader::builder`], then call [`WsUpgrader::upgrade`] from an axum handler (or hand it to
 /// `ws-context`/`gofr-app`, which do that for you). Cloning is cheap; clones share the options.
 ///
-/// Defaults: a 10 s handshake timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)), 64 KiB read and 16 KiB write buffers, no subprotocols,
-/// plain-text error responses, same-origin check, no compression, 16 MiB message and frame
-/// limits, a ping every 30 s with a 10 s pong deadline.
+/// Defaults: a 10 s handshake timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)),
+/// 64 KiB reads and a 16 KiB write buffer, no subprotocols, plain-text error responses,
+/// same-origin check, no compression, 16 MiB message and frame limits, a ping every 30 s with a
+/// 10 s pong deadline, 1 s for the answer to our close frame, 30 s for an unfinished message to
+/// make progress, and the process's 256 MiB budget for unfinished messages.
 ///
 /// ```
 /// use std::time::Duration;
@@ -163,6 +217,9 @@ impl fmt::Debug for WsUpgrader {
             .field("max_frame_size", &o.max_frame_size)
             .field("ping_interval", &o.ping_interval)
             .field("pong_timeout", &o.pong_timeout)
+            .field("message_timeout", &o.message_timeout)
+            .field("close_timeout", &o.close_timeout)
+            .field("inbound_budget", &o.inbound_budget.limit())
             .finish()
     }
 }
@@ -223,15 +280,14 @@ impl WsUpgraderBuilder {
     }
 
     /// The most bytes one read takes from the socket (GoFr's `WithReadBufferSize`), 256 B to
-    /// 64 KiB. Default 64 KiB.
+    /// 1 MiB. Default 64 KiB.
     ///
-    /// What it does, precisely: the engine (sockudo-ws 3.1.0) reads into its own receive
-    /// window, a fixed 64 KiB that no option of the engine changes; a smaller value here caps
-    /// every read from the socket at this many bytes, so one busy connection takes at most
-    /// this much per wake-up. It does not shrink the engine's window, so unlike gorilla's
-    /// option it does not lower the memory of a connection. It does not limit message size
-    /// either (see [`max_message_size`](Self::max_message_size)): a larger message takes
-    /// several reads.
+    /// What it does, precisely: connections read into a buffer of their worker thread, this
+    /// many bytes at a time, and keep only the bytes of a message that is not complete yet, so
+    /// an idle connection holds no read buffer at all (gorilla keeps one of this size per
+    /// connection). Smaller reads mean more system calls for large messages; larger ones cost
+    /// memory once per worker thread, not per connection. It does not limit message size (see
+    /// [`max_message_size`](Self::max_message_size)): a larger message takes several reads.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.options.read_buffer_size = bytes;
         self
@@ -240,11 +296,10 @@ impl WsUpgraderBuilder {
     /// Size of the per-connection write buffer in which frames are coalesced before one write
     /// (GoFr's `WithWriteBufferSize`), 256 B to 16 MiB. Default 16 KiB.
     ///
-    /// Small frames accumulate in the engine's cork buffer until a flush or until it holds
-    /// this many bytes, which are then written before the next frame is taken (with
-    /// compression on, at most 64 KiB: the engine's own mark). The buffer starts at 512 bytes
-    /// and grows as frames are queued, so an idle connection does not hold this much memory.
-    /// Payloads of 8 KiB and more are queued by reference and not copied into it.
+    /// Frames accumulate in the connection's write buffer until a flush or until it holds
+    /// this many bytes, which are then written before the next frame is taken. The buffer
+    /// exists only while it holds frames: an idle connection has none. Payloads of 8 KiB and
+    /// more are queued by reference and not copied into it.
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
         self.options.write_buffer_size = bytes;
         self
@@ -311,7 +366,7 @@ impl WsUpgraderBuilder {
 
     /// The server pings a connection that has been quiet this long, and closes it if no pong
     /// comes within [`pong_timeout`](Self::pong_timeout). `None` turns server pings off (pings
-    /// from the peer are still answered). Default 30 s. Whole seconds; shorter values round up.
+    /// from the peer are still answered). Default 30 s.
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
         self.options.ping_interval = interval;
         self
@@ -323,16 +378,47 @@ impl WsUpgraderBuilder {
         self
     }
 
+    /// How long the peer has to answer our close frame before the connection is dropped
+    /// (RFC 6455 lets the server close the TCP connection then). Default 1 s: the close frame
+    /// is out already; waiting longer only holds a socket for a peer that does not answer.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.options.close_timeout = timeout;
+        self
+    }
+
+    /// How long a message may stay unfinished without any new byte of it before the
+    /// connection is closed with 1008 (policy violation). Pings do not count as progress.
+    /// Default 30 s: a peer cannot hold memory with a message it never finishes.
+    pub fn message_timeout(mut self, timeout: Duration) -> Self {
+        self.options.message_timeout = timeout;
+        self
+    }
+
+    /// The bound on bytes held in unfinished messages across every connection that shares
+    /// this budget. A frame that would pass it closes its connection with 1013 (try again
+    /// later). Default: one budget of [`DEFAULT_INBOUND_BUDGET`] shared by the whole process.
+    /// Clone one [`InboundBudget`] into several upgraders to share it between them.
+    ///
+    /// ```
+    /// use ws_upgrader::{InboundBudget, WsUpgrader};
+    ///
+    /// let budget = InboundBudget::new(64 << 20);
+    /// let upgrader = WsUpgrader::builder().inbound_budget(budget.clone()).build();
+    /// # let _ = upgrader;
+    /// ```
+    pub fn inbound_budget(mut self, budget: InboundBudget) -> Self {
+        self.options.inbound_budget = budget;
+        self
+    }
+
     /// Checks every value and gives the upgrader.
     pub fn build(self) -> Result<WsUpgrader, ConfigError> {
         let o = &self.options;
-        // Above the engine's receive window a read cannot be larger, so the option would do
-        // nothing: refused rather than silently ignored.
         check_size(
             "read_buffer_size",
             o.read_buffer_size,
             256,
-            sockudo_ws::RECV_BUFFER_SIZE,
+            MAX_READ_BUFFER_SIZE,
         )?;
         check_size("write_buffer_size", o.write_buffer_size, 256, 16 << 20)?;
         check_size("max_message_size", o.max_message_size, 1, 1 << 40)?;
@@ -358,13 +444,26 @@ impl WsUpgraderBuilder {
                 option: "pong_timeout",
             });
         }
+        if o.close_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                option: "close_timeout",
+            });
+        }
+        if o.message_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                option: "message_timeout",
+            });
+        }
         if let Some(bad) = o.subprotocols.iter().find(|p| !is_token(p)) {
             return Err(ConfigError::Subprotocol(bad.clone()));
         }
-        if let Some(c) = o.compression
-            && c.level > 9
-        {
-            return Err(ConfigError::CompressionLevel(c.level));
+        if let Some(c) = o.compression {
+            if c.level > 9 {
+                return Err(ConfigError::CompressionLevel(c.level));
+            }
+            if !(9..=15).contains(&c.max_window_bits) {
+                return Err(ConfigError::CompressionWindow(c.max_window_bits));
+            }
         }
         Ok(WsUpgrader {
             options: Arc::new(self.options),
@@ -427,22 +526,34 @@ mod tests {
     }
 
     #[test]
-    fn read_buffer_above_the_engine_window_is_refused() {
-        let big = WsUpgrader::builder().read_buffer_size(1 << 20).build();
+    fn read_buffer_over_a_mebibyte_is_refused() {
+        let big = WsUpgrader::builder().read_buffer_size(2 << 20).build();
         assert!(matches!(
             big,
             Err(ConfigError::Size {
                 option: "read_buffer_size",
-                max: 65536,
+                max: MAX_READ_BUFFER_SIZE,
                 ..
             })
         ));
         assert!(
             WsUpgrader::builder()
-                .read_buffer_size(65536)
+                .read_buffer_size(1 << 20)
                 .build()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_compression_window_zlib_cannot_use_is_refused() {
+        for bits in [8, 16] {
+            let options = Compression {
+                max_window_bits: bits,
+                ..Compression::default()
+            };
+            let built = WsUpgrader::builder().compression_with(options).build();
+            assert_eq!(built.unwrap_err(), ConfigError::CompressionWindow(bits));
+        }
     }
 
     #[test]

@@ -1,29 +1,44 @@
+//! The upgraded connection: the protocol core of `ws-protocol` driven over tokio I/O.
+//!
+//! What a connection keeps is what makes idle connections cheap. Reads go into a buffer of the
+//! worker thread (`SCRATCH`), not of the connection; the protocol core keeps only the bytes of a
+//! frame or message that is not complete yet, and bytes read past the message returned are kept
+//! (`pending`) only until they are parsed. The core's output buffer holds frames only until
+//! they are written. An idle connection is its socket, the core's small state and one timer.
+//!
+//! One timer (`Timers`) serves every deadline of the connection: the next ping on a quiet
+//! connection, the pong that must follow it, an unfinished message that stopped making progress,
+//! and the peer's answer to our close frame. It is re-armed lazily: traffic moves a deadline
+//! later without touching the timer, which may then fire early and is set again.
+
 use std::{
+    cell::RefCell,
     fmt,
-    num::NonZeroUsize,
+    future::poll_fn,
+    io::{self, IoSlice},
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
+use bytes::{Buf as _, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use sockudo_ws::{
-    CompressedWebSocketStream, Role, WebSocketStream, deflate::DeflateConfig, error::CloseReason,
-};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
+    time::{Instant, Sleep},
 };
-use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
+use ws_message::{Bytes, CloseFrame, Message, close_code};
+use ws_protocol::{CloseState, Config, Connection, ProtocolError, Role, SendError};
 
 use crate::options::Options;
 
-/// The connection under the engine. hyper hands back the TCP stream itself when the server
-/// gave it `TokioIo<TcpStream>`, as `ws_upgrader::serve` and `axum::serve` do: the engine then
-/// reads and writes the stream directly, not through hyper's type-erased `Upgraded` (two
-/// layers of dynamic dispatch and a rewind buffer on every read and write).
+/// The connection under the protocol. hyper hands back the TCP stream itself when the server
+/// gave it `TokioIo<TcpStream>`, as `ws_upgrader::serve` and `axum::serve` do: it is then read
+/// and written directly, not through hyper's type-erased `Upgraded` (two layers of dynamic
+/// dispatch and a rewind buffer on every read and write).
 enum Io {
     Tcp(TcpStream),
     Upgraded(TokioIo<Upgraded>),
@@ -38,177 +53,63 @@ impl Io {
             Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
         }
     }
-}
 
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
             Io::Tcp(io) => Pin::new(io).poll_read(cx, buf),
             Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(io) => Pin::new(io).poll_write(cx, buf),
-            Io::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        &mut self,
         cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self {
             Io::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
-    fn is_write_vectored(&self) -> bool {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(io) => io.is_write_vectored(),
-            Io::Upgraded(io) => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
             Io::Tcp(io) => Pin::new(io).poll_flush(cx),
             Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
             Io::Tcp(io) => Pin::new(io).poll_shutdown(cx),
             Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }
 
-/// A transport whose reads take at most `read_limit` bytes (`read_buffer_size`), when it is
-/// below the engine's own receive window; the engine's window itself is fixed.
-struct Capped<T> {
-    inner: T,
-    read_limit: Option<NonZeroUsize>,
+thread_local! {
+    /// Every connection served by this thread reads into this buffer, so no connection owns a
+    /// receive buffer while it waits. It grows to the largest `read_buffer_size` in use.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Capped<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        match this.read_limit.map(NonZeroUsize::get) {
-            Some(limit) if buf.remaining() > limit => {
-                let mut limited = ReadBuf::new(buf.initialize_unfilled_to(limit));
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
-                let read = limited.filled().len();
-                buf.advance(read);
-                Poll::Ready(Ok(()))
+/// Runs `read` on the thread's scratch buffer cut to `len` bytes.
+fn with_scratch<R>(len: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < len {
+                scratch.resize(len, 0);
             }
-            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
+            read(&mut scratch[..len])
         }
-    }
+        // Only if a read ever ran inside another on this thread: a buffer of its own then.
+        Err(_) => read(&mut vec![0; len]),
+    })
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Capped<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-type Transport = Capped<Io>;
-
-/// The transport shared between the compressed engine and [`WebSocket::fail`]: the engine
-/// stops writing after a protocol error, and the close frame that tells the peer why must still
-/// go out on the same transport. The plain engine lends its transport (`get_mut`) and needs no
-/// sharing; the compressed one does not. The lock is never contended while the engine runs.
-#[derive(Clone)]
-struct SharedIo(Arc<Mutex<Transport>>);
-
-impl SharedIo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Transport> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl AsyncRead for SharedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.lock().is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_shutdown(cx)
-    }
-}
+/// Reads one poll of a socket may make without completing a message (1 MiB at the default
+/// read size) before it lets other tasks run.
+const READS_PER_POLL: usize = 16;
 
 /// Why a socket operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -223,9 +124,21 @@ pub enum WsError {
     /// The peer sent text that is not UTF-8 (closed with 1007).
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
+    /// The peer sent a payload that cannot be read: compressed data that does not inflate, a
+    /// close reason that is not UTF-8 (closed with 1007).
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
     /// The peer broke the protocol (closed with 1002).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The bytes held in unfinished messages across the process reached the inbound budget
+    /// (closed with 1013, try again later).
+    #[error("the server's budget for unfinished messages is exhausted; try again later")]
+    TryAgainLater,
+    /// A message stayed unfinished, with no new bytes of it, for the message timeout
+    /// (closed with 1008).
+    #[error("message unfinished for longer than the message timeout")]
+    MessageTimeout,
     /// The peer did not answer a ping in time (closed with 1001).
     #[error("peer did not answer ping in time")]
     PingTimeout,
@@ -240,42 +153,158 @@ impl WsError {
         match self {
             WsError::Closed => close_code::NORMAL,
             WsError::TooBig => close_code::TOO_BIG,
-            WsError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            WsError::InvalidUtf8 | WsError::InvalidPayload(_) => close_code::INVALID_PAYLOAD,
             WsError::Protocol(_) => close_code::PROTOCOL_ERROR,
+            WsError::TryAgainLater => close_code::TRY_AGAIN_LATER,
+            WsError::MessageTimeout => close_code::POLICY,
             WsError::PingTimeout => close_code::GOING_AWAY,
             WsError::Io(_) => close_code::ABNORMAL,
         }
     }
-}
 
-impl From<sockudo_ws::Error> for WsError {
-    fn from(error: sockudo_ws::Error) -> Self {
-        use sockudo_ws::Error as E;
-        match error {
-            E::Io(io) => WsError::Io(io),
-            E::ConnectionClosed | E::Closed(_) | E::ConnectionReset => WsError::Closed,
-            E::MessageTooLarge | E::FrameTooLarge | E::Capacity(_) => WsError::TooBig,
-            E::InvalidUtf8 => WsError::InvalidUtf8,
-            E::HeartbeatTimeout | E::IdleTimeout => WsError::PingTimeout,
-            other => WsError::Protocol(other.to_string()),
+    fn from_protocol(error: &ProtocolError) -> WsError {
+        match error.close_code() {
+            close_code::TOO_BIG => WsError::TooBig,
+            close_code::TRY_AGAIN_LATER => WsError::TryAgainLater,
+            close_code::INVALID_PAYLOAD => match error {
+                ProtocolError::InvalidUtf8 => WsError::InvalidUtf8,
+                other => WsError::InvalidPayload(other.to_string()),
+            },
+            _ => WsError::Protocol(error.to_string()),
         }
     }
 }
 
-enum Engine {
-    Plain(Box<WebSocketStream<Transport>>),
-    Deflate(Box<CompressedWebSocketStream<SharedIo>>, SharedIo),
+/// What a read gave.
+enum Read {
+    /// The peer closed the transport.
+    Eof,
+    /// Bytes were read and parsed: a message, or nothing complete yet.
+    Parsed(Result<Option<Message>, ProtocolError>),
+}
+
+/// The deadlines of a connection, behind one timer.
+struct Timers {
+    sleep: Pin<Box<Sleep>>,
+    /// What the sleep is set to; never later than the earliest deadline.
+    armed_for: Instant,
+    ping_interval: Option<Duration>,
+    pong_timeout: Duration,
+    message_timeout: Duration,
+    close_timeout: Duration,
+    /// When bytes last came from the peer.
+    last_heard: Instant,
+    /// When our unanswered ping went out.
+    ping_sent: Option<Instant>,
+    /// Bytes received of the unfinished message at its last progress, and when that was.
+    progress: (usize, Instant),
+    /// When our close frame was queued; the peer then has `close_timeout` to answer it.
+    close_sent: Option<Instant>,
+}
+
+/// A deadline that passed.
+enum Due {
+    /// The peer stopped answering.
+    PingTimeout,
+    /// The unfinished message made no progress.
+    MessageTimeout,
+    /// The peer never answered our close frame.
+    CloseTimeout,
+    /// A ping is due on a quiet connection.
+    Ping,
+}
+
+impl Timers {
+    fn new(options: &Options, now: Instant) -> Self {
+        Timers {
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            armed_for: now,
+            ping_interval: options.ping_interval,
+            pong_timeout: options.pong_timeout,
+            message_timeout: options.message_timeout,
+            close_timeout: options.close_timeout,
+            last_heard: now,
+            ping_sent: None,
+            progress: (0, now),
+            close_sent: None,
+        }
+    }
+
+    /// The earliest deadline, if any.
+    fn next_deadline(&self, in_message: bool) -> Option<Instant> {
+        let liveness = match (self.ping_sent, self.ping_interval) {
+            (Some(sent), _) => Some(sent + self.pong_timeout),
+            (None, Some(interval)) if self.close_sent.is_none() => Some(self.last_heard + interval),
+            (None, _) => None,
+        };
+        let progress = in_message.then(|| self.progress.1 + self.message_timeout);
+        let close = self.close_sent.map(|sent| sent + self.close_timeout);
+        [liveness, progress, close].into_iter().flatten().min()
+    }
+
+    /// What is due now, if anything; `suspended` while the caller holds reads back (the peer
+    /// cannot be blamed for answers we did not read).
+    fn due(&mut self, now: Instant, in_message: bool, suspended: bool) -> Option<Due> {
+        if let Some(sent) = self.close_sent {
+            return (now >= sent + self.close_timeout).then_some(Due::CloseTimeout);
+        }
+        if suspended {
+            self.last_heard = now;
+            self.ping_sent = None;
+            self.progress.1 = now;
+            return None;
+        }
+        if let Some(sent) = self.ping_sent
+            && now >= sent + self.pong_timeout
+        {
+            return Some(Due::PingTimeout);
+        }
+        if in_message && now >= self.progress.1 + self.message_timeout {
+            return Some(Due::MessageTimeout);
+        }
+        match self.ping_interval {
+            Some(interval) if self.ping_sent.is_none() && now >= self.last_heard + interval => {
+                self.ping_sent = Some(now);
+                Some(Due::Ping)
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes came from the peer: it is alive, and an unfinished message may have grown.
+    fn heard(&mut self, now: Instant, received: usize) {
+        self.last_heard = now;
+        self.ping_sent = None;
+        // Between messages (0) the clock restarts, so the next message is timed from its start.
+        if received == 0 || received != self.progress.0 {
+            self.progress = (received, now);
+        }
+    }
 }
 
 /// An upgraded WebSocket connection: a [`Stream`] of [`Message`]s and a [`Sink`] for them.
 ///
 /// Pings are answered and close frames echoed by the socket itself; they are still yielded so
-/// callers can watch them. Writes are buffered: [`feed`](WebSocket::feed) several messages,
-/// then [`flush`](WebSocket::flush) once, to put many frames in one system call.
+/// callers can watch them. The socket pings a quiet peer and ends with
+/// [`WsError::PingTimeout`] when it stops answering (the upgrader's `ping_interval` and
+/// `pong_timeout`), and ends an unfinished message that makes no progress
+/// ([`WsError::MessageTimeout`]). Writes are buffered: [`feed`](WebSocket::feed) several
+/// messages, then [`flush`](WebSocket::flush) once, to put many frames in one system call.
 pub struct WebSocket {
-    engine: Engine,
-    // Every field is kept for the connection's life, often in more than one place of the
-    // task's future: boxed and niche-packed, the socket is 48 bytes, not 64.
+    io: Io,
+    conn: Connection,
+    /// Bytes read past the last message returned, not parsed yet; `None` once they are.
+    pending: Option<BytesMut>,
+    /// A data message read while the caller asked for control frames only
+    /// ([`recv_control`](WebSocket::recv_control)); the next [`recv`](WebSocket::recv) gives it.
+    held: Option<Message>,
+    timers: Timers,
+    /// The error `recv` gave, for [`fail`](WebSocket::fail) to tell the peer.
+    failure: Option<ProtocolError>,
+    read_limit: usize,
+    write_limit: usize,
+    /// The stream has ended: the transport is closed or the closing handshake is complete.
+    ended: bool,
     protocol: Option<Box<str>>,
 }
 
@@ -284,6 +313,7 @@ impl fmt::Debug for WebSocket {
         f.debug_struct("WebSocket")
             .field("protocol", &self.protocol)
             .field("compression", &self.compression())
+            .field("close_state", &self.conn.close_state())
             .finish_non_exhaustive()
     }
 }
@@ -292,44 +322,27 @@ impl WebSocket {
     pub(crate) fn new(
         upgraded: Upgraded,
         options: &Options,
-        deflate: Option<DeflateConfig>,
+        deflate: Option<ws_protocol::deflate::DeflateParams>,
         protocol: Option<String>,
     ) -> Self {
-        // hyper's read buffer is let go only once the engine has its buffers: freed before,
-        // its pages (touched while the request was read) would be reused inside the engine's
-        // 64 KiB receive window, where they stay resident and unused: 3.4 KiB more per idle
-        // connection (`cargo xtask bench`, S5).
-        let (io, hyper_buffer) = Io::from_upgraded(upgraded);
-        let leftover = Some(hyper_buffer.clone()).filter(|bytes| !bytes.is_empty());
-        let config = engine_config(options);
-        let io = Capped {
-            inner: io,
-            read_limit: NonZeroUsize::new(options.read_buffer_size)
-                .filter(|limit| limit.get() < sockudo_ws::RECV_BUFFER_SIZE),
+        let (io, leftover) = Io::from_upgraded(upgraded);
+        let config = Config {
+            role: Role::Server,
+            max_message_size: options.max_message_size,
+            max_frame_size: options.max_frame_size,
+            deflate,
+            budget: Some(options.inbound_budget.clone()),
         };
-        let engine = match deflate {
-            Some(deflate) => {
-                let shared = SharedIo(Arc::new(Mutex::new(io)));
-                let ws = CompressedWebSocketStream::server_with_leftover(
-                    shared.clone(),
-                    config,
-                    deflate,
-                    leftover,
-                );
-                Engine::Deflate(Box::new(ws), shared)
-            }
-            None => {
-                let mut ws =
-                    WebSocketStream::from_raw_with_leftover(io, Role::Server, config, leftover);
-                // The compressed stream has no such setting: there `max_backpressure` alone
-                // lowers the engine's 64 KiB mark.
-                ws.set_high_water_mark(options.write_buffer_size);
-                Engine::Plain(Box::new(ws))
-            }
-        };
-        drop(hyper_buffer);
         WebSocket {
-            engine,
+            io,
+            conn: Connection::new(config),
+            pending: (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..])),
+            held: None,
+            timers: Timers::new(options, Instant::now()),
+            failure: None,
+            read_limit: options.read_buffer_size,
+            write_limit: options.write_buffer_size,
+            ended: false,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -341,7 +354,7 @@ impl WebSocket {
 
     /// Whether permessage-deflate is on for this connection.
     pub fn compression(&self) -> bool {
-        matches!(self.engine, Engine::Deflate(..))
+        self.conn.compression()
     }
 
     /// The next message; `None` once the connection is closed.
@@ -352,6 +365,20 @@ impl WebSocket {
     /// `tokio::select!` loop.
     pub async fn recv(&mut self) -> Option<Result<Message, WsError>> {
         self.next().await
+    }
+
+    /// Keeps the connection alive while the caller is not ready for another data message:
+    /// answers pings, drives the server's pings and their deadline, and gives control frames
+    /// (ping, pong, close), errors and the end of the stream as [`recv`](WebSocket::recv) does.
+    /// At most one data message is read ahead and kept for the next `recv`; reading then
+    /// stops (so memory stays bounded) and, since answers behind it cannot be read, the pong
+    /// deadline waits too.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`recv`](WebSocket::recv).
+    pub async fn recv_control(&mut self) -> Option<Result<Message, WsError>> {
+        poll_fn(|cx| self.poll_incoming(cx, true)).await
     }
 
     /// Queues a message without waiting for it to reach the network. It goes out at the next
@@ -383,117 +410,206 @@ impl WebSocket {
     }
 
     /// Starts the closing handshake with a code and reason and flushes. Keep calling
-    /// [`recv`](WebSocket::recv) until it gives `None` to complete the handshake.
+    /// [`recv`](WebSocket::recv) until it gives `None` to complete the handshake. A code that
+    /// may not be sent (see [`CloseFrame::new`]) is refused with [`WsError::Protocol`].
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
         let frame = CloseFrame::new(code, reason).map_err(|e| WsError::Protocol(e.to_string()))?;
         self.send(Message::Close(Some(frame))).await
     }
-}
 
-impl WebSocket {
     /// After [`recv`](WebSocket::recv) gave an error, tells the peer why with the matching close
-    /// frame (1002, 1007, 1009, ...) and shuts the connection down. Errors of the transport
-    /// itself, where no frame can get through, only shut down.
-    ///
-    /// The engine stops at such an error without a close frame; RFC 6455 §7.1.7 lets an
-    /// endpoint drop the connection, but a peer that is told the reason can fix its side.
-    pub async fn fail(&mut self, error: &WsError) -> std::io::Result<()> {
-        let close = (!matches!(error, WsError::Io(_) | WsError::Closed)).then(|| {
-            let (code, reason) = (error.close_code(), error.to_string());
-            let frame = CloseFrame::new(code, reason).unwrap_or_else(CloseFrame::from);
-            let mut bytes = Vec::with_capacity(4 + frame.reason().len());
-            // FIN + close opcode; servers never mask; the reason fits the 125-byte control limit.
-            bytes.push(0x88);
-            bytes.push(u8::try_from(2 + frame.reason().len()).unwrap_or(125));
-            bytes.extend_from_slice(&frame.code().to_be_bytes());
-            bytes.extend_from_slice(frame.reason().as_bytes());
-            bytes
-        });
-        match &mut self.engine {
-            Engine::Plain(ws) => close_transport(ws.get_mut(), close).await,
-            Engine::Deflate(_, shared) => close_transport(&mut shared.clone(), close).await,
+    /// frame (1002, 1007, 1009, 1013, ...) and shuts the connection down. Errors of the
+    /// transport itself, where no frame can get through, only shut down.
+    pub async fn fail(&mut self, error: &WsError) -> io::Result<()> {
+        match self.failure.take() {
+            Some(protocol_error) => self.conn.fail(&protocol_error),
+            None if !matches!(error, WsError::Io(_) | WsError::Closed) => {
+                let frame = CloseFrame::new(error.close_code(), error.to_string())
+                    .unwrap_or_else(CloseFrame::from);
+                // Refused only when our close is out already: nothing more to say then.
+                let _ = self.conn.send(Message::Close(Some(frame)));
+            }
+            None => {}
+        }
+        if !matches!(error, WsError::Io(_)) {
+            poll_fn(|cx| self.poll_write_output(cx)).await?;
+        }
+        self.ended = true;
+        poll_fn(|cx| self.io.poll_shutdown(cx)).await
+    }
+
+    /// Writes the core's output until it is empty (or the transport would block).
+    fn poll_write_output(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_write_until(cx, 0)
+    }
+
+    /// Writes the core's output until at most `keep` bytes are left.
+    fn poll_write_until(&mut self, cx: &mut Context<'_>, keep: usize) -> Poll<io::Result<()>> {
+        let output = self.conn.output();
+        while output.len() > keep {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let count = output.chunks_vectored(&mut slices);
+            let written = ready!(self.io.poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            output.advance(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads once from the transport into the thread's scratch buffer and parses what came.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
+        let WebSocket {
+            io,
+            conn,
+            pending,
+            read_limit,
+            ..
+        } = self;
+        with_scratch(*read_limit, |scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            ready!(io.poll_read(cx, &mut buf))?;
+            let mut input = buf.filled();
+            if input.is_empty() {
+                return Poll::Ready(Ok(Read::Eof));
+            }
+            let parsed = conn.receive(&mut input);
+            if !input.is_empty() && matches!(parsed, Ok(Some(_))) {
+                *pending = Some(BytesMut::from(input));
+            }
+            Poll::Ready(Ok(Read::Parsed(parsed)))
+        })
+    }
+
+    /// Parses the bytes read past the last message, if any.
+    fn parse_pending(&mut self) -> Option<Result<Option<Message>, ProtocolError>> {
+        let pending = self.pending.as_mut()?;
+        let mut input = &pending[..];
+        let parsed = self.conn.receive(&mut input);
+        let consumed = pending.len() - input.len();
+        if input.is_empty() || parsed.is_err() {
+            self.pending = None;
+        } else {
+            pending.advance(consumed);
+        }
+        Some(parsed)
+    }
+
+    /// The next message, or with `control_only` the next control frame (a data message is
+    /// then held for later and reading stops).
+    fn poll_incoming(
+        &mut self,
+        cx: &mut Context<'_>,
+        control_only: bool,
+    ) -> Poll<Option<Result<Message, WsError>>> {
+        if !control_only && let Some(message) = self.held.take() {
+            return Poll::Ready(Some(Ok(message)));
+        }
+        let mut reads = 0;
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            // Pongs and the echo of a close go out without waiting for the caller's flush.
+            if let Poll::Ready(Err(error)) = self.poll_write_output(cx) {
+                return self.end_with(Some(Err(WsError::Io(error))));
+            }
+            if self.conn.close_state() == CloseState::Closed && self.conn.output().is_empty() {
+                // The closing handshake is complete; the server closes the TCP connection
+                // first (RFC 6455 §7.1.1). A peer that already went cannot fail this.
+                let _ = ready!(self.io.poll_shutdown(cx));
+                return self.end_with(None);
+            }
+            let suspended = control_only && self.held.is_some();
+            let parsed = match self.parse_pending() {
+                Some(parsed) => parsed,
+                None => {
+                    if let Poll::Ready(end) = self.poll_timers(cx, suspended) {
+                        return Poll::Ready(end);
+                    }
+                    if suspended {
+                        return Poll::Pending;
+                    }
+                    if reads == READS_PER_POLL {
+                        // A large message arriving fast must not hold the worker thread:
+                        // other connections get a turn between its slices.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    reads += 1;
+                    match ready!(self.poll_read(cx)) {
+                        Ok(Read::Parsed(parsed)) => {
+                            let received = self.conn.message_received();
+                            self.timers.heard(Instant::now(), received);
+                            parsed
+                        }
+                        Ok(Read::Eof) => return self.end_with(None),
+                        Err(error) => return self.end_with(Some(Err(WsError::Io(error)))),
+                    }
+                }
+            };
+            match parsed {
+                Ok(None) => {}
+                Ok(Some(message)) if control_only && message.is_data() => {
+                    self.held = Some(message);
+                }
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Err(error) => {
+                    let reported = WsError::from_protocol(&error);
+                    self.failure = Some(error);
+                    return Poll::Ready(Some(Err(reported)));
+                }
+            }
         }
     }
-}
 
-/// Writes `close` (a close frame's bytes) if there is one, then shuts the transport down.
-async fn close_transport(
-    io: &mut (impl AsyncWrite + Unpin),
-    close: Option<Vec<u8>>,
-) -> std::io::Result<()> {
-    if let Some(bytes) = close {
-        io.write_all(&bytes).await?;
-        io.flush().await?;
+    fn end_with(
+        &mut self,
+        last: Option<Result<Message, WsError>>,
+    ) -> Poll<Option<Result<Message, WsError>>> {
+        self.ended = true;
+        Poll::Ready(last)
     }
-    io.shutdown().await
-}
 
-/// The capacity the engine's write buffer starts with. It grows as frames are queued, so this
-/// costs no throughput; it is what an idle connection keeps (measured with `cargo xtask
-/// bench`, S5: a 16 KiB buffer cost about 4 KiB of RSS per idle connection, the page its
-/// first frame touched plus the one its end shares with the next allocation).
-const INITIAL_WRITE_BUFFER: usize = 512;
-
-fn engine_config(options: &Options) -> sockudo_ws::Config {
-    let mut config = sockudo_ws::Config {
-        max_message_size: options.max_message_size,
-        max_frame_size: options.max_frame_size,
-        // The engine's `write_buffer_size` is only the buffer's first capacity; what bounds
-        // coalescing is the pending-bytes mark at which it writes before taking another
-        // frame, the smaller of its high-water mark and `max_backpressure`.
-        write_buffer_size: options.write_buffer_size.min(INITIAL_WRITE_BUFFER),
-        max_backpressure: options.write_buffer_size,
-        // Liveness is ping/pong; an absolute idle deadline would close quiet but healthy peers.
-        idle_timeout: 0,
-        ..sockudo_ws::Config::default()
-    };
-    match options.ping_interval {
-        Some(interval) => {
-            config.auto_ping = true;
-            config.ping_interval = whole_seconds(interval);
-            config.pong_timeout = whole_seconds(options.pong_timeout);
+    /// Drives the deadlines: pings a quiet peer, and ends the stream when one passed. Ready
+    /// with the stream's last item, or pending with the timer registered.
+    fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        suspended: bool,
+    ) -> Poll<Option<Result<Message, WsError>>> {
+        loop {
+            let in_message = self.conn.message_in_progress();
+            let Some(deadline) = self.timers.next_deadline(in_message) else {
+                return Poll::Pending;
+            };
+            if deadline < self.timers.armed_for || self.timers.sleep.is_elapsed() {
+                self.timers.armed_for = deadline;
+                self.timers.sleep.as_mut().reset(deadline);
+            }
+            if self.timers.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match self.timers.due(Instant::now(), in_message, suspended) {
+                None => {}
+                Some(Due::Ping) => {
+                    // Refused only once our close is out, and then no ping is due.
+                    let _ = self.conn.send(Message::Ping(Bytes::new()));
+                    if let Poll::Ready(Err(error)) = self.poll_write_output(cx) {
+                        return self.end_with(Some(Err(WsError::Io(error))));
+                    }
+                }
+                Some(Due::PingTimeout) => return self.end_with(Some(Err(WsError::PingTimeout))),
+                Some(Due::MessageTimeout) => {
+                    return Poll::Ready(Some(Err(WsError::MessageTimeout)));
+                }
+                Some(Due::CloseTimeout) => {
+                    tracing::debug!("peer did not answer our close frame in time");
+                    return self.end_with(None);
+                }
+            }
         }
-        None => {
-            config.auto_ping = false;
-            config.ping_interval = 0;
-        }
-    }
-    config
-}
-
-/// The engine counts in whole seconds; round up so a short setting never turns the timer off.
-fn whole_seconds(duration: std::time::Duration) -> u32 {
-    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
-    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
-}
-
-fn from_engine(message: sockudo_ws::Message) -> Result<Message, WsError> {
-    use sockudo_ws::Message as M;
-    Ok(match message {
-        M::Text(bytes) => {
-            Message::Text(Utf8Bytes::try_from_bytes(bytes).map_err(|_| WsError::InvalidUtf8)?)
-        }
-        M::Binary(bytes) => Message::Binary(bytes),
-        M::Ping(bytes) => Message::Ping(bytes),
-        M::Pong(bytes) => Message::Pong(bytes),
-        M::Close(reason) => {
-            Message::Close(reason.and_then(|r| CloseFrame::new(r.code, r.reason).ok()))
-        }
-    })
-}
-
-fn to_engine(message: Message) -> sockudo_ws::Message {
-    use sockudo_ws::Message as M;
-    match message {
-        Message::Text(text) => M::Text(text.into_bytes()),
-        Message::Binary(bytes) => M::Binary(bytes),
-        Message::Ping(bytes) => M::Ping(bytes),
-        Message::Pong(bytes) => M::Pong(bytes),
-        Message::Close(frame) => M::Close(
-            frame
-                .and_then(CloseFrame::into_wire)
-                .map(|(code, reason)| CloseReason::new(code, reason)),
-        ),
     }
 }
 
@@ -501,70 +617,39 @@ impl Stream for WebSocket {
     type Item = Result<Message, WsError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = match &mut self.engine {
-            Engine::Plain(ws) => ready!(ws.poll_next_unpin(cx)),
-            Engine::Deflate(ws, _) => ready!(ws.poll_next_unpin(cx)),
-        };
-        Poll::Ready(next.map(|item| item.map_err(WsError::from).and_then(from_engine)))
+        self.poll_incoming(cx, false)
     }
 }
 
 impl Sink<Message> for WebSocket {
     type Error = WsError;
 
+    /// Ready while the write buffer holds less than `write_buffer_size`; past it, writes first.
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        match &mut self.engine {
-            Engine::Plain(ws) => ws.poll_ready_unpin(cx),
-            Engine::Deflate(ws, _) => ws.poll_ready_unpin(cx),
-        }
-        .map_err(WsError::from)
+        let keep = self.write_limit;
+        self.poll_write_until(cx, keep.saturating_sub(1))
+            .map_err(WsError::Io)
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
-        let message = to_engine(message);
-        match &mut self.engine {
-            Engine::Plain(ws) => ws.start_send_unpin(message),
-            Engine::Deflate(ws, _) => ws.start_send_unpin(message),
+        let closing = matches!(message, Message::Close(_));
+        self.conn.send(message).map_err(|error| match error {
+            SendError::Closed => WsError::Closed,
+            other => WsError::Protocol(other.to_string()),
+        })?;
+        if closing {
+            self.timers.close_sent = Some(Instant::now());
         }
-        .map_err(WsError::from)
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        match &mut self.engine {
-            Engine::Plain(ws) => ws.poll_flush_unpin(cx),
-            Engine::Deflate(ws, _) => ws.poll_flush_unpin(cx),
-        }
-        .map_err(WsError::from)
+        ready!(self.poll_write_output(cx))?;
+        self.io.poll_flush(cx).map_err(WsError::Io)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        match &mut self.engine {
-            Engine::Plain(ws) => ws.poll_close_unpin(cx),
-            Engine::Deflate(ws, _) => ws.poll_close_unpin(cx),
-        }
-        .map_err(WsError::from)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    use super::*;
-
-    #[tokio::test]
-    async fn read_buffer_size_caps_each_read() {
-        let (mut peer, ours) = tokio::io::duplex(1 << 20);
-        peer.write_all(&[7; 10_000]).await.unwrap();
-        let mut capped = Capped {
-            inner: ours,
-            read_limit: NonZeroUsize::new(2048),
-        };
-        // The engine offers its whole 64 KiB window; one read takes at most the limit.
-        let mut window = vec![0u8; 64 << 10];
-        assert_eq!(capped.read(&mut window).await.unwrap(), 2048);
-        assert_eq!(capped.read(&mut window).await.unwrap(), 2048);
-        capped.read_limit = None;
-        assert_eq!(capped.read(&mut window).await.unwrap(), 10_000 - 4096);
+        ready!(self.as_mut().poll_flush(cx))?;
+        self.io.poll_shutdown(cx).map_err(WsError::Io)
     }
 }

@@ -161,11 +161,33 @@ async fn deflate_is_negotiated_only_when_enabled_and_offered() {
 }
 
 #[tokio::test]
-async fn context_takeover_is_used_unless_the_client_asks_otherwise() {
-    let addr = compressing_server(Compression::default()).await;
+async fn no_context_takeover_by_default_and_takeover_when_chosen() {
     let message = json(2048);
 
-    // Default: the second copy refers back to the first, so it is much smaller.
+    // Default: the server keeps no history either way (as gorilla), so every message decodes
+    // on its own, with a fresh decoder, and the same message gives the same bytes.
+    let addr = compressing_server(Compression::default()).await;
+    let (mut stream, extension) = open(addr, Some("permessage-deflate")).await;
+    assert_eq!(
+        extension.as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        write_frame(&mut stream, true, false, TEXT, &message).await;
+        let (compressed, wire) = read_message(&mut stream).await;
+        assert!(compressed);
+        assert_eq!(inflate(&mut decompressor(), &wire), message);
+        frames.push(wire);
+    }
+    assert_eq!(frames[0], frames[1], "no history carried over");
+
+    // Context takeover chosen: the second copy refers back to the first, so it is much smaller.
+    let takeover = Compression {
+        context_takeover: true,
+        ..Compression::default()
+    };
+    let addr = compressing_server(takeover).await;
     let (mut stream, extension) = open(addr, Some("permessage-deflate")).await;
     assert_eq!(extension.as_deref(), Some("permessage-deflate"));
     let mut decoder = decompressor();
@@ -179,7 +201,7 @@ async fn context_takeover_is_used_unless_the_client_asks_otherwise() {
     }
     assert!(sizes[1] * 4 < sizes[0], "{sizes:?}");
 
-    // server_no_context_takeover: every message decodes on its own, with a fresh decoder.
+    // ... unless the client asks for server_no_context_takeover.
     let (mut stream, extension) =
         open(addr, Some("permessage-deflate; server_no_context_takeover")).await;
     assert!(
@@ -199,7 +221,11 @@ async fn context_takeover_is_used_unless_the_client_asks_otherwise() {
 
 #[tokio::test]
 async fn client_no_context_takeover_and_window_bits_are_honoured() {
-    let addr = compressing_server(Compression::default()).await;
+    let addr = compressing_server(Compression {
+        context_takeover: true,
+        ..Compression::default()
+    })
+    .await;
     let message = json(4096);
 
     // The client resets its compressor for every message; the server must not expect history.
@@ -214,12 +240,14 @@ async fn client_no_context_takeover_and_window_bits_are_honoured() {
         assert_eq!(inflate(&mut decoder, &wire), message);
     }
 
-    // A client window of 2^10 bytes: accepted, echoed in the response, and its messages decode.
+    // A client window of 2^10 bytes: accepted (the server inflates with a window at least as
+    // large, so it need not echo the parameter, RFC 7692 §7.1.2.2), and its messages decode.
     let (mut stream, extension) =
         open(addr, Some("permessage-deflate; client_max_window_bits=10")).await;
+    let extension = extension.expect("the offer is accepted");
     assert!(
-        extension.unwrap().contains("client_max_window_bits=10"),
-        "the server confirms the client's window"
+        !extension.contains("client_max_window_bits=9"),
+        "never a window smaller than the client's: {extension}"
     );
     let mut client = compressor(10);
     let mut decoder = decompressor();
@@ -236,6 +264,7 @@ async fn threshold_and_level_reach_the_wire() {
     let addr = compressing_server(Compression {
         level: 6,
         threshold: 100,
+        ..Compression::default()
     })
     .await;
     let (mut stream, _) = open(addr, Some("permessage-deflate")).await;
@@ -255,6 +284,7 @@ async fn threshold_and_level_reach_the_wire() {
         let addr = compressing_server(Compression {
             level,
             threshold: 0,
+            ..Compression::default()
         })
         .await;
         let (mut stream, _) = open(addr, Some("permessage-deflate")).await;

@@ -131,3 +131,81 @@ async fn the_server_keeps_serving_others_after_each_failure() {
         assert_echoes(&mut newcomer, b"new").await;
     }
 }
+
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+#[tokio::test]
+async fn an_unfinished_message_is_closed_1008_after_the_message_timeout_pings_answered_meanwhile() {
+    let timeout = std::time::Duration::from_millis(600);
+    let addr = spawn_echo(
+        WsUpgrader::builder()
+            .message_timeout(timeout)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let mut stream = open(addr).await;
+    let started = std::time::Instant::now();
+    write_frame(&mut stream, false, false, TEXT, b"never fin").await;
+    // Pings are answered, and do not count as progress on the message.
+    for n in 0..3u8 {
+        tokio::time::sleep(timeout / 4).await;
+        write_frame(&mut stream, true, false, PING, &[n]).await;
+        let pong = read_frame(&mut stream).await;
+        assert_eq!((pong.opcode, pong.payload), (PONG, vec![n]));
+    }
+    assert_eq!(read_close_code(&mut stream).await, 1008);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= timeout, "closed after {elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_growing_is_not_timed_out() {
+    let timeout = std::time::Duration::from_millis(400);
+    let addr = spawn_echo(
+        WsUpgrader::builder()
+            .message_timeout(timeout)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let mut stream = open(addr).await;
+    write_frame(&mut stream, false, false, BINARY, &[1; 10]).await;
+    for _ in 0..4 {
+        tokio::time::sleep(timeout / 2).await;
+        write_frame(&mut stream, false, false, CONTINUATION, &[1; 10]).await;
+    }
+    write_frame(&mut stream, true, false, CONTINUATION, &[1; 10]).await;
+    let frame = read_frame(&mut stream).await;
+    assert_eq!((frame.opcode, frame.payload), (BINARY, vec![1; 60]));
+}
+
+#[tokio::test]
+async fn unfinished_messages_past_the_inbound_budget_close_1013_and_give_it_back() {
+    let budget = ws_upgrader::InboundBudget::new(64 << 10);
+    let addr = spawn_echo(
+        WsUpgrader::builder()
+            .inbound_budget(budget.clone())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    // The first peer holds 40 KiB of an unfinished message; the second one's 40 KiB would pass
+    // the 64 KiB budget.
+    let mut first = open(addr).await;
+    write_frame(&mut first, false, false, BINARY, &[1; 40 << 10]).await;
+    let mut second = open(addr).await;
+    write_frame(&mut second, false, false, BINARY, &[2; 40 << 10]).await;
+    assert_eq!(read_close_code(&mut second).await, 1013);
+    // Small complete messages never touch the budget.
+    let mut third = open(addr).await;
+    assert_echoes(&mut third, &[3; 100]).await;
+    // The first finishes its message; the budget is all given back.
+    write_frame(&mut first, true, false, CONTINUATION, &[1; 10]).await;
+    let frame = read_frame(&mut first).await;
+    assert_eq!(frame.payload.len(), (40 << 10) + 10);
+    // Released as the message completed, before its echo was written; the refused peer's
+    // reservation went with its error, before its close frame.
+    assert_eq!(budget.in_use(), 0);
+}

@@ -1,0 +1,770 @@
+//! The connection: bytes in, messages out; messages in, bytes out.
+//!
+//! # Reading
+//!
+//! [`Connection::receive`] parses from the front of the caller's bytes. A frame header is kept
+//! (at most 14 bytes) when it is cut by the end of the input; the payload is unmasked while it
+//! is copied into the message's buffer, which is reserved once at the size the header declares
+//! (after the limits are checked). A single-frame message whose bytes are all in the input is
+//! copied once into an exactly sized buffer and returned: nothing is kept.
+//!
+//! # The closing handshake
+//!
+//! [`CloseState`] changes only in `Connection::transition`, which holds the state table.
+
+use std::mem;
+
+use bytes::Bytes;
+
+use crate::{
+    CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
+    deflate::Codec, mask::MaskKeys, mask::apply_mask, output::Output, prepared::PreparedMessage,
+};
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xa;
+
+const FIN: u8 = 0x80;
+const RSV1: u8 = 0x40;
+
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEADER: usize = 14;
+
+/// Where the closing handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseState {
+    /// No close frame sent or received.
+    Open,
+    /// Our close frame is queued; the peer's has not arrived. No more frames may be sent.
+    CloseSent,
+    /// The peer's close frame arrived and ours is not queued yet. A [`Connection`] passes
+    /// through this state only inside `receive`: it queues its answer at once.
+    CloseReceived,
+    /// Both close frames are exchanged (ours queued): write out the output, then close the
+    /// transport (a server closes first, RFC 6455 §7.1.1).
+    Closed,
+}
+
+/// What moves the closing handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseEvent {
+    /// Our close frame is queued (sent by the user, an echo, or by `fail`).
+    Sent,
+    /// The peer's close frame was read.
+    Received,
+}
+
+/// The header of the frame being read, and how far its payload has come.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    opcode: u8,
+    fin: bool,
+    rsv1: bool,
+    mask: Option<[u8; 4]>,
+    /// Payload bytes not read yet.
+    remaining: usize,
+    /// Payload bytes read so far (the mask's rotation).
+    offset: usize,
+}
+
+/// The data message being assembled.
+#[derive(Debug, Clone, Copy)]
+struct Assembling {
+    text: bool,
+    compressed: bool,
+}
+
+/// One WebSocket connection's protocol state: bytes in, messages out; messages in, bytes out.
+///
+/// No I/O happens here: feed what the transport read to [`receive`](Connection::receive),
+/// write what [`output`](Connection::output) holds.
+pub struct Connection {
+    role: Role,
+    max_message_size: usize,
+    max_frame_size: usize,
+    codec: Option<Codec>,
+    budget: Option<InboundBudget>,
+    /// Bytes reserved from `budget` now.
+    reserved: usize,
+
+    /// A frame header cut by the end of the input.
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    frame: Option<Frame>,
+    message: Option<Assembling>,
+    /// The data message's payload so far (compressed, if it is).
+    data: Vec<u8>,
+    /// How much of `data` is checked UTF-8 (uncompressed text); the rest, at most 3 bytes, is
+    /// the start of a character.
+    utf8_checked: usize,
+    /// A control frame's payload cut by the end of the input.
+    control: Vec<u8>,
+    /// False after an error, `fail`, or the peer's close: input is then consumed and ignored.
+    reading: bool,
+
+    close: CloseState,
+    output: Output,
+    mask_keys: Option<MaskKeys>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("close", &self.close)
+            .field("buffered", &self.buffered())
+            .field("message_in_progress", &self.message.is_some())
+            .field("output", &self.output.len())
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A connection in the [`Open`](CloseState::Open) state.
+    pub fn new(config: Config) -> Self {
+        Connection {
+            role: config.role,
+            max_message_size: config.max_message_size,
+            max_frame_size: config.max_frame_size,
+            codec: config.deflate.map(|params| Codec::new(params, config.role)),
+            budget: config.budget,
+            reserved: 0,
+            header: [0; MAX_HEADER],
+            header_len: 0,
+            frame: None,
+            message: None,
+            data: Vec::new(),
+            utf8_checked: 0,
+            control: Vec::new(),
+            reading: true,
+            close: CloseState::Open,
+            output: Output::default(),
+            mask_keys: (config.role == Role::Client).then(MaskKeys::new),
+        }
+    }
+
+    /// Parses from the front of `input`, advancing it past what was consumed.
+    ///
+    /// Returns `Ok(Some(message))` when a message or control frame completes (the rest of
+    /// `input` is left for the next call), `Ok(None)` once all of `input` was consumed without
+    /// completing one: the bytes of an unfinished header (at most 14) or message are then kept
+    /// inside, and nothing else. Pings are answered (a pong queued in the output) and still
+    /// returned; a close frame from the peer is echoed (queued) if ours is not out, and
+    /// returned; after it, input is consumed and ignored (the peer may send nothing after its
+    /// close, RFC 6455 §5.5.1, and a connection that has exchanged both close frames has no
+    /// way left to complain).
+    ///
+    /// After an error the connection stops reading (its buffers are freed, its budget returned);
+    /// the caller is expected to call [`fail`](Connection::fail).
+    pub fn receive(&mut self, input: &mut &[u8]) -> Result<Option<Message>, ProtocolError> {
+        let result = self.receive_inner(input);
+        if result.is_err() {
+            self.stop_reading();
+        }
+        result
+    }
+
+    fn receive_inner(&mut self, input: &mut &[u8]) -> Result<Option<Message>, ProtocolError> {
+        if !self.reading {
+            *input = &input[input.len()..];
+            return Ok(None);
+        }
+        loop {
+            if self.frame.is_none() {
+                let Some(frame) = self.read_header(input)? else {
+                    self.hold()?;
+                    return Ok(None);
+                };
+                if let Some(message) = self.start_frame(frame, input)? {
+                    return Ok(Some(message));
+                }
+            }
+            let Some(frame) = self.frame.as_mut() else {
+                continue;
+            };
+            let n = frame.remaining.min(input.len());
+            let (chunk, rest) = input.split_at(n);
+            *input = rest;
+            let control = frame.opcode >= OP_CLOSE;
+            let buffer = if control {
+                &mut self.control
+            } else {
+                &mut self.data
+            };
+            let start = buffer.len();
+            buffer.extend_from_slice(chunk);
+            if let Some(key) = frame.mask {
+                apply_mask(&mut buffer[start..], key, frame.offset);
+            }
+            frame.remaining -= n;
+            frame.offset += n;
+            let Frame {
+                opcode,
+                fin,
+                remaining,
+                ..
+            } = *frame;
+            if !control && self.message.is_some_and(|m| m.text && !m.compressed) {
+                self.check_utf8()?;
+            }
+            if remaining > 0 {
+                self.hold()?;
+                return Ok(None);
+            }
+            self.frame = None;
+            if control {
+                let payload = Bytes::from(mem::take(&mut self.control));
+                self.hold()?;
+                return self.on_control(opcode, payload).map(Some);
+            }
+            if fin {
+                return self.finish_message().map(Some);
+            }
+        }
+    }
+
+    /// Reads a frame header from `input`, or keeps what there is of it.
+    fn read_header(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, ProtocolError> {
+        if self.header_len == 0 {
+            if let Some((frame, used)) = self.parse_header(input)? {
+                *input = &input[used..];
+                return Ok(Some(frame));
+            }
+            // Incomplete, so shorter than a header.
+            self.header[..input.len()].copy_from_slice(input);
+            self.header_len = input.len() as u8;
+            *input = &input[input.len()..];
+            return Ok(None);
+        }
+        let kept = usize::from(self.header_len);
+        let take = (MAX_HEADER - kept).min(input.len());
+        let mut header = self.header;
+        header[kept..kept + take].copy_from_slice(&input[..take]);
+        match self.parse_header(&header[..kept + take])? {
+            Some((frame, used)) => {
+                *input = &input[used - kept..];
+                self.header_len = 0;
+                Ok(Some(frame))
+            }
+            None => {
+                self.header = header;
+                self.header_len = (kept + take) as u8;
+                *input = &input[take..];
+                Ok(None)
+            }
+        }
+    }
+
+    /// Parses and checks a header at the start of `bytes`: the frame and the header's length,
+    /// or `None` when `bytes` ends inside it. Rules are checked as soon as their bytes are in.
+    fn parse_header(&self, bytes: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
+        let (Some(&b0), Some(&b1)) = (bytes.first(), bytes.get(1)) else {
+            return Ok(None);
+        };
+        let fin = b0 & FIN != 0;
+        let rsv1 = b0 & RSV1 != 0;
+        let opcode = b0 & 0x0f;
+        let masked = b1 & 0x80 != 0;
+        let short_len = b1 & 0x7f;
+        if b0 & 0x30 != 0 {
+            return Err(ProtocolError::Protocol(
+                "RSV2 or RSV3 set without an extension that defines them",
+            ));
+        }
+        match (self.role, masked) {
+            (Role::Server, false) => {
+                return Err(ProtocolError::Protocol("unmasked frame from a client"));
+            }
+            (Role::Client, true) => {
+                return Err(ProtocolError::Protocol("masked frame from a server"));
+            }
+            _ => {}
+        }
+        match opcode {
+            OP_CONTINUATION => {
+                if self.message.is_none() {
+                    return Err(ProtocolError::Protocol(
+                        "continuation frame without a message to continue",
+                    ));
+                }
+                if rsv1 {
+                    return Err(ProtocolError::Protocol("RSV1 set on a continuation frame"));
+                }
+            }
+            OP_TEXT | OP_BINARY => {
+                if self.message.is_some() {
+                    return Err(ProtocolError::Protocol(
+                        "new data frame before the fragmented message ended",
+                    ));
+                }
+                if rsv1 && self.codec.is_none() {
+                    return Err(ProtocolError::Protocol(
+                        "RSV1 set without permessage-deflate negotiated",
+                    ));
+                }
+            }
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if rsv1 {
+                    return Err(ProtocolError::Protocol("RSV1 set on a control frame"));
+                }
+                if !fin {
+                    return Err(ProtocolError::Protocol("fragmented control frame"));
+                }
+                if short_len > 125 {
+                    return Err(ProtocolError::Protocol(
+                        "control frame payload longer than 125 bytes",
+                    ));
+                }
+            }
+            _ => return Err(ProtocolError::Protocol("reserved opcode")),
+        }
+        let (len, mut used) = match short_len {
+            126 => match bytes.get(2..4) {
+                Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match bytes.get(2..10) {
+                Some(b) => {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(b);
+                    let len = u64::from_be_bytes(word);
+                    if len >> 63 != 0 {
+                        return Err(ProtocolError::Protocol(
+                            "64-bit payload length with the most significant bit set",
+                        ));
+                    }
+                    (len, 10)
+                }
+                None => return Ok(None),
+            },
+            len => (u64::from(len), 2),
+        };
+        if opcode < OP_CLOSE {
+            if len > self.max_frame_size as u64 {
+                return Err(ProtocolError::FrameTooBig {
+                    limit: self.max_frame_size,
+                });
+            }
+            if len.saturating_add(self.data.len() as u64) > self.max_message_size as u64 {
+                return Err(ProtocolError::MessageTooBig {
+                    limit: self.max_message_size,
+                });
+            }
+        }
+        let mask = if masked {
+            let Some(key) = bytes.get(used..used + 4) else {
+                return Ok(None);
+            };
+            used += 4;
+            Some([key[0], key[1], key[2], key[3]])
+        } else {
+            None
+        };
+        let frame = Frame {
+            opcode,
+            fin,
+            rsv1,
+            mask,
+            // Checked against the limits above (usize) or at most 125.
+            remaining: len as usize,
+            offset: 0,
+        };
+        Ok(Some((frame, used)))
+    }
+
+    /// Starts reading a frame's payload. A frame that is a whole message (or a control frame)
+    /// with its payload all in `input` is finished here and returned.
+    fn start_frame(
+        &mut self,
+        frame: Frame,
+        input: &mut &[u8],
+    ) -> Result<Option<Message>, ProtocolError> {
+        let len = frame.remaining;
+        let whole = input.len() >= len;
+        if frame.opcode >= OP_CLOSE {
+            if whole {
+                if self.message.is_some() {
+                    // Between fragments: this call ends with the message unfinished.
+                    self.hold()?;
+                }
+                let payload = Bytes::from(take_payload(input, len, frame.mask));
+                return self.on_control(frame.opcode, payload).map(Some);
+            }
+            self.control.reserve_exact(len);
+            self.frame = Some(frame);
+            return Ok(None);
+        }
+        if frame.opcode != OP_CONTINUATION {
+            let text = frame.opcode == OP_TEXT;
+            if frame.fin && whole {
+                // The fast path: copied once, exactly sized, nothing kept.
+                let payload = take_payload(input, len, frame.mask);
+                return self.complete(text, frame.rsv1, payload).map(Some);
+            }
+            self.message = Some(Assembling {
+                text,
+                compressed: frame.rsv1,
+            });
+        }
+        let needed = self.data.len() + len;
+        if needed > self.data.capacity() {
+            // The first frame's buffer is exactly what its header declares. Later fragments
+            // grow it at least twofold (up to the message limit), so that a message in many
+            // small fragments is not copied once per fragment.
+            let capacity = if self.data.is_empty() {
+                needed
+            } else {
+                needed.max(
+                    self.data
+                        .capacity()
+                        .saturating_mul(2)
+                        .min(self.max_message_size),
+                )
+            };
+            if !whole {
+                // The payload will be kept across calls: reserve before allocating.
+                self.reserve_to(capacity + self.control.capacity())?;
+            }
+            self.data.reserve_exact(capacity - self.data.len());
+        }
+        self.frame = Some(frame);
+        Ok(None)
+    }
+
+    /// Checks the text that arrived since the last check; a character cut at the end is left
+    /// for the next bytes. Fails at the first byte that no continuation can make valid.
+    fn check_utf8(&mut self) -> Result<(), ProtocolError> {
+        let unchecked = &self.data[self.utf8_checked..];
+        match simdutf8::compat::from_utf8(unchecked) {
+            Ok(_) => self.utf8_checked = self.data.len(),
+            Err(error) if error.error_len().is_none() => {
+                self.utf8_checked += error.valid_up_to();
+            }
+            Err(_) => return Err(ProtocolError::InvalidUtf8),
+        }
+        Ok(())
+    }
+
+    /// The last frame of a fragmented message is in: the message.
+    fn finish_message(&mut self) -> Result<Message, ProtocolError> {
+        let Some(Assembling { text, compressed }) = self.message.take() else {
+            return Err(ProtocolError::Protocol("no message to finish"));
+        };
+        let payload = mem::take(&mut self.data);
+        let checked = mem::replace(&mut self.utf8_checked, 0);
+        self.hold()?;
+        if text && !compressed && checked != payload.len() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        self.complete(text, compressed, payload)
+    }
+
+    /// A whole message's payload: inflated when compressed, checked when text.
+    fn complete(
+        &mut self,
+        text: bool,
+        compressed: bool,
+        payload: Vec<u8>,
+    ) -> Result<Message, ProtocolError> {
+        let payload = if compressed {
+            let limit = self.max_message_size;
+            match self.codec.as_mut() {
+                Some(codec) => codec.inflate(&payload, limit)?,
+                None => {
+                    return Err(ProtocolError::Protocol(
+                        "compressed message without permessage-deflate",
+                    ));
+                }
+            }
+        } else {
+            payload
+        };
+        let payload = Bytes::from(payload);
+        if text {
+            Utf8Bytes::try_from_bytes(payload)
+                .map(Message::Text)
+                .map_err(|_| ProtocolError::InvalidUtf8)
+        } else {
+            Ok(Message::Binary(payload))
+        }
+    }
+
+    /// A complete control frame: pings answered, closes checked and echoed.
+    fn on_control(&mut self, opcode: u8, payload: Bytes) -> Result<Message, ProtocolError> {
+        match opcode {
+            OP_PING => {
+                if self.close == CloseState::Open {
+                    self.write_frame(OP_PONG, false, &payload);
+                }
+                Ok(Message::Ping(payload))
+            }
+            OP_PONG => Ok(Message::Pong(payload)),
+            _ => {
+                let frame = parse_close(&payload)?;
+                self.transition(CloseEvent::Received);
+                if self.close == CloseState::CloseReceived {
+                    // Echo the code (no reason); a close without a code is echoed empty.
+                    let echo = frame
+                        .as_ref()
+                        .and_then(|f| CloseFrame::new(f.code(), "").ok());
+                    self.write_frame(OP_CLOSE, false, &close_payload(echo.as_ref()));
+                    self.transition(CloseEvent::Sent);
+                }
+                Ok(Message::Close(frame))
+            }
+        }
+    }
+
+    /// The closing handshake's transitions, all of them:
+    ///
+    /// | state           | event               | next            | also                     |
+    /// |-----------------|---------------------|-----------------|--------------------------|
+    /// | `Open`          | our close queued    | `CloseSent`     | sending stops            |
+    /// | `Open`          | peer's close read   | `CloseReceived` | reading stops; the caller queues the echo at once |
+    /// | `CloseReceived` | our close queued    | `Closed`        | sending stops            |
+    /// | `CloseSent`     | peer's close read   | `Closed`        | reading stops            |
+    /// | `CloseSent`, `Closed` | our close queued | unchanged    | (not reachable: `send` refuses) |
+    /// | `Closed`        | peer's close read   | unchanged       | (not reachable: reading stopped) |
+    ///
+    /// `fail` queues our close (the first row) and stops reading as well.
+    fn transition(&mut self, event: CloseEvent) {
+        use CloseState::*;
+        self.close = match (self.close, event) {
+            (Open, CloseEvent::Sent) => CloseSent,
+            (Open, CloseEvent::Received) => CloseReceived,
+            (CloseReceived, CloseEvent::Sent) | (CloseSent, CloseEvent::Received) => Closed,
+            (state, _) => state,
+        };
+        if event == CloseEvent::Received {
+            self.reading = false;
+        }
+    }
+
+    /// Encodes a message into the output: one frame, compressed when deflate is on and the
+    /// payload is at least the threshold. A [`Message::Close`] moves to
+    /// [`CloseSent`](CloseState::CloseSent) (a close frame with code 1005, "no status", is sent
+    /// without a code); after our close every send is [`SendError::Closed`].
+    pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        if self.close != CloseState::Open {
+            return Err(SendError::Closed);
+        }
+        match message {
+            Message::Text(text) => self.send_data(OP_TEXT, text.as_bytes()),
+            Message::Binary(data) => self.send_data(OP_BINARY, &data),
+            Message::Ping(data) => self.send_control(OP_PING, &data),
+            Message::Pong(data) => self.send_control(OP_PONG, &data),
+            Message::Close(frame) => {
+                let payload = close_payload(frame.as_ref());
+                self.send_control(OP_CLOSE, &payload)?;
+                self.transition(CloseEvent::Sent);
+                Ok(())
+            }
+        }
+    }
+
+    /// [`send`](Connection::send) for a message encoded once for every connection with the same
+    /// parameters (see [`PreparedMessage`]). The bytes written are those `send` would write.
+    pub fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), SendError> {
+        if self.close != CloseState::Open {
+            return Err(SendError::Closed);
+        }
+        let (opcode, payload) = match message.message() {
+            Message::Text(text) => (OP_TEXT, text.as_bytes()),
+            Message::Binary(data) => (OP_BINARY, data),
+            other => return self.send(other.clone()),
+        };
+        if let Some(codec) = self.codec.as_mut()
+            && payload.len() >= codec.params.threshold
+        {
+            let Some(key) = codec.shared_key() else {
+                // Context takeover: this connection's own compressor.
+                let compressed = Bytes::from(codec.compress(payload).map_err(SendError::Compress)?);
+                self.write_frame(opcode, true, &compressed);
+                return Ok(());
+            };
+            return match self.role {
+                Role::Server => {
+                    let frame = message.server_frame(Some(key))?;
+                    self.output.push_encoded(&frame);
+                    Ok(())
+                }
+                Role::Client => {
+                    let compressed = message.compressed(key)?;
+                    self.write_frame(opcode, true, &compressed);
+                    Ok(())
+                }
+            };
+        }
+        match self.role {
+            Role::Server => {
+                let frame = message.server_frame(None)?;
+                self.output.push_encoded(&frame);
+            }
+            Role::Client => self.write_frame(opcode, false, payload),
+        }
+        Ok(())
+    }
+
+    fn send_data(&mut self, opcode: u8, payload: &Bytes) -> Result<(), SendError> {
+        if let Some(codec) = self.codec.as_mut()
+            && payload.len() >= codec.params.threshold
+        {
+            let compressed = Bytes::from(codec.compress(payload).map_err(SendError::Compress)?);
+            self.write_frame(opcode, true, &compressed);
+        } else {
+            self.write_frame(opcode, false, payload);
+        }
+        Ok(())
+    }
+
+    fn send_control(&mut self, opcode: u8, payload: &Bytes) -> Result<(), SendError> {
+        if payload.len() > 125 {
+            return Err(SendError::ControlTooLong(payload.len()));
+        }
+        self.write_frame(opcode, false, payload);
+        Ok(())
+    }
+
+    fn write_frame(&mut self, opcode: u8, rsv1: bool, payload: &Bytes) {
+        let first_byte = FIN | if rsv1 { RSV1 } else { 0 } | opcode;
+        let mask = self.mask_keys.as_mut().map(MaskKeys::next_key);
+        self.output.push_frame(first_byte, mask, payload);
+    }
+
+    /// After [`receive`](Connection::receive) returned `error`: queues the close frame for it
+    /// (its [close code](ProtocolError::close_code), its message as the reason, cut to fit) if
+    /// ours is not out yet, and stops reading. This is "Fail the WebSocket Connection" (RFC 6455
+    /// §7.1.7): write the output, then close the transport; the peer's close frame will not be
+    /// read, so the state stays [`CloseSent`](CloseState::CloseSent).
+    pub fn fail(&mut self, error: &ProtocolError) {
+        self.stop_reading();
+        if matches!(self.close, CloseState::Open | CloseState::CloseReceived) {
+            // Every error's code may be sent; were one not, the peer would get 1011.
+            let frame = CloseFrame::new(error.close_code(), error.to_string())
+                .unwrap_or_else(CloseFrame::from);
+            self.write_frame(OP_CLOSE, false, &close_payload(Some(&frame)));
+            self.transition(CloseEvent::Sent);
+        }
+    }
+
+    /// Where the closing handshake stands.
+    pub fn close_state(&self) -> CloseState {
+        self.close
+    }
+
+    /// The bytes waiting to be written.
+    pub fn output(&mut self) -> &mut Output {
+        &mut self.output
+    }
+
+    /// Bytes held for an unfinished frame or message: the capacity of the buffers that hold
+    /// its payload (a cut header's at most 14 bytes are not counted). This is what the
+    /// [`InboundBudget`] counts between calls.
+    pub fn buffered(&self) -> usize {
+        self.data.capacity() + self.control.capacity()
+    }
+
+    /// Whether a data message has started and not finished.
+    pub fn message_in_progress(&self) -> bool {
+        self.message.is_some()
+    }
+
+    /// Payload bytes of the unfinished data message received so far (0 between messages). It
+    /// grows with every byte of the message, control frames aside, so a driver can tell a
+    /// message that progresses from one that stalled ([`buffered`](Self::buffered) counts
+    /// capacity, which grows in steps).
+    pub fn message_received(&self) -> usize {
+        if self.message.is_some() {
+            self.data.len()
+        } else {
+            0
+        }
+    }
+
+    /// Whether permessage-deflate is on for this connection.
+    pub fn compression(&self) -> bool {
+        self.codec.is_some()
+    }
+
+    /// Keeps the budget's reservation equal to what is held now.
+    fn hold(&mut self) -> Result<(), ProtocolError> {
+        self.reserve_to(self.buffered())
+    }
+
+    fn reserve_to(&mut self, total: usize) -> Result<(), ProtocolError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        if total > self.reserved {
+            if !budget.try_reserve(total - self.reserved) {
+                return Err(ProtocolError::BudgetExhausted);
+            }
+        } else if total < self.reserved {
+            budget.release(self.reserved - total);
+        }
+        self.reserved = total;
+        Ok(())
+    }
+
+    /// Drops everything held for reading and returns the budget.
+    fn stop_reading(&mut self) {
+        self.reading = false;
+        self.frame = None;
+        self.message = None;
+        self.header_len = 0;
+        self.data = Vec::new();
+        self.control = Vec::new();
+        self.utf8_checked = 0;
+        let _ = self.reserve_to(0);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.reserve_to(0);
+    }
+}
+
+/// Takes `len` payload bytes off `input` into an exactly sized, unmasked buffer.
+fn take_payload(input: &mut &[u8], len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let (payload, rest) = input.split_at(len);
+    *input = rest;
+    let mut payload = payload.to_vec();
+    if let Some(key) = mask {
+        apply_mask(&mut payload, key, 0);
+    }
+    payload
+}
+
+/// A received close frame's payload: empty, or a code a peer may send and a UTF-8 reason.
+fn parse_close(payload: &[u8]) -> Result<Option<CloseFrame>, ProtocolError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ProtocolError::Protocol("close frame with a 1-byte payload")),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::BadClosePayload)?;
+            // `CloseFrame::new` takes exactly the codes a peer may send.
+            CloseFrame::new(code, reason)
+                .map(Some)
+                .map_err(|_| ProtocolError::BadCloseCode(code))
+        }
+    }
+}
+
+/// A close frame's payload: nothing for `None` or a frame that only reports (1005, 1006), else
+/// the code and the reason (which `CloseFrame` keeps within 123 bytes).
+fn close_payload(frame: Option<&CloseFrame>) -> Bytes {
+    let Some(frame) = frame.filter(|f| f.is_sendable()) else {
+        return Bytes::new();
+    };
+    let mut payload = Vec::with_capacity(2 + frame.reason().len());
+    payload.extend_from_slice(&frame.code().to_be_bytes());
+    payload.extend_from_slice(frame.reason().as_bytes());
+    Bytes::from(payload)
+}

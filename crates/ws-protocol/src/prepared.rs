@@ -1,0 +1,137 @@
+//! [`PreparedMessage`]: a message encoded once and sent to many connections.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::{Message, SendError, deflate::compress_once, output::encode_header};
+
+/// A message encoded once and sent to many connections (gorilla/websocket's `PreparedMessage`
+/// idea), with [`Connection::send_prepared`](crate::Connection::send_prepared).
+///
+/// The bytes are made lazily, once per distinct set of parameters, and shared (`Bytes`)
+/// between connections: the plain frame; the compressed payload (and its frame) per
+/// compression level and window size, for connections without server-side context takeover. A
+/// connection with context takeover compresses the message itself (its compressor's state is
+/// its own). Client connections share the compressed payload but mask it themselves, since
+/// every frame needs its own masking key.
+///
+/// Cheap to clone and to share between threads (an `Arc` inside).
+///
+/// ```
+/// use ws_protocol::{Config, Connection, Message, PreparedMessage};
+/// use bytes::Buf;
+///
+/// let hello = PreparedMessage::new(Message::text("hello, everyone"));
+/// let mut connections: Vec<Connection> = (0..3).map(|_| Connection::new(Config::server())).collect();
+/// for connection in &mut connections {
+///     connection.send_prepared(&hello).unwrap();
+///     assert_eq!(connection.output().chunk(), b"\x81\x0fhello, everyone");
+/// }
+/// ```
+#[derive(Clone)]
+pub struct PreparedMessage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    message: Message,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    plain_frame: Option<Bytes>,
+    /// (level, window bits) -> compressed payload, and its unmasked frame once made.
+    compressed: Vec<((u32, u8), Bytes, Option<Bytes>)>,
+}
+
+impl std::fmt::Debug for PreparedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedMessage")
+            .field("message", &self.inner.message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedMessage {
+    /// Prepares `message`; nothing is encoded until a connection sends it.
+    pub fn new(message: Message) -> Self {
+        PreparedMessage {
+            inner: Arc::new(Inner {
+                message,
+                cache: Mutex::new(Cache::default()),
+            }),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.inner.message
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn opcode_and_payload(&self) -> (u8, Bytes) {
+        match &self.inner.message {
+            Message::Text(text) => (0x1, text.as_bytes().clone()),
+            other => (0x2, other.payload()),
+        }
+    }
+
+    /// The compressed payload for this level and window, made once.
+    pub(crate) fn compressed(&self, key: (u32, u8)) -> Result<Bytes, SendError> {
+        let mut cache = self.cache();
+        if let Some((_, payload, _)) = cache.compressed.iter().find(|(k, ..)| *k == key) {
+            return Ok(payload.clone());
+        }
+        let (_, payload) = self.opcode_and_payload();
+        let compressed =
+            Bytes::from(compress_once(&payload, key.0, key.1).map_err(SendError::Compress)?);
+        cache.compressed.push((key, compressed.clone(), None));
+        Ok(compressed)
+    }
+
+    /// The whole unmasked frame: plain (`None`) or compressed with this level and window.
+    pub(crate) fn server_frame(&self, key: Option<(u32, u8)>) -> Result<Bytes, SendError> {
+        let (opcode, payload) = self.opcode_and_payload();
+        match key {
+            None => {
+                let mut cache = self.cache();
+                Ok(cache
+                    .plain_frame
+                    .get_or_insert_with(|| frame(0x80 | opcode, &payload))
+                    .clone())
+            }
+            Some(key) => {
+                let compressed = self.compressed(key)?;
+                let mut cache = self.cache();
+                let entry = cache
+                    .compressed
+                    .iter_mut()
+                    .find(|(k, ..)| *k == key)
+                    .map(|(_, _, frame)| frame);
+                Ok(match entry {
+                    Some(slot) => slot
+                        .get_or_insert_with(|| frame(0xc0 | opcode, &compressed))
+                        .clone(),
+                    None => frame(0xc0 | opcode, &compressed),
+                })
+            }
+        }
+    }
+}
+
+fn frame(first_byte: u8, payload: &[u8]) -> Bytes {
+    let mut header = [0u8; 14];
+    let len = encode_header(&mut header, first_byte, None, payload.len());
+    let mut bytes = Vec::with_capacity(len + payload.len());
+    bytes.extend_from_slice(&header[..len]);
+    bytes.extend_from_slice(payload);
+    Bytes::from(bytes)
+}

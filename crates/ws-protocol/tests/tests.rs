@@ -1,0 +1,8 @@
+//! The integration tests of ws-protocol, one binary.
+
+mod common;
+mod errors;
+mod fuzz_corpus;
+mod properties;
+mod rfc;
+mod round_trips;
