@@ -137,11 +137,12 @@ impl App {
         let hub = ConnectionHub::with_backplane(cluster.clone());
         #[cfg(not(feature = "redis"))]
         let hub = ConnectionHub::new();
+        let upgrader = default_upgrader(config.as_ref().ok());
         App {
             config,
             router: Router::new(),
             websockets: Vec::new(),
-            upgrader: WsUpgrader::new(),
+            upgrader,
             hub,
             services: WsClientPool::new(),
             layers: Vec::new(),
@@ -407,6 +408,8 @@ impl App {
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::metrics::install();
+        // Every upgrader that was not given a budget of its own shares the process's.
+        ws_upgrader::process_inbound_budget().set_limit(config.ws_inbound_budget);
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis_url {
             self.cluster.connect(url).await?;
@@ -612,4 +615,16 @@ async fn os_signal() {
 /// `{"data": value}`, GoFr's success envelope.
 pub(crate) fn data<T: serde::Serialize>(value: T) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "data": value }))
+}
+
+/// The upgrader of an app that is given none: the defaults, with `WS_MESSAGE_TIMEOUT`.
+fn default_upgrader(config: Option<&Config>) -> WsUpgrader {
+    let Some(config) = config else {
+        return WsUpgrader::new();
+    };
+    WsUpgrader::builder()
+        .message_timeout(config.ws_message_timeout)
+        .build()
+        // The setting was checked against the same range when it was read.
+        .unwrap_or_default()
 }

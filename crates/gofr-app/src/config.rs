@@ -106,6 +106,8 @@ impl LogLevel {
 /// | `HTTP_MAX_HEADER_BYTES` | `65536` | largest request head in bytes (8 KiB to 1 MiB); larger heads get `431` |
 /// | `WS_MAX_CONNECTIONS` | `10000` | WebSocket connections open at once across all routes; more get `503` with `Retry-After` |
 /// | `WS_MAX_CONNECTIONS_PER_IP` | unset (no limit) | WebSocket connections open at once from one client IP address; more get `503` with `Retry-After` |
+/// | `WS_INBOUND_BUDGET` | `268435456` (256 MiB) | bytes held in unfinished incoming messages across the whole process (1 MiB to 1 TiB); a frame past it closes its connection with 1013 |
+/// | `WS_MESSAGE_TIMEOUT` | `30s` | time an unfinished incoming message may go without a new byte before its connection is closed with 1008 (the app's default upgrader; an upgrader given to `override_websocket_upgrader` carries its own) |
 /// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` or `rediss://` for TLS (needs the `redis` feature) |
 /// | `WS_BACKPLANE_PREFIX` | `APP_NAME` | prefix of the app's Redis channels and keys: instances of one app share it, other apps on the same Redis must not (letters, digits, `.`, `_`, `-`, at most 64) |
 /// | `WS_BACKPLANE_SECRET` | unset | shared secret: cross-instance envelopes are signed (HMAC-SHA256) and unsigned or altered ones dropped |
@@ -141,6 +143,10 @@ pub struct Config {
     pub ws_max_connections: usize,
     /// `WS_MAX_CONNECTIONS_PER_IP` (`None`: no limit)
     pub ws_max_connections_per_ip: Option<usize>,
+    /// `WS_INBOUND_BUDGET`, in bytes.
+    pub ws_inbound_budget: usize,
+    /// `WS_MESSAGE_TIMEOUT`
+    pub ws_message_timeout: Duration,
     /// `REDIS_URL`: with it, rooms, broadcasts and send-to-id span every instance connected
     /// to this Redis.
     pub redis_url: Option<String>,
@@ -265,6 +271,18 @@ impl Config {
             MAX_COUNT,
             "is not a count from 1 to 10000000",
         )?;
+        let ws_inbound_budget = count(
+            "WS_INBOUND_BUDGET",
+            1 << 20,
+            1 << 40,
+            "is not a size in bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+        )?
+        .unwrap_or(ws_upgrader::DEFAULT_INBOUND_BUDGET);
+        let ws_message_timeout = duration(
+            "WS_MESSAGE_TIMEOUT",
+            ws_upgrader::DEFAULT_MESSAGE_TIMEOUT,
+            one_ms,
+        )?;
         let redis_url = get("REDIS_URL").map(str::to_owned);
         if cfg!(not(feature = "redis"))
             && let Some(url) = &redis_url
@@ -304,6 +322,8 @@ impl Config {
             http_max_header_bytes,
             ws_max_connections,
             ws_max_connections_per_ip,
+            ws_inbound_budget,
+            ws_message_timeout,
         })
     }
 }
@@ -456,6 +476,10 @@ mod tests {
             ("WS_MAX_CONNECTIONS", "18446744073709551616"),
             ("WS_MAX_CONNECTIONS_PER_IP", "0"),
             ("WS_MAX_CONNECTIONS_PER_IP", "-1"),
+            ("WS_INBOUND_BUDGET", "1024"),
+            ("WS_INBOUND_BUDGET", "18446744073709551615"),
+            ("WS_MESSAGE_TIMEOUT", "0"),
+            ("WS_MESSAGE_TIMEOUT", "2h"),
             ("HTTP_PORT", "65536"),
             ("METRICS_PORT", "-1"),
         ] {
@@ -475,6 +499,8 @@ mod tests {
         assert_eq!(config.http_max_header_bytes, 64 * 1024);
         assert_eq!(config.ws_max_connections, 10_000);
         assert_eq!(config.ws_max_connections_per_ip, None);
+        assert_eq!(config.ws_inbound_budget, 256 << 20);
+        assert_eq!(config.ws_message_timeout, Duration::from_secs(30));
         let config = Config::from_vars(&vars(&[
             ("SHUTDOWN_GRACE_PERIOD", "1h"),
             ("HTTP_READ_HEADER_TIMEOUT", "2s"),
@@ -483,6 +509,8 @@ mod tests {
             ("HTTP_MAX_HEADER_BYTES", "8192"),
             ("WS_MAX_CONNECTIONS", "3"),
             ("WS_MAX_CONNECTIONS_PER_IP", "2"),
+            ("WS_INBOUND_BUDGET", "1048576"),
+            ("WS_MESSAGE_TIMEOUT", "5s"),
         ]))
         .unwrap();
         assert_eq!(config.shutdown_grace, Duration::from_secs(3600));
@@ -492,5 +520,7 @@ mod tests {
         assert_eq!(config.http_max_header_bytes, 8192);
         assert_eq!(config.ws_max_connections, 3);
         assert_eq!(config.ws_max_connections_per_ip, Some(2));
+        assert_eq!(config.ws_inbound_budget, 1 << 20);
+        assert_eq!(config.ws_message_timeout, Duration::from_secs(5));
     }
 }

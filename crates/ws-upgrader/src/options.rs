@@ -115,8 +115,15 @@ impl Default for Compression {
     }
 }
 
-/// The budget every upgrader shares unless given its own: one per process.
-fn process_budget() -> InboundBudget {
+/// The budget every upgrader shares unless given its own: one per process, of
+/// [`DEFAULT_INBOUND_BUDGET`] bytes until [`InboundBudget::set_limit`] changes it (gofr-app does
+/// from `WS_INBOUND_BUDGET`).
+///
+/// ```
+/// ws_upgrader::process_inbound_budget().set_limit(64 << 20);
+/// assert_eq!(ws_upgrader::process_inbound_budget().limit(), 64 << 20);
+/// ```
+pub fn process_inbound_budget() -> InboundBudget {
     static BUDGET: OnceLock<InboundBudget> = OnceLock::new();
     BUDGET
         .get_or_init(|| InboundBudget::new(DEFAULT_INBOUND_BUDGET))
@@ -157,7 +164,7 @@ impl Default for Options {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             message_timeout: DEFAULT_MESSAGE_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
-            inbound_budget: process_budget(),
+            inbound_budget: process_inbound_budget(),
         }
     }
 }
