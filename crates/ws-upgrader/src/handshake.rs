@@ -34,6 +34,28 @@ pub enum RejectionKind {
     Overloaded,
 }
 
+impl RejectionKind {
+    /// A short name for logs and metric labels: `method_not_get`, `not_upgrade`,
+    /// `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`.
+    ///
+    /// ```
+    /// use ws_upgrader::RejectionKind;
+    ///
+    /// assert_eq!(RejectionKind::OriginRefused.as_str(), "origin_refused");
+    /// ```
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectionKind::MethodNotGet => "method_not_get",
+            RejectionKind::NotUpgrade => "not_upgrade",
+            RejectionKind::UnsupportedVersion => "unsupported_version",
+            RejectionKind::BadKey => "bad_key",
+            RejectionKind::OriginRefused => "origin_refused",
+            RejectionKind::NotUpgradable => "not_upgradable",
+            RejectionKind::Overloaded => "overloaded",
+        }
+    }
+}
+
 /// A refused upgrade: the status and the reason, given to the error handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRejection {
