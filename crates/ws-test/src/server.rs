@@ -184,7 +184,7 @@ impl TestServer {
             let stop = StopHandle(Stop::App(app.shutdown_handle()));
             let task = tokio::spawn(async move {
                 if let Err(error) = app.serve(listener).await {
-                    eprintln!("ws-test: the App stopped with an error: {error}");
+                    tracing::error!(%error, "ws-test: the App stopped with an error");
                 }
             });
             TestServer {
