@@ -83,10 +83,12 @@
 #![deny(missing_docs)]
 
 mod backplane;
+mod connection;
 mod context;
 mod endpoint;
 mod handler;
 mod hub;
+mod lifecycle;
 mod metrics;
 mod queue;
 mod writer;

@@ -186,6 +186,11 @@ impl SocketWriter {
         &self.shared.queue
     }
 
+    /// How long a write may wait for the peer (the endpoint's send timeout).
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.send_timeout
+    }
+
     /// The close that skips this connection's queue.
     pub(crate) fn urgent(&self) -> &UrgentClose {
         &self.shared.urgent
