@@ -114,7 +114,7 @@ pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
     Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };
-pub use ws_upgrader::WsUpgrader;
+pub use ws_upgrader::{PreparedMessage, WsUpgrader};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

@@ -10,6 +10,7 @@ use std::{
 
 use serde::Serialize;
 use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
+use ws_upgrader::PreparedMessage;
 
 use crate::{
     hub::ConnectionId,
@@ -32,9 +33,12 @@ pub(crate) enum Delivery {
 }
 
 /// What other tasks ask a connection's I/O task to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outbound {
     Message(Message),
+    /// A message sent to many connections (a broadcast, a room), encoded once for all of
+    /// them per set of parameters.
+    Prepared(PreparedMessage),
     Close(CloseFrame),
 }
 
@@ -44,6 +48,7 @@ impl Outbound {
     fn bytes(&self) -> usize {
         match self {
             Outbound::Message(message) => message.len(),
+            Outbound::Prepared(prepared) => prepared.message().len(),
             Outbound::Close(_) => 0,
         }
     }
@@ -258,7 +263,12 @@ impl SocketWriter {
     ///
     /// Cancel safe, as [`write`](Self::write).
     pub async fn send(&self, message: Message) -> Result<(), WriteError> {
-        let result = self.enqueue(Outbound::Message(message)).await;
+        self.send_item(Outbound::Message(message)).await
+    }
+
+    /// [`send`](Self::send) for any item of the queue.
+    pub(crate) async fn send_item(&self, item: Outbound) -> Result<(), WriteError> {
+        let result = self.enqueue(item).await;
         if let Err(WriteError::Full(_)) = result {
             self.close_slow();
         }
@@ -309,10 +319,15 @@ impl SocketWriter {
 
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
-        let bytes = message.len();
+        self.try_send_item(Outbound::Message(message))
+    }
+
+    /// [`try_send`](Self::try_send) for any item of the queue.
+    pub(crate) fn try_send_item(&self, item: Outbound) -> Result<(), WriteError> {
+        let bytes = item.bytes();
         self.shared
             .queue
-            .try_push(Outbound::Message(message), bytes)
+            .try_push(item, bytes)
             .map_err(|refused| match refused {
                 Refused::Full(_) => {
                     self.shared.metrics.queue_full.increment(1);

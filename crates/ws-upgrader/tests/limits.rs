@@ -209,3 +209,98 @@ async fn unfinished_messages_past_the_inbound_budget_close_1013_and_give_it_back
     // reservation went with its error, before its close frame.
     assert_eq!(budget.in_use(), 0);
 }
+
+/// A peer that floods pings and reads nothing: every ping queues a pong, so the server's
+/// output would grow without bound. Past the write buffer size the socket stops reading until
+/// the output drains: the output stays bounded, the flood stalls in the kernel's buffers, and
+/// the server goes on serving other clients.
+#[tokio::test]
+async fn a_ping_flood_from_a_peer_that_never_reads_keeps_the_output_bounded() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use axum::{Router, extract::Request, routing::any};
+    use tokio::io::AsyncWriteExt as _;
+
+    const WRITE_LIMIT: usize = 16 << 10;
+    const READ_LIMIT: usize = 64 << 10;
+    let upgrader = WsUpgrader::builder()
+        .write_buffer_size(WRITE_LIMIT)
+        .read_buffer_size(READ_LIMIT)
+        .build()
+        .unwrap();
+    // The largest output the flooded socket held after any message it gave.
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    let flooded = Router::new().route(
+        "/ws",
+        any(move |request: Request| {
+            let (upgrader, seen) = (upgrader.clone(), seen.clone());
+            async move {
+                let (mut parts, _body) = request.into_parts();
+                match upgrader.upgrade(&mut parts) {
+                    Ok(pending) => pending.on_upgrade(move |mut socket| async move {
+                        while let Some(Ok(_)) = socket.recv().await {
+                            seen.fetch_max(socket.buffered_output(), Ordering::Relaxed);
+                        }
+                    }),
+                    Err(refusal) => refusal,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ws_upgrader::serve(listener, flooded).into_future());
+
+    // 100,000 pings of 125 bytes (13 MB), each answered by a 127-byte pong nobody reads.
+    let stream = open(addr).await;
+    let (_unread, mut write) = stream.into_split();
+    let flood = crate::support::client_frame(true, false, 0x9, &[b'p'; 125]).repeat(100_000);
+    let flooding = tokio::spawn(async move {
+        let _ = write.write_all(&flood).await;
+        write
+    });
+    // Until the kernel's buffers are full and the output reaches the write buffer size.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while most.load(Ordering::Relaxed) < WRITE_LIMIT && !flooding.is_finished() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the output never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Unbounded, the output would grow by megabytes in this time (the server parses pings
+    // far faster); bounded, it stays at the write buffer size plus one pong.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let held = most.load(Ordering::Relaxed);
+    assert!(
+        held <= WRITE_LIMIT + 132,
+        "the output of a socket whose peer reads nothing grew to {held} bytes"
+    );
+    assert!(
+        !flooding.is_finished(),
+        "the flood stalled: the server stopped reading"
+    );
+
+    // Other clients are served meanwhile.
+    let (mut other, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    other
+        .send(tungstenite::Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, other.next()).await.unwrap();
+    assert!(
+        matches!(answer, Some(Ok(tungstenite::Message::Pong(ref payload))) if &payload[..] == b"still there?"),
+        "{answer:?}"
+    );
+    flooding.abort();
+}

@@ -13,7 +13,7 @@ use std::{future::Future, pin::Pin, task::Poll, time::Duration};
 
 use futures_util::Sink as _;
 use ws_message::{CloseFrame, Message};
-use ws_upgrader::{WebSocket, WsError};
+use ws_upgrader::{PreparedMessage, WebSocket, WsError};
 
 use super::{MAX_BATCH, Traffic, poll_now};
 use crate::{Connection, SocketWriter, writer::Outbound};
@@ -87,7 +87,8 @@ impl WriteSide {
     ) -> Result<Option<CloseFrame>, WriteFailed> {
         while let Some(command) = self.next_command() {
             match command {
-                Outbound::Message(message) => self.feed(message).await?,
+                Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
+                Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
                 Outbound::Close(frame) => {
                     close = Some(frame);
                     break;
@@ -95,7 +96,7 @@ impl WriteSide {
             }
         }
         if let Some(message) = reply {
-            self.feed(message).await?;
+            self.feed(Frame::Plain(message)).await?;
         }
         if close.is_some() {
             self.flush().await?;
@@ -114,7 +115,8 @@ impl WriteSide {
         let mut written = 0;
         loop {
             match command {
-                Outbound::Message(message) => self.feed(message).await?,
+                Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
+                Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
                 Outbound::Close(frame) => return self.flush().await.map(|()| Some(frame)),
             }
             written += 1;
@@ -132,15 +134,25 @@ impl WriteSide {
     /// Queues a frame on the socket. The socket almost always has room: that is tried first
     /// without a future, so the futures of every caller stay small (this one is in the state of
     /// each connection's task, S5); only a full socket is waited for, boxed and bounded.
-    async fn feed(&mut self, message: Message) -> Result<(), WriteFailed> {
-        let data = message.is_data().then(|| super::payload_len(&message));
+    async fn feed(&mut self, frame: Frame) -> Result<(), WriteFailed> {
+        let message = frame.message();
+        let data = message.is_data().then(|| super::payload_len(message));
         let ready = Pin::new(&mut self.socket).poll_ready(&mut no_wake());
         let waited = match ready {
-            Poll::Ready(Ok(())) => Waited::Done(Pin::new(&mut self.socket).start_send(message)),
+            Poll::Ready(Ok(())) => Waited::Done(match frame {
+                Frame::Plain(message) => Pin::new(&mut self.socket).start_send(message),
+                Frame::Prepared(prepared) => self.socket.start_send_prepared(&prepared),
+            }),
             Poll::Ready(Err(error)) => Waited::Done(Err(error)),
             Poll::Pending => {
                 let writer = &self.conn.0.writer;
-                let write = self.socket.feed(message);
+                let socket = &mut self.socket;
+                let write = async move {
+                    match frame {
+                        Frame::Plain(message) => socket.feed(message).await,
+                        Frame::Prepared(prepared) => socket.feed_prepared(&prepared).await,
+                    }
+                };
                 Box::pin(bounded_write(write, writer)).await
             }
         };
@@ -215,6 +227,22 @@ impl WriteSide {
             self.socket.fail(error),
         ))
         .await;
+    }
+}
+
+/// A data or control frame to feed: a message of this connection's own, or one prepared for
+/// many connections (encoded once per set of parameters, see `PreparedMessage`).
+enum Frame {
+    Plain(Message),
+    Prepared(PreparedMessage),
+}
+
+impl Frame {
+    fn message(&self) -> &Message {
+        match self {
+            Frame::Plain(message) => message,
+            Frame::Prepared(prepared) => prepared.message(),
+        }
     }
 }
 
