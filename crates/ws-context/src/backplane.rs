@@ -1,3 +1,8 @@
+//! The seam for cross-instance fan-out: [`Backplane`] (with [`InProcess`], the default),
+//! [`Envelope`] and [`Target`], and [`Inbound`], through which a backplane's reader hands
+//! deliveries to this instance's connections without ever waiting for one (a full member's
+//! messages are held by `Stalled`). Room history positions ([`RoomPosition`]) live here too.
+
 use std::{
     collections::{HashMap, VecDeque},
     fmt,

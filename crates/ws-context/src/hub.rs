@@ -1,3 +1,8 @@
+//! [`ConnectionHub`]: every open connection by [`ConnectionId`], rooms, sends to one, to a
+//! room or to all, closes, and each room's in-memory history. A message for many connections
+//! is prepared once ([`PreparedMessage`]) and queued to each, so its frame is encoded (and
+//! compressed) once per set of parameters, not once per member.
+
 use std::{
     collections::{HashMap, HashSet},
     fmt,

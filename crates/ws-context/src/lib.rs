@@ -48,7 +48,9 @@
 //! (id, route, peer address, connected-since, subprotocol, rooms), writes to one, to a named
 //! room or to all, and closes them with a code and reason. A connection leaves every room
 //! when it closes. Deliveries also go through a [`Backplane`] ([`InProcess`] by default), the
-//! seam for a cross-instance backend.
+//! seam for a cross-instance backend. A message for a room or for all is a
+//! [`PreparedMessage`] queued to every member: with permessage-deflate it is compressed once
+//! per set of parameters, not once per member.
 //!
 //! # Lifecycle hooks
 //!

@@ -1,3 +1,7 @@
+//! [`SocketWriter`]: the one writer of a connection, shared by every task that writes to it:
+//! a bounded queue of [`Outbound`] commands (`queue.rs`) drained by the connection's task,
+//! and the urgent close that skips it.
+
 use std::{
     fmt,
     sync::{
