@@ -10,7 +10,10 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::Message as ClientMessage;
-use ws_context::{ConnectionHub, Context, Endpoint, Message, WsUpgrader};
+use ws_context::{
+    Backplane, BackplaneError, ConnectionHub, Context, Endpoint, Envelope, Inbound, Message,
+    Target, WsUpgrader,
+};
 
 use crate::support::{WAIT, connect, eventually, next_data, serve};
 
@@ -22,7 +25,7 @@ async fn ignore(_ctx: Context) -> Result<(), ws_context::BindError> {
 }
 
 /// Opens a WebSocket offering permessage-deflate; fails unless the server accepts it.
-pub(crate) async fn open_compressed(addr: SocketAddr) -> TcpStream {
+async fn open_compressed(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -44,7 +47,7 @@ pub(crate) async fn open_compressed(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads one unmasked server frame: its first byte (FIN, RSV1, opcode) and its payload.
-pub(crate) async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
     let read = async {
         let first = stream.read_u8().await.unwrap();
         let len = match stream.read_u8().await.unwrap() & 0x7f {
@@ -72,7 +75,7 @@ fn inflate(payload: &[u8]) -> Vec<u8> {
 }
 
 /// A JSON array of at least `min_len` bytes: compresses well, as chat traffic does.
-pub(crate) fn json(min_len: usize) -> String {
+fn json(min_len: usize) -> String {
     let mut items = Vec::new();
     let mut len = 0;
     for i in 0u64.. {
@@ -126,4 +129,43 @@ async fn broadcast_and_room_messages_reach_compressed_and_plain_receivers() {
             ClientMessage::text(expected.as_str())
         );
     }
+}
+
+/// A backplane that only keeps the hub's `Inbound`, to deliver as if from another instance.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Option<Inbound>>>);
+
+impl Backplane for Capture {
+    fn publish(&self, _envelope: Envelope) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    fn attach(&self, inbound: Inbound) {
+        *self.0.lock().unwrap() = Some(inbound);
+    }
+}
+
+/// A delivery from another instance to all goes the same way: compressed receivers get it
+/// compressed, the plain one as it is.
+#[tokio::test]
+async fn a_broadcast_from_another_instance_reaches_compressed_and_plain_receivers() {
+    let backplane = Capture::default();
+    let hub = ConnectionHub::with_backplane(backplane.clone());
+    let upgrader = WsUpgrader::builder().compression().build().unwrap();
+    let endpoint = Endpoint::new(ignore).hub(hub.clone()).upgrader(upgrader);
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut compressed = vec![open_compressed(addr).await, open_compressed(addr).await];
+    let mut plain = connect(addr, "/ws").await;
+    eventually("three connections", || hub.len() == 3).await;
+
+    let inbound = backplane.0.lock().unwrap().clone().expect("attached");
+    let text = json(8 * 1024);
+    let envelope = Envelope::new("another-node/1", Target::All, Message::text(text.clone()));
+    assert_eq!(inbound.deliver_now(envelope), 3);
+    for stream in &mut compressed {
+        let (first, payload) = read_frame(stream).await;
+        assert_eq!(first, 0xc1, "one compressed text frame");
+        assert_eq!(inflate(&payload), text.as_bytes());
+    }
+    assert_eq!(next_data(&mut plain).await, ClientMessage::text(text));
 }
