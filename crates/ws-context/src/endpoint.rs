@@ -390,8 +390,8 @@ impl Endpoint {
                 }
                 drop(permit);
             }
-            // Not instrumented as a whole: the connection task enters the span once per turn
-            // (see `ConnectionTask::run`) and the hooks are instrumented above.
+            // Not instrumented as a whole: the connection task enters the span once per poll
+            // (see `ConnectionTask::run`) and the hooks are instrumented (`lifecycle.rs`).
         })
     }
 }

@@ -23,7 +23,7 @@
 //!
 //! | handling \ closing | `Open`                        | `Requested`                          | `Sent`                        |
 //! |--------------------|-------------------------------|--------------------------------------|-------------------------------|
-//! | `Idle`             | reads messages; writes queue  | passing: the next turn writes the close frame, then `Sent` | reads until the peer's close or the end |
+//! | `Idle`             | reads messages; writes queue  | transient: the next turn writes the close frame, then `Sent` | reads until the peer's close or the end |
 //! | `Running`          | reads messages; writes queue  | reads nothing; writes queue unless urgent; waits for the call or the deadline | reads until the end; the call's reply is dropped |
 //! | `ReadAhead`        | reads control frames only (`WebSocket::recv_control`: pings answered, pings sent, pong deadline kept); writes queue | as `Running`; the message read ahead is dropped when the call ends | never: entering `Sent` drops the message read ahead |
 //!
