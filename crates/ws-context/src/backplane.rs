@@ -1,3 +1,8 @@
+//! The seam for cross-instance fan-out: [`Backplane`] (with [`InProcess`], the default),
+//! [`Envelope`] and [`Target`], and [`Inbound`], through which a backplane's reader hands
+//! deliveries to this instance's connections without ever waiting for one (a full member's
+//! messages are held by `Stalled`). Room history positions ([`RoomPosition`]) live here too.
+
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
@@ -7,10 +12,11 @@ use std::{
 };
 
 use ws_message::{CloseFrame, Message};
+use ws_upgrader::PreparedMessage;
 
 use crate::{
     hub::{ConnectionId, HubInner},
-    writer::{SocketWriter, WriteError},
+    writer::{Outbound, SocketWriter, WriteError},
 };
 
 /// Most messages from other instances held for one member whose queue is full; past it the
@@ -167,16 +173,16 @@ pub struct Inbound {
 
 /// Messages held for members whose queue is full, per member, each drained by one task.
 #[derive(Clone, Default)]
-pub(crate) struct Stalled(Arc<Mutex<HashMap<ConnectionId, VecDeque<Message>>>>);
+pub(crate) struct Stalled(Arc<Mutex<HashMap<ConnectionId, VecDeque<Outbound>>>>);
 
 impl Stalled {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, VecDeque<Message>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, VecDeque<Outbound>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `message` on `writer` now, or holds it behind what is held already. False if
     /// the member is closed (or just got closed for holding too much).
-    fn offer(&self, writer: &SocketWriter, message: &Message) -> bool {
+    fn offer(&self, writer: &SocketWriter, message: &Outbound) -> bool {
         let mut stalled = self.lock();
         if let Some(held) = stalled.get_mut(writer.id()) {
             if held.len() >= MAX_STALLED_MESSAGES {
@@ -188,7 +194,7 @@ impl Stalled {
             held.push_back(message.clone());
             return true;
         }
-        match writer.try_send(message.clone()) {
+        match writer.try_send_item(message.clone()) {
             Ok(()) => true,
             Err(WriteError::Full(_)) => {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -219,7 +225,7 @@ impl Stalled {
                     }
                 }
             };
-            if writer.send(next).await.is_err() {
+            if writer.send_item(next).await.is_err() {
                 self.lock().remove(writer.id());
                 return;
             }
@@ -283,9 +289,17 @@ impl Inbound {
                     .map_or(0, |writer| usize::from(writer.try_close(frame)))
             }
             (target, message) => {
+                // As in local delivery: one connection gets the message as it is, many get
+                // it prepared once (encoded and compressed once per set of parameters).
+                let item = match target {
+                    Target::Connection(_) => Outbound::Message(message),
+                    Target::Room(_) | Target::All => {
+                        Outbound::Prepared(PreparedMessage::new(message))
+                    }
+                };
                 let mut delivered = 0;
                 hub.for_each_writer(target, |writer| {
-                    delivered += usize::from(self.stalled.offer(writer, &message));
+                    delivered += usize::from(self.stalled.offer(writer, &item));
                 });
                 delivered
             }

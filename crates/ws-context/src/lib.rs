@@ -48,7 +48,9 @@
 //! (id, route, peer address, connected-since, subprotocol, rooms), writes to one, to a named
 //! room or to all, and closes them with a code and reason. A connection leaves every room
 //! when it closes. Deliveries also go through a [`Backplane`] ([`InProcess`] by default), the
-//! seam for a cross-instance backend.
+//! seam for a cross-instance backend. A message for a room or for all is a
+//! [`PreparedMessage`] queued to every member: with permessage-deflate it is compressed once
+//! per set of parameters, not once per member.
 //!
 //! # Lifecycle hooks
 //!
@@ -83,10 +85,12 @@
 #![deny(missing_docs)]
 
 mod backplane;
+mod connection;
 mod context;
 mod endpoint;
 mod handler;
 mod hub;
+mod lifecycle;
 mod metrics;
 mod queue;
 mod writer;
@@ -112,7 +116,7 @@ pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
     Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };
-pub use ws_upgrader::WsUpgrader;
+pub use ws_upgrader::{PreparedMessage, WsUpgrader};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

@@ -66,7 +66,9 @@
 //! `client_max_window_bits` (bare, as browsers send it, or with a value),
 //! `server_max_window_bits`, `server_no_context_takeover` and `client_no_context_takeover`
 //! are honoured; [`Compression`] sets the zlib level and the size under which a message is
-//! sent uncompressed (RFC 7692 §6.1 allows either per message).
+//! sent uncompressed (RFC 7692 §6.1 allows either per message). A message for many
+//! connections is compressed once per set of parameters when sent as a [`PreparedMessage`]
+//! ([`WebSocket::feed_prepared`]).
 //!
 //! # Refusals
 //!
@@ -95,7 +97,7 @@ pub use crate::serve::{
 };
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};
-pub use ws_protocol::InboundBudget;
+pub use ws_protocol::{InboundBudget, PreparedMessage};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]
