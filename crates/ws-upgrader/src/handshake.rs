@@ -199,7 +199,7 @@ impl PendingUpgrade {
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = WebSocket::new(upgraded, &options, deflate, protocol);
+                    let socket = WebSocket::new(upgraded, options, deflate, protocol);
                     // On a task of its own: awaited here, it would carry this task's state
                     // (the callback's captures, the options, the upgrade's result) for the
                     // connection's whole life, 256 bytes per connection with ws-context's

@@ -17,8 +17,8 @@ use std::{
     future::poll_fn,
     io::{self, IoSlice},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use bytes::{Buf as _, BytesMut};
@@ -197,10 +197,9 @@ struct Timers {
     sleep: Pin<Box<Sleep>>,
     /// What the sleep is set to; never later than the earliest deadline.
     armed_for: Instant,
-    ping_interval: Option<Duration>,
-    pong_timeout: Duration,
-    message_timeout: Duration,
-    close_timeout: Duration,
+    /// The upgrader's options, shared: its durations are read from there rather than copied
+    /// into every connection (whose memory this is).
+    options: Arc<Options>,
     /// When bytes last came from the peer.
     last_heard: Instant,
     /// When our unanswered ping went out.
@@ -224,14 +223,11 @@ enum Due {
 }
 
 impl Timers {
-    fn new(options: &Options, now: Instant) -> Self {
+    fn new(options: Arc<Options>, now: Instant) -> Self {
         Timers {
             sleep: Box::pin(tokio::time::sleep_until(now)),
             armed_for: now,
-            ping_interval: options.ping_interval,
-            pong_timeout: options.pong_timeout,
-            message_timeout: options.message_timeout,
-            close_timeout: options.close_timeout,
+            options,
             last_heard: now,
             ping_sent: None,
             progress: (0, now),
@@ -241,13 +237,15 @@ impl Timers {
 
     /// The earliest deadline, if any.
     fn next_deadline(&self, in_message: bool) -> Option<Instant> {
-        let liveness = match (self.ping_sent, self.ping_interval) {
-            (Some(sent), _) => Some(sent + self.pong_timeout),
+        let liveness = match (self.ping_sent, self.options.ping_interval) {
+            (Some(sent), _) => Some(sent + self.options.pong_timeout),
             (None, Some(interval)) if self.close_sent.is_none() => Some(self.last_heard + interval),
             (None, _) => None,
         };
-        let progress = in_message.then(|| self.progress.1 + self.message_timeout);
-        let close = self.close_sent.map(|sent| sent + self.close_timeout);
+        let progress = in_message.then(|| self.progress.1 + self.options.message_timeout);
+        let close = self
+            .close_sent
+            .map(|sent| sent + self.options.close_timeout);
         [liveness, progress, close].into_iter().flatten().min()
     }
 
@@ -255,7 +253,7 @@ impl Timers {
     /// cannot be blamed for answers we did not read).
     fn due(&mut self, now: Instant, in_message: bool, suspended: bool) -> Option<Due> {
         if let Some(sent) = self.close_sent {
-            return (now >= sent + self.close_timeout).then_some(Due::CloseTimeout);
+            return (now >= sent + self.options.close_timeout).then_some(Due::CloseTimeout);
         }
         if suspended {
             self.last_heard = now;
@@ -264,14 +262,14 @@ impl Timers {
             return None;
         }
         if let Some(sent) = self.ping_sent
-            && now >= sent + self.pong_timeout
+            && now >= sent + self.options.pong_timeout
         {
             return Some(Due::PingTimeout);
         }
-        if in_message && now >= self.progress.1 + self.message_timeout {
+        if in_message && now >= self.progress.1 + self.options.message_timeout {
             return Some(Due::MessageTimeout);
         }
-        match self.ping_interval {
+        match self.options.ping_interval {
             Some(interval) if self.ping_sent.is_none() && now >= self.last_heard + interval => {
                 self.ping_sent = Some(now);
                 Some(Due::Ping)
@@ -310,8 +308,6 @@ pub struct WebSocket {
     timers: Timers,
     /// The error `recv` gave, for [`fail`](WebSocket::fail) to tell the peer.
     failure: Option<ProtocolError>,
-    read_limit: usize,
-    write_limit: usize,
     /// The stream has ended: the transport is closed or the closing handshake is complete.
     ended: bool,
     protocol: Option<Box<str>>,
@@ -330,7 +326,7 @@ impl fmt::Debug for WebSocket {
 impl WebSocket {
     pub(crate) fn new(
         upgraded: Upgraded,
-        options: &Options,
+        options: Arc<Options>,
         deflate: Option<ws_protocol::deflate::DeflateParams>,
         protocol: Option<String>,
     ) -> Self {
@@ -349,8 +345,6 @@ impl WebSocket {
             held: None,
             timers: Timers::new(options, Instant::now()),
             failure: None,
-            read_limit: options.read_buffer_size,
-            write_limit: options.write_buffer_size,
             ended: false,
             protocol: protocol.map(String::into_boxed_str),
         }
@@ -502,10 +496,10 @@ impl WebSocket {
             io,
             conn,
             pending,
-            read_limit,
+            timers,
             ..
         } = self;
-        with_scratch(*read_limit, |scratch| {
+        with_scratch(timers.options.read_buffer_size, |scratch| {
             let mut buf = ReadBuf::new(scratch);
             ready!(io.poll_read(cx, &mut buf))?;
             let mut input = buf.filled();
@@ -560,7 +554,7 @@ impl WebSocket {
                 return self.end_with(None);
             }
             let suspended = control_only && self.held.is_some();
-            if self.conn.output().len() > self.write_limit {
+            if self.conn.output().len() > self.timers.options.write_buffer_size {
                 // The peer sends faster than it reads (a ping flood: every ping queues a pong):
                 // past the write buffer size, read and parse nothing more until the output
                 // drains, so it stays bounded. The write above could not finish, so the task is
@@ -674,7 +668,7 @@ impl Sink<Message> for WebSocket {
 
     /// Ready while the write buffer holds less than `write_buffer_size`; past it, writes first.
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        let keep = self.write_limit;
+        let keep = self.timers.options.write_buffer_size;
         self.poll_write_until(cx, keep.saturating_sub(1))
             .map_err(WsError::Io)
     }
@@ -706,11 +700,12 @@ mod tests {
     /// Bounds the size of `WebSocket`: it is held for the life of every connection, so growing
     /// it grows the memory of every idle connection (`cargo xtask bench`, S5). To measure it,
     /// set `BOUND` to 0 and run `cargo test -p ws-upgrader --lib websocket_size`: the failure
-    /// gives the size (592 bytes; rustc 1.95, x86_64). A change that passes the bound should
+    /// gives the size (592 bytes, 536 once the options were shared rather than copied; rustc
+    /// 1.95, x86_64). A change that passes the bound should
     /// say why in its commit, and move the bound.
     #[test]
     fn websocket_size_stays_small() {
-        const BOUND: usize = 592;
+        const BOUND: usize = 536;
         let size = std::mem::size_of::<WebSocket>();
         assert!(
             size <= BOUND,
