@@ -2,50 +2,43 @@
 //! (`tests/fuzz_corpus.rs`) replays the corpus through the same code. Not part of the API:
 //! it panics when an invariant breaks, which is what a fuzzer reports.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, ffi::OsString, time::Duration};
 
-use crate::Config;
+use crate::{Config, config::VARIABLES};
 
-/// Every variable [`Config::from_vars`] reads.
-const VARIABLES: [&str; 16] = [
-    "APP_NAME",
-    "HTTP_HOST",
-    "HTTP_PORT",
-    "METRICS_PORT",
-    "LOG_LEVEL",
-    "SHUTDOWN_GRACE_PERIOD",
-    "HTTP_READ_HEADER_TIMEOUT",
-    "HTTP_READ_TIMEOUT",
-    "HTTP_IDLE_TIMEOUT",
-    "HTTP_MAX_HEADER_BYTES",
-    "WS_MAX_CONNECTIONS",
-    "WS_MAX_CONNECTIONS_PER_IP",
-    "REDIS_URL",
-    "WS_BACKPLANE_PREFIX",
-    "WS_BACKPLANE_SECRET",
-    "REDIS_TLS_CA_CERT",
-];
-
-/// Target `config`: one variable per line, its first byte choosing which (modulo the 16
-/// [`Config::from_vars`] reads) and the rest, lossily UTF-8, its value. No panic; an error
-/// names a variable that was set and its value as set; a config that is accepted has every
+/// Target `config`: one variable per line, its first byte choosing which (modulo the 16 that
+/// [`Config`] reads; with bit 7 set it comes from the `.env` file, else from the
+/// environment) and the rest, any bytes, its value. No panic; an error names a variable that
+/// was set and its value as set (trimmed, lossily UTF-8); a config that is accepted has every
 /// value inside its documented range.
 pub fn config(data: &[u8]) {
-    let mut vars = HashMap::new();
+    let mut file = HashMap::new();
+    let mut env = HashMap::new();
     for line in data.split(|&b| b == b'\n') {
         if let Some((&which, value)) = line.split_first() {
-            let name = VARIABLES[usize::from(which) % VARIABLES.len()];
-            vars.insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
+            let name = VARIABLES[usize::from(which & 0x7f) % VARIABLES.len()];
+            if which & 0x80 == 0 {
+                env.insert(name, value);
+            } else {
+                file.insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
+            }
         }
     }
-    let config = match Config::from_vars(&vars) {
+    let env_os = env
+        .iter()
+        .map(|(name, value)| (OsString::from(name), os_string(value)));
+    let config = match Config::from_os_vars(file.clone(), env_os) {
         Ok(config) => config,
         Err(error) => {
             let name = error.name();
             assert!(VARIABLES.contains(&name), "unknown variable {name}");
-            let set = vars
-                .get(name)
-                .unwrap_or_else(|| panic!("error names {name}, which is not set"));
+            let set = match env.get(name) {
+                Some(value) => String::from_utf8_lossy(value).into_owned(),
+                None => file
+                    .get(name)
+                    .unwrap_or_else(|| panic!("error names {name}, which is not set"))
+                    .clone(),
+            };
             assert_eq!(
                 error.value(),
                 set.trim(),
@@ -79,4 +72,17 @@ pub fn config(data: &[u8]) {
         "prefix {prefix:?}"
     );
     assert!(cfg!(feature = "redis") || config.redis_url.is_none());
+}
+
+/// The bytes of an environment variable, as the OS may hand them over.
+fn os_string(bytes: &[u8]) -> OsString {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        std::ffi::OsStr::from_bytes(bytes).to_owned()
+    }
+    #[cfg(not(unix))]
+    {
+        String::from_utf8_lossy(bytes).into_owned().into()
+    }
 }
