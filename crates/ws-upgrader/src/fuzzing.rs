@@ -41,7 +41,7 @@ pub fn handshake(data: &[u8]) {
     };
     let mut parts = request(method, lines);
     // What hyper puts in every request it serves (here one that never completes).
-    let on_upgrade = hyper::upgrade::on(&mut Request::new(()));
+    let on_upgrade = hyper::upgrade::on(Request::new(()));
     parts.extensions.insert(on_upgrade);
     let headers = parts.headers.clone();
 
