@@ -1,5 +1,6 @@
 use std::{
     collections::HashMap,
+    ffi::OsString,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -16,7 +17,6 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn new(name: &'static str, value: &str, expected: &'static str) -> Self {
         ConfigError {
             name,
@@ -161,13 +161,42 @@ pub struct Config {
 
 impl Config {
     /// Reads `configs/.env` (relative to the working directory, if present), then the
-    /// environment.
+    /// environment. A variable of the table above whose value in the environment is not
+    /// UTF-8 is an error naming it; other variables are not looked at.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut vars: HashMap<String, String> = HashMap::new();
         if let Ok(file) = dotenvy::from_path_iter(Path::new("configs/.env")) {
             vars.extend(file.flatten());
         }
-        vars.extend(std::env::vars());
+        Config::from_os_vars(vars, std::env::vars_os())
+    }
+
+    /// `vars` (from the file) overridden by `env` (the environment's variables, which may be
+    /// any bytes): a variable this config reads must be UTF-8, others are skipped.
+    /// (`std::env::vars` would panic on any variable that is not.)
+    pub(crate) fn from_os_vars(
+        mut vars: HashMap<String, String>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
+        for (name, value) in env {
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => {
+                    vars.insert(name, value);
+                }
+                Err(value) => {
+                    if let Some(known) = VARIABLES.iter().find(|v| **v == name) {
+                        return Err(ConfigError::new(
+                            known,
+                            value.to_string_lossy().trim(),
+                            "is not valid UTF-8",
+                        ));
+                    }
+                }
+            }
+        }
         Config::from_vars(&vars)
     }
 
@@ -327,6 +356,26 @@ impl Config {
         })
     }
 }
+
+/// Every variable [`Config::from_vars`] reads.
+pub(crate) const VARIABLES: [&str; 16] = [
+    "APP_NAME",
+    "HTTP_HOST",
+    "HTTP_PORT",
+    "METRICS_PORT",
+    "LOG_LEVEL",
+    "SHUTDOWN_GRACE_PERIOD",
+    "HTTP_READ_HEADER_TIMEOUT",
+    "HTTP_READ_TIMEOUT",
+    "HTTP_IDLE_TIMEOUT",
+    "HTTP_MAX_HEADER_BYTES",
+    "WS_MAX_CONNECTIONS",
+    "WS_MAX_CONNECTIONS_PER_IP",
+    "REDIS_URL",
+    "WS_BACKPLANE_PREFIX",
+    "WS_BACKPLANE_SECRET",
+    "REDIS_TLS_CA_CERT",
+];
 
 /// The longest duration any setting takes: 1 h. Longer values are almost certainly a mistake,
 /// and unbounded ones overflow the clock (`SHUTDOWN_GRACE_PERIOD=18446744073709551615`).
@@ -488,6 +537,28 @@ mod tests {
             assert_eq!(error.name(), name);
             assert!(error.to_string().contains(name), "{error}");
         }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn environment_that_is_not_utf8_is_an_error_for_our_variables_and_skipped_otherwise() {
+        use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+        let os = |bytes: &[u8]| OsStr::from_bytes(bytes).to_owned();
+        // `std::env::vars` panicked on either of these.
+        let error = Config::from_os_vars(HashMap::new(), [(os(b"HTTP_PORT"), os(b"80\xff80"))])
+            .unwrap_err();
+        assert_eq!(error.name(), "HTTP_PORT");
+        assert_eq!(error.value(), "80\u{fffd}80");
+        let config = Config::from_os_vars(
+            vars(&[("HTTP_PORT", "81")]),
+            [
+                (os(b"OTHER"), os(b"\xff")),
+                (os(b"\xfe"), os(b"x")),
+                (os(b"HTTP_PORT"), os(b"82")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.http_port, 82);
     }
 
     #[test]

@@ -84,6 +84,8 @@ mod admission;
 mod app;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod http;
 mod logging;

@@ -77,6 +77,8 @@
 #![deny(missing_docs)]
 
 mod backplane;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod wire;
 

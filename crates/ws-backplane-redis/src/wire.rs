@@ -235,7 +235,7 @@ fn close_frame(payload: &[u8]) -> Result<CloseFrame, WireError> {
     })
 }
 
-fn sign(key: &Key, channel: &[u8], frame: &[u8]) -> [u8; TAG] {
+pub(crate) fn sign(key: &Key, channel: &[u8], frame: &[u8]) -> [u8; TAG] {
     let mut mac = key.clone();
     let len = u16::try_from(channel.len()).unwrap_or(u16::MAX);
     mac.update(&len.to_be_bytes());

@@ -136,9 +136,9 @@ pub(crate) fn default_error_response(rejection: &UpgradeRejection) -> Response {
 #[must_use = "the upgrade happens only when the response from on_upgrade is returned"]
 pub struct PendingUpgrade {
     on_upgrade: OnUpgrade,
-    accept: HeaderValue,
+    pub(crate) accept: HeaderValue,
     protocol: Option<HeaderValue>,
-    deflate: Option<(String, DeflateParams)>,
+    pub(crate) deflate: Option<(String, DeflateParams)>,
     upgrader: WsUpgrader,
 }
 
@@ -262,7 +262,7 @@ impl WsUpgrader {
         response
     }
 
-    fn check(&self, parts: &mut Parts) -> Result<PendingUpgrade, UpgradeRejection> {
+    pub(crate) fn check(&self, parts: &mut Parts) -> Result<PendingUpgrade, UpgradeRejection> {
         let options = &self.options;
         if parts.method != Method::GET {
             return Err(UpgradeRejection::new(

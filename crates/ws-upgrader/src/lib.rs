@@ -77,6 +77,8 @@
 //! origin. An [`error_handler`](WsUpgraderBuilder::error_handler) can write its own.
 #![deny(missing_docs)]
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod options;
 mod serve;
