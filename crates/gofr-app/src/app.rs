@@ -405,6 +405,13 @@ impl App {
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::metrics::install();
+        if config.history_len.is_some() || config.history_age.is_some() {
+            let (len, age) = self.hub.history_limits();
+            self.hub.set_history_limits(
+                config.history_len.unwrap_or(len),
+                config.history_age.unwrap_or(age),
+            );
+        }
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis_url {
             self.cluster.connect(url).await?;

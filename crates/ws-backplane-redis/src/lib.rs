@@ -77,12 +77,13 @@
 #![deny(missing_docs)]
 
 mod backplane;
+mod history;
 mod metrics;
 mod wire;
 
 pub use crate::backplane::{
-    BackplaneStats, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DEFAULT_QUEUE_CAPACITY,
-    RedisBackplane, RedisBackplaneError, Settings,
+    BackplaneStats, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX,
+    DEFAULT_QUEUE_CAPACITY, RedisBackplane, RedisBackplaneError, Settings,
 };
 pub use crate::metrics::describe_metrics;
 

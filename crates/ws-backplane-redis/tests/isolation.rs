@@ -111,7 +111,10 @@ async fn apps_with_different_prefixes_on_one_redis_never_see_each_other() {
         .await;
     assert_eq!(next_data(&mut on_two).await, Message::text("all of two"));
     // Close-by-id from the other app, with a real id of app one: nothing.
-    assert!(two.hub.close(&id_a, CloseFrame::new(4001, "not yours").unwrap()));
+    assert!(
+        two.hub
+            .close(&id_a, CloseFrame::new(4001, "not yours").unwrap())
+    );
     assert_eq!(next_data(&mut on_a).await, Message::text("one's"));
     assert!(nothing_within(&mut on_a, Duration::from_millis(300)).await);
     assert!(nothing_within(&mut on_b, Duration::from_millis(10)).await);
@@ -190,7 +193,11 @@ async fn with_a_secret_unsigned_and_altered_envelopes_close_nothing() {
     )
     .await;
     // Signed with the wrong secret (an instance that does not know it).
-    assert!(intruder.hub.close(&id, CloseFrame::new(4001, "intruder").unwrap()));
+    assert!(
+        intruder
+            .hub
+            .close(&id, CloseFrame::new(4001, "intruder").unwrap())
+    );
     intruder
         .hub
         .broadcast(ws_context::Message::text("intruder"))

@@ -1,6 +1,7 @@
 //! Tests with a real `redis-server` and real WebSocket clients on 127.0.0.1.
 
 mod cluster;
+mod history;
 mod isolation;
 mod redis_server;
 mod slow_member;

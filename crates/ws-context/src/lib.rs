@@ -92,8 +92,9 @@ mod queue;
 mod writer;
 
 pub use crate::backplane::{
-    Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
-    MAX_STALLED_MESSAGES, PositionError, Recovered, RecoveryError, RoomPosition, Target,
+    Appended, Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, HistoryEntry,
+    HistoryFuture, InProcess, Inbound, MAX_STALLED_MESSAGES, PositionError, Recovered,
+    RecoveryError, RoomPosition, Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
