@@ -7,13 +7,20 @@
 //!
 //! # Coming back without missing anything
 //!
-//! Connecting to `/ws/{room}?since=POS`, with the `pos` of the last message received, first
-//! delivers every room message after it, in order, then the live ones: none missing, none
-//! twice. When that is not possible (the position is older than the last 256 messages or 5
-//! minutes, the server restarted, or rooms span instances, whose shared history is not
-//! built yet) the first message is `{"from": "server", "text": "...", "recovered": false,
-//! "at": ...}` and the client should reload what it shows. The page does this after every
-//! drop.
+//! Joining a room without `since`, the first message is the room's position at join,
+//! `{"from": "server", "joined": true, "pos": "...", "at": ...}` (no `text`), before any
+//! room message: a client that keeps it (then each message's `pos`) can recover even if it
+//! received nothing before it dropped.
+//!
+//! Connecting to `/ws/{room}?since=POS`, with the last `pos` received, first delivers every
+//! room message after it, in order, then the live ones: none missing, none twice; this
+//! works across instances too (`REDIS_URL`: the history is in Redis Streams), on whichever
+//! instance the client comes back to. When that is not possible (the position is older
+//! than the last 256 messages or 5 minutes, or the history was lost: a restart of the
+//! single instance, or of a Redis without persistence) the first message is
+//! `{"from": "server", "text": "...", "recovered": false, "at": ...}`, then the position
+//! at join as above, and the client should reload what it shows. The page does this after
+//! every drop. `WS_HISTORY_LEN` and `WS_HISTORY_AGE` change the 256 and the 5 minutes.
 //!
 //! A few commands, answered to the sender only when they fail:
 //!
@@ -67,7 +74,7 @@ struct ChatMessage<'a> {
 }
 
 /// Joins the room; with `?since=POS`, recovers what was missed since then first, or says
-/// first that it cannot.
+/// first that it cannot. Otherwise (or then) the first message is the position at join.
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
     let hub = conn.hub();
@@ -93,8 +100,20 @@ async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
             }
         }
     }
-    hub.join(conn.id(), &room).await;
-    tracing::info!(room, "joined");
+    let joined = hub
+        .join_at(conn.id(), &room, |pos| {
+            let greeting = serde_json::json!({
+                "from": "server",
+                "joined": true,
+                "pos": pos.to_string(),
+                "at": now_ms(),
+            });
+            Message::text(greeting.to_string())
+        })
+        .await;
+    if joined.is_ok() {
+        tracing::info!(room, "joined");
+    }
     Ok(())
 }
 

@@ -208,8 +208,8 @@ async fn a_room_with_members_on_one_instance_sends_nothing_to_the_other() {
     // Only A subscribed to the room's channel, so Redis has nobody else to send it to. The
     // channel is prefixed with the app's name.
     assert_eq!(
-        cluster.redis.cli(&["PUBSUB", "NUMSUB", "chat:room:solo"]),
-        "chat:room:solo\n1"
+        cluster.redis.cli(&["PUBSUB", "NUMSUB", "{chat:solo}:room"]),
+        "{chat:solo}:room\n1"
     );
     let before = metric(&cluster.b, "backplane_messages_received_total").await;
     for n in 0..20 {

@@ -220,7 +220,8 @@ pub struct BackplaneStats {
     pub received: u64,
     /// Deliveries that could not be published.
     pub publish_errors: u64,
-    /// Breaks in a sender's numbering (messages lost between instances).
+    /// Breaks in a sender's numbering (messages lost between instances), and room
+    /// histories found lost (a new epoch).
     pub gaps: u64,
     /// Deliveries received twice, dropped.
     pub duplicates: u64,
@@ -1008,12 +1009,19 @@ impl Shared {
     }
 
     /// Remembers the last position seen of a room (a later one of the same epoch, or any
-    /// of another epoch).
+    /// of another epoch). A new epoch means the room's history was lost (Redis restarted
+    /// without persistence, say): counted as a gap, since what it held may not have reached
+    /// every member.
     fn saw(&self, room: &str, position: &RoomPosition) {
         let mut positions = lock(&self.positions);
         match positions.get_mut(room) {
             Some(known) => {
-                if known.epoch() != position.epoch() || known.offset() < position.offset() {
+                if known.epoch() != position.epoch() {
+                    add(&self.counters.gaps, 1);
+                    metrics::counter!(m::GAPS).increment(1);
+                    tracing::warn!(room, "the room's history was lost: a new epoch started");
+                    *known = position.clone();
+                } else if known.offset() < position.offset() {
                     *known = position.clone();
                 }
             }

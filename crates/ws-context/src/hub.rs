@@ -885,6 +885,10 @@ impl ConnectionHub {
         make: &mut impl FnMut(Option<&RoomPosition>) -> Message,
     ) -> RoomSent {
         let backplane = &self.inner.backplane;
+        if backplane.status() == BackplaneStatus::Down {
+            // Redis is away: the members here keep being served at once.
+            return self.send_here_only(room, make(None)).await;
+        }
         let mut next = match backplane.next_position(room) {
             Some(next) => next,
             None => match backplane.room_position(room).await {
@@ -931,12 +935,16 @@ impl ConnectionHub {
         }
     }
 
-    /// Delivers to this instance's members of a room, nothing else.
+    /// Delivers to this instance's members of a room at once, without a position, then
+    /// offers it to the backplane as a plain delivery (which fails fast and is counted while
+    /// Redis is away), as without a history.
     async fn send_here_only(&self, room: &str, message: Message) -> RoomSent {
         let target = Target::Room(room.into());
         let (delivered, full) = self.try_deliver(&target, &message);
+        let delivered = delivered + self.wait_for_full(full, &message).await;
+        let _ = self.publish(target, message);
         RoomSent {
-            delivered: delivered + self.wait_for_full(full, &message).await,
+            delivered,
             position: None,
         }
     }
