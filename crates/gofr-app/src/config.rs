@@ -421,6 +421,28 @@ mod tests {
     }
 
     #[test]
+    fn history_limits_are_read_and_checked() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!((config.history_len, config.history_age), (None, None));
+        let config = Config::from_vars(&vars(&[
+            ("WS_HISTORY_LEN", "1000"),
+            ("WS_HISTORY_AGE", "2m"),
+        ]))
+        .unwrap();
+        assert_eq!(config.history_len, Some(1000));
+        assert_eq!(config.history_age, Some(Duration::from_secs(120)));
+        for (name, value) in [
+            ("WS_HISTORY_LEN", "-1"),
+            ("WS_HISTORY_LEN", "1000001"),
+            ("WS_HISTORY_AGE", "500ms"),
+            ("WS_HISTORY_AGE", "25h"),
+        ] {
+            let error = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+            assert_eq!(error.name(), name);
+        }
+    }
+
+    #[test]
     fn backplane_prefix_comes_from_app_name_unless_set() {
         let config = Config::from_vars(&vars(&[("APP_NAME", "shop: orders {eu}")])).unwrap();
         assert_eq!(config.backplane_prefix, "shop__orders__eu_");

@@ -140,10 +140,13 @@ struct Registry {
 /// [`send_to_room`](Self::send_to_room) returns it, [`room_position`](Self::room_position)
 /// gives the position now, and a client that comes back with the last position it saw is
 /// given every message after it with [`join_since`](Self::join_since), then the live ones,
-/// or told that this is not possible. History is kept in memory while the hub is on its
-/// own; with a backplane that reaches other instances it is not kept (positions are
-/// `None` and recovery is [`Unavailable`](RecoveryError::Unavailable)), since another
-/// instance's messages would not be in it.
+/// or told that this is not possible; [`join_at`](Self::join_at) gives a joining client the
+/// position first. History is kept in memory while the hub is on its own; with a backplane
+/// that shares one across instances ([`Backplane::shared_history`], such as the Redis
+/// Streams one), the backplane's: room messages are recorded there, and every member, on
+/// every instance, gets them in its order, once, from the backplane (one round trip after
+/// the send); a client may recover on any instance. With a backplane that keeps none,
+/// positions are `None` and recovery is [`Unavailable`](RecoveryError::Unavailable).
 ///
 /// # Other instances
 ///
