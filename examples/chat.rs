@@ -22,9 +22,11 @@
 //! at join as above, and the client should reload what it shows. The page does this after
 //! every drop. `WS_HISTORY_LEN` and `WS_HISTORY_AGE` change the 256 and the 5 minutes.
 //!
-//! A few commands, answered to the sender only when they fail:
+//! A few commands, answered to the sender only (`/dm` and `/kick` only when they fail):
 //!
 //! - `/me`: your connection id (answered `{"from": "server", "text": "<id>", ...}`);
+//! - `/who`: who is in the room, on every instance (answered `{"from": "server",
+//!   "members": [...], ...}`, each member's `name` query parameter or its id);
 //! - `/dm <id> <text>`: a private message to one connection;
 //! - `/kick <id>`: closes that connection with code 4000.
 //!
@@ -78,6 +80,12 @@ struct ChatMessage<'a> {
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
     let hub = conn.hub();
+    // What `/who` lists for this member, on any instance.
+    let name = conn
+        .query_param("name")
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| conn.id().to_string());
+    hub.set_presence_info(conn.id(), name);
     if let Some(since) = conn.query_param("since") {
         let recovered = match since.parse::<RoomPosition>() {
             Ok(since) => hub.join_since(conn.id(), &room, &since).await,
@@ -153,7 +161,7 @@ async fn chat(ctx: Context) -> Result<Option<serde_json::Value>, Error> {
     }
 }
 
-/// `/me`, `/dm <id> <text>` and `/kick <id>`; the id may be on any instance.
+/// `/me`, `/who`, `/dm <id> <text>` and `/kick <id>`; the id may be on any instance.
 async fn run_command(
     ctx: &Context,
     from: &str,
@@ -167,6 +175,21 @@ async fn run_command(
             "text": ctx.id().as_str(),
             "at": now_ms(),
         }))),
+        "who" => {
+            let room = ctx.path_param("room").unwrap_or("lobby");
+            let members: Vec<String> = ctx
+                .hub()
+                .presence(room)
+                .await
+                .into_iter()
+                .map(|member| member.info.to_string())
+                .collect();
+            Ok(Some(serde_json::json!({
+                "from": "server",
+                "members": members,
+                "at": now_ms(),
+            })))
+        }
         "dm" => {
             let (to, text) = rest
                 .split_once(' ')
@@ -191,7 +214,7 @@ async fn run_command(
             }
         }
         _ => Err(Error::bad_request(
-            "commands: /me, /dm <id> <text>, /kick <id>",
+            "commands: /me, /who, /dm <id> <text>, /kick <id>",
         )),
     }
 }

@@ -16,8 +16,9 @@ use redis::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use ws_context::{
-    Appended, Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, HistoryEntry,
-    HistoryFuture, Inbound, Message, RecoveryError, RoomPosition, Target,
+    Appended, Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, ConnectionId, Envelope,
+    HistoryEntry, HistoryFuture, Inbound, Message, PresenceMember, RecoveryError, RoomPosition,
+    Target,
 };
 
 use crate::{
@@ -310,6 +311,24 @@ struct Link {
     url: String,
     manager: ConnectionManager,
     outgoing: mpsc::Sender<(String, Bytes)>,
+    /// Presence changes, applied in order by one task.
+    presence: mpsc::Sender<PresenceChange>,
+    connected_at: Instant,
+}
+
+/// A change to a room's presence hash `{<prefix>:<room>}:presence` (field: connection id,
+/// value: the hub's origin, a tab, the member's info).
+#[derive(Debug)]
+enum PresenceChange {
+    Add {
+        key: String,
+        id: String,
+        value: String,
+    },
+    Remove {
+        key: String,
+        id: String,
+    },
 }
 
 /// Sequence numbers per channel, in streams: a forgotten channel restarts in a new stream,
@@ -581,10 +600,13 @@ impl RedisBackplane {
             .map_err(|e| connect_error(e.to_string()))?;
 
         let (outgoing, outgoing_rx) = mpsc::channel(shared.queue_capacity);
+        let (presence, presence_rx) = mpsc::channel(shared.queue_capacity);
         let link = Link {
             url: shown.clone(),
             manager: manager.clone(),
             outgoing,
+            presence,
+            connected_at: Instant::now(),
         };
         if shared.link.set(link).is_err() {
             return Err(RedisBackplaneError::AlreadyConnected);
@@ -594,6 +616,7 @@ impl RedisBackplane {
         let tasks = [
             tokio::spawn(read(shared.clone(), inbound.clone(), push_rx)),
             tokio::spawn(publish_queued(shared.clone(), manager.clone(), outgoing_rx)),
+            tokio::spawn(apply_presence(manager.clone(), presence_rx)),
             tokio::spawn(heartbeat(shared.clone(), inbound.origin().into(), manager)),
         ];
         lock(&self.tasks.0).extend(tasks);
@@ -787,6 +810,79 @@ impl Backplane for RedisBackplane {
         let mut nodes = self.shared.live_nodes();
         nodes.sort();
         nodes
+    }
+
+    fn presence_add(&self, room: &str, id: &ConnectionId, info: &str) {
+        let Some(link) = self.shared.link.get() else {
+            return;
+        };
+        let Some(inbound) = self.shared.inbound.get() else {
+            return;
+        };
+        // The hub's origin, whose heartbeats say whether the member's instance lives.
+        let change = PresenceChange::Add {
+            key: self.shared.presence_key(room),
+            id: id.as_str().to_owned(),
+            value: format!("{}\t{info}", inbound.origin()),
+        };
+        if link.presence.try_send(change).is_err() {
+            tracing::warn!(room, "presence queue full: a join is not listed");
+        }
+    }
+
+    fn presence_remove(&self, room: &str, id: &ConnectionId) {
+        let Some(link) = self.shared.link.get() else {
+            return;
+        };
+        let change = PresenceChange::Remove {
+            key: self.shared.presence_key(room),
+            id: id.as_str().to_owned(),
+        };
+        if link.presence.try_send(change).is_err() {
+            tracing::warn!(room, "presence queue full: a leave is not recorded");
+        }
+    }
+
+    fn presence(
+        &self,
+        room: &str,
+    ) -> Option<HistoryFuture<'_, Result<Vec<PresenceMember>, BackplaneError>>> {
+        let link = self.shared.link.get()?;
+        let key = self.shared.presence_key(room);
+        Some(Box::pin(async move {
+            let shared = &self.shared;
+            let mut manager = link.manager.clone();
+            let entries: HashMap<String, String> =
+                match tokio::time::timeout(HISTORY_TIMEOUT, manager.hgetall(&key)).await {
+                    Ok(Ok(entries)) => entries,
+                    Ok(Err(error)) => return Err(BackplaneError::Unavailable(error.to_string())),
+                    Err(_) => return Err(BackplaneError::TimedOut("HGETALL".to_owned())),
+                };
+            // Members of an instance that missed three heartbeats are left out (and
+            // removed); until this one has been connected that long it cannot tell.
+            let judge = link.connected_at.elapsed() > shared.heartbeat * 3;
+            let live: HashSet<Arc<str>> = shared.live_nodes().into_iter().collect();
+            let mut members = Vec::new();
+            let mut dead = Vec::new();
+            for (id, value) in entries {
+                let Some((origin, info)) = value.split_once('\t') else {
+                    dead.push(id);
+                    continue;
+                };
+                if judge && !live.contains(origin) {
+                    dead.push(id);
+                    continue;
+                }
+                members.push(PresenceMember::new(ConnectionId::from(id.as_str()), info));
+            }
+            for id in dead {
+                let _ = link.presence.try_send(PresenceChange::Remove {
+                    key: key.clone(),
+                    id,
+                });
+            }
+            Ok(members)
+        }))
     }
 
     fn shared_history(&self) -> bool {
@@ -1048,6 +1144,10 @@ impl Shared {
         format!("{}:node:{node}", self.prefix)
     }
 
+    fn presence_key(&self, room: &str) -> String {
+        format!("{}:presence", history::hash_tag(&self.prefix, room))
+    }
+
     fn key(&self) -> Option<&Key> {
         self.secret.as_ref().map(|secret| &secret.0)
     }
@@ -1253,6 +1353,33 @@ async fn publish_queued(
                 shared.publish_failed(sent);
                 shared.set_down(&"PUBLISH timed out");
             }
+        }
+    }
+}
+
+/// Applies presence changes in order, many per round trip; failures are logged (the lists
+/// heal as members join and leave, and dead instances' entries are dropped when read).
+async fn apply_presence(
+    mut manager: ConnectionManager,
+    mut changes: mpsc::Receiver<PresenceChange>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while changes.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for change in batch.drain(..) {
+            match change {
+                PresenceChange::Add { key, id, value } => {
+                    pipe.hset(key, id, value).ignore();
+                }
+                PresenceChange::Remove { key, id } => {
+                    pipe.hdel(key, id).ignore();
+                }
+            }
+        }
+        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "presence changes not recorded"),
+            Err(_) => tracing::warn!("presence changes timed out"),
         }
     }
 }

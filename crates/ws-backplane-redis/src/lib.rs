@@ -69,6 +69,14 @@
 //! messages, reads the missed ones (`XREVRANGE`, once the room's subscription is in place),
 //! and queues both, each once, by offset. Recovery reads at most twice the length limit back.
 //!
+//! # Presence
+//!
+//! [`ConnectionHub::presence`](ws_context::ConnectionHub::presence) asks the backplane: each
+//! room has a hash `{gofrws:<room>}:presence` (connection id → the member's hub origin, a tab,
+//! its info), updated in order by one task as members join and leave (a full queue drops the
+//! change and logs it). Reading it leaves out, and removes, the members of hubs that missed
+//! three heartbeats, so a killed instance's members are gone within three heartbeats.
+//!
 //! # Integrity
 //!
 //! Every frame is checked before delivery: kind, opcode, close code, lengths, and that it

@@ -3,6 +3,7 @@
 mod cluster;
 mod history;
 mod isolation;
+mod presence;
 mod redis_server;
 mod slow_member;
 mod support;

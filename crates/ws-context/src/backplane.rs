@@ -10,7 +10,7 @@ use std::{
 use ws_message::{CloseFrame, Message};
 
 use crate::{
-    hub::{ConnectionId, HubInner},
+    hub::{ConnectionId, HubInner, PresenceMember},
     writer::{SocketWriter, WriteError},
 };
 
@@ -84,6 +84,28 @@ pub trait Backplane: Send + Sync + 'static {
     /// (see [`Envelope::origin`]); empty when the backplane does not track them.
     fn nodes(&self) -> Vec<Arc<str>> {
         Vec::new()
+    }
+
+    /// A connection joined a room (with what presence shows for it): record it where every
+    /// instance can list it. Called under the hub's lock, in order with
+    /// [`presence_remove`](Backplane::presence_remove): must not block.
+    fn presence_add(&self, room: &str, id: &ConnectionId, info: &str) {
+        let _ = (room, id, info);
+    }
+
+    /// A connection left a room (or closed). Must not block.
+    fn presence_remove(&self, room: &str, id: &ConnectionId) {
+        let _ = (room, id);
+    }
+
+    /// The members of a room on every instance, when this backplane tracks presence; `None`
+    /// (the default) when it does not, and the hub lists its own.
+    fn presence(
+        &self,
+        room: &str,
+    ) -> Option<HistoryFuture<'_, Result<Vec<PresenceMember>, BackplaneError>>> {
+        let _ = room;
+        None
     }
 
     /// Whether this backplane keeps a room history that every instance shares (Redis

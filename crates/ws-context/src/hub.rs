@@ -101,6 +101,8 @@ struct Entry {
     conn: Connection,
     connected_at: SystemTime,
     rooms: HashSet<Arc<str>>,
+    /// What [`ConnectionHub::presence`] shows for it (its id when unset).
+    info: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -334,7 +336,11 @@ impl ConnectionHub {
         let mut registry = self.write();
         let entry = registry.connections.get_mut(id)?;
         let room: Arc<str> = room.into();
-        entry.rooms.insert(room.clone());
+        if entry.rooms.insert(room.clone()) {
+            // Under the registry's lock, so the backplane sees joins and leaves in order.
+            let info = entry.info.clone().unwrap_or_else(|| id.as_str().into());
+            self.inner.backplane.presence_add(&room, id, &info);
+        }
         let members = registry.rooms.entry(room).or_default();
         members.insert(id.clone());
         Some(members.len() == 1)
@@ -355,6 +361,9 @@ impl ConnectionHub {
                 .connections
                 .get_mut(id)
                 .is_some_and(|e| e.rooms.remove(room));
+            if was_member {
+                self.inner.backplane.presence_remove(room, id);
+            }
             let emptied = match registry.rooms.get_mut(room) {
                 Some(members) => {
                     members.remove(id);
@@ -381,6 +390,66 @@ impl ConnectionHub {
             .get(room)
             .map(|members| members.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Sets what [`presence`](Self::presence) shows for a connection in the rooms it joins
+    /// from now on (a user name, say; its id by default). Returns false if it is not open.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub, id: ws_context::ConnectionId) {
+    /// hub.set_presence_info(&id, "ann");
+    /// hub.join(&id, "lobby").await;
+    /// # }
+    /// ```
+    pub fn set_presence_info(&self, id: &ConnectionId, info: impl Into<Arc<str>>) -> bool {
+        match self.write().connections.get_mut(id) {
+            Some(entry) => {
+                entry.info = Some(info.into());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Who is in a room, on every instance when the backplane tracks presence (the Redis
+    /// one does: members of an instance that stopped sending heartbeats are left out
+    /// after three missed ones), else on this one: each member's id and its
+    /// [`set_presence_info`](Self::set_presence_info), sorted by id. When the backplane
+    /// cannot be asked, this instance's members.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub) {
+    /// for member in hub.presence("lobby").await {
+    ///     println!("{} ({})", member.info, member.id);
+    /// }
+    /// # }
+    /// ```
+    pub async fn presence(&self, room: &str) -> Vec<PresenceMember> {
+        if let Some(answer) = self.inner.backplane.presence(room) {
+            match answer.await {
+                Ok(mut members) => {
+                    members.sort_by(|a, b| a.id.cmp(&b.id));
+                    return members;
+                }
+                Err(error) => tracing::warn!(%error, room, "presence from this instance only"),
+            }
+        }
+        let registry = self.read();
+        let mut members: Vec<PresenceMember> = registry
+            .rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let entry = registry.connections.get(id)?;
+                Some(PresenceMember {
+                    id: id.clone(),
+                    info: entry.info.clone().unwrap_or_else(|| id.as_str().into()),
+                })
+            })
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members
     }
 
     /// The rooms that have members on this instance.
@@ -733,6 +802,7 @@ impl ConnectionHub {
                     conn: conn.clone(),
                     connected_at: SystemTime::now(),
                     rooms: HashSet::new(),
+                    info: None,
                 },
             );
             self.inner.count.send_replace(registry.connections.len());
@@ -752,6 +822,7 @@ impl ConnectionHub {
             if let Some(entry) = registry.connections.remove(id) {
                 rooms.extend(entry.rooms.iter().cloned());
                 for room in entry.rooms {
+                    self.inner.backplane.presence_remove(&room, id);
                     if let Some(members) = registry.rooms.get_mut(&room) {
                         members.remove(id);
                         if members.is_empty() {
@@ -1174,6 +1245,26 @@ impl Entry {
 
     fn writer(&self) -> &SocketWriter {
         &self.conn.0.writer
+    }
+}
+
+/// One member of a room, as [`ConnectionHub::presence`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PresenceMember {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// What the app attached with [`ConnectionHub::set_presence_info`] (the id otherwise).
+    pub info: Arc<str>,
+}
+
+impl PresenceMember {
+    /// A member (for backplanes that list them).
+    pub fn new(id: ConnectionId, info: impl Into<Arc<str>>) -> Self {
+        PresenceMember {
+            id,
+            info: info.into(),
+        }
     }
 }
 

@@ -106,7 +106,7 @@ pub use crate::handler::BoxHandlerFn;
 pub use crate::handler::Handler;
 pub use crate::hub::{
     ConnectionHub, ConnectionId, ConnectionInfo, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_LEN,
-    RoomSent, node_id,
+    PresenceMember, RoomSent, node_id,
 };
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
