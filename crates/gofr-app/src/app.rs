@@ -410,6 +410,13 @@ impl App {
         crate::metrics::install();
         // Every upgrader that was not given a budget of its own shares the process's.
         ws_upgrader::process_inbound_budget().set_limit(config.ws_inbound_budget);
+        if config.history_len.is_some() || config.history_age.is_some() {
+            let (len, age) = self.hub.history_limits();
+            self.hub.set_history_limits(
+                config.history_len.unwrap_or(len),
+                config.history_age.unwrap_or(age),
+            );
+        }
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis_url {
             self.cluster.connect(url).await?;

@@ -112,6 +112,8 @@ impl LogLevel {
 /// | `WS_BACKPLANE_PREFIX` | `APP_NAME` | prefix of the app's Redis channels and keys: instances of one app share it, other apps on the same Redis must not (letters, digits, `.`, `_`, `-`, at most 64) |
 /// | `WS_BACKPLANE_SECRET` | unset | shared secret: cross-instance envelopes are signed (HMAC-SHA256) and unsigned or altered ones dropped |
 /// | `REDIS_TLS_CA_CERT` | unset | PEM file of the CA to trust for `rediss://` instead of the webpki roots |
+/// | `WS_HISTORY_LEN` | unset (what the code sets; off unless it sets it) | most messages each room keeps for recovery (0 to 1,000,000; 0 turns history off); with `REDIS_URL`, the `MAXLEN ~` of each room's Redis stream |
+/// | `WS_HISTORY_AGE` | unset (what the code sets; 5 min) | longest a room message is kept for recovery (1 s to 24 h); with `REDIS_URL`, the stream's `MINID ~` bound and time to live |
 ///
 /// Variables already set in the environment win over `configs/.env`. Every number is checked
 /// against its range, and a value out of it is an error naming the variable: durations from
@@ -157,6 +159,10 @@ pub struct Config {
     pub backplane_secret: Option<Secret>,
     /// `REDIS_TLS_CA_CERT`
     pub redis_tls_ca_cert: Option<PathBuf>,
+    /// `WS_HISTORY_LEN`: overrides the hub's history length when set.
+    pub history_len: Option<usize>,
+    /// `WS_HISTORY_AGE`: overrides the hub's history age when set.
+    pub history_age: Option<Duration>,
 }
 
 impl Config {
@@ -334,7 +340,31 @@ impl Config {
             }
             None => prefix_from(&app_name),
         };
+        let history_len = match get("WS_HISTORY_LEN") {
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n <= 1_000_000 => Some(n),
+                _ => return Err(bad("WS_HISTORY_LEN", v, "is not a count from 0 to 1000000")),
+            },
+            None => None,
+        };
+        let history_age = match get("WS_HISTORY_AGE") {
+            Some(v) => match parse_duration(v) {
+                Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(86_400) => {
+                    Some(d)
+                }
+                _ => {
+                    return Err(bad(
+                        "WS_HISTORY_AGE",
+                        v,
+                        "is not a duration from 1s to 24h (such as 30s or 5m)",
+                    ));
+                }
+            },
+            None => None,
+        };
         Ok(Config {
+            history_len,
+            history_age,
             redis_url,
             backplane_prefix,
             backplane_secret: get("WS_BACKPLANE_SECRET").map(Secret::new),
@@ -456,6 +486,28 @@ mod tests {
             );
         } else {
             assert_eq!(result.unwrap_err().name(), "REDIS_URL");
+        }
+    }
+
+    #[test]
+    fn history_limits_are_read_and_checked() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!((config.history_len, config.history_age), (None, None));
+        let config = Config::from_vars(&vars(&[
+            ("WS_HISTORY_LEN", "1000"),
+            ("WS_HISTORY_AGE", "2m"),
+        ]))
+        .unwrap();
+        assert_eq!(config.history_len, Some(1000));
+        assert_eq!(config.history_age, Some(Duration::from_secs(120)));
+        for (name, value) in [
+            ("WS_HISTORY_LEN", "-1"),
+            ("WS_HISTORY_LEN", "1000001"),
+            ("WS_HISTORY_AGE", "500ms"),
+            ("WS_HISTORY_AGE", "25h"),
+        ] {
+            let error = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+            assert_eq!(error.name(), name);
         }
     }
 

@@ -2,7 +2,9 @@
 
 mod cluster;
 mod fuzz_corpus;
+mod history;
 mod isolation;
+mod presence;
 mod redis_server;
 mod slow_member;
 mod support;

@@ -22,8 +22,8 @@ use ws_upgrader::PreparedMessage;
 use crate::{
     Connection,
     backplane::{
-        Backplane, BackplaneError, BackplaneStatus, Envelope, InProcess, Inbound, Recovered,
-        RecoveryError, RoomPosition, Target,
+        Appended, Backplane, BackplaneError, BackplaneStatus, Envelope, HistoryEntry, InProcess,
+        Inbound, Recovered, RecoveryError, RoomPosition, Stalled, Target,
     },
     writer::{Outbound, SocketWriter, WriteError},
 };
@@ -107,6 +107,8 @@ struct Entry {
     conn: Connection,
     connected_at: SystemTime,
     rooms: HashSet<Arc<str>>,
+    /// What [`ConnectionHub::presence`] shows for it (its id when unset).
+    info: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -146,10 +148,13 @@ struct Registry {
 /// [`send_to_room`](Self::send_to_room) returns it, [`room_position`](Self::room_position)
 /// gives the position now, and a client that comes back with the last position it saw is
 /// given every message after it with [`join_since`](Self::join_since), then the live ones,
-/// or told that this is not possible. History is kept in memory while the hub is on its
-/// own; with a backplane that reaches other instances it is not kept (positions are
-/// `None` and recovery is [`Unavailable`](RecoveryError::Unavailable)), since another
-/// instance's messages would not be in it.
+/// or told that this is not possible; [`join_at`](Self::join_at) gives a joining client the
+/// position first. History is kept in memory while the hub is on its own; with a backplane
+/// that shares one across instances ([`Backplane::shared_history`], such as the Redis
+/// Streams one), the backplane's: room messages are recorded there, and every member, on
+/// every instance, gets them in its order, once, from the backplane (one round trip after
+/// the send); a client may recover on any instance. With a backplane that keeps none,
+/// positions are `None` and recovery is [`Unavailable`](RecoveryError::Unavailable).
 ///
 /// # Other instances
 ///
@@ -181,6 +186,51 @@ pub(crate) struct HubInner {
     origin: Arc<str>,
     /// Each room's recent messages, for members that come back (see [`Histories`]).
     history: Mutex<Histories>,
+    /// Where delivery stands in each room whose history the backplane shares.
+    shared: Mutex<SharedRooms>,
+}
+
+/// Which history the hub's rooms have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryMode {
+    /// None: no positions, no recovery.
+    Off,
+    /// In this process ([`Histories`]): the hub is on its own.
+    Memory,
+    /// The backplane's, shared by every instance: room messages go through it, to this
+    /// instance's members too ([`ConnectionHub::deliver_entry`]).
+    Shared,
+}
+
+/// Most attempts at appending one message to a shared history that other senders keep
+/// taking the next position of.
+const MAX_APPEND_ATTEMPTS: usize = 32;
+
+/// Rooms with a shared history, as this instance delivers them.
+#[derive(Default)]
+struct SharedRooms {
+    rooms: HashMap<Arc<str>, SharedRoom>,
+}
+
+#[derive(Default)]
+struct SharedRoom {
+    /// The last message delivered here: anything at or before it is a duplicate.
+    last: Option<RoomPosition>,
+    /// Set while the messages this instance missed (a gap in the offsets, after Redis
+    /// dropped the connection say) are read from the history: later ones wait here.
+    filling: Option<Vec<HistoryEntry>>,
+    /// Members joining with recovery or a position, until live delivery here catches up
+    /// with them.
+    recovering: HashMap<ConnectionId, Pending>,
+}
+
+/// Where a member joining with recovery or a position stands.
+enum Pending {
+    /// Its live messages wait here, in order, until what it missed is queued before them.
+    Holding(Vec<HistoryEntry>),
+    /// It was given everything up to this position, read from the history ahead of the
+    /// live messages this instance has delivered so far: those up to it are not given again.
+    Ahead(RoomPosition),
 }
 
 impl Default for ConnectionHub {
@@ -217,6 +267,7 @@ impl ConnectionHub {
                 backplane: Box::new(backplane),
                 origin: origin.clone(),
                 history: Mutex::new(Histories::default()),
+                shared: Mutex::new(SharedRooms::default()),
             }),
         };
         hub.inner.backplane.attach(Inbound {
@@ -291,7 +342,11 @@ impl ConnectionHub {
         let mut registry = self.write();
         let entry = registry.connections.get_mut(id)?;
         let room: Arc<str> = room.into();
-        entry.rooms.insert(room.clone());
+        if entry.rooms.insert(room.clone()) {
+            // Under the registry's lock, so the backplane sees joins and leaves in order.
+            let info = entry.info.clone().unwrap_or_else(|| id.as_str().into());
+            self.inner.backplane.presence_add(&room, id, &info);
+        }
         let members = registry.rooms.entry(room).or_default();
         members.insert(id.clone());
         Some(members.len() == 1)
@@ -312,6 +367,9 @@ impl ConnectionHub {
                 .connections
                 .get_mut(id)
                 .is_some_and(|e| e.rooms.remove(room));
+            if was_member {
+                self.inner.backplane.presence_remove(room, id);
+            }
             let emptied = match registry.rooms.get_mut(room) {
                 Some(members) => {
                     members.remove(id);
@@ -325,6 +383,7 @@ impl ConnectionHub {
             (was_member, emptied)
         };
         if emptied {
+            self.forget_shared(room);
             self.inner.backplane.leave_interest(room);
         }
         was_member
@@ -337,6 +396,66 @@ impl ConnectionHub {
             .get(room)
             .map(|members| members.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Sets what [`presence`](Self::presence) shows for a connection in the rooms it joins
+    /// from now on (a user name, say; its id by default). Returns false if it is not open.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub, id: ws_context::ConnectionId) {
+    /// hub.set_presence_info(&id, "ann");
+    /// hub.join(&id, "lobby").await;
+    /// # }
+    /// ```
+    pub fn set_presence_info(&self, id: &ConnectionId, info: impl Into<Arc<str>>) -> bool {
+        match self.write().connections.get_mut(id) {
+            Some(entry) => {
+                entry.info = Some(info.into());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Who is in a room, on every instance when the backplane tracks presence (the Redis
+    /// one does: members of an instance that stopped sending heartbeats are left out
+    /// after three missed ones), else on this one: each member's id and its
+    /// [`set_presence_info`](Self::set_presence_info), sorted by id. When the backplane
+    /// cannot be asked, this instance's members.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub) {
+    /// for member in hub.presence("lobby").await {
+    ///     println!("{} ({})", member.info, member.id);
+    /// }
+    /// # }
+    /// ```
+    pub async fn presence(&self, room: &str) -> Vec<PresenceMember> {
+        if let Some(answer) = self.inner.backplane.presence(room) {
+            match answer.await {
+                Ok(mut members) => {
+                    members.sort_by(|a, b| a.id.cmp(&b.id));
+                    return members;
+                }
+                Err(error) => tracing::warn!(%error, room, "presence from this instance only"),
+            }
+        }
+        let registry = self.read();
+        let mut members: Vec<PresenceMember> = registry
+            .rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let entry = registry.connections.get(id)?;
+                Some(PresenceMember {
+                    id: id.clone(),
+                    info: entry.info.clone().unwrap_or_else(|| id.as_str().into()),
+                })
+            })
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members
     }
 
     /// The rooms that have members on this instance.
@@ -379,12 +498,15 @@ impl ConnectionHub {
     ///
     /// Not cancel safe, as [`broadcast`](Self::broadcast).
     pub async fn send_to_room(&self, room: &str, message: Message) -> RoomSent {
-        self.send_to_room_with(room, |_| message).await
+        self.send_to_room_with(room, |_| message.clone()).await
     }
 
     /// Like [`send_to_room`](Self::send_to_room), with the message made once its position
     /// is known, so that it can carry it (a chat line's `"pos"`, say). `make` gets `None`
-    /// when the room keeps no history here (see [History](Self#history)).
+    /// when the room keeps no history here (see [History](Self#history)). With a shared
+    /// history, `make` may be called more than once: when another instance took the
+    /// position first, the message is made again for the next one (only the last one
+    /// made is sent).
     ///
     /// ```no_run
     /// # async fn demo(hub: ws_context::ConnectionHub) {
@@ -405,10 +527,14 @@ impl ConnectionHub {
     pub async fn send_to_room_with(
         &self,
         room: &str,
-        make: impl FnOnce(Option<&RoomPosition>) -> Message,
+        mut make: impl FnMut(Option<&RoomPosition>) -> Message,
     ) -> RoomSent {
+        let mode = self.history_mode();
+        if mode == HistoryMode::Shared {
+            return self.send_shared(room, &mut make).await;
+        }
         let target = Target::Room(room.into());
-        let (position, prepared, mut delivered, full) = if self.keeps_history() {
+        let (position, prepared, mut delivered, full) = if mode == HistoryMode::Memory {
             // Numbered, recorded and offered to every member under the history's lock, so a
             // member recovering at the same time gets it once: from the history or live.
             let mut histories = self.history();
@@ -468,10 +594,14 @@ impl ConnectionHub {
         room: &str,
         since: &RoomPosition,
     ) -> Result<Recovered, RecoveryError> {
-        if !self.keeps_history() {
-            return Err(RecoveryError::Unavailable(
-                "no room history is kept here (off, or rooms span instances)".to_owned(),
-            ));
+        match self.history_mode() {
+            HistoryMode::Off => {
+                return Err(RecoveryError::Unavailable(
+                    "no room history is kept here (off, or the backplane keeps none)".to_owned(),
+                ));
+            }
+            HistoryMode::Shared => return self.join_since_shared(id, room, since).await,
+            HistoryMode::Memory => {}
         }
         let Some(writer) = self.get(id) else {
             return Err(RecoveryError::NotOpen);
@@ -495,11 +625,91 @@ impl ConnectionHub {
         Ok(recovered.0)
     }
 
-    /// The room's position now: the last message sent to it (offset 0 before the first).
-    /// `None` when no history is kept here. A client given this at join can recover from it
-    /// even if it receives nothing before it drops.
+    /// The room's position now: the last message sent to it (offset 0 before the first),
+    /// from the history in memory. `None` when no history is kept here, or when it is the
+    /// backplane's shared one: then use [`join_at`](Self::join_at), which asks it.
     pub fn room_position(&self, room: &str) -> Option<RoomPosition> {
-        self.keeps_history().then(|| self.history().current(room))
+        (self.history_mode() == HistoryMode::Memory).then(|| self.history().current(room))
+    }
+
+    /// Adds a connection to a room and queues for it first `greet(position)`, where
+    /// `position` is the room's position at that moment, then every later room message:
+    /// so a client that keeps the position it was greeted with (and then each message's)
+    /// can recover with [`join_since`](Self::join_since) even if it received nothing before
+    /// it dropped. Returns the position; `Ok(None)` when the room keeps no history (joined,
+    /// `greet` not called, as when the shared history cannot be reached);
+    /// `Err(RecoveryError::NotOpen)` when the connection is not open here.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub, id: ws_context::ConnectionId) {
+    /// use ws_context::Message;
+    /// let joined = hub
+    ///     .join_at(&id, "lobby", |pos| {
+    ///         Message::text(serde_json::json!({"from": "server", "pos": pos.to_string()}).to_string())
+    ///     })
+    ///     .await;
+    /// # let _ = joined; }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe with a shared history: dropped while it waits for the backplane, the
+    /// member stays joined but its live messages stay held.
+    pub async fn join_at(
+        &self,
+        id: &ConnectionId,
+        room: &str,
+        greet: impl FnOnce(&RoomPosition) -> Message,
+    ) -> Result<Option<RoomPosition>, RecoveryError> {
+        match self.history_mode() {
+            HistoryMode::Off => {
+                if self.join(id, room).await {
+                    Ok(None)
+                } else {
+                    Err(RecoveryError::NotOpen)
+                }
+            }
+            HistoryMode::Memory => {
+                let Some(writer) = self.get(id) else {
+                    return Err(RecoveryError::NotOpen);
+                };
+                let (position, first_here) = {
+                    let mut histories = self.history();
+                    let position = histories.current(room);
+                    if writer.try_send(greet(&position)).is_err() {
+                        writer.close_slow();
+                    }
+                    let Some(first_here) = self.join_locked(id, room) else {
+                        return Err(RecoveryError::NotOpen);
+                    };
+                    (position, first_here)
+                };
+                self.after_join(room, first_here).await;
+                Ok(Some(position))
+            }
+            HistoryMode::Shared => {
+                let writer = self.join_holding(id, room).await?;
+                let position = self.inner.backplane.room_position(room).await;
+                let mut shared = self.shared();
+                let held = shared.take_held(room, id);
+                let position = match position {
+                    Ok(position) => {
+                        if writer.try_send(greet(&position)).is_err() {
+                            writer.close_slow();
+                        }
+                        position
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, room, "joined without a position");
+                        flush(&writer, None, held);
+                        return Ok(None);
+                    }
+                };
+                let upto = flush(&writer, Some(&position), held).unwrap_or(position.clone());
+                shared.given_up_to(room, id, upto);
+                Ok(Some(position))
+            }
+        }
     }
 
     /// Sets how much history each room keeps for recovery: at most `max_len` messages, none
@@ -515,6 +725,18 @@ impl ConnectionHub {
         let mut histories = self.history();
         histories.max_len = max_len;
         histories.max_age = max_age;
+        self.inner.backplane.set_history_limits(max_len, max_age);
+    }
+
+    /// The history limits now: (most messages, longest age) per room; 0 messages is off.
+    ///
+    /// ```
+    /// let hub = ws_context::ConnectionHub::new();
+    /// assert_eq!(hub.history_limits().0, 0);
+    /// ```
+    pub fn history_limits(&self) -> (usize, Duration) {
+        let histories = self.history();
+        (histories.max_len, histories.max_age)
     }
 
     /// Closes one connection with a close frame, after what is already queued for it (at
@@ -587,6 +809,7 @@ impl ConnectionHub {
                     conn: conn.clone(),
                     connected_at: SystemTime::now(),
                     rooms: HashSet::new(),
+                    info: None,
                 },
             );
             self.inner.count.send_replace(registry.connections.len());
@@ -600,10 +823,13 @@ impl ConnectionHub {
     /// Forgets a connection and takes it out of every room.
     pub(crate) fn remove(&self, id: &ConnectionId) {
         let mut emptied = Vec::new();
+        let mut rooms = Vec::new();
         {
             let mut registry = self.write();
             if let Some(entry) = registry.connections.remove(id) {
+                rooms.extend(entry.rooms.iter().cloned());
                 for room in entry.rooms {
+                    self.inner.backplane.presence_remove(&room, id);
                     if let Some(members) = registry.rooms.get_mut(&room) {
                         members.remove(id);
                         if members.is_empty() {
@@ -615,7 +841,17 @@ impl ConnectionHub {
             }
             self.inner.count.send_replace(registry.connections.len());
         }
+        // After the registry's lock: the shared rooms' lock is taken before it elsewhere.
+        if !rooms.is_empty() {
+            let mut shared = self.shared();
+            for room in &rooms {
+                if let Some(state) = shared.rooms.get_mut(room) {
+                    state.recovering.remove(id);
+                }
+            }
+        }
         for room in emptied {
+            self.forget_shared(&room);
             self.inner.backplane.leave_interest(&room);
         }
     }
@@ -701,11 +937,294 @@ impl ConnectionHub {
         }
     }
 
-    /// Whether room history is kept here: only while no other instance can send to the
-    /// rooms (a backplane that keeps a shared history is future work), so that every
-    /// position a client holds is one this history gave out.
-    fn keeps_history(&self) -> bool {
-        self.inner.backplane.status() == BackplaneStatus::Standalone && self.history().max_len > 0
+    /// Which history the rooms have: in memory only while no other instance can send to
+    /// them, so that every position a client holds is one this history gave out; the
+    /// backplane's when it shares one; otherwise none.
+    fn history_mode(&self) -> HistoryMode {
+        if self.history().max_len == 0 {
+            HistoryMode::Off
+        } else if self.inner.backplane.status() == BackplaneStatus::Standalone {
+            HistoryMode::Memory
+        } else if self.inner.backplane.shared_history() {
+            HistoryMode::Shared
+        } else {
+            HistoryMode::Off
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, SharedRooms> {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets where delivery stood in a room that has no member here any more.
+    fn forget_shared(&self, room: &str) {
+        let mut shared = self.shared();
+        if shared
+            .rooms
+            .get(room)
+            .is_some_and(|state| state.recovering.is_empty())
+        {
+            shared.rooms.remove(room);
+        }
+    }
+
+    /// A room message with a shared history: recorded and published by the backplane at
+    /// the room's next position, made again for the next one when another sender took it;
+    /// this instance's members get it back from the backplane, in the history's order.
+    /// While the backplane is down (or refuses the message) it reaches the members here
+    /// only, without a position.
+    async fn send_shared(
+        &self,
+        room: &str,
+        make: &mut impl FnMut(Option<&RoomPosition>) -> Message,
+    ) -> RoomSent {
+        let backplane = &self.inner.backplane;
+        if backplane.status() == BackplaneStatus::Down {
+            // Redis is away: the members here keep being served at once.
+            return self.send_here_only(room, make(None)).await;
+        }
+        let mut next = match backplane.next_position(room) {
+            Some(next) => next,
+            None => match backplane.room_position(room).await {
+                Ok(position) => position.next(),
+                Err(error) => {
+                    tracing::warn!(%error, room, "no room position: sent to members here only");
+                    return self.send_here_only(room, make(None)).await;
+                }
+            },
+        };
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            let message = make(Some(&next));
+            match backplane
+                .append(room, &self.inner.origin, next.clone(), message.clone())
+                .await
+            {
+                Ok(Appended::At(position)) => {
+                    let delivered = self.read().rooms.get(room).map_or(0, HashSet::len);
+                    return RoomSent {
+                        delivered,
+                        position: Some(position),
+                    };
+                }
+                Ok(Appended::Moved(now)) => next = now.next(),
+                Err(error @ (BackplaneError::TimedOut(_) | BackplaneError::NoRoute)) => {
+                    // It may have been recorded and delivered: sending it here too could
+                    // deliver it twice.
+                    tracing::warn!(%error, room, "room message may not have been delivered");
+                    return RoomSent {
+                        delivered: 0,
+                        position: None,
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, room, "room message sent to members here only");
+                    return self.send_here_only(room, message).await;
+                }
+            }
+        }
+        tracing::warn!(room, "room message not sent: its position kept being taken");
+        RoomSent {
+            delivered: 0,
+            position: None,
+        }
+    }
+
+    /// Delivers to this instance's members of a room at once, without a position, then
+    /// offers it to the backplane as a plain delivery (which fails fast and is counted while
+    /// Redis is away), as without a history.
+    async fn send_here_only(&self, room: &str, message: Message) -> RoomSent {
+        let target = Target::Room(room.into());
+        let prepared = PreparedMessage::new(message);
+        let (delivered, full) = self.try_deliver(&target, &prepared);
+        let delivered = delivered + self.wait_for_full(full, &prepared).await;
+        let _ = self.publish(target, prepared.message().clone());
+        RoomSent {
+            delivered,
+            position: None,
+        }
+    }
+
+    /// Joins `id` to `room` with its live messages held (in [`SharedRoom::recovering`])
+    /// until [`SharedRooms::take_held`], once the backplane receives the room.
+    async fn join_holding(
+        &self,
+        id: &ConnectionId,
+        room: &str,
+    ) -> Result<SocketWriter, RecoveryError> {
+        let Some(writer) = self.get(id) else {
+            return Err(RecoveryError::NotOpen);
+        };
+        self.shared()
+            .rooms
+            .entry(room.into())
+            .or_default()
+            .recovering
+            .insert(id.clone(), Pending::Holding(Vec::new()));
+        if self.join_locked(id, room).is_none() {
+            self.shared().take_held(room, id);
+            return Err(RecoveryError::NotOpen);
+        }
+        // Even when the room has members here already: the first one's subscription may
+        // still be on its way, and what follows must read the history after it is in place.
+        self.after_join(room, true).await;
+        Ok(writer)
+    }
+
+    /// [`join_since`](Self::join_since) with a shared history: join with live messages
+    /// held, read what was missed from the backplane (which receives the room already, so
+    /// nothing falls between the two), then queue the missed messages and the held ones,
+    /// each once, in order.
+    async fn join_since_shared(
+        &self,
+        id: &ConnectionId,
+        room: &str,
+        since: &RoomPosition,
+    ) -> Result<Recovered, RecoveryError> {
+        let writer = self.join_holding(id, room).await?;
+        let missed = self.inner.backplane.history_since(room, since).await;
+        let mut shared = self.shared();
+        let held = shared.take_held(room, id);
+        match missed {
+            Ok((missed, _)) => {
+                let mut count = 0;
+                let mut last = since.clone();
+                for (position, message) in missed.into_iter().chain(held) {
+                    if last.covers(&position) {
+                        continue;
+                    }
+                    if writer.try_send(message).is_err() {
+                        writer.close_slow();
+                        break;
+                    }
+                    count += 1;
+                    last = position;
+                }
+                shared.given_up_to(room, id, last.clone());
+                Ok(Recovered {
+                    count,
+                    position: last,
+                })
+            }
+            Err(error) => {
+                drop(shared);
+                self.leave(id, room);
+                Err(error)
+            }
+        }
+    }
+
+    /// One message of a room's shared history, from the backplane's reader (see
+    /// [`Inbound::deliver_entry`]).
+    pub(crate) fn deliver_entry(
+        &self,
+        room: &str,
+        position: RoomPosition,
+        message: Message,
+        stalled: &Stalled,
+    ) -> usize {
+        let mut shared = self.shared();
+        let state = shared.rooms.entry(room.into()).or_default();
+        if let Some(filling) = &mut state.filling {
+            filling.push((position, message));
+            return 0;
+        }
+        if let Some(last) = &state.last {
+            if last.covers(&position) {
+                return 0;
+            }
+            if last.epoch() == position.epoch() && position.offset() > last.offset() + 1 {
+                tracing::warn!(
+                    room,
+                    lost = position.offset() - last.offset() - 1,
+                    "room messages did not arrive here: reading them from the history"
+                );
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    state.filling = Some(vec![(position, message)]);
+                    runtime.spawn(
+                        self.clone()
+                            .fill(room.into(), last.clone(), stalled.clone()),
+                    );
+                    return 0;
+                }
+            }
+        }
+        state.last = Some(position.clone());
+        self.offer_to_members(state, room, &position, &message, stalled)
+    }
+
+    /// Reads the messages after `from` that did not arrive here from the shared history and
+    /// delivers them, then those that arrived meanwhile, in order. When the history no
+    /// longer has them, the room's members here are closed with 1012 (service restart):
+    /// they come back with their last position and recover, or are told they cannot.
+    async fn fill(self, room: Arc<str>, from: RoomPosition, stalled: Stalled) {
+        let missed = self.inner.backplane.history_since(&room, &from).await;
+        let mut shared = self.shared();
+        let Some(state) = shared.rooms.get_mut(&*room) else {
+            return;
+        };
+        let arrived = state.filling.take().unwrap_or_default();
+        match missed {
+            Ok((missed, _)) => {
+                for (position, message) in missed.into_iter().chain(arrived) {
+                    if state
+                        .last
+                        .as_ref()
+                        .is_some_and(|last| last.covers(&position))
+                    {
+                        continue;
+                    }
+                    state.last = Some(position.clone());
+                    self.offer_to_members(state, &room, &position, &message, &stalled);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, room = &*room, "missed room messages are gone: closing its members here");
+                state.last = arrived.last().map(|(position, _)| position.clone());
+                drop(shared);
+                let frame = CloseFrame::new(
+                    1012,
+                    "missed room messages: reconnect from your last position",
+                )
+                .unwrap_or_else(|_| CloseFrame::going_away("missed room messages"));
+                for id in self.room_members(&room) {
+                    self.close(&id, frame.clone());
+                }
+            }
+        }
+    }
+
+    /// Offers a room message to this instance's members, minding those that are joining
+    /// with recovery or a position.
+    fn offer_to_members(
+        &self,
+        state: &mut SharedRoom,
+        room: &str,
+        position: &RoomPosition,
+        message: &Message,
+        stalled: &Stalled,
+    ) -> usize {
+        let recovering = &mut state.recovering;
+        let mut delivered = 0;
+        // Encoded once for every live member, as any room message.
+        let item = Outbound::Prepared(PreparedMessage::new(message.clone()));
+        self.for_each_writer(&Target::Room(room.into()), |writer| {
+            match recovering.get_mut(writer.id()) {
+                Some(Pending::Holding(held)) => {
+                    held.push((position.clone(), message.clone()));
+                    delivered += 1;
+                }
+                Some(Pending::Ahead(upto)) if upto.covers(position) => {}
+                Some(Pending::Ahead(_)) => {
+                    recovering.remove(writer.id());
+                    delivered += usize::from(stalled.offer(writer, &item));
+                }
+                None => delivered += usize::from(stalled.offer(writer, &item)),
+            }
+        });
+        delivered
     }
 
     fn history(&self) -> std::sync::MutexGuard<'_, Histories> {
@@ -752,6 +1271,26 @@ impl Entry {
 
     fn writer(&self) -> &SocketWriter {
         &self.conn.0.writer
+    }
+}
+
+/// One member of a room, as [`ConnectionHub::presence`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PresenceMember {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// What the app attached with [`ConnectionHub::set_presence_info`] (the id otherwise).
+    pub info: Arc<str>,
+}
+
+impl PresenceMember {
+    /// A member (for backplanes that list them).
+    pub fn new(id: ConnectionId, info: impl Into<Arc<str>>) -> Self {
+        PresenceMember {
+            id,
+            info: info.into(),
+        }
     }
 }
 
@@ -904,6 +1443,50 @@ impl Histories {
             RoomPosition::new(history.epoch.clone(), history.last),
         ))
     }
+}
+
+impl SharedRooms {
+    /// Stops holding `id`'s live messages in `room` and returns what was held.
+    fn take_held(&mut self, room: &str, id: &ConnectionId) -> Vec<HistoryEntry> {
+        match self
+            .rooms
+            .get_mut(room)
+            .and_then(|state| state.recovering.remove(id))
+        {
+            Some(Pending::Holding(held)) => held,
+            _ => Vec::new(),
+        }
+    }
+
+    /// `id` was given everything up to `upto`: if live delivery here has not reached it
+    /// yet, the live messages up to it are not given again.
+    fn given_up_to(&mut self, room: &str, id: &ConnectionId, upto: RoomPosition) {
+        let state = self.rooms.entry(room.into()).or_default();
+        if !state.last.as_ref().is_some_and(|last| last.covers(&upto)) {
+            state.recovering.insert(id.clone(), Pending::Ahead(upto));
+        }
+    }
+}
+
+/// Queues held messages after `from` (all of them without it), in order; returns the
+/// position of the last one queued.
+fn flush(
+    writer: &SocketWriter,
+    from: Option<&RoomPosition>,
+    held: Vec<HistoryEntry>,
+) -> Option<RoomPosition> {
+    let mut last = None;
+    for (position, message) in held {
+        if from.is_some_and(|from| from.covers(&position)) {
+            continue;
+        }
+        if writer.try_send(message).is_err() {
+            writer.close_slow();
+            break;
+        }
+        last = Some(position);
+    }
+    last
 }
 
 #[cfg(test)]

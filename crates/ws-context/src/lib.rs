@@ -96,8 +96,9 @@ mod queue;
 mod writer;
 
 pub use crate::backplane::{
-    Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
-    MAX_STALLED_MESSAGES, PositionError, Recovered, RecoveryError, RoomPosition, Target,
+    Appended, Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, HistoryEntry,
+    HistoryFuture, InProcess, Inbound, MAX_STALLED_MESSAGES, PositionError, Recovered,
+    RecoveryError, RoomPosition, Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
@@ -109,7 +110,7 @@ pub use crate::handler::BoxHandlerFn;
 pub use crate::handler::Handler;
 pub use crate::hub::{
     ConnectionHub, ConnectionId, ConnectionInfo, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_LEN,
-    RoomSent, node_id,
+    PresenceMember, RoomSent, node_id,
 };
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};

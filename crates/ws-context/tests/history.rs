@@ -162,3 +162,40 @@ async fn recovery_that_is_not_possible_is_said_first() {
         assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), offset);
     }
 }
+
+/// `join_at` in memory: the greeting carries the room's position and comes before any
+/// later room message; recovering from it gives what was sent after.
+#[tokio::test]
+async fn join_at_greets_with_the_position_before_any_later_message() {
+    let hub = ConnectionHub::new();
+    hub.set_history_limits(16, Duration::from_secs(60));
+    let endpoint =
+        Endpoint::new(to_room)
+            .hub(hub.clone())
+            .on_connect(|conn: Connection| async move {
+                let room = conn.path_param("room").unwrap_or("lobby").to_owned();
+                let joined = conn
+                    .hub()
+                    .join_at(conn.id(), &room, |pos| {
+                        ws_context::Message::text(format!("{pos} joined"))
+                    })
+                    .await;
+                assert!(matches!(joined, Ok(Some(_))), "{joined:?}");
+                Ok(())
+            });
+    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let mut ann = connect(addr, "/ws/g").await;
+    let (at_join, text) = parts(next_data(&mut ann).await);
+    assert_eq!(text, "joined");
+    assert_eq!(at_join.parse::<RoomPosition>().unwrap().offset(), 0);
+    ann.send(Message::text("first")).await.unwrap();
+    let (pos, text) = parts(next_data(&mut ann).await);
+    assert_eq!(text, "first");
+    assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 1);
+    // A member greeted now is at 1, and gets only what follows.
+    let mut bob = connect(addr, "/ws/g").await;
+    let (bob_at, _) = parts(next_data(&mut bob).await);
+    assert_eq!(bob_at, pos);
+    ann.send(Message::text("second")).await.unwrap();
+    assert_eq!(parts(next_data(&mut bob).await).1, "second");
+}
