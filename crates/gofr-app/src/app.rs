@@ -112,6 +112,8 @@ impl App {
         App::build(Ok(config))
     }
 
+    // Only the `redis` feature replaces an invalid configuration's error here.
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     fn build(mut config: Result<Config, ConfigError>) -> Self {
         // Logging starts with the app, as in GoFr, so what happens before `run` (a first dial
         // of `add_ws_service` that fails, say) is logged too.
