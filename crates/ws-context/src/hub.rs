@@ -1126,6 +1126,10 @@ impl ConnectionHub {
         stalled: &Stalled,
     ) -> usize {
         let mut shared = self.shared();
+        // No member here (the last one left while this was on its way): nothing to keep.
+        if !shared.rooms.contains_key(room) && !self.read().rooms.contains_key(room) {
+            return 0;
+        }
         let state = shared.rooms.entry(room.into()).or_default();
         if let Some(filling) = &mut state.filling {
             filling.push((position, message));
