@@ -564,14 +564,19 @@ impl WebSocket {
                     Poll::Pending => Poll::Pending,
                 };
             }
+            if suspended {
+                // A data message is held for the caller: nothing more is parsed (not even bytes
+                // already read), or a second one would have nowhere to go.
+                return match self.poll_timers(cx, suspended) {
+                    Poll::Ready(end) => Poll::Ready(end),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             let parsed = match self.parse_pending() {
                 Some(parsed) => parsed,
                 None => {
-                    if let Poll::Ready(end) = self.poll_timers(cx, suspended) {
+                    if let Poll::Ready(end) = self.poll_timers(cx, false) {
                         return Poll::Ready(end);
-                    }
-                    if suspended {
-                        return Poll::Pending;
                     }
                     if reads == READS_PER_POLL {
                         // A large message arriving fast must not hold the worker thread:
