@@ -302,6 +302,9 @@ pub struct WebSocket {
     write_limit: usize,
     /// The stream has ended: the transport is closed or the closing handshake is complete.
     ended: bool,
+    /// The core queued an answer of its own (a pong, the echo of a close) that must go out
+    /// without waiting for the caller's flush.
+    answer_queued: bool,
     protocol: Option<Box<str>>,
 }
 
@@ -340,6 +343,7 @@ impl WebSocket {
             read_limit: options.read_buffer_size,
             write_limit: options.write_buffer_size,
             ended: false,
+            answer_queued: false,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -509,8 +513,14 @@ impl WebSocket {
                 return Poll::Ready(None);
             }
             // Pongs and the echo of a close go out without waiting for the caller's flush.
-            if let Poll::Ready(Err(error)) = self.poll_write_output(cx) {
-                return self.end_with(Some(Err(WsError::Io(error))));
+            // Data the caller fed waits for its flush (or goes out with such an answer), so
+            // that the replies to a burst of messages leave in one write.
+            if self.answer_queued || self.conn.close_state() == CloseState::Closed {
+                match self.poll_write_output(cx) {
+                    Poll::Ready(Ok(())) => self.answer_queued = false,
+                    Poll::Ready(Err(error)) => return self.end_with(Some(Err(WsError::Io(error)))),
+                    Poll::Pending => {}
+                }
             }
             if self.conn.close_state() == CloseState::Closed && self.conn.output().is_empty() {
                 // The closing handshake is complete; the server closes the TCP connection
@@ -546,6 +556,10 @@ impl WebSocket {
                     }
                 }
             };
+            if let Ok(Some(Message::Ping(_) | Message::Close(_))) = &parsed {
+                // The core answered it (pong, close echo) in its output.
+                self.answer_queued = true;
+            }
             match parsed {
                 Ok(None) => {}
                 Ok(Some(message)) if control_only && message.is_data() => {
