@@ -17,7 +17,7 @@ use std::{
     future::poll_fn,
     io::{self, IoSlice},
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 
@@ -188,6 +188,10 @@ struct Timers {
     sleep: Pin<Box<Sleep>>,
     /// What the sleep is set to; never later than the earliest deadline.
     armed_for: Instant,
+    /// The waker the sleep was last polled with since it was set: the timer wakes it when the
+    /// sleep ends, so polling it again with the same waker is skipped (it is polled on every
+    /// read that finds nothing, ~350 instructions each).
+    registered: Option<Waker>,
     ping_interval: Option<Duration>,
     pong_timeout: Duration,
     message_timeout: Duration,
@@ -218,6 +222,7 @@ impl Timers {
         Timers {
             sleep: Box::pin(tokio::time::sleep_until(now)),
             armed_for: now,
+            registered: None,
             ping_interval: options.ping_interval,
             pong_timeout: options.pong_timeout,
             message_timeout: options.message_timeout,
@@ -598,10 +603,19 @@ impl WebSocket {
             if deadline < self.timers.armed_for || self.timers.sleep.is_elapsed() {
                 self.timers.armed_for = deadline;
                 self.timers.sleep.as_mut().reset(deadline);
+                self.timers.registered = None;
             }
-            if self.timers.sleep.as_mut().poll(cx).is_pending() {
+            if let Some(waker) = &self.timers.registered
+                && waker.will_wake(cx.waker())
+            {
+                // Set, not elapsed, and it will wake this task when it ends.
                 return Poll::Pending;
             }
+            if self.timers.sleep.as_mut().poll(cx).is_pending() {
+                self.timers.registered = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.timers.registered = None;
             match self.timers.due(Instant::now(), in_message, suspended) {
                 None => {}
                 Some(Due::Ping) => {
