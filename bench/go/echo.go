@@ -1,17 +1,22 @@
 // gorilla/websocket echo, an optional peer in `cargo xtask bench`: the library GoFr uses.
 // Built offline in GOPATH mode against Debian's golang-github-gorilla-websocket-dev.
-// Prints `listening on ADDR` once bound to a port the OS picks.
+// Prints `listening on ADDR` once bound to a port the OS picks. DEFLATE=1 sets
+// EnableCompression, as GoFr's WithCompression() does, for S5d.
 package main
 
 import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 
 	"github.com/gorilla/websocket"
 )
 
-var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+var upgrader = websocket.Upgrader{
+	CheckOrigin:       func(*http.Request) bool { return true },
+	EnableCompression: os.Getenv("DEFLATE") == "1",
+}
 
 func echo(w http.ResponseWriter, r *http.Request) {
 	conn, err := upgrader.Upgrade(w, r, nil)

@@ -1,6 +1,6 @@
 //! The load generator against every benchmark server, in each of its modes.
 
-use crate::support::{Process, fields, loadgen, number, server};
+use crate::support::{Process, fields, loadgen, number, server, server_with};
 
 const SHORT: [&str; 4] = ["--duration", "0.3", "--warmup", "0.1"];
 
@@ -108,4 +108,98 @@ fn idle_connections_echo_once_then_wait_until_stdin_closes() {
     let result = fields(&idle.line_with("result "));
     assert_eq!(number(&result, "connections"), 20.0, "{result:?}");
     assert!(idle.exited_ok());
+}
+
+#[test]
+fn compressed_connections_echo_once_then_wait_on_both_servers() {
+    // S5d: our server (the bench server turns permessage-deflate on) and raw sockudo-ws with
+    // DEFLATE=1; the generator fails a connection whose server declines the offer.
+    for (program, env) in [
+        (env!("CARGO_BIN_EXE_gofr-bench-server"), &[][..]),
+        (
+            env!("CARGO_BIN_EXE_raw-sockudo-echo"),
+            &[("DEFLATE", "1")][..],
+        ),
+    ] {
+        let (_server, address) = server_with(program, env);
+        let url = format!("ws://{address}/ws");
+        let mut idle = Process::start(
+            env!("CARGO_BIN_EXE_loadgen"),
+            &[
+                "idle",
+                &url,
+                "--connections",
+                "10",
+                "--hold",
+                "30",
+                "--deflate",
+                "--kind",
+                "json",
+                "--size",
+                "250",
+            ],
+            &[],
+        );
+        let ready = fields(&idle.line_with("ready "));
+        assert_eq!(number(&ready, "connections"), 10.0, "{program}: {ready:?}");
+        assert_eq!(number(&ready, "errors"), 0.0, "{program}: {ready:?}");
+        drop(idle.stdin());
+        assert!(idle.exited_ok());
+    }
+}
+
+#[test]
+fn a_server_that_declines_deflate_fails_the_compressed_connections() {
+    let (_server, address) = server(env!("CARGO_BIN_EXE_raw-sockudo-echo"));
+    let url = format!("ws://{address}/ws");
+    let idle = Process::start(
+        env!("CARGO_BIN_EXE_loadgen"),
+        &[
+            "idle",
+            &url,
+            "--connections",
+            "3",
+            "--hold",
+            "30",
+            "--deflate",
+        ],
+        &[],
+    );
+    let ready = fields(&idle.line_with("ready "));
+    assert_eq!(number(&ready, "connections"), 0.0, "{ready:?}");
+    assert_eq!(number(&ready, "errors"), 3.0, "{ready:?}");
+}
+
+#[test]
+fn a_compressed_broadcast_reaches_every_receiver_through_both_routes() {
+    // S8: through the hub and sent to each connection; every copy compressed and checked.
+    let (_server, address) = server(env!("CARGO_BIN_EXE_gofr-bench-server"));
+    for route in ["/broadcast", "/broadcast-each"] {
+        let result = loadgen(&[
+            "broadcast",
+            &format!("ws://{address}/ws"),
+            "--trigger",
+            &format!("ws://{address}{route}"),
+            "--connections",
+            "20",
+            "--rounds",
+            "3",
+            "--deflate",
+            "--kind",
+            "jsondoc",
+            "--size",
+            "16384",
+        ]);
+        assert_eq!(number(&result, "errors"), 0.0, "{route}: {result:?}");
+        assert_eq!(number(&result, "receivers"), 20.0, "{route}: {result:?}");
+        assert_eq!(
+            number(&result, "compressed_copies"),
+            60.0,
+            "{route}: {result:?}"
+        );
+        assert!(
+            number(&result, "wire_bytes") < 16384.0 / 2.0,
+            "{route}: {result:?}"
+        );
+    }
 }

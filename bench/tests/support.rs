@@ -75,11 +75,17 @@ impl Process {
 
 /// A benchmark server and the `host:port` it printed.
 pub(crate) fn server(program: &str) -> (Process, String) {
-    let env = [
+    server_with(program, &[])
+}
+
+/// A benchmark server started with variables of its own too (`DEFLATE=1`).
+pub(crate) fn server_with(program: &str, extra_env: &[(&str, &str)]) -> (Process, String) {
+    let mut env = vec![
         ("HTTP_HOST", "127.0.0.1"),
         ("HTTP_PORT", "0"),
         ("METRICS_PORT", "0"),
     ];
+    env.extend_from_slice(extra_env);
     let process = Process::start(program, &[], &env);
     // The app logs its metrics address first; the server's own line is the one without it.
     let line = loop {

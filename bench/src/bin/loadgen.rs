@@ -15,7 +15,9 @@
 //! `idle` opens the connections, makes each echo one message, prints `ready ...` and holds
 //! them until stdin closes or `--hold` seconds pass. `broadcast` connects the receivers, probes
 //! until one broadcast reaches them all, then sends one message per round on the trigger
-//! connection and reports the time until the last receiver got it. The client is sockudo-ws with its write batching, so that the generator
+//! connection and reports the time until the last receiver got it. `--deflate` (S5d, S8) connects
+//! with our own protocol core offering permessage-deflate as browsers do; in `broadcast` it
+//! prints `measuring` and `measured` around the rounds. The client is sockudo-ws with its write batching, so that the generator
 //! costs less per message than the servers it measures.
 
 use std::{
@@ -85,6 +87,9 @@ struct Args {
     warmup: Duration,
     hold: Duration,
     rounds: usize,
+    /// `idle` and `broadcast`: connect with our own protocol core, offering permessage-deflate
+    /// as a browser does (S5d, S8).
+    deflate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,6 +99,9 @@ enum Kind {
     /// A JSON object of about `size` bytes in the form serde_json writes it, so that a server
     /// that binds and re-encodes it sends back the same bytes.
     Json,
+    /// A JSON array of varied event objects, `size` bytes: a document that compresses as real
+    /// JSON does (S8), unlike `json`'s padding.
+    JsonDoc,
 }
 
 impl Args {
@@ -112,8 +120,13 @@ impl Args {
             warmup: Duration::from_secs(1),
             hold: Duration::from_secs(60),
             rounds: 5,
+            deflate: false,
         };
         while let Some(name) = args.next() {
+            if name == "--deflate" {
+                parsed.deflate = true;
+                continue;
+            }
             let value = args
                 .next()
                 .with_context(|| format!("{name} needs a value"))?;
@@ -136,7 +149,8 @@ impl Args {
                         "text" => Kind::Text,
                         "binary" => Kind::Binary,
                         "json" => Kind::Json,
-                        _ => bail!("--kind: text, binary or json, not {value:?}"),
+                        "jsondoc" => Kind::JsonDoc,
+                        _ => bail!("--kind: text, binary, json or jsondoc, not {value:?}"),
                     }
                 }
                 _ => bail!("unknown option {name}"),
@@ -229,13 +243,43 @@ fn payload(kind: Kind, size: usize, seq: u64) -> Bytes {
             bytes.put_bytes(b'n', size.saturating_sub(head.len() + 2));
             bytes.put_slice(b"\"}");
         }
+        Kind::JsonDoc => {
+            // Objects whose numbers and names vary, so that deflate finds the repeats of keys
+            // and words but not of whole records.
+            bytes.put_u8(b'[');
+            let mut item = 0u64;
+            loop {
+                let id = seq.wrapping_mul(1_000).wrapping_add(item);
+                let object = format!(
+                    r#"{{"id":{id},"kind":"{}","user":"user-{}","tags":["{}","{}"],"score":{}.{},"active":{},"note":"{:x}"}},"#,
+                    ["order.created", "order.paid", "cart.updated", "user.seen"]
+                        [(item % 4) as usize],
+                    id.wrapping_mul(7_919) % 100_000,
+                    ["alpha", "beta", "gamma", "delta", "eps"][(item % 5) as usize],
+                    ["red", "green", "blue"][(item % 3) as usize],
+                    id.wrapping_mul(37) % 1_000,
+                    item % 10,
+                    item.is_multiple_of(2),
+                    id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                );
+                // Room for the object, then `{"pad":"..."}]` (at least 11 bytes).
+                if bytes.len() + object.len() + 11 > size {
+                    break;
+                }
+                bytes.put_slice(object.as_bytes());
+                item += 1;
+            }
+            bytes.put_slice(br#"{"pad":""#);
+            bytes.put_bytes(b' ', size.saturating_sub(bytes.len() + 3));
+            bytes.put_slice(b"\"}]");
+        }
     }
     bytes.freeze()
 }
 
 fn message(kind: Kind, payload: Bytes) -> Message {
     match kind {
-        Kind::Text | Kind::Json => Message::Text(payload),
+        Kind::Text | Kind::Json | Kind::JsonDoc => Message::Text(payload),
         Kind::Binary => Message::Binary(payload),
     }
 }
@@ -358,16 +402,20 @@ async fn echo_loop(
     Ok(())
 }
 
-/// S5: connections that each echoed one message, then sit idle.
+/// S5 and S5d: connections that each echoed one message (`--kind`, `--size`; 32 B of text by
+/// default), then sit idle. With `--deflate` the connections negotiate permessage-deflate.
 async fn idle(args: &Args) -> anyhow::Result<String> {
+    if args.deflate {
+        return idle_deflate(args).await;
+    }
     let (mut sockets, mut errors) = connect_many(&args.url, args.connections).await;
     let mut echoed = 0;
     for ws in &mut sockets {
-        let sent = payload(Kind::Text, 32, echoed);
+        let sent = payload(args.kind, args.size, echoed);
         let round_trip = async {
-            ws.send(Message::Text(sent.clone())).await?;
+            ws.send(message(args.kind, sent.clone())).await?;
             match ws.next().await {
-                Some(Ok(Message::Text(bytes))) if bytes == sent => Ok(()),
+                Some(Ok(Message::Text(bytes) | Message::Binary(bytes))) if bytes == sent => Ok(()),
                 other => bail!("bad echo: {other:?}"),
             }
         };
@@ -376,18 +424,71 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             _ => errors += 1,
         }
     }
-    println!("ready connections={echoed} errors={errors}");
-    // Held until whoever reads the line has measured the server and closes our stdin.
-    let stdin_closed = tokio::task::spawn_blocking(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    });
-    let _ = tokio::time::timeout(args.hold, stdin_closed).await;
+    hold(args, echoed, errors).await;
     drop(sockets);
     Ok(format!("connections={echoed} errors={errors}"))
 }
 
+/// S5d: as [`idle`], over connections that negotiated permessage-deflate; the message is
+/// compressed both ways when it is above the threshold (32 bytes on both sides by default).
+async fn idle_deflate(args: &Args) -> anyhow::Result<String> {
+    let (mut sockets, mut errors) = connect_many_deflate(&args.url, args.connections).await;
+    let mut echoed = 0;
+    for ws in &mut sockets {
+        let sent = payload(args.kind, args.size, echoed);
+        let round_trip = async {
+            ws.send(protocol_message(args.kind, sent.clone())?).await?;
+            match ws.next().await? {
+                Some(reply) if protocol_payload(&reply) == Some(&sent) => Ok(()),
+                other => bail!("bad echo: {other:?}"),
+            }
+        };
+        match tokio::time::timeout(REPLY_TIMEOUT, round_trip).await {
+            Ok(Ok(())) => echoed += 1,
+            Ok(Err(error)) => {
+                if errors == 0 {
+                    eprintln!("loadgen: {error:#}");
+                }
+                errors += 1;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    hold(args, echoed, errors).await;
+    drop(sockets);
+    Ok(format!("connections={echoed} errors={errors}"))
+}
+
+/// Says the connections are ready, then holds them until whoever reads the line has measured
+/// the server and closes our stdin, or `--hold` passes.
+async fn hold(args: &Args, echoed: u64, errors: usize) {
+    println!("ready connections={echoed} errors={errors}");
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    });
+    let _ = tokio::time::timeout(args.hold, stdin_closed).await;
+}
+
+fn protocol_message(kind: Kind, payload: Bytes) -> anyhow::Result<ws_protocol::Message> {
+    Ok(match kind {
+        Kind::Binary => ws_protocol::Message::Binary(payload),
+        _ => ws_protocol::Message::Text(ws_protocol::Utf8Bytes::try_from_bytes(payload)?),
+    })
+}
+
+fn protocol_payload(message: &ws_protocol::Message) -> Option<&Bytes> {
+    match message {
+        ws_protocol::Message::Text(text) => Some(text.as_bytes()),
+        ws_protocol::Message::Binary(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
 /// S6: one message fanned out by the server to every receiver.
 async fn broadcast(args: &Args) -> anyhow::Result<String> {
+    if args.deflate {
+        return broadcast_deflate(args).await;
+    }
     let trigger_url = args.trigger.as_ref().context("broadcast needs --trigger")?;
     let (receivers, mut errors) = connect_many(&args.url, args.connections).await;
     let receiver_count = receivers.len();
@@ -464,6 +565,209 @@ async fn broadcast(args: &Args) -> anyhow::Result<String> {
     ))
 }
 
+/// One data frame as a receiver of [`broadcast_deflate`] saw it, not inflated.
+struct Arrival {
+    at: Instant,
+    compressed: bool,
+    payload: Bytes,
+}
+
+impl Arrival {
+    /// The message it carries (inflated if compressed).
+    fn message(&self) -> anyhow::Result<Bytes> {
+        if self.compressed {
+            inflate(&self.payload)
+        } else {
+            Ok(self.payload.clone())
+        }
+    }
+}
+
+/// Raw-deflate inflation of one permessage-deflate payload (RFC 7692 §7.2.2: the sync-flush
+/// trailer is put back first).
+fn inflate(payload: &[u8]) -> anyhow::Result<Bytes> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    let mut inflater = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(payload.len() * 8 + 64);
+    loop {
+        let before = inflater.total_in();
+        inflater.decompress_vec(
+            &input[usize::try_from(before)?..],
+            &mut out,
+            flate2::FlushDecompress::Sync,
+        )?;
+        if usize::try_from(inflater.total_in())? == input.len() {
+            return Ok(Bytes::from(out));
+        }
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity());
+        } else if inflater.total_in() == before {
+            bail!("inflate made no progress");
+        }
+    }
+}
+
+/// A receiver of [`broadcast_deflate`]: reads frames and reports each data frame's arrival
+/// without inflating it, so that the load generator's one CPU is not what is measured (each
+/// receiver would inflate every 16 KiB message). Control frames are ignored (the server's
+/// first ping is 30 s away).
+async fn scan_frames(
+    mut tcp: TcpStream,
+    mut buf: BytesMut,
+    arrivals: tokio::sync::mpsc::UnboundedSender<Arrival>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        while buf.len() >= 2 {
+            let (first, second) = (buf[0], buf[1]);
+            if second & 0x80 != 0 {
+                return; // a server's frames are never masked
+            }
+            let (header, len) = match second & 0x7f {
+                126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                127 if buf.len() >= 10 => {
+                    let mut len = [0; 8];
+                    len.copy_from_slice(&buf[2..10]);
+                    (
+                        10,
+                        usize::try_from(u64::from_be_bytes(len)).unwrap_or(usize::MAX),
+                    )
+                }
+                126 | 127 => break,
+                short => (2, usize::from(short)),
+            };
+            if buf.len() < header + len {
+                buf.reserve(header + len - buf.len());
+                break;
+            }
+            let frame = buf.split_to(header + len).freeze().slice(header..);
+            match first & 0x0f {
+                // Every message is one frame here; a fragment would be reported as it stands.
+                0x1 | 0x2 => {
+                    let arrival = Arrival {
+                        at: Instant::now(),
+                        compressed: first & 0x40 != 0,
+                        payload: frame,
+                    };
+                    if arrivals.send(arrival).is_err() {
+                        return;
+                    }
+                }
+                0x8 => return,
+                _ => {}
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// S8: S6 over connections that negotiated permessage-deflate (browser-like offer), with a
+/// message of `--kind`/`--size` (a 16 KiB JSON document). Each round's message is checked:
+/// the first copy is inflated and compared with what was sent, every other copy must carry
+/// the same compressed bytes (or inflate to the message). Reports the median time until the
+/// last receiver has it and the compressed size.
+async fn broadcast_deflate(args: &Args) -> anyhow::Result<String> {
+    let trigger_url = args.trigger.as_ref().context("broadcast needs --trigger")?;
+    let (receivers, mut errors) = connect_many_deflate(&args.url, args.connections).await;
+    let receiver_count = receivers.len();
+    let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    for socket in receivers {
+        let DeflateSocket { tcp, pending, .. } = socket;
+        tokio::task::spawn_local(scan_frames(tcp, pending, arrivals.clone()));
+    }
+    drop(arrivals);
+    let mut trigger = DeflateSocket::connect(trigger_url).await?;
+    let mut settled = false;
+    for probe in 0..SETTLE_PROBES {
+        let sent = Bytes::from(format!("probe {probe}"));
+        trigger
+            .send(protocol_message(Kind::Text, sent.clone())?)
+            .await?;
+        match tokio::time::timeout(REPLY_TIMEOUT, trigger.next()).await {
+            Ok(Ok(Some(reply))) if protocol_payload(&reply) == Some(&sent) => {}
+            other => bail!("the trigger connection did not get its probe: {other:?}"),
+        }
+        let mut reached = 0;
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while reached < receiver_count {
+            match tokio::time::timeout_at(deadline, arrived.recv()).await {
+                Ok(Some(arrival)) => {
+                    if arrival.message()? == sent {
+                        reached += 1;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if reached == receiver_count {
+            settled = true;
+            break;
+        }
+    }
+    if !settled {
+        bail!("no probe reached all {receiver_count} receivers");
+    }
+    let mut last_arrivals = Vec::with_capacity(args.rounds);
+    let mut wire_bytes = 0;
+    let mut compressed_copies = 0u64;
+    // Tells whoever watches the server that the rounds start (and, below, end), so that the
+    // server's CPU time for the broadcasts alone can be read.
+    println!("measuring");
+    for round in 0..args.rounds {
+        let sent = payload(args.kind, args.size, round as u64);
+        let sent_at = Instant::now();
+        trigger
+            .send(protocol_message(args.kind, sent.clone())?)
+            .await?;
+        let mut last = Duration::ZERO;
+        let mut reference: Option<Bytes> = None;
+        for _ in 0..receiver_count {
+            match tokio::time::timeout(REPLY_TIMEOUT, arrived.recv()).await {
+                Ok(Some(arrival)) => {
+                    let same = reference.as_ref() == Some(&arrival.payload)
+                        || arrival.message().is_ok_and(|m| m == sent);
+                    if !same {
+                        errors += 1;
+                        continue;
+                    }
+                    if reference.is_none() {
+                        reference = Some(arrival.payload.clone());
+                    }
+                    compressed_copies += u64::from(arrival.compressed);
+                    wire_bytes = arrival.payload.len();
+                    last = last.max(arrival.at - sent_at);
+                }
+                _ => errors += 1,
+            }
+        }
+        // The trigger connection is in the hub too: take its copy before the next round.
+        match tokio::time::timeout(REPLY_TIMEOUT, trigger.next()).await {
+            Ok(Ok(Some(reply))) if protocol_payload(&reply) == Some(&sent) => {}
+            _ => errors += 1,
+        }
+        last_arrivals.push(last);
+    }
+    println!("measured");
+    last_arrivals.sort();
+    let median = last_arrivals[last_arrivals.len() / 2];
+    let worst = last_arrivals[last_arrivals.len() - 1];
+    Ok(format!(
+        "receivers={receiver_count} last_ms_median={:.2} last_ms_worst={:.2} rounds={} \
+         message_bytes={} wire_bytes={wire_bytes} compressed_copies={compressed_copies} errors={errors}",
+        median.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3,
+        args.rounds,
+        args.size,
+    ))
+}
+
 /// CPU time this process used (user + system), from /proc/self/stat; 0 where unavailable.
 fn own_cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -480,4 +784,174 @@ fn own_cpu_seconds() -> f64 {
         .unwrap_or(0.0);
     // Linux reports in USER_HZ, 100 on every mainstream configuration.
     ticks / 100.0
+}
+
+/// The client side of S5d and S8: our own protocol core (`ws_protocol`, client role) over a
+/// tokio `TcpStream`, with a hand-written opening handshake that offers permessage-deflate as
+/// browsers do (`permessage-deflate; client_max_window_bits`). sockudo-ws's client cannot offer
+/// it. Connecting fails if the server does not accept the offer.
+struct DeflateSocket {
+    tcp: TcpStream,
+    ws: ws_protocol::Connection,
+    /// Bytes read and not yet parsed.
+    pending: BytesMut,
+}
+
+/// The browser-like offer: context takeover allowed, `client_max_window_bits` without value.
+fn browser_policy() -> ws_protocol::deflate::DeflatePolicy {
+    ws_protocol::deflate::DeflatePolicy {
+        context_takeover: true,
+        ..Default::default()
+    }
+}
+
+impl DeflateSocket {
+    async fn connect(url: &Url) -> anyhow::Result<DeflateSocket> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = TcpStream::connect(&url.authority).await?;
+        tcp.set_nodelay(true)?;
+        let policy = browser_policy();
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: {}\r\n\r\n",
+            url.path,
+            url.authority,
+            ws_protocol::deflate::client_offer(&policy),
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        let mut pending = BytesMut::with_capacity(1024);
+        let head_len = loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            if pending.len() > 16 * 1024 {
+                bail!("handshake response too long");
+            }
+            if tcp.read_buf(&mut pending).await? == 0 {
+                bail!("server closed the connection during the handshake");
+            }
+        };
+        let head = pending.split_to(head_len);
+        let head = std::str::from_utf8(&head).context("handshake response is not UTF-8")?;
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default();
+        if !status.starts_with("HTTP/1.1 101") {
+            bail!("upgrade refused: {status}");
+        }
+        let mut accept_ok = false;
+        let mut extensions = None;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                // The accept value of the fixed key above (RFC 6455 §1.3).
+                accept_ok = value == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                extensions = Some(value.to_owned());
+            }
+        }
+        if !accept_ok {
+            bail!("wrong or missing Sec-WebSocket-Accept");
+        }
+        let extensions = extensions.context("the server did not negotiate permessage-deflate")?;
+        let params = ws_protocol::deflate::accept_response(&extensions, &policy)?;
+        let config = ws_protocol::Config {
+            deflate: Some(params),
+            ..ws_protocol::Config::client()
+        };
+        Ok(DeflateSocket {
+            tcp,
+            ws: ws_protocol::Connection::new(config),
+            pending,
+        })
+    }
+
+    async fn send(&mut self, message: ws_protocol::Message) -> anyhow::Result<()> {
+        self.ws.send(message)?;
+        self.write_out().await
+    }
+
+    /// Writes everything the protocol core has queued (messages, pongs, close echoes).
+    async fn write_out(&mut self) -> anyhow::Result<()> {
+        use bytes::Buf as _;
+        use tokio::io::AsyncWriteExt as _;
+        let output = self.ws.output();
+        while output.has_remaining() {
+            let written = self.tcp.write(output.chunk()).await?;
+            if written == 0 {
+                bail!("connection closed while writing");
+            }
+            output.advance(written);
+        }
+        Ok(())
+    }
+
+    /// The next text or binary message; `None` when the server closed.
+    async fn next(&mut self) -> anyhow::Result<Option<ws_protocol::Message>> {
+        use bytes::Buf as _;
+        use tokio::io::AsyncReadExt as _;
+        loop {
+            while !self.pending.is_empty() {
+                let mut input = &self.pending[..];
+                let received = self.ws.receive(&mut input);
+                let consumed = self.pending.len() - input.len();
+                self.pending.advance(consumed);
+                match received? {
+                    Some(
+                        message @ (ws_protocol::Message::Text(_) | ws_protocol::Message::Binary(_)),
+                    ) => {
+                        self.write_out().await?;
+                        return Ok(Some(message));
+                    }
+                    Some(ws_protocol::Message::Close(_)) => {
+                        self.write_out().await?;
+                        return Ok(None);
+                    }
+                    // Pings are answered by the core (written below), pongs ignored.
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            self.write_out().await?;
+            if self.pending.capacity() - self.pending.len() < 4096 {
+                self.pending.reserve(16 * 1024);
+            }
+            if self.tcp.read_buf(&mut self.pending).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Opens `count` deflate connections, at most [`CONNECT_CONCURRENCY`] at a time; failures are
+/// counted and the first one's reason printed.
+async fn connect_many_deflate(url: &Url, count: usize) -> (Vec<DeflateSocket>, usize) {
+    let permits = Rc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut pending = JoinSet::new();
+    for _ in 0..count {
+        let url = url.clone();
+        let permits = permits.clone();
+        pending.spawn_local(async move {
+            let _permit = permits.acquire().await;
+            tokio::time::timeout(REPLY_TIMEOUT, DeflateSocket::connect(&url)).await
+        });
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut errors = 0;
+    while let Some(done) = pending.join_next().await {
+        match done {
+            Ok(Ok(Ok(socket))) => sockets.push(socket),
+            Ok(Ok(Err(error))) => {
+                if errors == 0 {
+                    eprintln!("loadgen: connect: {error:#}");
+                }
+                errors += 1;
+            }
+            _ => errors += 1,
+        }
+    }
+    (sockets, errors)
 }
