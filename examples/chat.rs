@@ -7,17 +7,26 @@
 //!
 //! # Coming back without missing anything
 //!
-//! Connecting to `/ws/{room}?since=POS`, with the `pos` of the last message received, first
-//! delivers every room message after it, in order, then the live ones: none missing, none
-//! twice. When that is not possible (the position is older than the last 256 messages or 5
-//! minutes, the server restarted, or rooms span instances, whose shared history is not
-//! built yet) the first message is `{"from": "server", "text": "...", "recovered": false,
-//! "at": ...}` and the client should reload what it shows. The page does this after every
-//! drop.
+//! Joining a room without `since`, the first message is the room's position at join,
+//! `{"from": "server", "joined": true, "pos": "...", "at": ...}` (no `text`), before any
+//! room message: a client that keeps it (then each message's `pos`) can recover even if it
+//! received nothing before it dropped.
 //!
-//! A few commands, answered to the sender only when they fail:
+//! Connecting to `/ws/{room}?since=POS`, with the last `pos` received, first delivers every
+//! room message after it, in order, then the live ones: none missing, none twice; this
+//! works across instances too (`REDIS_URL`: the history is in Redis Streams), on whichever
+//! instance the client comes back to. When that is not possible (the position is older
+//! than the last 256 messages or 5 minutes, or the history was lost: a restart of the
+//! single instance, or of a Redis without persistence) the first message is
+//! `{"from": "server", "text": "...", "recovered": false, "at": ...}`, then the position
+//! at join as above, and the client should reload what it shows. The page does this after
+//! every drop. `WS_HISTORY_LEN` and `WS_HISTORY_AGE` change the 256 and the 5 minutes.
+//!
+//! A few commands, answered to the sender only (`/dm` and `/kick` only when they fail):
 //!
 //! - `/me`: your connection id (answered `{"from": "server", "text": "<id>", ...}`);
+//! - `/who`: who is in the room, on every instance (answered `{"from": "server",
+//!   "members": [...], ...}`, each member's `name` query parameter or its id);
 //! - `/dm <id> <text>`: a private message to one connection;
 //! - `/kick <id>`: closes that connection with code 4000.
 //!
@@ -67,10 +76,16 @@ struct ChatMessage<'a> {
 }
 
 /// Joins the room; with `?since=POS`, recovers what was missed since then first, or says
-/// first that it cannot.
+/// first that it cannot. Otherwise (or then) the first message is the position at join.
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
     let hub = conn.hub();
+    // What `/who` lists for this member, on any instance.
+    let name = conn
+        .query_param("name")
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| conn.id().to_string());
+    hub.set_presence_info(conn.id(), name);
     if let Some(since) = conn.query_param("since") {
         let recovered = match since.parse::<RoomPosition>() {
             Ok(since) => hub.join_since(conn.id(), &room, &since).await,
@@ -93,8 +108,20 @@ async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
             }
         }
     }
-    hub.join(conn.id(), &room).await;
-    tracing::info!(room, "joined");
+    let joined = hub
+        .join_at(conn.id(), &room, |pos| {
+            let greeting = serde_json::json!({
+                "from": "server",
+                "joined": true,
+                "pos": pos.to_string(),
+                "at": now_ms(),
+            });
+            Message::text(greeting.to_string())
+        })
+        .await;
+    if joined.is_ok() {
+        tracing::info!(room, "joined");
+    }
     Ok(())
 }
 
@@ -134,7 +161,7 @@ async fn chat(ctx: Context) -> Result<Option<serde_json::Value>, Error> {
     }
 }
 
-/// `/me`, `/dm <id> <text>` and `/kick <id>`; the id may be on any instance.
+/// `/me`, `/who`, `/dm <id> <text>` and `/kick <id>`; the id may be on any instance.
 async fn run_command(
     ctx: &Context,
     from: &str,
@@ -148,6 +175,21 @@ async fn run_command(
             "text": ctx.id().as_str(),
             "at": now_ms(),
         }))),
+        "who" => {
+            let room = ctx.path_param("room").unwrap_or("lobby");
+            let members: Vec<String> = ctx
+                .hub()
+                .presence(room)
+                .await
+                .into_iter()
+                .map(|member| member.info.to_string())
+                .collect();
+            Ok(Some(serde_json::json!({
+                "from": "server",
+                "members": members,
+                "at": now_ms(),
+            })))
+        }
         "dm" => {
             let (to, text) = rest
                 .split_once(' ')
@@ -172,7 +214,7 @@ async fn run_command(
             }
         }
         _ => Err(Error::bad_request(
-            "commands: /me, /dm <id> <text>, /kick <id>",
+            "commands: /me, /who, /dm <id> <text>, /kick <id>",
         )),
     }
 }

@@ -208,8 +208,8 @@ async fn a_room_with_members_on_one_instance_sends_nothing_to_the_other() {
     // Only A subscribed to the room's channel, so Redis has nobody else to send it to. The
     // channel is prefixed with the app's name.
     assert_eq!(
-        cluster.redis.cli(&["PUBSUB", "NUMSUB", "chat:room:solo"]),
-        "chat:room:solo\n1"
+        cluster.redis.cli(&["PUBSUB", "NUMSUB", "{chat:solo}:room"]),
+        "{chat:solo}:room\n1"
     );
     let before = metric(&cluster.b, "backplane_messages_received_total").await;
     for n in 0..20 {
@@ -361,4 +361,57 @@ fn an_unreachable_redis_stops_the_app_with_a_clear_message() {
         stderr.contains("cannot join the cluster") && stderr.contains(&url),
         "{stderr}"
     );
+}
+
+/// `/who` lists the room's members on both instances, by name (or id), and forgets one that
+/// left.
+#[tokio::test]
+async fn who_lists_members_on_every_instance() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let connect = |addr: std::net::SocketAddr, name: &'static str| async move {
+        let url = format!("ws://{addr}/ws/who?name={name}");
+        let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        client
+    };
+    let mut ann = connect(cluster.a.addr, "ann").await;
+    let _bob = connect(cluster.b.addr, "bob").await;
+    let cy = connect(cluster.b.addr, "cy").await;
+    let started = Instant::now();
+    loop {
+        let names = who(&mut ann).await;
+        if names == ["ann", "bob", "cy"] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{names:?}");
+    }
+    drop(cy);
+    let started = Instant::now();
+    loop {
+        let names = who(&mut ann).await;
+        if names == ["ann", "bob"] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{names:?}");
+    }
+}
+
+/// Asks `/who` and returns the names, sorted.
+async fn who(client: &mut Client) -> Vec<String> {
+    client.send(Message::text("/who")).await.unwrap();
+    loop {
+        let line = chat_line(client).await;
+        if let Some(members) = line["members"].as_array() {
+            let mut names: Vec<String> = members
+                .iter()
+                .map(|name| name.as_str().unwrap_or_default().to_owned())
+                .collect();
+            names.sort();
+            return names;
+        }
+    }
 }

@@ -264,7 +264,18 @@ async fn chatter(server: &Running, room: &str, name: &str) -> Client {
     }
 }
 
+/// The next chat line, the position given at join skipped.
 async fn chat_line(client: &mut Client) -> serde_json::Value {
+    loop {
+        let line = chat_json(client).await;
+        if line["joined"] != true {
+            return line;
+        }
+    }
+}
+
+/// The next JSON line, whatever it is.
+async fn chat_json(client: &mut Client) -> serde_json::Value {
     let message = next_data(client).await;
     serde_json::from_str(message.to_text().unwrap()).unwrap()
 }

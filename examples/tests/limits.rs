@@ -145,3 +145,65 @@ async fn out_of_file_descriptors_the_server_backs_off_and_serves_again() {
     client.send(Message::text("back")).await.unwrap();
     assert_eq!(next_data(&mut client).await, Message::text("back"));
 }
+
+/// The same shutdown with a service in the app's pool: while half-sent requests hang on, the
+/// service still gets its close frame, 1001, and the process exits in time. Two workers: the
+/// service task runs while this one waits for the example to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_pool_services_with_1001_whatever_the_clients_do() {
+    let grace = Duration::from_secs(2);
+    // The service: accepts one connection and reports the close code it is sent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service_url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let service = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let _ = connected_tx.send(());
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("the service expected a close frame, got {other:?}"),
+            }
+        }
+    });
+    let mut server = Running::start_with(
+        "ws-inter-service",
+        &[
+            ("SHUTDOWN_GRACE_PERIOD", "2s"),
+            ("NOTIFICATION_URL", service_url.as_str()),
+            ("RETRY_INTERVAL_MS", "100"),
+        ],
+    );
+    tokio::time::timeout(WAIT, connected)
+        .await
+        .expect("the app dialled its service")
+        .unwrap();
+    let mut half_head = TcpStream::connect(server.addr).await.unwrap();
+    half_head
+        .write_all(b"GET /.well-known/alive HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut half_body = TcpStream::connect(server.addr).await.unwrap();
+    half_body
+        .write_all(b"POST /send-notification HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nten bytes.")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    server.terminate();
+    let code = tokio::time::timeout(grace + Duration::from_secs(2), service)
+        .await
+        .expect("the service got its close frame in time")
+        .unwrap();
+    assert_eq!(code, Some(1001));
+    let status = server.wait_exit();
+    let elapsed = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        elapsed <= grace + Duration::from_secs(2),
+        "exited {elapsed:?} after SIGTERM"
+    );
+}

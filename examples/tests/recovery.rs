@@ -1,12 +1,13 @@
-//! `examples/chat`'s recovery contract: `"pos"` on every room line, `?since=POS` after a
-//! drop delivers what was missed first, once, in order; `"recovered": false` when it cannot.
+//! `examples/chat`'s recovery contract: `"pos"` on every room line and in the greeting at
+//! join, `?since=POS` after a drop delivers what was missed first, once, in order (on one
+//! instance, or across instances through Redis); `"recovered": false` when it cannot.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message};
 
-use crate::{Client, Running, chat_line, chatter};
+use crate::{Client, Running, WAIT, chat_json, chat_line, chatter, redis_server::RedisServer};
 
 /// Cuts the connection with a TCP reset, as a network drop would: no close frame.
 fn reset(client: Client) {
@@ -63,4 +64,170 @@ async fn chat_a_client_cut_off_comes_back_with_its_last_pos_and_misses_nothing()
     assert_eq!(notice["recovered"], false, "{notice}");
     ann.send(Message::text("after")).await.unwrap();
     assert_eq!(said(&mut cy).await.0, "after");
+}
+
+/// The position given at join: a client that received nothing but it, then dropped, gets
+/// every message sent meanwhile when it comes back with it.
+#[tokio::test]
+async fn chat_the_position_at_join_recovers_a_client_that_received_nothing() {
+    let server = Running::start("chat");
+    let url = format!("ws://{}/ws/quiet?name=dan", server.addr);
+    let (mut dan, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let greeting = chat_json(&mut dan).await;
+    assert_eq!(greeting["from"], "server", "{greeting}");
+    assert_eq!(greeting["joined"], true, "{greeting}");
+    let at_join = greeting["pos"].as_str().expect("a pos at join").to_owned();
+    reset(dan);
+
+    let mut eve = chatter(&server, "quiet", "eve").await;
+    eve.send(Message::text("while dan was away")).await.unwrap();
+    assert_eq!(said(&mut eve).await.0, "while dan was away");
+    let url = format!("ws://{}/ws/quiet?name=dan&since={at_join}", server.addr);
+    let (mut dan, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(said(&mut dan).await.0, "hello from eve");
+    assert_eq!(said(&mut dan).await.0, "while dan was away");
+}
+
+/// One member of the room in the rolling-restart test: follows the sender's lines `m0`,
+/// `m1`, ... until `last`, coming back to `back` with its last position whenever its
+/// connection ends (a SIGTERM'd instance closes it with 1001).
+async fn follow(
+    first: SocketAddr,
+    back: SocketAddr,
+    name: String,
+    last: usize,
+) -> (String, Vec<String>, usize) {
+    let url = |addr: SocketAddr, since: Option<&str>| {
+        let since = since.map(|pos| format!("&since={pos}")).unwrap_or_default();
+        format!("ws://{addr}/ws/roll?name={name}{since}")
+    };
+    let (mut client, _) = tokio_tungstenite::connect_async(url(first, None))
+        .await
+        .unwrap();
+    let mut pos = chat_json(&mut client).await["pos"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut texts = Vec::new();
+    let mut reconnects = 0;
+    while texts.len() <= last {
+        let frame = tokio::time::timeout(WAIT, client.next()).await;
+        match frame {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let line: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_ne!(line["recovered"], false, "{name}: recovery refused: {line}");
+                if let Some(p) = line["pos"].as_str() {
+                    pos = p.to_owned();
+                }
+                if line["from"] == "tx" {
+                    texts.push(line["text"].as_str().unwrap().to_owned());
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            // Closed by the instance going away, or dropped: back on the other one.
+            Ok(_) => {
+                reconnects += 1;
+                assert!(reconnects < 5, "{name}: too many reconnects");
+                let (again, _) = tokio_tungstenite::connect_async(url(back, Some(&pos)))
+                    .await
+                    .unwrap();
+                client = again;
+            }
+            Err(_) => panic!("{name}: nothing for {WAIT:?} after {texts:?}"),
+        }
+    }
+    (name, texts, reconnects)
+}
+
+/// The issue's rolling restart: two chat instances on one Redis, one stopped with SIGTERM
+/// and started again while messages flow; its members come back on the other instance with
+/// their last position and miss nothing, and members of the new process get the rest.
+#[tokio::test]
+async fn chat_cluster_a_rolling_restart_loses_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    let mut a = Running::start_with("chat", &env);
+    let b = Running::start_with("chat", &env);
+    const LAST: usize = 199;
+    let mut members = Vec::new();
+    for i in 0..20 {
+        let first = if i % 2 == 0 { a.addr } else { b.addr };
+        members.push(tokio::spawn(follow(first, b.addr, format!("m{i}"), LAST)));
+    }
+    // Every member greeted (so joined) before the first line.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut tx, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/roll?name=tx", b.addr))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut late = Vec::new();
+    for n in 0..=LAST {
+        tx.send(Message::text(format!("m{n}"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if n == 50 {
+            a.terminate();
+            assert!(a.wait_exit().success());
+            a = Running::start_with("chat", &env);
+        }
+        if n == 60 {
+            for i in 0..5 {
+                late.push(tokio::spawn(follow_from_join(a.addr, format!("late{i}"))));
+            }
+        }
+    }
+    let expected: Vec<String> = (0..=LAST).map(|n| format!("m{n}")).collect();
+    let mut moved = 0;
+    for member in members {
+        let (name, texts, reconnects) = member.await.unwrap();
+        assert_eq!(texts, expected, "{name}: every line once, in order");
+        moved += reconnects;
+    }
+    assert!(
+        moved >= 10,
+        "the stopped instance's 10 members came back: {moved}"
+    );
+    for member in late {
+        member.await.unwrap();
+    }
+    eprintln!(
+        "rolling restart: 20 members (10 on the stopped instance, {moved} reconnects), {} lines \
+         in {:?}: 0 missing, 0 duplicates",
+        LAST + 1,
+        started.elapsed()
+    );
+}
+
+/// A member joining the restarted instance: from its position at join, every later line
+/// with consecutive offsets up to the last.
+async fn follow_from_join(addr: SocketAddr, name: String) {
+    let url = format!("ws://{addr}/ws/roll?name={name}");
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let greeting = chat_json(&mut client).await;
+    let mut offset = greeting["pos"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    loop {
+        let line = chat_line(&mut client).await;
+        let next: u64 = line["pos"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(next, offset + 1, "{name}: no gap after the join: {line}");
+        offset = next;
+        if line["text"] == "m199" {
+            return;
+        }
+    }
 }

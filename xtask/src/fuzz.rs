@@ -1,10 +1,16 @@
-//! `cargo xtask fuzz [TARGET] [--time SECONDS]`: runs the cargo-fuzz targets of `fuzz/` (the
-//! protocol core's: `ws_protocol::fuzzing`) with `cargo +nightly fuzz run`, one after the
-//! other, and prints the executions and crashes of each.
+//! `cargo xtask fuzz [TARGET] [--time SECONDS]`: runs the cargo-fuzz targets of `fuzz/` with
+//! `cargo +nightly fuzz run`, one after the other, and prints the executions and crashes of
+//! each. Each target's body is a `fuzzing` function of the crate that owns the parser:
+//! `ws_protocol` (frames, frames_deflate, inflate, negotiate), `ws_upgrader` (handshake),
+//! `ws_backplane_redis` (envelope) and `gofr_app` (config).
 //!
 //! Needs a nightly toolchain and `cargo install cargo-fuzz`. New inputs go to
-//! `fuzz/corpus/<target>/`, crashes to `fuzz/artifacts/<target>/`; the stable test
-//! `crates/ws-protocol/tests/fuzz_corpus.rs` replays both.
+//! `fuzz/corpus/<target>/`, crashes to `fuzz/artifacts/<target>/`; each crate's stable test
+//! `tests/fuzz_corpus.rs` replays both. Keep the corpus small (it is committed and replayed by
+//! `cargo test`): after a run, `cargo +nightly fuzz cmin -O TARGET` in `fuzz/`; for
+//! `handshake`, whose coverage is mostly the `http` crate's header parsing, merge on edges only
+//! (`target/x86_64-unknown-linux-gnu/release/handshake -merge=1 -use_counters=0 NEW_DIR
+//! corpus/handshake`), about a twentieth of the size for the same edges.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -14,7 +20,15 @@ use std::{
 use crate::project_root;
 
 /// Every target, in the order they run.
-const TARGETS: &[&str] = &["frames", "frames_deflate", "inflate", "negotiate"];
+const TARGETS: &[&str] = &[
+    "frames",
+    "frames_deflate",
+    "inflate",
+    "negotiate",
+    "handshake",
+    "envelope",
+    "config",
+];
 /// Seconds per target unless `--time` says otherwise.
 const DEFAULT_SECONDS: u64 = 600;
 

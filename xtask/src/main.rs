@@ -125,6 +125,21 @@ fn ci() -> Result<(), String> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     cargo(&["test", "--workspace"], &[])?;
+    // In the workspace the examples turn on gofr-app's `redis` feature; built alone, its
+    // branches without the feature are checked and tested too.
+    cargo(
+        &[
+            "clippy",
+            "-p",
+            "gofr-app",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(&["test", "-p", "gofr-app"], &[])?;
     Ok(())
 }
 

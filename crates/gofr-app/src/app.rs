@@ -112,7 +112,7 @@ impl App {
         App::build(Ok(config))
     }
 
-    fn build(mut config: Result<Config, ConfigError>) -> Self {
+    fn build(config: Result<Config, ConfigError>) -> Self {
         // Logging starts with the app, as in GoFr, so what happens before `run` (a first dial
         // of `add_ws_service` that fails, say) is logged too.
         if let Ok(config) = &config {
@@ -120,6 +120,8 @@ impl App {
         }
         // With the feature, the hub always has the Redis backplane; until `serve` connects
         // it (only when `REDIS_URL` is set) it keeps every delivery in this process.
+        #[cfg(feature = "redis")]
+        let mut config = config;
         #[cfg(feature = "redis")]
         let cluster = match &config {
             Ok(settings) => match backplane_settings(settings) {
@@ -135,11 +137,12 @@ impl App {
         let hub = ConnectionHub::with_backplane(cluster.clone());
         #[cfg(not(feature = "redis"))]
         let hub = ConnectionHub::new();
+        let upgrader = default_upgrader(config.as_ref().ok());
         App {
             config,
             router: Router::new(),
             websockets: Vec::new(),
-            upgrader: WsUpgrader::new(),
+            upgrader,
             hub,
             services: WsClientPool::new(),
             layers: Vec::new(),
@@ -405,6 +408,15 @@ impl App {
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
         crate::metrics::install();
+        // Every upgrader that was not given a budget of its own shares the process's.
+        ws_upgrader::process_inbound_budget().set_limit(config.ws_inbound_budget);
+        if config.history_len.is_some() || config.history_age.is_some() {
+            let (len, age) = self.hub.history_limits();
+            self.hub.set_history_limits(
+                config.history_len.unwrap_or(len),
+                config.history_age.unwrap_or(age),
+            );
+        }
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis_url {
             self.cluster.connect(url).await?;
@@ -610,4 +622,16 @@ async fn os_signal() {
 /// `{"data": value}`, GoFr's success envelope.
 pub(crate) fn data<T: serde::Serialize>(value: T) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "data": value }))
+}
+
+/// The upgrader of an app that is given none: the defaults, with `WS_MESSAGE_TIMEOUT`.
+fn default_upgrader(config: Option<&Config>) -> WsUpgrader {
+    let Some(config) = config else {
+        return WsUpgrader::new();
+    };
+    WsUpgrader::builder()
+        .message_timeout(config.ws_message_timeout)
+        .build()
+        // The setting was checked against the same range when it was read.
+        .unwrap_or_default()
 }

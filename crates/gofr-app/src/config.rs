@@ -1,5 +1,6 @@
 use std::{
     collections::HashMap,
+    ffi::OsString,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -16,7 +17,6 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn new(name: &'static str, value: &str, expected: &'static str) -> Self {
         ConfigError {
             name,
@@ -106,10 +106,14 @@ impl LogLevel {
 /// | `HTTP_MAX_HEADER_BYTES` | `65536` | largest request head in bytes (8 KiB to 1 MiB); larger heads get `431` |
 /// | `WS_MAX_CONNECTIONS` | `10000` | WebSocket connections open at once across all routes; more get `503` with `Retry-After` |
 /// | `WS_MAX_CONNECTIONS_PER_IP` | unset (no limit) | WebSocket connections open at once from one client IP address; more get `503` with `Retry-After` |
+/// | `WS_INBOUND_BUDGET` | `268435456` (256 MiB) | bytes held in unfinished incoming messages across the whole process (1 MiB to 1 TiB); a frame past it closes its connection with 1013 |
+/// | `WS_MESSAGE_TIMEOUT` | `30s` | time an unfinished incoming message may go without a new byte before its connection is closed with 1008 (the app's default upgrader; an upgrader given to `override_websocket_upgrader` carries its own) |
 /// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` or `rediss://` for TLS (needs the `redis` feature) |
 /// | `WS_BACKPLANE_PREFIX` | `APP_NAME` | prefix of the app's Redis channels and keys: instances of one app share it, other apps on the same Redis must not (letters, digits, `.`, `_`, `-`, at most 64) |
 /// | `WS_BACKPLANE_SECRET` | unset | shared secret: cross-instance envelopes are signed (HMAC-SHA256) and unsigned or altered ones dropped |
 /// | `REDIS_TLS_CA_CERT` | unset | PEM file of the CA to trust for `rediss://` instead of the webpki roots |
+/// | `WS_HISTORY_LEN` | unset (what the code sets; off unless it sets it) | most messages each room keeps for recovery (0 to 1,000,000; 0 turns history off); with `REDIS_URL`, the `MAXLEN ~` of each room's Redis stream |
+/// | `WS_HISTORY_AGE` | unset (what the code sets; 5 min) | longest a room message is kept for recovery (1 s to 24 h); with `REDIS_URL`, the stream's `MINID ~` bound and time to live |
 ///
 /// Variables already set in the environment win over `configs/.env`. Every number is checked
 /// against its range, and a value out of it is an error naming the variable: durations from
@@ -141,6 +145,10 @@ pub struct Config {
     pub ws_max_connections: usize,
     /// `WS_MAX_CONNECTIONS_PER_IP` (`None`: no limit)
     pub ws_max_connections_per_ip: Option<usize>,
+    /// `WS_INBOUND_BUDGET`, in bytes.
+    pub ws_inbound_budget: usize,
+    /// `WS_MESSAGE_TIMEOUT`
+    pub ws_message_timeout: Duration,
     /// `REDIS_URL`: with it, rooms, broadcasts and send-to-id span every instance connected
     /// to this Redis.
     pub redis_url: Option<String>,
@@ -151,17 +159,50 @@ pub struct Config {
     pub backplane_secret: Option<Secret>,
     /// `REDIS_TLS_CA_CERT`
     pub redis_tls_ca_cert: Option<PathBuf>,
+    /// `WS_HISTORY_LEN`: overrides the hub's history length when set.
+    pub history_len: Option<usize>,
+    /// `WS_HISTORY_AGE`: overrides the hub's history age when set.
+    pub history_age: Option<Duration>,
 }
 
 impl Config {
     /// Reads `configs/.env` (relative to the working directory, if present), then the
-    /// environment.
+    /// environment. A variable of the table above whose value in the environment is not
+    /// UTF-8 is an error naming it; other variables are not looked at.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut vars: HashMap<String, String> = HashMap::new();
         if let Ok(file) = dotenvy::from_path_iter(Path::new("configs/.env")) {
             vars.extend(file.flatten());
         }
-        vars.extend(std::env::vars());
+        Config::from_os_vars(vars, std::env::vars_os())
+    }
+
+    /// `vars` (from the file) overridden by `env` (the environment's variables, which may be
+    /// any bytes): a variable this config reads must be UTF-8, others are skipped.
+    /// (`std::env::vars` would panic on any variable that is not.)
+    pub(crate) fn from_os_vars(
+        mut vars: HashMap<String, String>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
+        for (name, value) in env {
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => {
+                    vars.insert(name, value);
+                }
+                Err(value) => {
+                    if let Some(known) = VARIABLES.iter().find(|v| **v == name) {
+                        return Err(ConfigError::new(
+                            known,
+                            value.to_string_lossy().trim(),
+                            "is not valid UTF-8",
+                        ));
+                    }
+                }
+            }
+        }
         Config::from_vars(&vars)
     }
 
@@ -265,6 +306,18 @@ impl Config {
             MAX_COUNT,
             "is not a count from 1 to 10000000",
         )?;
+        let ws_inbound_budget = count(
+            "WS_INBOUND_BUDGET",
+            1 << 20,
+            1 << 40,
+            "is not a size in bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+        )?
+        .unwrap_or(ws_upgrader::DEFAULT_INBOUND_BUDGET);
+        let ws_message_timeout = duration(
+            "WS_MESSAGE_TIMEOUT",
+            ws_upgrader::DEFAULT_MESSAGE_TIMEOUT,
+            one_ms,
+        )?;
         let redis_url = get("REDIS_URL").map(str::to_owned);
         if cfg!(not(feature = "redis"))
             && let Some(url) = &redis_url
@@ -287,7 +340,31 @@ impl Config {
             }
             None => prefix_from(&app_name),
         };
+        let history_len = match get("WS_HISTORY_LEN") {
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n <= 1_000_000 => Some(n),
+                _ => return Err(bad("WS_HISTORY_LEN", v, "is not a count from 0 to 1000000")),
+            },
+            None => None,
+        };
+        let history_age = match get("WS_HISTORY_AGE") {
+            Some(v) => match parse_duration(v) {
+                Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(86_400) => {
+                    Some(d)
+                }
+                _ => {
+                    return Err(bad(
+                        "WS_HISTORY_AGE",
+                        v,
+                        "is not a duration from 1s to 24h (such as 30s or 5m)",
+                    ));
+                }
+            },
+            None => None,
+        };
         Ok(Config {
+            history_len,
+            history_age,
             redis_url,
             backplane_prefix,
             backplane_secret: get("WS_BACKPLANE_SECRET").map(Secret::new),
@@ -304,9 +381,31 @@ impl Config {
             http_max_header_bytes,
             ws_max_connections,
             ws_max_connections_per_ip,
+            ws_inbound_budget,
+            ws_message_timeout,
         })
     }
 }
+
+/// Every variable [`Config::from_vars`] reads.
+pub(crate) const VARIABLES: [&str; 16] = [
+    "APP_NAME",
+    "HTTP_HOST",
+    "HTTP_PORT",
+    "METRICS_PORT",
+    "LOG_LEVEL",
+    "SHUTDOWN_GRACE_PERIOD",
+    "HTTP_READ_HEADER_TIMEOUT",
+    "HTTP_READ_TIMEOUT",
+    "HTTP_IDLE_TIMEOUT",
+    "HTTP_MAX_HEADER_BYTES",
+    "WS_MAX_CONNECTIONS",
+    "WS_MAX_CONNECTIONS_PER_IP",
+    "REDIS_URL",
+    "WS_BACKPLANE_PREFIX",
+    "WS_BACKPLANE_SECRET",
+    "REDIS_TLS_CA_CERT",
+];
 
 /// The longest duration any setting takes: 1 h. Longer values are almost certainly a mistake,
 /// and unbounded ones overflow the clock (`SHUTDOWN_GRACE_PERIOD=18446744073709551615`).
@@ -391,6 +490,28 @@ mod tests {
     }
 
     #[test]
+    fn history_limits_are_read_and_checked() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!((config.history_len, config.history_age), (None, None));
+        let config = Config::from_vars(&vars(&[
+            ("WS_HISTORY_LEN", "1000"),
+            ("WS_HISTORY_AGE", "2m"),
+        ]))
+        .unwrap();
+        assert_eq!(config.history_len, Some(1000));
+        assert_eq!(config.history_age, Some(Duration::from_secs(120)));
+        for (name, value) in [
+            ("WS_HISTORY_LEN", "-1"),
+            ("WS_HISTORY_LEN", "1000001"),
+            ("WS_HISTORY_AGE", "500ms"),
+            ("WS_HISTORY_AGE", "25h"),
+        ] {
+            let error = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+            assert_eq!(error.name(), name);
+        }
+    }
+
+    #[test]
     fn backplane_prefix_comes_from_app_name_unless_set() {
         let config = Config::from_vars(&vars(&[("APP_NAME", "shop: orders {eu}")])).unwrap();
         assert_eq!(config.backplane_prefix, "shop__orders__eu_");
@@ -456,6 +577,10 @@ mod tests {
             ("WS_MAX_CONNECTIONS", "18446744073709551616"),
             ("WS_MAX_CONNECTIONS_PER_IP", "0"),
             ("WS_MAX_CONNECTIONS_PER_IP", "-1"),
+            ("WS_INBOUND_BUDGET", "1024"),
+            ("WS_INBOUND_BUDGET", "18446744073709551615"),
+            ("WS_MESSAGE_TIMEOUT", "0"),
+            ("WS_MESSAGE_TIMEOUT", "2h"),
             ("HTTP_PORT", "65536"),
             ("METRICS_PORT", "-1"),
         ] {
@@ -467,6 +592,28 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
+    fn environment_that_is_not_utf8_is_an_error_for_our_variables_and_skipped_otherwise() {
+        use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+        let os = |bytes: &[u8]| OsStr::from_bytes(bytes).to_owned();
+        // `std::env::vars` panicked on either of these.
+        let error = Config::from_os_vars(HashMap::new(), [(os(b"HTTP_PORT"), os(b"80\xff80"))])
+            .unwrap_err();
+        assert_eq!(error.name(), "HTTP_PORT");
+        assert_eq!(error.value(), "80\u{fffd}80");
+        let config = Config::from_os_vars(
+            vars(&[("HTTP_PORT", "81")]),
+            [
+                (os(b"OTHER"), os(b"\xff")),
+                (os(b"\xfe"), os(b"x")),
+                (os(b"HTTP_PORT"), os(b"82")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.http_port, 82);
+    }
+
+    #[test]
     fn limits_have_defaults_and_take_values_in_range() {
         let config = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!(config.http_read_header_timeout, Duration::from_secs(10));
@@ -475,6 +622,8 @@ mod tests {
         assert_eq!(config.http_max_header_bytes, 64 * 1024);
         assert_eq!(config.ws_max_connections, 10_000);
         assert_eq!(config.ws_max_connections_per_ip, None);
+        assert_eq!(config.ws_inbound_budget, 256 << 20);
+        assert_eq!(config.ws_message_timeout, Duration::from_secs(30));
         let config = Config::from_vars(&vars(&[
             ("SHUTDOWN_GRACE_PERIOD", "1h"),
             ("HTTP_READ_HEADER_TIMEOUT", "2s"),
@@ -483,6 +632,8 @@ mod tests {
             ("HTTP_MAX_HEADER_BYTES", "8192"),
             ("WS_MAX_CONNECTIONS", "3"),
             ("WS_MAX_CONNECTIONS_PER_IP", "2"),
+            ("WS_INBOUND_BUDGET", "1048576"),
+            ("WS_MESSAGE_TIMEOUT", "5s"),
         ]))
         .unwrap();
         assert_eq!(config.shutdown_grace, Duration::from_secs(3600));
@@ -492,5 +643,7 @@ mod tests {
         assert_eq!(config.http_max_header_bytes, 8192);
         assert_eq!(config.ws_max_connections, 3);
         assert_eq!(config.ws_max_connections_per_ip, Some(2));
+        assert_eq!(config.ws_inbound_budget, 1 << 20);
+        assert_eq!(config.ws_message_timeout, Duration::from_secs(5));
     }
 }

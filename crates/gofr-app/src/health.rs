@@ -55,7 +55,7 @@ fn service_health(services: &WsClientPool) -> (&'static str, serde_json::Value) 
             service.name.clone(),
             serde_json::json!({
                 "status": service.state.as_str(),
-                "url": redact_url(&service.url),
+                "url": service.url,
                 "error": service.last_error.map(|(_, error)| error),
                 "queued": service.queued,
                 "reconnects": service.reconnects,
@@ -64,42 +64,4 @@ fn service_health(services: &WsClientPool) -> (&'static str, serde_json::Value) 
         );
     }
     (status, serde_json::Value::Object(details))
-}
-
-/// A URL fit to show: no user name or password, no query (tokens often ride there), no
-/// fragment. `wss://user:secret@host:443/path?token=x` becomes `wss://host:443/path`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let end = url.find(['?', '#']).unwrap_or(url.len());
-    let url = &url[..end];
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}{host}{path}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn urls_lose_userinfo_query_and_fragment() {
-        for (url, shown) in [
-            (
-                "wss://user:secret@host:443/path?token=x",
-                "wss://host:443/path",
-            ),
-            ("ws://a@b@host/ws#frag", "ws://host/ws"),
-            ("ws://host:8080?token=x", "ws://host:8080"),
-            ("ws://host/ws", "ws://host/ws"),
-            ("not a url?secret", "not a url"),
-        ] {
-            assert_eq!(redact_url(url), shown);
-        }
-    }
 }

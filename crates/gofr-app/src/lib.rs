@@ -84,6 +84,8 @@ mod admission;
 mod app;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod http;
 mod logging;
@@ -101,32 +103,38 @@ pub use ws_client_pool::{
 };
 pub use ws_context::{
     BindError, CloseFrame, Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context,
-    Endpoint, Message, RecoveryError, RoomPosition, SocketWriter, WriteError,
+    Endpoint, Message, PresenceMember, RecoveryError, RoomPosition, SocketWriter, WriteError,
 };
 pub use ws_upgrader::WsUpgrader;
 
 /// Messages and the rules that turn values into frames: the `ws-message` crate.
-pub mod message {
-    pub use ws_message::*;
-}
+#[doc(inline)]
+pub use ws_message as message;
+
+/// The WebSocket protocol itself, sans I/O: the `ws-protocol` crate.
+#[doc(inline)]
+pub use ws_protocol as protocol;
 
 /// Upgrader options, the handshake and the socket: the `ws-upgrader` crate.
-pub mod upgrader {
-    pub use ws_upgrader::*;
-}
+#[doc(inline)]
+pub use ws_upgrader as upgrader;
 
 /// Handler context, socket writer and connection hub: the `ws-context` crate.
-pub mod context {
-    pub use ws_context::*;
-}
+#[doc(inline)]
+pub use ws_context as context;
+
+/// Outbound WebSocket services: the `ws-client-pool` crate.
+#[doc(inline)]
+pub use ws_client_pool as client_pool;
+
+/// Rooms across instances through Redis: the `ws-backplane-redis` crate (feature `redis`).
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use ws_backplane_redis as backplane_redis;
 
 /// The user guide (`docs/guide.md`), compiled here so that every example in it is tested.
 #[doc = include_str!("../../../docs/guide.md")]
 pub mod guide {}
-/// Outbound WebSocket services: the `ws-client-pool` crate.
-pub mod client_pool {
-    pub use ws_client_pool::*;
-}
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

@@ -3,6 +3,7 @@
 mod support;
 
 mod broadcast;
+mod fuzz_corpus;
 mod handshake_timeout;
 mod http_routes;
 mod limits;

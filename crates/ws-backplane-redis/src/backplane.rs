@@ -16,10 +16,13 @@ use redis::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use ws_context::{
-    Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, Inbound, Target,
+    Appended, Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, ConnectionId, Envelope,
+    HistoryEntry, HistoryFuture, Inbound, Message, PresenceMember, RecoveryError, RoomPosition,
+    Target,
 };
 
 use crate::{
+    history::{self, AppendReply, RoomKeys, Script, SinceReply},
     metrics as m,
     wire::{self, Body, Frame, Key, Position, WireError},
 };
@@ -49,6 +52,15 @@ const MAX_NUMBERED_CHANNELS: usize = 65_536;
 const WINDOW: u64 = 32;
 /// Longest the first connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a history script (append, position, recovery read) may take.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a room's history epoch and offset outlive its last message or join: a
+/// client away for less can still be told exactly what it missed (or that it is too old).
+pub const DEFAULT_EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a sender whose position was taken keeps the room's next turn.
+const TURN: Duration = Duration::from_millis(50);
+/// Most rooms whose last position a backplane remembers to guess the next one.
+const MAX_GUESSED_ROOMS: usize = 65_536;
 
 /// How a [`RedisBackplane`] behaves; every instance of an app should use the same.
 ///
@@ -68,6 +80,7 @@ pub struct Settings {
     max_payload: usize,
     secret: Option<Secret>,
     tls_root_ca: Option<Vec<u8>>,
+    epoch_ttl: Duration,
 }
 
 /// The shared secret's key; never printed.
@@ -91,6 +104,7 @@ impl Default for Settings {
             max_payload: DEFAULT_MAX_PAYLOAD,
             secret: None,
             tls_root_ca: None,
+            epoch_ttl: DEFAULT_EPOCH_TTL,
         }
     }
 }
@@ -137,6 +151,17 @@ impl Settings {
     /// with a self-signed or private certificate.
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_ca = Some(pem.into());
+        self
+    }
+
+    /// Sets how long a room's history epoch and last offset are kept after its last
+    /// message or join (default 24 h, at least 1 s). The messages themselves are kept as
+    /// long as the hub's history limits say
+    /// ([`ConnectionHub::set_history_limits`](ws_context::ConnectionHub::set_history_limits));
+    /// a client whose position is older than the kept messages is told `TooOld`, one whose
+    /// epoch is gone `EpochChanged`.
+    pub fn epoch_ttl(mut self, ttl: Duration) -> Self {
+        self.epoch_ttl = ttl.max(Duration::from_secs(1));
         self
     }
 
@@ -196,7 +221,8 @@ pub struct BackplaneStats {
     pub received: u64,
     /// Deliveries that could not be published.
     pub publish_errors: u64,
-    /// Breaks in a sender's numbering (messages lost between instances).
+    /// Breaks in a sender's numbering (messages lost between instances), and room
+    /// histories found lost (a new epoch).
     pub gaps: u64,
     /// Deliveries received twice, dropped.
     pub duplicates: u64,
@@ -266,10 +292,17 @@ struct Shared {
     numbering: Mutex<Numbering>,
     /// Rooms this instance has members in: subscribed again after Redis comes back.
     interests: Mutex<HashSet<String>>,
-    /// Serialises SUBSCRIBE and UNSUBSCRIBE so a leave never overtakes a later join.
-    subscribing: tokio::sync::Mutex<()>,
+    /// Serialises SUBSCRIBE and UNSUBSCRIBE so a leave never overtakes a later join; holds
+    /// the rooms whose SUBSCRIBE Redis confirmed (and no UNSUBSCRIBE followed), so a join
+    /// waits for the room's subscription in flight rather than sending another.
+    subscribing: tokio::sync::Mutex<HashSet<String>>,
     /// Last heartbeat from each live hub, and the interval it promised.
     nodes: Mutex<HashMap<Arc<str>, (Instant, Duration)>>,
+    /// The hub's history limits: (max messages, max age); no shared history while 0.
+    history: Mutex<(usize, Duration)>,
+    epoch_ttl: Duration,
+    /// The last position seen of each room, to guess the next one.
+    positions: Mutex<HashMap<String, RoomPosition>>,
 }
 
 /// What exists once connected.
@@ -278,6 +311,24 @@ struct Link {
     url: String,
     manager: ConnectionManager,
     outgoing: mpsc::Sender<(String, Bytes)>,
+    /// Presence changes, applied in order by one task.
+    presence: mpsc::Sender<PresenceChange>,
+    connected_at: Instant,
+}
+
+/// A change to a room's presence hash `{<prefix>:<room>}:presence` (field: connection id,
+/// value: the hub's origin, a tab, the member's info).
+#[derive(Debug)]
+enum PresenceChange {
+    Add {
+        key: String,
+        id: String,
+        value: String,
+    },
+    Remove {
+        key: String,
+        id: String,
+    },
 }
 
 /// Sequence numbers per channel, in streams: a forgotten channel restarts in a new stream,
@@ -459,8 +510,11 @@ impl RedisBackplane {
                 up: AtomicBool::new(false),
                 numbering: Mutex::default(),
                 interests: Mutex::default(),
-                subscribing: tokio::sync::Mutex::new(()),
+                subscribing: tokio::sync::Mutex::new(HashSet::new()),
                 nodes: Mutex::default(),
+                history: Mutex::new((0, ws_context::DEFAULT_HISTORY_AGE)),
+                epoch_ttl: settings.epoch_ttl,
+                positions: Mutex::default(),
             }),
             tasks: Arc::default(),
         }
@@ -546,10 +600,13 @@ impl RedisBackplane {
             .map_err(|e| connect_error(e.to_string()))?;
 
         let (outgoing, outgoing_rx) = mpsc::channel(shared.queue_capacity);
+        let (presence, presence_rx) = mpsc::channel(shared.queue_capacity);
         let link = Link {
             url: shown.clone(),
             manager: manager.clone(),
             outgoing,
+            presence,
+            connected_at: Instant::now(),
         };
         if shared.link.set(link).is_err() {
             return Err(RedisBackplaneError::AlreadyConnected);
@@ -559,6 +616,7 @@ impl RedisBackplane {
         let tasks = [
             tokio::spawn(read(shared.clone(), inbound.clone(), push_rx)),
             tokio::spawn(publish_queued(shared.clone(), manager.clone(), outgoing_rx)),
+            tokio::spawn(apply_presence(manager.clone(), presence_rx)),
             tokio::spawn(heartbeat(shared.clone(), inbound.origin().into(), manager)),
         ];
         lock(&self.tasks.0).extend(tasks);
@@ -674,7 +732,10 @@ impl Backplane for RedisBackplane {
                 return Ok(());
             };
             lock(&shared.interests).insert(room.clone());
-            let _order = shared.subscribing.lock().await;
+            let mut subscribed = shared.subscribing.lock().await;
+            if subscribed.contains(&room) {
+                return Ok(());
+            }
             let mut manager = link.manager.clone();
             match tokio::time::timeout(
                 COMMAND_TIMEOUT,
@@ -682,7 +743,10 @@ impl Backplane for RedisBackplane {
             )
             .await
             {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    subscribed.insert(room);
+                    Ok(())
+                }
                 // Kept in the interests: subscribed again once Redis is back.
                 Ok(Err(error)) => Err(BackplaneError::Unavailable(error.to_string())),
                 Err(_) => Err(BackplaneError::Unavailable(
@@ -708,11 +772,12 @@ impl Backplane for RedisBackplane {
             return;
         };
         runtime.spawn(async move {
-            let _order = shared.subscribing.lock().await;
+            let mut subscribed = shared.subscribing.lock().await;
             // A join since the leave wants the room again.
             if lock(&shared.interests).contains(&room) {
                 return;
             }
+            subscribed.remove(&room);
             if let Some(link) = shared.link.get() {
                 let mut manager = link.manager.clone();
                 let channel = shared.room_channel(&room);
@@ -746,6 +811,288 @@ impl Backplane for RedisBackplane {
         nodes.sort();
         nodes
     }
+
+    fn presence_add(&self, room: &str, id: &ConnectionId, info: &str) {
+        let Some(link) = self.shared.link.get() else {
+            return;
+        };
+        let Some(inbound) = self.shared.inbound.get() else {
+            return;
+        };
+        // The hub's origin, whose heartbeats say whether the member's instance lives.
+        let change = PresenceChange::Add {
+            key: self.shared.presence_key(room),
+            id: id.as_str().to_owned(),
+            value: format!("{}\t{info}", inbound.origin()),
+        };
+        if link.presence.try_send(change).is_err() {
+            tracing::warn!(room, "presence queue full: a join is not listed");
+        }
+    }
+
+    fn presence_remove(&self, room: &str, id: &ConnectionId) {
+        let Some(link) = self.shared.link.get() else {
+            return;
+        };
+        let change = PresenceChange::Remove {
+            key: self.shared.presence_key(room),
+            id: id.as_str().to_owned(),
+        };
+        if link.presence.try_send(change).is_err() {
+            tracing::warn!(room, "presence queue full: a leave is not recorded");
+        }
+    }
+
+    fn presence(
+        &self,
+        room: &str,
+    ) -> Option<HistoryFuture<'_, Result<Vec<PresenceMember>, BackplaneError>>> {
+        let link = self.shared.link.get()?;
+        let key = self.shared.presence_key(room);
+        Some(Box::pin(async move {
+            let shared = &self.shared;
+            let mut manager = link.manager.clone();
+            let entries: HashMap<String, String> =
+                match tokio::time::timeout(HISTORY_TIMEOUT, manager.hgetall(&key)).await {
+                    Ok(Ok(entries)) => entries,
+                    Ok(Err(error)) => return Err(BackplaneError::Unavailable(error.to_string())),
+                    Err(_) => return Err(BackplaneError::TimedOut("HGETALL".to_owned())),
+                };
+            // Members of an instance that missed three heartbeats are left out (and
+            // removed); until this one has been connected that long it cannot tell.
+            let judge = link.connected_at.elapsed() > shared.heartbeat * 3;
+            let live: HashSet<Arc<str>> = shared.live_nodes().into_iter().collect();
+            let mut members = Vec::new();
+            let mut dead = Vec::new();
+            for (id, value) in entries {
+                let Some((origin, info)) = value.split_once('\t') else {
+                    dead.push(id);
+                    continue;
+                };
+                if judge && !live.contains(origin) {
+                    dead.push(id);
+                    continue;
+                }
+                members.push(PresenceMember::new(ConnectionId::from(id.as_str()), info));
+            }
+            for id in dead {
+                let _ = link.presence.try_send(PresenceChange::Remove {
+                    key: key.clone(),
+                    id,
+                });
+            }
+            Ok(members)
+        }))
+    }
+
+    fn shared_history(&self) -> bool {
+        self.shared.link.get().is_some() && lock(&self.shared.history).0 > 0
+    }
+
+    fn set_history_limits(&self, max_len: usize, max_age: Duration) {
+        *lock(&self.shared.history) = (max_len, max_age);
+    }
+
+    fn next_position(&self, room: &str) -> Option<RoomPosition> {
+        lock(&self.shared.positions)
+            .get(room)
+            .map(RoomPosition::next)
+    }
+
+    fn room_position(&self, room: &str) -> HistoryFuture<'_, Result<RoomPosition, BackplaneError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let shared = &self.shared;
+            let mut manager = shared.manager()?;
+            let keys = RoomKeys::new(&shared.prefix, &room);
+            let args = [
+                history::new_epoch().into_bytes(),
+                history::millis(shared.epoch_ttl),
+            ];
+            let reply = run_script(Script::position(), &mut manager, &keys, &args).await?;
+            let (epoch, offset) = history::position_reply(reply).ok_or_else(unexpected)?;
+            let position = RoomPosition::new(epoch, offset);
+            shared.saw(&room, &position);
+            Ok(position)
+        })
+    }
+
+    fn append(
+        &self,
+        room: &str,
+        origin: &str,
+        at: RoomPosition,
+        message: Message,
+    ) -> HistoryFuture<'_, Result<Appended, BackplaneError>> {
+        let room = room.to_owned();
+        let origin = origin.to_owned();
+        Box::pin(async move {
+            let shared = &self.shared;
+            let mut manager = shared.manager()?;
+            let (max_len, max_age) = *lock(&shared.history);
+            let channel = shared.room_channel(&room);
+            // A position of another history (or none yet): ask for one that cannot match,
+            // and learn the real one from the answer.
+            let epoch = history::epoch_number(at.epoch()).unwrap_or(0);
+            let body = Body::Entry {
+                room: room.as_str().into(),
+                message,
+            };
+            let frame = wire::encode(
+                &channel,
+                &origin,
+                Position {
+                    stream: epoch,
+                    seq: at.offset(),
+                },
+                now_us(),
+                &body,
+                shared.key(),
+                shared.max_payload,
+            )
+            .map_err(|error| {
+                shared.publish_failed(1);
+                BackplaneError::Refused(error.to_string())
+            })?;
+            let keys = RoomKeys::new(&shared.prefix, &room);
+            let args = [
+                at.epoch().as_bytes().to_vec(),
+                at.offset().to_string().into_bytes(),
+                history::new_epoch().into_bytes(),
+                frame.to_vec(),
+                channel.into_bytes(),
+                max_len.max(1).to_string().into_bytes(),
+                history::millis(max_age),
+                history::millis(shared.epoch_ttl),
+                origin.into_bytes(),
+                history::millis(TURN),
+            ];
+            let reply = run_script(Script::append(), &mut manager, &keys, &args).await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(error) => {
+                    shared.publish_failed(1);
+                    return Err(error);
+                }
+            };
+            match history::append_reply(reply).ok_or_else(unexpected)? {
+                AppendReply::At(epoch, offset) => {
+                    add(&shared.counters.published, 1);
+                    metrics::counter!(m::PUBLISHED).increment(1);
+                    let position = RoomPosition::new(epoch, offset);
+                    shared.saw(&room, &position);
+                    Ok(Appended::At(position))
+                }
+                AppendReply::Moved(epoch, offset) => {
+                    let position = RoomPosition::new(epoch, offset);
+                    shared.saw(&room, &position);
+                    Ok(Appended::Moved(position))
+                }
+            }
+        })
+    }
+
+    fn history_since(
+        &self,
+        room: &str,
+        since: &RoomPosition,
+    ) -> HistoryFuture<'_, Result<(Vec<HistoryEntry>, RoomPosition), RecoveryError>> {
+        let room = room.to_owned();
+        let since = since.clone();
+        Box::pin(async move {
+            let shared = &self.shared;
+            let unavailable = |error: BackplaneError| RecoveryError::Unavailable(error.to_string());
+            let mut manager = shared.manager().map_err(unavailable)?;
+            let (max_len, max_age) = *lock(&shared.history);
+            let keys = RoomKeys::new(&shared.prefix, &room);
+            let args = [
+                since.epoch().as_bytes().to_vec(),
+                since.offset().to_string().into_bytes(),
+                max_len.saturating_mul(2).max(64).to_string().into_bytes(),
+                history::millis(max_age),
+            ];
+            let reply = run_script(Script::since(), &mut manager, &keys, &args)
+                .await
+                .map_err(unavailable)?;
+            let (last, entries) = match history::since_reply(reply) {
+                Some(SinceReply::EpochChanged) => return Err(RecoveryError::EpochChanged),
+                Some(SinceReply::TooOld) => return Err(RecoveryError::TooOld),
+                Some(SinceReply::Entries(last, entries)) => (last, entries),
+                None => return Err(unavailable(unexpected())),
+            };
+            let channel = shared.room_channel(&room);
+            let mut missed = Vec::with_capacity(entries.len());
+            let mut expected = since.offset() + 1;
+            for (offset, frame) in entries {
+                if offset != expected {
+                    // Trimmed between the offset check and the read, or not ours.
+                    return Err(RecoveryError::TooOld);
+                }
+                let frame =
+                    wire::decode(channel.as_bytes(), frame, shared.key(), shared.max_payload)
+                        .map_err(|error| {
+                            shared.invalid(error.reason(), &error);
+                            RecoveryError::Unavailable(format!(
+                                "a history entry is invalid: {error}"
+                            ))
+                        })?;
+                let position = RoomPosition::new(since.epoch(), offset);
+                match frame.body {
+                    Body::Entry { room: of, message }
+                        if *of == *room
+                            && history::epoch_text(frame.position.stream) == since.epoch()
+                            && frame.position.seq == offset =>
+                    {
+                        missed.push((position, message));
+                    }
+                    _ => {
+                        shared.invalid(
+                            "wrong_channel",
+                            &WireError::Invalid("history entry not of its room or position"),
+                        );
+                        return Err(RecoveryError::Unavailable(
+                            "a history entry is not of its room".to_owned(),
+                        ));
+                    }
+                }
+                expected += 1;
+            }
+            if expected != last + 1 {
+                return Err(RecoveryError::TooOld);
+            }
+            Ok((missed, RoomPosition::new(since.epoch(), last)))
+        })
+    }
+}
+
+/// Runs a history script within [`HISTORY_TIMEOUT`].
+async fn run_script(
+    script: &Script,
+    manager: &mut ConnectionManager,
+    keys: &RoomKeys,
+    args: &[Vec<u8>],
+) -> Result<Value, BackplaneError> {
+    match tokio::time::timeout(HISTORY_TIMEOUT, script.run(manager, keys, args)).await {
+        Ok(Ok(value)) => Ok(value),
+        // Never reached Redis: nothing happened.
+        Ok(Err(error)) if error.is_connection_refusal() => {
+            Err(BackplaneError::Unavailable(error.to_string()))
+        }
+        // Sent, perhaps run, answer lost.
+        Ok(Err(error)) if error.is_io_error() || error.is_connection_dropped() => {
+            Err(BackplaneError::TimedOut(error.to_string()))
+        }
+        // Refused by Redis (an error before the script wrote anything).
+        Ok(Err(error)) => Err(BackplaneError::Unavailable(error.to_string())),
+        Err(_) => Err(BackplaneError::TimedOut(format!(
+            "no answer within {HISTORY_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Redis answered a history script with something that is not the script's answer.
+fn unexpected() -> BackplaneError {
+    BackplaneError::Unavailable("unexpected answer from a history script".to_owned())
 }
 
 impl Shared {
@@ -754,11 +1101,51 @@ impl Shared {
     }
 
     fn room_channel(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
+        format!("{}:room", history::hash_tag(&self.prefix, room))
+    }
+
+    /// Remembers the last position seen of a room (a later one of the same epoch, or any
+    /// of another epoch). A new epoch means the room's history was lost (Redis restarted
+    /// without persistence, say): counted as a gap, since what it held may not have reached
+    /// every member.
+    fn saw(&self, room: &str, position: &RoomPosition) {
+        let mut positions = lock(&self.positions);
+        match positions.get_mut(room) {
+            Some(known) => {
+                if known.epoch() != position.epoch() {
+                    add(&self.counters.gaps, 1);
+                    metrics::counter!(m::GAPS).increment(1);
+                    tracing::warn!(room, "the room's history was lost: a new epoch started");
+                    *known = position.clone();
+                } else if known.offset() < position.offset() {
+                    *known = position.clone();
+                }
+            }
+            None => {
+                if positions.len() >= MAX_GUESSED_ROOMS {
+                    positions.clear();
+                }
+                positions.insert(room.to_owned(), position.clone());
+            }
+        }
+    }
+
+    /// The connection for history scripts: tried even while the backplane counts as down
+    /// (a missed heartbeat on a busy machine is not a lost Redis); the script's own timeout
+    /// bounds the wait.
+    fn manager(&self) -> Result<ConnectionManager, BackplaneError> {
+        match self.link.get() {
+            Some(link) => Ok(link.manager.clone()),
+            None => Err(BackplaneError::Unavailable("not connected".to_owned())),
+        }
     }
 
     fn node_channel(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
+    }
+
+    fn presence_key(&self, room: &str) -> String {
+        format!("{}:presence", history::hash_tag(&self.prefix, room))
     }
 
     fn key(&self) -> Option<&Key> {
@@ -789,7 +1176,8 @@ impl Shared {
             Body::Delivery {
                 target: Target::Room(room),
                 ..
-            } => channel == self.room_channel(room).as_bytes(),
+            }
+            | Body::Entry { room, .. } => channel == self.room_channel(room).as_bytes(),
             Body::Delivery {
                 target: Target::Connection(id),
                 ..
@@ -845,7 +1233,9 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
                         continue;
                     }
                 };
-                if *frame.origin == *inbound.origin() {
+                // A room history's messages come back to their sender too: its members get
+                // them here, in the history's order.
+                if *frame.origin == *inbound.origin() && !matches!(frame.body, Body::Entry { .. }) {
                     continue;
                 }
                 if !shared.on_its_channel(&channel, &frame.body, &own_node) {
@@ -891,6 +1281,18 @@ fn deliver(
             return;
         }
         Body::Delivery { target, message } => (target, message),
+        Body::Entry { room, message } => {
+            // Numbered by the room's history, not by the sender: ordered and deduplicated
+            // by the hub on its offset.
+            let position = RoomPosition::new(history::epoch_text(position.stream), position.seq);
+            shared.saw(&room, &position);
+            add(&shared.counters.received, 1);
+            metrics::counter!(m::RECEIVED).increment(1);
+            let latency = now_us().saturating_sub(sent_at_us);
+            metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
+            inbound.deliver_entry(&room, position, message);
+            return;
+        }
     };
     let key = (origin.clone(), channel);
     let verdict = match windows.get_mut(&key) {
@@ -955,11 +1357,40 @@ async fn publish_queued(
     }
 }
 
+/// Applies presence changes in order, many per round trip; failures are logged (the lists
+/// heal as members join and leave, and dead instances' entries are dropped when read).
+async fn apply_presence(
+    mut manager: ConnectionManager,
+    mut changes: mpsc::Receiver<PresenceChange>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while changes.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for change in batch.drain(..) {
+            match change {
+                PresenceChange::Add { key, id, value } => {
+                    pipe.hset(key, id, value).ignore();
+                }
+                PresenceChange::Remove { key, id } => {
+                    pipe.hdel(key, id).ignore();
+                }
+            }
+        }
+        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "presence changes not recorded"),
+            Err(_) => tracing::warn!("presence changes timed out"),
+        }
+    }
+}
+
 /// Heartbeats while Redis answers; probes it every 200 ms while it does not, and on its
 /// return subscribes the rooms again and counts the reconnect.
 async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: ConnectionManager) {
     let all = shared.all_channel();
     let node_channel = shared.node_channel(node_of(&origin));
+    // Heartbeats in a row that got no answer in time.
+    let mut slow = 0u32;
     loop {
         if shared.up.load(Ordering::Acquire) {
             let frame = wire::encode(
@@ -981,9 +1412,19 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
                     )
                     .await;
                     match sent {
-                        Ok(Ok(())) => shared.seen(origin.clone(), shared.heartbeat),
+                        Ok(Ok(())) => {
+                            slow = 0;
+                            shared.seen(origin.clone(), shared.heartbeat);
+                        }
                         Ok(Err(error)) => shared.set_down(&error),
-                        Err(_) => shared.set_down(&"heartbeat timed out"),
+                        // One slow answer on a busy machine is not a lost Redis; two in a
+                        // row are.
+                        Err(_) => {
+                            slow += 1;
+                            if slow >= 2 {
+                                shared.set_down(&"heartbeat timed out twice");
+                            }
+                        }
                     }
                 }
                 // Only an origin longer than the format allows; nothing to send.
@@ -1012,8 +1453,13 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
                 channels.push(all.clone());
                 channels.push(node_channel.clone());
                 let resubscribed = {
-                    let _order = shared.subscribing.lock().await;
-                    tokio::time::timeout(COMMAND_TIMEOUT, manager.subscribe(&channels)).await
+                    let mut subscribed = shared.subscribing.lock().await;
+                    let result =
+                        tokio::time::timeout(COMMAND_TIMEOUT, manager.subscribe(&channels)).await;
+                    if matches!(result, Ok(Ok(()))) {
+                        subscribed.extend(lock(&shared.interests).iter().cloned());
+                    }
+                    result
                 };
                 if matches!(resubscribed, Ok(Ok(()))) {
                     shared.up.store(true, Ordering::Release);

@@ -32,9 +32,10 @@
 //!
 //! With the default prefix `gofrws`:
 //!
-//! - `gofrws:room:<room>`: a room's deliveries. An instance subscribes on its first local
+//! - `{gofrws:<room>}:room`: a room's deliveries. An instance subscribes on its first local
 //!   member and unsubscribes after its last leaves, so a room whose members are all on one
-//!   instance causes no traffic to the others. A join waits for the subscription.
+//!   instance causes no traffic to the others. A join waits for the subscription. The
+//!   braces are a Redis Cluster hash tag, shared with the room's history keys.
 //! - `gofrws:all`: broadcasts and heartbeats.
 //! - `gofrws:node:<node>`: send-to-id and close-by-id. A connection id starts with its
 //!   instance's node id, so it routes without a lookup.
@@ -48,6 +49,33 @@
 //! members are served first and never wait on Redis. Each frame carries a format version,
 //! its origin hub, a sequence number per origin and channel, its kind, target, opcode,
 //! payload and send time; the receiver drops its own frames and duplicates, and counts gaps.
+//!
+//! # History
+//!
+//! With history limits on the hub ([`ConnectionHub::set_history_limits`](ws_context::ConnectionHub::set_history_limits)),
+//! the backplane keeps each room's messages in a Redis stream, `{gofrws:<room>}:history`, at
+//! most the limit's length (`MAXLEN ~`) and age (trimmed on every append and every read,
+//! and the stream expires with its last message), numbered by an epoch
+//! (`{gofrws:<room>}:epoch`, 16 hex digits, new whenever Redis lost the history; kept
+//! [`Settings::epoch_ttl`] after the room's last activity) and an offset
+//! (`{gofrws:<room>}:offset`). A room message is made for the room's next position and
+//! handed to one Lua script that checks that position, `INCR`s the offset, `XADD`s and
+//! `PUBLISH`es the same (signed) frame, atomically; when another sender took the position,
+//! the message is made again for the next one (the loser holds the room's next turn for
+//! 50 ms, so two busy senders alternate). Every instance, the sender's included, delivers
+//! the room's messages as they come on the channel, in offset order, dropping any it has
+//! delivered; a gap (messages lost while Redis dropped the connection) is read back from the
+//! stream. [`join_since`](ws_context::ConnectionHub::join_since) holds the member's live
+//! messages, reads the missed ones (`XREVRANGE`, once the room's subscription is in place),
+//! and queues both, each once, by offset. Recovery reads at most twice the length limit back.
+//!
+//! # Presence
+//!
+//! [`ConnectionHub::presence`](ws_context::ConnectionHub::presence) asks the backplane: each
+//! room has a hash `{gofrws:<room>}:presence` (connection id → the member's hub origin, a tab,
+//! its info), updated in order by one task as members join and leave (a full queue drops the
+//! change and logs it). Reading it leaves out, and removes, the members of hubs that missed
+//! three heartbeats, so a killed instance's members are gone within three heartbeats.
 //!
 //! # Integrity
 //!
@@ -77,12 +105,15 @@
 #![deny(missing_docs)]
 
 mod backplane;
+#[doc(hidden)]
+pub mod fuzzing;
+mod history;
 mod metrics;
 mod wire;
 
 pub use crate::backplane::{
-    BackplaneStats, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DEFAULT_QUEUE_CAPACITY,
-    RedisBackplane, RedisBackplaneError, Settings,
+    BackplaneStats, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX,
+    DEFAULT_QUEUE_CAPACITY, RedisBackplane, RedisBackplaneError, Settings,
 };
 pub use crate::metrics::describe_metrics;
 

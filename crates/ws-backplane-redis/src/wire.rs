@@ -5,10 +5,10 @@
 //! |---|---|
 //! | 1 | format version ([`VERSION`]) |
 //! | 1 | flags: bit 0 set when a signature follows the payload |
-//! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection |
+//! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection, 4 room history entry |
 //! | 1 | opcode: 0 none (heartbeat), 1 text, 2 binary, 8 close, 9 ping, 10 pong |
-//! | 8 | stream: which numbering the sequence number belongs to, big endian |
-//! | 8 | sequence number per origin and channel within the stream, big endian |
+//! | 8 | stream: which numbering the sequence number belongs to, big endian (history entry: the room history's epoch) |
+//! | 8 | sequence number per origin and channel within the stream, big endian (history entry: its offset in the room's history) |
 //! | 8 | send time, microseconds since the Unix epoch, big endian |
 //! | 1 + n | origin (the sending hub), length-prefixed UTF-8, 1 to [`MAX_ORIGIN`] bytes |
 //! | 2 + n | target (room name or connection id; empty otherwise), length-prefixed UTF-8, at most [`MAX_TARGET`] bytes |
@@ -43,6 +43,7 @@ const KIND_HEARTBEAT: u8 = 0;
 const KIND_ALL: u8 = 1;
 const KIND_ROOM: u8 = 2;
 const KIND_CONNECTION: u8 = 3;
+const KIND_ENTRY: u8 = 4;
 
 const OP_NONE: u8 = 0;
 const OP_TEXT: u8 = 1;
@@ -67,6 +68,9 @@ pub(crate) enum Body {
     Heartbeat { interval: Duration },
     /// A delivery for the receiving instance's connections.
     Delivery { target: Target, message: Message },
+    /// A room message recorded in the room's shared history; the frame's position is its
+    /// epoch (`stream`) and offset (`seq`). Published and stored as the same bytes.
+    Entry { room: Arc<str>, message: Message },
 }
 
 /// Where a frame sits in its sender's numbering of one channel. A sender starts a new stream
@@ -149,13 +153,24 @@ pub(crate) fn encode(
                 Bytes::copy_from_slice(&ms.to_be_bytes()),
             )
         }
-        Body::Delivery { target, message } => {
-            let (kind, target) = match target {
-                Target::Room(room) => (KIND_ROOM, &**room),
-                Target::Connection(id) => (KIND_CONNECTION, id.as_str()),
+        Body::Delivery { .. } | Body::Entry { .. } => {
+            let (kind, target, message) = match body {
+                Body::Entry { room, message } => (KIND_ENTRY, &**room, message),
+                Body::Delivery {
+                    target: Target::Room(room),
+                    message,
+                } => (KIND_ROOM, &**room, message),
+                Body::Delivery {
+                    target: Target::Connection(id),
+                    message,
+                } => (KIND_CONNECTION, id.as_str(), message),
                 // `publish` routes only the three targets it knows; `All` is the rest.
-                _ => (KIND_ALL, ""),
+                Body::Delivery { message, .. } => (KIND_ALL, "", message),
+                Body::Heartbeat { .. } => return Err(WireError::Invalid("heartbeat")),
             };
+            if kind == KIND_ENTRY && target.is_empty() {
+                return Err(WireError::Invalid("empty target"));
+            }
             let (opcode, payload) = match message {
                 Message::Text(text) => (OP_TEXT, text.as_bytes().clone()),
                 Message::Binary(data) => (OP_BINARY, data.clone()),
@@ -235,7 +250,7 @@ fn close_frame(payload: &[u8]) -> Result<CloseFrame, WireError> {
     })
 }
 
-fn sign(key: &Key, channel: &[u8], frame: &[u8]) -> [u8; TAG] {
+pub(crate) fn sign(key: &Key, channel: &[u8], frame: &[u8]) -> [u8; TAG] {
     let mut mac = key.clone();
     let len = u16::try_from(channel.len()).unwrap_or(u16::MAX);
     mac.update(&len.to_be_bytes());
@@ -325,13 +340,16 @@ pub(crate) fn decode(
         }
     } else {
         let target = match kind {
+            KIND_ENTRY if !target.is_empty() => Target::Room(target.into()),
             KIND_ALL if target.is_empty() => Target::All,
             KIND_ALL => return Err(WireError::Invalid("broadcast with a target")),
             KIND_ROOM if !target.is_empty() => Target::Room(target.into()),
             KIND_CONNECTION if !target.is_empty() => {
                 Target::Connection(ConnectionId::from(target.as_str()))
             }
-            KIND_ROOM | KIND_CONNECTION => return Err(WireError::Invalid("empty target")),
+            KIND_ROOM | KIND_CONNECTION | KIND_ENTRY => {
+                return Err(WireError::Invalid("empty target"));
+            }
             value => {
                 return Err(WireError::Unknown {
                     field: "kind",
@@ -355,7 +373,10 @@ pub(crate) fn decode(
                 });
             }
         };
-        Body::Delivery { target, message }
+        match (kind, target) {
+            (KIND_ENTRY, Target::Room(room)) => Body::Entry { room, message },
+            (_, target) => Body::Delivery { target, message },
+        }
     };
     Ok(Frame {
         origin: origin.into(),
@@ -442,6 +463,13 @@ mod tests {
                         key,
                     );
                 }
+                round_trip(
+                    Body::Entry {
+                        room: "lobby".into(),
+                        message: message.clone(),
+                    },
+                    key,
+                );
             }
         }
     }

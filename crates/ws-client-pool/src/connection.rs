@@ -107,7 +107,8 @@ impl Service {
     }
 
     pub(crate) fn status(&self) -> ServiceStatus {
-        self.tracker.snapshot(&self.options.url, self.queue.len())
+        self.tracker
+            .snapshot(&self.options.shown_url(), self.queue.len())
     }
 
     fn inbound(&self) -> Option<mpsc::Sender<Message>> {
@@ -233,7 +234,7 @@ pub(crate) async fn run(
                     () = stopped(&mut stop) => break,
                 }
                 service.tracker.refresh_gauges(service.queue.len());
-                tracing::debug!(service = %service.name, url = %service.options.url, ?delay, "reconnecting to WebSocket service");
+                tracing::debug!(service = %service.name, url = %service.options.shown_url(), ?delay, "reconnecting to WebSocket service");
                 let dialled = tokio::select! {
                     dialled = dial(&service.options) => dialled,
                     () = stopped(&mut stop) => break,
@@ -254,7 +255,7 @@ pub(crate) async fn run(
         connected_before = true;
         delays = policy.map(|p| p.delays());
         service.tracker.set_state(ServiceState::Connected);
-        tracing::info!(service = %service.name, url = %service.options.url, "connected to WebSocket service");
+        tracing::info!(service = %service.name, url = %service.options.shown_url(), "connected to WebSocket service");
         match Link::new(&service, current).drive(&mut stop).await {
             End::Stopped => break,
             End::Dropped(reason) => {

@@ -124,6 +124,19 @@ pub struct ServiceOptions {
 }
 
 impl ServiceOptions {
+    /// The service's URL as logs and health show it: without user name, password, query or
+    /// fragment, where credentials and tokens usually travel.
+    ///
+    /// ```
+    /// use ws_client_pool::ServiceOptions;
+    ///
+    /// let options = ServiceOptions::new("wss://user:secret@host:443/feed?token=x");
+    /// assert_eq!(options.shown_url(), "wss://host:443/feed");
+    /// ```
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
     /// Options for the service at `url` (`ws://` or `wss://`), with the defaults above.
     pub fn new(url: impl Into<String>) -> Self {
         ServiceOptions {
@@ -283,6 +296,23 @@ const FORBIDDEN_HEADERS: [HeaderName; 5] = [
     header::SEC_WEBSOCKET_EXTENSIONS,
 ];
 
+/// `url` without user information, query and fragment:
+/// `wss://user:secret@host:443/path?token=x` becomes `wss://host:443/path`.
+fn redact_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}{host}{path}")
+}
+
 fn validate_url(url: &str) -> Result<(), PoolError> {
     let invalid = |reason: &str| PoolError::InvalidUrl {
         url: url.to_owned(),
@@ -309,6 +339,22 @@ fn validate_url(url: &str) -> Result<(), PoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_urls_lose_userinfo_query_and_fragment() {
+        for (url, shown) in [
+            (
+                "wss://user:secret@host:443/path?token=x",
+                "wss://host:443/path",
+            ),
+            ("ws://a@b@host/ws#frag", "ws://host/ws"),
+            ("ws://host:8080?token=x", "ws://host:8080"),
+            ("ws://host/ws", "ws://host/ws"),
+            ("not a url?secret", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
 
     #[test]
     fn urls_are_checked_up_front() {

@@ -149,7 +149,7 @@ impl WsClientPool {
                 Some(socket)
             }
             Err(reason) => {
-                tracing::error!(service = name, url = %service.options.url, %reason, "failed to establish WebSocket connection");
+                tracing::error!(service = name, url = %service.options.shown_url(), %reason, "failed to establish WebSocket connection");
                 if service.options.reconnect.is_none() {
                     return Err(PoolError::Connect {
                         name: name.to_owned(),

@@ -57,7 +57,8 @@ impl std::fmt::Display for ServiceState {
 pub struct ServiceStatus {
     /// The service's name.
     pub name: String,
-    /// Its URL.
+    /// Its URL as [`ServiceOptions::shown_url`](crate::ServiceOptions::shown_url) gives it:
+    /// without credentials, query or fragment.
     pub url: String,
     /// The connection's state.
     pub state: ServiceState,

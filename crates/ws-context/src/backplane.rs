@@ -1,16 +1,23 @@
+//! The seam for cross-instance fan-out: [`Backplane`] (with [`InProcess`], the default),
+//! [`Envelope`] and [`Target`], and [`Inbound`], through which a backplane's reader hands
+//! deliveries to this instance's connections without ever waiting for one (a full member's
+//! messages are held by `Stalled`). Room history positions ([`RoomPosition`]) live here too.
+
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use ws_message::{CloseFrame, Message};
+use ws_upgrader::PreparedMessage;
 
 use crate::{
-    hub::{ConnectionId, HubInner},
-    writer::{SocketWriter, WriteError},
+    hub::{ConnectionId, HubInner, PresenceMember},
+    writer::{Outbound, SocketWriter, WriteError},
 };
 
 /// Most messages from other instances held for one member whose queue is full; past it the
@@ -20,6 +27,24 @@ pub const MAX_STALLED_MESSAGES: usize = 16_384;
 /// A future returned by a [`Backplane`].
 pub type BackplaneFuture<'a> =
     Pin<Box<dyn Future<Output = Result<(), BackplaneError>> + Send + 'a>>;
+
+/// A future returned by the history methods of a [`Backplane`].
+pub type HistoryFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What [`Backplane::append`] did with a room message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Appended {
+    /// Recorded at the position asked for, and on its way to every instance's members
+    /// (this one's included) through [`Inbound::deliver_entry`].
+    At(RoomPosition),
+    /// Not recorded: the room's history is at this position now (another message took the
+    /// one asked for, or the history is new). Make the message again for the next one.
+    Moved(RoomPosition),
+}
+
+/// A room message read back from a shared history: its position and the message.
+pub type HistoryEntry = (RoomPosition, Message);
 
 /// Carries a hub's fan-out to the other instances of an app, so that a room or a broadcast
 /// spans every instance (for example over Redis pub/sub). Handlers never see it: they call
@@ -66,6 +91,89 @@ pub trait Backplane: Send + Sync + 'static {
     fn nodes(&self) -> Vec<Arc<str>> {
         Vec::new()
     }
+
+    /// A connection joined a room (with what presence shows for it): record it where every
+    /// instance can list it. Called under the hub's lock, in order with
+    /// [`presence_remove`](Backplane::presence_remove): must not block.
+    fn presence_add(&self, room: &str, id: &ConnectionId, info: &str) {
+        let _ = (room, id, info);
+    }
+
+    /// A connection left a room (or closed). Must not block.
+    fn presence_remove(&self, room: &str, id: &ConnectionId) {
+        let _ = (room, id);
+    }
+
+    /// The members of a room on every instance, when this backplane tracks presence; `None`
+    /// (the default) when it does not, and the hub lists its own.
+    fn presence(
+        &self,
+        room: &str,
+    ) -> Option<HistoryFuture<'_, Result<Vec<PresenceMember>, BackplaneError>>> {
+        let _ = room;
+        None
+    }
+
+    /// Whether this backplane keeps a room history that every instance shares (Redis
+    /// Streams, say). When it does, and the hub has history limits, room messages go
+    /// through [`append`](Backplane::append) and reach every member, this instance's too,
+    /// through [`Inbound::deliver_entry`], in the history's order. Default: false.
+    fn shared_history(&self) -> bool {
+        false
+    }
+
+    /// The limits given to [`ConnectionHub::set_history_limits`](crate::ConnectionHub::set_history_limits):
+    /// at most `max_len` messages per room, none older than `max_age`.
+    fn set_history_limits(&self, max_len: usize, max_age: Duration) {
+        let _ = (max_len, max_age);
+    }
+
+    /// The position of a room's last message in the shared history (offset 0 before the
+    /// first), creating the room's history (its epoch) if there is none, so that a client
+    /// given it can recover from it.
+    fn room_position(&self, room: &str) -> HistoryFuture<'_, Result<RoomPosition, BackplaneError>> {
+        let _ = room;
+        Box::pin(std::future::ready(Err(BackplaneError::Unavailable(
+            "no shared history".to_owned(),
+        ))))
+    }
+
+    /// The position the room's next message probably gets (the last one this instance saw,
+    /// plus one), without asking anyone; `None` when it does not know.
+    fn next_position(&self, room: &str) -> Option<RoomPosition> {
+        let _ = room;
+        None
+    }
+
+    /// Records `message` in the room's shared history at `at`, the room's next position,
+    /// and publishes it to every instance, atomically; or, when `at` is not the next
+    /// position, records nothing and says where the history is.
+    fn append(
+        &self,
+        room: &str,
+        origin: &str,
+        at: RoomPosition,
+        message: Message,
+    ) -> HistoryFuture<'_, Result<Appended, BackplaneError>> {
+        let _ = (room, origin, at, message);
+        Box::pin(std::future::ready(Err(BackplaneError::Unavailable(
+            "no shared history".to_owned(),
+        ))))
+    }
+
+    /// Every message of the room's shared history after `since`, oldest first, and the
+    /// position of the last one (`since` when nothing came after it); or why that is not
+    /// possible.
+    fn history_since(
+        &self,
+        room: &str,
+        since: &RoomPosition,
+    ) -> HistoryFuture<'_, Result<(Vec<HistoryEntry>, RoomPosition), RecoveryError>> {
+        let _ = (room, since);
+        Box::pin(std::future::ready(Err(RecoveryError::Unavailable(
+            "no shared history".to_owned(),
+        ))))
+    }
 }
 
 /// Whether a [`Backplane`] reaches the other instances.
@@ -108,6 +216,9 @@ pub enum BackplaneError {
     /// format's rules); it was still delivered locally.
     #[error("backplane refused the delivery: {0}")]
     Refused(String),
+    /// No answer in time: the delivery may or may not have happened.
+    #[error("backplane did not answer in time: {0}")]
+    TimedOut(String),
 }
 
 /// Who a delivery is for.
@@ -167,16 +278,16 @@ pub struct Inbound {
 
 /// Messages held for members whose queue is full, per member, each drained by one task.
 #[derive(Clone, Default)]
-pub(crate) struct Stalled(Arc<Mutex<HashMap<ConnectionId, VecDeque<Message>>>>);
+pub(crate) struct Stalled(Arc<Mutex<HashMap<ConnectionId, VecDeque<Outbound>>>>);
 
 impl Stalled {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, VecDeque<Message>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, VecDeque<Outbound>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `message` on `writer` now, or holds it behind what is held already. False if
     /// the member is closed (or just got closed for holding too much).
-    fn offer(&self, writer: &SocketWriter, message: &Message) -> bool {
+    pub(crate) fn offer(&self, writer: &SocketWriter, message: &Outbound) -> bool {
         let mut stalled = self.lock();
         if let Some(held) = stalled.get_mut(writer.id()) {
             if held.len() >= MAX_STALLED_MESSAGES {
@@ -188,7 +299,7 @@ impl Stalled {
             held.push_back(message.clone());
             return true;
         }
-        match writer.try_send(message.clone()) {
+        match writer.try_send_item(message.clone()) {
             Ok(()) => true,
             Err(WriteError::Full(_)) => {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -219,7 +330,7 @@ impl Stalled {
                     }
                 }
             };
-            if writer.send(next).await.is_err() {
+            if writer.send_item(next).await.is_err() {
                 self.lock().remove(writer.id());
                 return;
             }
@@ -283,13 +394,46 @@ impl Inbound {
                     .map_or(0, |writer| usize::from(writer.try_close(frame)))
             }
             (target, message) => {
+                // As in local delivery: one connection gets the message as it is, many get
+                // it prepared once (encoded and compressed once per set of parameters).
+                let item = match target {
+                    Target::Connection(_) => Outbound::Message(message),
+                    Target::Room(_) | Target::All => {
+                        Outbound::Prepared(PreparedMessage::new(message))
+                    }
+                };
                 let mut delivered = 0;
                 hub.for_each_writer(target, |writer| {
-                    delivered += usize::from(self.stalled.offer(writer, &message));
+                    delivered += usize::from(self.stalled.offer(writer, &item));
                 });
                 delivered
             }
         }
+    }
+
+    /// Delivers one message of a room's shared history (see [`Backplane::shared_history`])
+    /// to this instance's members, those of its own origin included, in the history's
+    /// order: a message at or before the last one delivered for the room is a duplicate and
+    /// dropped; members recovering get it after what they recover. Returns how many members
+    /// took it or hold it for later. Never waits for a member. A backplane's single reader
+    /// calls it for every history message, in the order of the history.
+    ///
+    /// ```
+    /// # fn demo(inbound: &ws_context::Inbound) {
+    /// use ws_context::{Message, RoomPosition};
+    /// let delivered = inbound.deliver_entry(
+    ///     "lobby",
+    ///     RoomPosition::new("5e1f0c2a9b3d4e6f", 7),
+    ///     Message::text("hello"),
+    /// );
+    /// # let _ = delivered; }
+    /// ```
+    pub fn deliver_entry(&self, room: &str, position: RoomPosition, message: Message) -> usize {
+        let Some(inner) = self.hub.upgrade() else {
+            return 0;
+        };
+        let hub = crate::hub::ConnectionHub { inner };
+        hub.deliver_entry(room, position, message, &self.stalled)
     }
 }
 
@@ -330,6 +474,24 @@ impl RoomPosition {
     /// The message's number within the epoch, from 1; 0 is "before the first".
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The position after this one, in the same epoch.
+    ///
+    /// ```
+    /// let position = ws_context::RoomPosition::new("e1", 41);
+    /// assert_eq!(position.next().offset(), 42);
+    /// ```
+    pub fn next(&self) -> RoomPosition {
+        RoomPosition {
+            epoch: self.epoch.clone(),
+            offset: self.offset.saturating_add(1),
+        }
+    }
+
+    /// Whether `other` is in the same epoch and at or before this position.
+    pub(crate) fn covers(&self, other: &RoomPosition) -> bool {
+        self.epoch == other.epoch && other.offset <= self.offset
     }
 }
 

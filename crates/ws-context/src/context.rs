@@ -1,3 +1,7 @@
+//! What a handler sees: [`Context`] (the message, `bind`, the socket writer, the upgrade
+//! request) and [`Connection`], the shared handle of one connection (`ConnShared`: id, route,
+//! request, writer, hub, span), also given to the lifecycle hooks.
+
 use std::{
     fmt,
     net::SocketAddr,

@@ -1,3 +1,6 @@
+//! The [`Handler`] trait: async functions of a [`Context`] returning
+//! `Result<T, E>`, boxed once per endpoint (`BoxHandler`), and the error frame an `E` becomes.
+
 use std::{fmt::Display, future::Future, pin::Pin, sync::Arc};
 
 use serde::Serialize;

@@ -48,7 +48,9 @@
 //! (id, route, peer address, connected-since, subprotocol, rooms), writes to one, to a named
 //! room or to all, and closes them with a code and reason. A connection leaves every room
 //! when it closes. Deliveries also go through a [`Backplane`] ([`InProcess`] by default), the
-//! seam for a cross-instance backend.
+//! seam for a cross-instance backend. A message for a room or for all is a
+//! [`PreparedMessage`] queued to every member: with permessage-deflate it is compressed once
+//! per set of parameters, not once per member.
 //!
 //! # Lifecycle hooks
 //!
@@ -83,17 +85,20 @@
 #![deny(missing_docs)]
 
 mod backplane;
+mod connection;
 mod context;
 mod endpoint;
 mod handler;
 mod hub;
+mod lifecycle;
 mod metrics;
 mod queue;
 mod writer;
 
 pub use crate::backplane::{
-    Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, InProcess, Inbound,
-    MAX_STALLED_MESSAGES, PositionError, Recovered, RecoveryError, RoomPosition, Target,
+    Appended, Backplane, BackplaneError, BackplaneFuture, BackplaneStatus, Envelope, HistoryEntry,
+    HistoryFuture, InProcess, Inbound, MAX_STALLED_MESSAGES, PositionError, Recovered,
+    RecoveryError, RoomPosition, Target,
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
@@ -105,14 +110,14 @@ pub use crate::handler::BoxHandlerFn;
 pub use crate::handler::Handler;
 pub use crate::hub::{
     ConnectionHub, ConnectionId, ConnectionInfo, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_LEN,
-    RoomSent, node_id,
+    PresenceMember, RoomSent, node_id,
 };
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
     Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };
-pub use ws_upgrader::WsUpgrader;
+pub use ws_upgrader::{PreparedMessage, WsUpgrader};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

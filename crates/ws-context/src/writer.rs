@@ -1,3 +1,7 @@
+//! [`SocketWriter`]: the one writer of a connection, shared by every task that writes to it:
+//! a bounded queue of [`Outbound`] commands (`queue.rs`) drained by the connection's task,
+//! and the urgent close that skips it.
+
 use std::{
     fmt,
     sync::{
@@ -10,6 +14,7 @@ use std::{
 
 use serde::Serialize;
 use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
+use ws_upgrader::PreparedMessage;
 
 use crate::{
     hub::ConnectionId,
@@ -32,9 +37,12 @@ pub(crate) enum Delivery {
 }
 
 /// What other tasks ask a connection's I/O task to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outbound {
     Message(Message),
+    /// A message sent to many connections (a broadcast, a room), encoded once for all of
+    /// them per set of parameters.
+    Prepared(PreparedMessage),
     Close(CloseFrame),
 }
 
@@ -44,6 +52,7 @@ impl Outbound {
     fn bytes(&self) -> usize {
         match self {
             Outbound::Message(message) => message.len(),
+            Outbound::Prepared(prepared) => prepared.message().len(),
             Outbound::Close(_) => 0,
         }
     }
@@ -186,6 +195,11 @@ impl SocketWriter {
         &self.shared.queue
     }
 
+    /// How long a write may wait for the peer (the endpoint's send timeout).
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.send_timeout
+    }
+
     /// The close that skips this connection's queue.
     pub(crate) fn urgent(&self) -> &UrgentClose {
         &self.shared.urgent
@@ -253,7 +267,12 @@ impl SocketWriter {
     ///
     /// Cancel safe, as [`write`](Self::write).
     pub async fn send(&self, message: Message) -> Result<(), WriteError> {
-        let result = self.enqueue(Outbound::Message(message)).await;
+        self.send_item(Outbound::Message(message)).await
+    }
+
+    /// [`send`](Self::send) for any item of the queue.
+    pub(crate) async fn send_item(&self, item: Outbound) -> Result<(), WriteError> {
+        let result = self.enqueue(item).await;
         if let Err(WriteError::Full(_)) = result {
             self.close_slow();
         }
@@ -304,10 +323,15 @@ impl SocketWriter {
 
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
-        let bytes = message.len();
+        self.try_send_item(Outbound::Message(message))
+    }
+
+    /// [`try_send`](Self::try_send) for any item of the queue.
+    pub(crate) fn try_send_item(&self, item: Outbound) -> Result<(), WriteError> {
+        let bytes = item.bytes();
         self.shared
             .queue
-            .try_push(Outbound::Message(message), bytes)
+            .try_push(item, bytes)
             .map_err(|refused| match refused {
                 Refused::Full(_) => {
                     self.shared.metrics.queue_full.increment(1);

@@ -162,3 +162,154 @@ async fn recovery_that_is_not_possible_is_said_first() {
         assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), offset);
     }
 }
+
+/// `join_at` in memory: the greeting carries the room's position and comes before any
+/// later room message; recovering from it gives what was sent after.
+#[tokio::test]
+async fn join_at_greets_with_the_position_before_any_later_message() {
+    let hub = ConnectionHub::new();
+    hub.set_history_limits(16, Duration::from_secs(60));
+    let endpoint =
+        Endpoint::new(to_room)
+            .hub(hub.clone())
+            .on_connect(|conn: Connection| async move {
+                let room = conn.path_param("room").unwrap_or("lobby").to_owned();
+                let joined = conn
+                    .hub()
+                    .join_at(conn.id(), &room, |pos| {
+                        ws_context::Message::text(format!("{pos} joined"))
+                    })
+                    .await;
+                assert!(matches!(joined, Ok(Some(_))), "{joined:?}");
+                Ok(())
+            });
+    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let mut ann = connect(addr, "/ws/g").await;
+    let (at_join, text) = parts(next_data(&mut ann).await);
+    assert_eq!(text, "joined");
+    assert_eq!(at_join.parse::<RoomPosition>().unwrap().offset(), 0);
+    ann.send(Message::text("first")).await.unwrap();
+    let (pos, text) = parts(next_data(&mut ann).await);
+    assert_eq!(text, "first");
+    assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 1);
+    // A member greeted now is at 1, and gets only what follows.
+    let mut bob = connect(addr, "/ws/g").await;
+    let (bob_at, _) = parts(next_data(&mut bob).await);
+    assert_eq!(bob_at, pos);
+    ann.send(Message::text("second")).await.unwrap();
+    assert_eq!(parts(next_data(&mut bob).await).1, "second");
+}
+
+/// A shared history in memory, as a backplane would keep it, whose live deliveries can be
+/// lost on the way (as pub/sub messages are while Redis drops a connection).
+#[derive(Clone, Default)]
+struct LossyShared(std::sync::Arc<std::sync::Mutex<Lossy>>);
+
+#[derive(Default)]
+struct Lossy {
+    entries: Vec<ws_context::Message>,
+    inbound: Option<ws_context::Inbound>,
+    lose_next: usize,
+}
+
+impl LossyShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lossy> {
+        self.0.lock().unwrap()
+    }
+}
+
+fn at(offset: usize) -> RoomPosition {
+    RoomPosition::new("e", offset as u64)
+}
+
+impl ws_context::Backplane for LossyShared {
+    fn publish(&self, _: ws_context::Envelope) -> Result<(), ws_context::BackplaneError> {
+        Ok(())
+    }
+    fn attach(&self, inbound: ws_context::Inbound) {
+        self.lock().inbound = Some(inbound);
+    }
+    fn status(&self) -> ws_context::BackplaneStatus {
+        ws_context::BackplaneStatus::Up
+    }
+    fn shared_history(&self) -> bool {
+        true
+    }
+    fn room_position(
+        &self,
+        _: &str,
+    ) -> ws_context::HistoryFuture<'_, Result<RoomPosition, ws_context::BackplaneError>> {
+        let len = self.lock().entries.len();
+        Box::pin(async move { Ok(at(len)) })
+    }
+    fn append(
+        &self,
+        room: &str,
+        _: &str,
+        position: RoomPosition,
+        message: ws_context::Message,
+    ) -> ws_context::HistoryFuture<'_, Result<ws_context::Appended, ws_context::BackplaneError>>
+    {
+        let mut state = self.lock();
+        let next = state.entries.len() + 1;
+        let answer = if position.offset() != next as u64 {
+            ws_context::Appended::Moved(at(next - 1))
+        } else {
+            state.entries.push(message.clone());
+            if state.lose_next > 0 {
+                state.lose_next -= 1;
+            } else if let Some(inbound) = &state.inbound {
+                inbound.deliver_entry(room, at(next), message);
+            }
+            ws_context::Appended::At(at(next))
+        };
+        Box::pin(async move { Ok(answer) })
+    }
+    fn history_since(
+        &self,
+        _: &str,
+        since: &RoomPosition,
+    ) -> ws_context::HistoryFuture<
+        '_,
+        Result<(Vec<ws_context::HistoryEntry>, RoomPosition), RecoveryError>,
+    > {
+        let state = self.lock();
+        let from = since.offset() as usize;
+        let missed: Vec<ws_context::HistoryEntry> = state
+            .entries
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(i, message)| (at(i + 1), message.clone()))
+            .collect();
+        let last = at(state.entries.len());
+        Box::pin(async move { Ok((missed, last)) })
+    }
+}
+
+/// Messages that never arrived live (a gap in the offsets) are read back from the shared
+/// history before the next one: the member gets every message once, in order.
+#[tokio::test]
+async fn a_gap_in_live_delivery_is_filled_from_the_shared_history() {
+    let backplane = LossyShared::default();
+    let hub = ConnectionHub::with_backplane(backplane.clone());
+    hub.set_history_limits(100, Duration::from_secs(60));
+    let addr = server(&hub).await;
+    let mut ann = connect(addr, "/ws/gap").await;
+    eventually("ann joined", || hub.room_members("gap").len() == 1).await;
+    for n in 1..=6 {
+        if n == 3 {
+            backplane.lock().lose_next = 2;
+        }
+        let sent = hub
+            .send_to_room("gap", ws_context::Message::text(n.to_string()))
+            .await;
+        assert_eq!(sent.position.map(|p| p.offset()), Some(n));
+    }
+    for n in 1..=6 {
+        let Message::Text(text) = next_data(&mut ann).await else {
+            panic!("expected text")
+        };
+        assert_eq!(text.as_str(), n.to_string(), "each once, in order");
+    }
+}

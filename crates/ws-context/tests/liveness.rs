@@ -208,3 +208,43 @@ async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
     let close = frames.iter().find(|f| f.0 == 0x8).expect("a close frame");
     assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1001);
 }
+
+/// Many messages in one read while a handler is busy: one is read ahead by the task, one held
+/// by the socket, and the rest wait in the socket's unparsed bytes; every one is handled, in
+/// order (a held message was once overwritten by the next one parsed).
+#[tokio::test]
+async fn messages_read_together_while_a_handler_runs_are_all_handled_in_order() {
+    async fn slow_echo(ctx: Context) -> Result<String, ws_context::BindError> {
+        let text: String = ctx.bind()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(text)
+    }
+    let endpoint = Endpoint::new(slow_echo);
+    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let (mut stream, _) = silent_client(addr).await;
+    let mut burst = Vec::new();
+    for n in 0..20u8 {
+        // Masked text frames (an all-zero mask), all written at once.
+        burst.extend_from_slice(&[0x81, 0x82, 0, 0, 0, 0, b'm', b'a' + n]);
+    }
+    stream.write_all(&burst).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    while received.len() < 20 * 4 {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("every echo in time")
+            .unwrap();
+        assert!(n > 0, "closed after {} echoes", received.len() / 4);
+        received.extend_from_slice(&buf[..n]);
+    }
+    let echoes: Vec<String> = frames(&received)
+        .into_iter()
+        .filter(|(opcode, _)| *opcode == 0x1)
+        .map(|(_, payload)| String::from_utf8(payload).unwrap())
+        .collect();
+    let sent: Vec<String> = (0..20u8)
+        .map(|n| format!("m{}", char::from(b'a' + n)))
+        .collect();
+    assert_eq!(echoes, sent);
+}

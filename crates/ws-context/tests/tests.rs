@@ -3,6 +3,7 @@
 mod support;
 
 mod backplane;
+mod broadcast;
 mod close;
 mod handlers;
 mod history;

@@ -80,7 +80,7 @@ pub struct InboundBudget {
 #[derive(Debug)]
 struct BudgetInner {
     used: AtomicUsize,
-    limit: usize,
+    limit: AtomicUsize,
 }
 
 impl InboundBudget {
@@ -89,14 +89,21 @@ impl InboundBudget {
         InboundBudget {
             inner: Arc::new(BudgetInner {
                 used: AtomicUsize::new(0),
-                limit: limit_bytes,
+                limit: AtomicUsize::new(limit_bytes),
             }),
         }
     }
 
     /// The limit, in bytes.
     pub fn limit(&self) -> usize {
-        self.inner.limit
+        self.inner.limit.load(Ordering::Acquire)
+    }
+
+    /// Changes the limit for every connection sharing this budget (a configuration read at
+    /// start-up, say). Reservations already made stay; new ones are checked against the new
+    /// limit.
+    pub fn set_limit(&self, limit_bytes: usize) {
+        self.inner.limit.store(limit_bytes, Ordering::Release);
     }
 
     /// The bytes reserved now, by every connection sharing this budget.
@@ -106,7 +113,7 @@ impl InboundBudget {
 
     /// Reserves `bytes`; false (and nothing reserved) when that would exceed the limit.
     pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
-        let limit = self.inner.limit;
+        let limit = self.limit();
         self.inner
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {

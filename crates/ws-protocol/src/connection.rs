@@ -674,6 +674,18 @@ impl Connection {
         self.message.is_some()
     }
 
+    /// Payload bytes of the unfinished data message received so far (0 between messages). It
+    /// grows with every byte of the message, control frames aside, so a driver can tell a
+    /// message that progresses from one that stalled ([`buffered`](Self::buffered) counts
+    /// capacity, which grows in steps).
+    pub fn message_received(&self) -> usize {
+        if self.message.is_some() {
+            self.data.len()
+        } else {
+            0
+        }
+    }
+
     /// Whether permessage-deflate is on for this connection.
     pub fn compression(&self) -> bool {
         self.codec.is_some()

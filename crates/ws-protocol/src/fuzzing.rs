@@ -1,6 +1,7 @@
 //! The bodies of the cargo-fuzz targets in `fuzz/`, kept here so that a stable test
-//! (`tests/fuzz_corpus.rs`) replays the corpus through the same code. Not part of the API:
-//! each function panics when an invariant breaks, which is what a fuzzer reports.
+//! (`tests/fuzz_corpus.rs`) replays the corpus through the same code, and [`replay`], which
+//! every crate with fuzz targets uses for that. Not part of the API: each function panics when
+//! an invariant breaks, which is what a fuzzer reports.
 
 use bytes::Buf;
 
@@ -171,5 +172,31 @@ pub fn negotiate(data: &[u8]) {
             );
             assert!(client.server_max_window_bits >= server.server_max_window_bits);
         }
+    }
+}
+
+/// Runs every input of a fuzz target's corpus and crashes (`fuzz/corpus/<target>/` and
+/// `fuzz/artifacts/<target>/` of this repository) through `run`, failing with the file that
+/// panics: what the fuzzer found stays fixed on stable. A checkout without `fuzz/` passes.
+pub fn replay(target: &str, run: fn(&[u8])) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let mut count = 0;
+    for dir in ["corpus", "artifacts"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        for path in entries.flatten().map(|entry| entry.path()) {
+            if !path.is_file() {
+                continue;
+            }
+            let data =
+                std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            let result = std::panic::catch_unwind(|| run(&data));
+            assert!(result.is_ok(), "{} fails", path.display());
+            count += 1;
+        }
+    }
+    if root.join("corpus").join(target).is_dir() {
+        assert!(count > 0, "empty corpus for {target}");
     }
 }

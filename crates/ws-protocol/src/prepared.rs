@@ -44,6 +44,8 @@ struct Cache {
     plain_frame: Option<Bytes>,
     /// (level, window bits) -> compressed payload, and its unmasked frame once made.
     compressed: Vec<((u32, u8), Bytes, Option<Bytes>)>,
+    /// How many times the payload was compressed for a shared parameter set.
+    compressions: usize,
 }
 
 impl std::fmt::Debug for PreparedMessage {
@@ -70,6 +72,14 @@ impl PreparedMessage {
         &self.inner.message
     }
 
+    /// How many times the payload has been compressed to be shared: at most once per distinct
+    /// set of parameters (compression level, window size), however many connections sent it.
+    /// Connections with server context takeover compress with their own state and are not
+    /// counted. For tests and measurements.
+    pub fn compressions(&self) -> usize {
+        self.cache().compressions
+    }
+
     fn cache(&self) -> MutexGuard<'_, Cache> {
         self.inner
             .cache
@@ -94,6 +104,7 @@ impl PreparedMessage {
         let compressed =
             Bytes::from(compress_once(&payload, key.0, key.1).map_err(SendError::Compress)?);
         cache.compressed.push((key, compressed.clone(), None));
+        cache.compressions += 1;
         Ok(compressed)
     }
 

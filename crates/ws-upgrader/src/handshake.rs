@@ -34,6 +34,28 @@ pub enum RejectionKind {
     Overloaded,
 }
 
+impl RejectionKind {
+    /// A short name for logs and metric labels: `method_not_get`, `not_upgrade`,
+    /// `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`.
+    ///
+    /// ```
+    /// use ws_upgrader::RejectionKind;
+    ///
+    /// assert_eq!(RejectionKind::OriginRefused.as_str(), "origin_refused");
+    /// ```
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectionKind::MethodNotGet => "method_not_get",
+            RejectionKind::NotUpgrade => "not_upgrade",
+            RejectionKind::UnsupportedVersion => "unsupported_version",
+            RejectionKind::BadKey => "bad_key",
+            RejectionKind::OriginRefused => "origin_refused",
+            RejectionKind::NotUpgradable => "not_upgradable",
+            RejectionKind::Overloaded => "overloaded",
+        }
+    }
+}
+
 /// A refused upgrade: the status and the reason, given to the error handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRejection {
@@ -114,9 +136,9 @@ pub(crate) fn default_error_response(rejection: &UpgradeRejection) -> Response {
 #[must_use = "the upgrade happens only when the response from on_upgrade is returned"]
 pub struct PendingUpgrade {
     on_upgrade: OnUpgrade,
-    accept: HeaderValue,
+    pub(crate) accept: HeaderValue,
     protocol: Option<HeaderValue>,
-    deflate: Option<(String, DeflateParams)>,
+    pub(crate) deflate: Option<(String, DeflateParams)>,
     upgrader: WsUpgrader,
 }
 
@@ -177,7 +199,7 @@ impl PendingUpgrade {
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = WebSocket::new(upgraded, &options, deflate, protocol);
+                    let socket = WebSocket::new(upgraded, options, deflate, protocol);
                     // On a task of its own: awaited here, it would carry this task's state
                     // (the callback's captures, the options, the upgrade's result) for the
                     // connection's whole life, 256 bytes per connection with ws-context's
@@ -240,7 +262,7 @@ impl WsUpgrader {
         response
     }
 
-    fn check(&self, parts: &mut Parts) -> Result<PendingUpgrade, UpgradeRejection> {
+    pub(crate) fn check(&self, parts: &mut Parts) -> Result<PendingUpgrade, UpgradeRejection> {
         let options = &self.options;
         if parts.method != Method::GET {
             return Err(UpgradeRejection::new(

@@ -66,7 +66,9 @@
 //! `client_max_window_bits` (bare, as browsers send it, or with a value),
 //! `server_max_window_bits`, `server_no_context_takeover` and `client_no_context_takeover`
 //! are honoured; [`Compression`] sets the zlib level and the size under which a message is
-//! sent uncompressed (RFC 7692 §6.1 allows either per message).
+//! sent uncompressed (RFC 7692 §6.1 allows either per message). A message for many
+//! connections is compressed once per set of parameters when sent as a [`PreparedMessage`]
+//! ([`WebSocket::feed_prepared`]).
 //!
 //! # Refusals
 //!
@@ -75,6 +77,8 @@
 //! origin. An [`error_handler`](WsUpgraderBuilder::error_handler) can write its own.
 #![deny(missing_docs)]
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod options;
 mod serve;
@@ -82,10 +86,11 @@ mod socket;
 
 pub use crate::handshake::{PendingUpgrade, RejectionKind, UpgradeRejection};
 pub use crate::options::{
-    Compression, ConfigError, DEFAULT_INBOUND_BUDGET, DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT,
-    DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, MAX_READ_BUFFER_SIZE, WsUpgrader,
-    WsUpgraderBuilder,
+    Compression, ConfigError, DEFAULT_CLOSE_TIMEOUT, DEFAULT_INBOUND_BUDGET,
+    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
+    DEFAULT_WRITE_BUFFER_SIZE, MAX_READ_BUFFER_SIZE, WsUpgrader, WsUpgraderBuilder,
+    process_inbound_budget,
 };
 pub use crate::serve::{
     BodyTimeout, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
@@ -94,7 +99,7 @@ pub use crate::serve::{
 };
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};
-pub use ws_protocol::InboundBudget;
+pub use ws_protocol::{InboundBudget, PreparedMessage};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

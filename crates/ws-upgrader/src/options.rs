@@ -23,6 +23,8 @@ pub const MAX_READ_BUFFER_SIZE: usize = 1 << 20;
 /// Default bound on the bytes held in unfinished messages across every connection of the
 /// process: 256 MiB, sized for a small server. See [`WsUpgraderBuilder::inbound_budget`].
 pub const DEFAULT_INBOUND_BUDGET: usize = 256 << 20;
+/// Default time the peer has to answer our close frame before the connection is dropped.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default time an unfinished message may go without receiving any of its bytes.
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default interval between the server's pings on a quiet connection.
@@ -113,8 +115,15 @@ impl Default for Compression {
     }
 }
 
-/// The budget every upgrader shares unless given its own: one per process.
-fn process_budget() -> InboundBudget {
+/// The budget every upgrader shares unless given its own: one per process, of
+/// [`DEFAULT_INBOUND_BUDGET`] bytes until [`InboundBudget::set_limit`] changes it (gofr-app does
+/// from `WS_INBOUND_BUDGET`).
+///
+/// ```
+/// ws_upgrader::process_inbound_budget().set_limit(64 << 20);
+/// assert_eq!(ws_upgrader::process_inbound_budget().limit(), 64 << 20);
+/// ```
+pub fn process_inbound_budget() -> InboundBudget {
     static BUDGET: OnceLock<InboundBudget> = OnceLock::new();
     BUDGET
         .get_or_init(|| InboundBudget::new(DEFAULT_INBOUND_BUDGET))
@@ -135,6 +144,7 @@ pub(crate) struct Options {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) pong_timeout: Duration,
     pub(crate) message_timeout: Duration,
+    pub(crate) close_timeout: Duration,
     pub(crate) inbound_budget: InboundBudget,
 }
 
@@ -153,7 +163,8 @@ impl Default for Options {
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             message_timeout: DEFAULT_MESSAGE_TIMEOUT,
-            inbound_budget: process_budget(),
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            inbound_budget: process_inbound_budget(),
         }
     }
 }
@@ -174,10 +185,10 @@ impl Options {
 /// `ws-context`/`gofr-app`, which do that for you). Cloning is cheap; clones share the options.
 ///
 /// Defaults: a 10 s handshake timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)),
-/// 64 KiB reads and a 16 KiB write buffer, no subprotocols,
-/// plain-text error responses, same-origin check, no compression, 16 MiB message and frame
-/// limits, a ping every 30 s with a 10 s pong deadline, 30 s for an unfinished message to make
-/// progress, and the process's 256 MiB budget for unfinished messages.
+/// 64 KiB reads and a 16 KiB write buffer, no subprotocols, plain-text error responses,
+/// same-origin check, no compression, 16 MiB message and frame limits, a ping every 30 s with a
+/// 10 s pong deadline, 1 s for the answer to our close frame, 30 s for an unfinished message to
+/// make progress, and the process's 256 MiB budget for unfinished messages.
 ///
 /// ```
 /// use std::time::Duration;
@@ -214,6 +225,7 @@ impl fmt::Debug for WsUpgrader {
             .field("ping_interval", &o.ping_interval)
             .field("pong_timeout", &o.pong_timeout)
             .field("message_timeout", &o.message_timeout)
+            .field("close_timeout", &o.close_timeout)
             .field("inbound_budget", &o.inbound_budget.limit())
             .finish()
     }
@@ -367,10 +379,17 @@ impl WsUpgraderBuilder {
         self
     }
 
-    /// How long to wait for the pong to a server ping before closing (1001), and for the
-    /// peer's answer to our close frame before dropping the connection. Default 10 s.
+    /// How long to wait for the pong to a server ping before closing (1001). Default 10 s.
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
         self.options.pong_timeout = timeout;
+        self
+    }
+
+    /// How long the peer has to answer our close frame before the connection is dropped
+    /// (RFC 6455 lets the server close the TCP connection then). Default 1 s: the close frame
+    /// is out already; waiting longer only holds a socket for a peer that does not answer.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.options.close_timeout = timeout;
         self
     }
 
@@ -430,6 +449,11 @@ impl WsUpgraderBuilder {
         if o.pong_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration {
                 option: "pong_timeout",
+            });
+        }
+        if o.close_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                option: "close_timeout",
             });
         }
         if o.message_timeout.is_zero() {

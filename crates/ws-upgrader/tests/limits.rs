@@ -209,3 +209,154 @@ async fn unfinished_messages_past_the_inbound_budget_close_1013_and_give_it_back
     // reservation went with its error, before its close frame.
     assert_eq!(budget.in_use(), 0);
 }
+
+/// A server whose sockets only read, recording the largest output a socket held after any
+/// message it gave, and how the last connection ended.
+struct FloodedServer {
+    addr: std::net::SocketAddr,
+    most_output: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ended: std::sync::Arc<tokio::sync::Notify>,
+    ended_with: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+async fn flooded_server(upgrader: WsUpgrader) -> FloodedServer {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use axum::{Router, extract::Request, routing::any};
+
+    let most_output = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ended = Arc::new(tokio::sync::Notify::new());
+    let ended_with = Arc::new(std::sync::Mutex::new(None));
+    let (most, end, with) = (most_output.clone(), ended.clone(), ended_with.clone());
+    let router = Router::new().route(
+        "/ws",
+        any(move |request: Request| {
+            let upgrader = upgrader.clone();
+            let (most, end, with) = (most.clone(), end.clone(), with.clone());
+            async move {
+                let (mut parts, _body) = request.into_parts();
+                match upgrader.upgrade(&mut parts) {
+                    Ok(pending) => pending.on_upgrade(move |mut socket| async move {
+                        let last = loop {
+                            match socket.recv().await {
+                                Some(Ok(_)) => {
+                                    most.fetch_max(socket.buffered_output(), Ordering::Relaxed);
+                                }
+                                Some(Err(error)) => break format!("{error:?}"),
+                                None => break "end".to_owned(),
+                            }
+                        };
+                        *with.lock().unwrap() = Some(last);
+                        end.notify_one();
+                    }),
+                    Err(refusal) => refusal,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ws_upgrader::serve(listener, router).into_future());
+    FloodedServer {
+        addr,
+        most_output,
+        ended,
+        ended_with,
+    }
+}
+
+/// Opens a connection and writes 100,000 pings of 125 bytes (13 MB) to it from a task,
+/// reading nothing: each ping asks for a 127-byte pong.
+async fn flood(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt as _;
+
+    let (unread, mut write) = open(addr).await.into_split();
+    let pings = crate::support::client_frame(true, false, 0x9, &[b'p'; 125]).repeat(100_000);
+    tokio::spawn(async move {
+        // Kept open, unread, until the test ends the task.
+        let _unread = unread;
+        let _ = write.write_all(&pings).await;
+        std::future::pending::<()>().await;
+    })
+}
+
+/// A peer that floods pings and reads nothing: every ping queues a pong, so the server's
+/// output would grow without bound. Past the write buffer size the socket stops reading until
+/// the output drains: the output stays bounded, the flood stalls in the kernel's buffers, and
+/// the server goes on serving other clients.
+#[tokio::test]
+async fn a_ping_flood_from_a_peer_that_never_reads_keeps_the_output_bounded() {
+    use std::sync::atomic::Ordering;
+
+    const WRITE_LIMIT: usize = 16 << 10;
+    let server = flooded_server(
+        WsUpgrader::builder()
+            .write_buffer_size(WRITE_LIMIT)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let flooding = flood(server.addr).await;
+    // Until the kernel's buffers are full and the output reaches the write buffer size.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.most_output.load(Ordering::Relaxed) < WRITE_LIMIT {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the output never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Unbounded, the output would grow by megabytes in this time (the server parses pings
+    // far faster: 8 MB were seen); bounded, it stays at the write buffer size plus one pong.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let held = server.most_output.load(Ordering::Relaxed);
+    assert!(
+        held <= WRITE_LIMIT + 132,
+        "the output of a socket whose peer reads nothing grew to {held} bytes"
+    );
+    assert!(server.ended_with.lock().unwrap().is_none(), "still open");
+
+    // Other clients are served meanwhile.
+    let (mut other, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    other
+        .send(tungstenite::Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, other.next()).await.unwrap();
+    assert!(
+        matches!(answer, Some(Ok(tungstenite::Message::Pong(ref payload))) if &payload[..] == b"still there?"),
+        "{answer:?}"
+    );
+    flooding.abort();
+}
+
+/// While its reads are held back by a full output, a flooding peer's deadlines still run: it
+/// answers no ping (the pong cannot even reach it), so it is closed after the ping interval
+/// plus the pong timeout.
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_closed_by_the_ping_deadline() {
+    let interval = std::time::Duration::from_millis(300);
+    let server = flooded_server(
+        WsUpgrader::builder()
+            .ping_interval(Some(interval))
+            .pong_timeout(interval)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let flooding = flood(server.addr).await;
+    tokio::time::timeout(WAIT, server.ended.notified())
+        .await
+        .expect("the flooding peer was closed in time");
+    assert_eq!(
+        server.ended_with.lock().unwrap().as_deref(),
+        Some("PingTimeout")
+    );
+    flooding.abort();
+}

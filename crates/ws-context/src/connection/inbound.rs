@@ -1,0 +1,100 @@
+//! The read path: what the task may read now ([`Reading`], derived from the state), bursts of
+//! messages read without waiting, and what each thing the peer sent does.
+
+use ws_message::{CloseFrame, Message};
+use ws_upgrader::{WebSocket, WsError};
+
+use super::{ConnectionTask, MAX_BATCH, Step, closing::Closing, poll_now};
+
+/// What the task reads this turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// Nothing: a close was requested (the task waits for the call in progress, then writes
+    /// its close frame), or the connection failed.
+    Nothing,
+    /// Messages, in bursts.
+    Messages,
+    /// A message is read ahead while the call runs: control frames only. The socket still
+    /// answers pings, pings the peer and watches its deadlines, reading no further data.
+    ControlOnly,
+}
+
+impl ConnectionTask {
+    /// What may be read now.
+    pub(super) fn reading(&self) -> Reading {
+        match self.closing {
+            Closing::Open if self.handling.has_read_ahead() => Reading::ControlOnly,
+            Closing::Open => Reading::Messages,
+            // Read until the peer's close frame or the end of the stream.
+            Closing::Sent { .. } => Reading::Messages,
+            Closing::Requested { .. } | Closing::Ended(_) => Reading::Nothing,
+        }
+    }
+
+    /// Handles what the socket gave, then each further message the socket has ready without
+    /// waiting (already parsed or already readable), up to `MAX_BATCH`: a burst costs one turn.
+    pub(super) async fn on_burst(&mut self, first: Option<Result<Message, WsError>>) -> Step {
+        let mut incoming = first;
+        for _ in 1..MAX_BATCH {
+            self.on_incoming(incoming).await?;
+            if self.reading() != Reading::Messages {
+                return Step::Continue(());
+            }
+            match poll_now(self.out.socket.recv()).await {
+                Some(more) => incoming = more,
+                None => return Step::Continue(()),
+            }
+        }
+        self.on_incoming(incoming).await
+    }
+
+    pub(super) async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Step {
+        match incoming {
+            None => Step::Break(()),
+            Some(Err(error)) => {
+                // The socket has stopped reading; tell the peer why (1002, 1007, 1009, 1013, ...).
+                tracing::debug!(parent: self.conn().span(), %error, "connection failed");
+                // Only reported (1006 for a broken transport), so a code that may not be sent
+                // is kept as "abnormal".
+                self.failed(
+                    CloseFrame::new(error.close_code(), error.to_string())
+                        .unwrap_or_else(|_| CloseFrame::abnormal(error.to_string())),
+                );
+                self.out.fail(&error).await;
+                Step::Break(())
+            }
+            Some(Ok(Message::Close(frame))) => {
+                // The socket answers the close; keep reading until it reports the end.
+                self.peer_closed(frame.unwrap_or_else(CloseFrame::no_status));
+                Step::Continue(())
+            }
+            Some(Ok(message)) if message.is_data() => {
+                self.received.add(&message);
+                match self.closing {
+                    Closing::Open if self.handling.is_running() => {
+                        self.handling.read_ahead(message);
+                        Step::Continue(())
+                    }
+                    Closing::Open => self.start(message).await,
+                    // After a close frame, data is not handled (RFC 6455 §1.4).
+                    _ => Step::Continue(()),
+                }
+            }
+            // Pings are answered by the socket; any frame feeds its liveness timer.
+            Some(Ok(_)) => Step::Continue(()),
+        }
+    }
+}
+
+/// The next message, or with `ControlOnly` the next control frame (a data message read ahead
+/// is kept by the socket).
+pub(super) async fn next_incoming(
+    socket: &mut WebSocket,
+    reading: Reading,
+) -> Option<Result<Message, WsError>> {
+    if reading == Reading::ControlOnly {
+        socket.recv_control().await
+    } else {
+        socket.recv().await
+    }
+}

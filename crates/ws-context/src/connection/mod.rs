@@ -1,0 +1,336 @@
+//! One connection's task: the only owner of its socket. It reads messages and calls the
+//! handler once for each, writes the handler's replies and everything other tasks queued
+//! ([`SocketWriter`](crate::SocketWriter)), and runs the closing handshake.
+//!
+//! # Files
+//!
+//! - `mod.rs` (here): the task's state, its loop ([`ConnectionTask::run`], one event per
+//!   turn) and what each event does.
+//! - `handling.rs`: the handler side, [`Handling`]: which call runs, and the message read ahead.
+//! - `closing.rs`: where the closing handshake stands, [`Closing`], and every transition of it.
+//! - `inbound.rs`: the read path: what may be read now, bursts of messages, peer's frames.
+//! - `outbound.rs`: the write path, [`WriteSide`]: the socket, the connection's queue, what is
+//!   fed but not flushed, the traffic sent. Its methods take `&mut WriteSide`, never the task,
+//!   so the borrow checker shows that writing never touches the handler's state.
+//!
+//! # State
+//!
+//! Two enums, no loose flags: [`Handling`] (`Idle`, `Running(call)`, `ReadAhead(call,
+//! message)`: at most one message is read ahead while a handler runs, so reads stay bounded)
+//! and [`Closing`] (`Open`, `Requested { frame, deadline, urgent }`, `Sent { ended_by }`,
+//! `Ended(frame)`). Whether the task reads, what it reads and whether it writes are derived
+//! from the pair ([`ConnectionTask::reading`], [`Closing::may_write`]). Legal pairs:
+//!
+//! | handling \ closing | `Open`                        | `Requested`                          | `Sent`                        |
+//! |--------------------|-------------------------------|--------------------------------------|-------------------------------|
+//! | `Idle`             | reads messages; writes queue  | transient: the next turn writes the close frame, then `Sent` | reads until the peer's close or the end |
+//! | `Running`          | reads messages; writes queue  | reads nothing; writes queue unless urgent; waits for the call or the deadline | reads until the end; the call's reply is dropped |
+//! | `ReadAhead`        | reads control frames only (`WebSocket::recv_control`: pings answered, pings sent, pong deadline kept); writes queue | as `Running`; the message read ahead is dropped when the call ends | never: entering `Sent` drops the message read ahead |
+//!
+//! `Ended(frame)` is terminal: the task stops at the end of that turn. What each event does:
+//!
+//! | event                                   | transition                                                    |
+//! |-----------------------------------------|---------------------------------------------------------------|
+//! | data message, `Idle` + `Open`           | `Running`: the handler is called and polled once at once       |
+//! | data message, `Running` + `Open`        | `ReadAhead` (the read path then asks for control frames only)  |
+//! | data message, `Sent`                    | dropped (counted): nothing is handled after a close            |
+//! | the call ends                           | `Idle`; its reply written after what it queued (unless closing urgently or `Sent`); then the message read ahead, if any and `Open`, starts `Running` |
+//! | the call returns or panics into a close | `Requested { deadline: now }` (a panic closes with 1011)        |
+//! | a queued close                          | `Requested { deadline: now + close_grace }`                     |
+//! | an urgent close (slow peer, full queue) | `Requested { urgent, deadline: now + close_grace }`, queue dropped; in `Sent`, only the queue is dropped |
+//! | `Requested` and `Idle`, or its deadline passed (the call is then dropped) | our close frame written, `Sent { ended_by: ours }` |
+//! | the peer's close frame                  | `Sent { ended_by: the peer's }`; the message read ahead dropped |
+//! | a read error (protocol, timeout)        | `Ended(its close frame)`: the peer is told, the task stops     |
+//! | end of stream, or a write fails         | the task stops; `ended_by` as it stands (1006 unless `Sent`)    |
+//!
+//! # Cost
+//!
+//! The task's future is part of every connection's memory (`cargo xtask bench`, S5) and runs
+//! for every message (callgrind, S1/S2), so: socket operations are tried first with a waker that
+//! does nothing and awaited only when not ready (`outbound.rs`); rare waits that need a timer
+//! are boxed, so the timer takes no room in the task; [`run`](ConnectionTask::run) is not an
+//! `async fn`; the connection's span is entered once per poll of the task. The test at the end
+//! of this file bounds the future's size.
+
+mod closing;
+mod handling;
+mod inbound;
+mod outbound;
+
+use std::{future::Future, ops::ControlFlow, sync::Arc, task::Poll, time::Duration};
+
+use tokio::time::Instant;
+use ws_message::{CloseFrame, Message};
+use ws_upgrader::WebSocket;
+
+use self::{
+    closing::Closing,
+    handling::{Handling, poll_running},
+    inbound::{Reading, next_incoming},
+    outbound::{WriteFailed, WriteSide},
+};
+use crate::{
+    Connection,
+    handler::BoxHandler,
+    metrics::ConnMetrics,
+    writer::{Delivery, Outbound},
+};
+
+/// Messages handled (read, or written from the queue) before the task checks its other events
+/// again, so a busy writer cannot starve reads nor a fast reader writes.
+const MAX_BATCH: usize = 256;
+
+/// One connection's task: the only owner of the socket.
+pub(crate) struct ConnectionTask {
+    /// The socket and the queue: everything writing needs, and nothing else.
+    out: WriteSide,
+    handler: BoxHandler,
+    close_grace: Duration,
+    metrics: Arc<ConnMetrics>,
+    handling: Handling,
+    closing: Closing,
+    /// Traffic read and not yet added to the shared counters (see [`Traffic`]).
+    received: Traffic,
+}
+
+/// Whether the connection task goes on after a step; `Break` ends it.
+type Step = ControlFlow<()>;
+
+impl ConnectionTask {
+    pub(crate) fn new(
+        socket: WebSocket,
+        conn: Connection,
+        handler: BoxHandler,
+        close_grace: Duration,
+        metrics: Arc<ConnMetrics>,
+    ) -> Self {
+        ConnectionTask {
+            out: WriteSide::new(socket, conn),
+            handler,
+            close_grace,
+            metrics,
+            handling: Handling::Idle,
+            closing: Closing::Open,
+            received: Traffic::default(),
+        }
+    }
+
+    fn conn(&self) -> &Connection {
+        &self.out.conn
+    }
+
+    /// Runs until the connection ends; returns how it was closed. `rejected` closes at once
+    /// (the connect hook refused the connection).
+    ///
+    /// Each turn waits for one event, handles it with everything else already ready of the
+    /// same kind (a burst of parsed messages, a run of queued frames), then flushes once: one
+    /// write per turn, and no extra turn of the scheduler before it.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps `self` twice in its state, as the argument and as the local \
+                  it is moved into: its future measured 2,696 bytes against 1,832 (S5; see \
+                  `task_future_stays_small`)"
+    )]
+    pub(crate) fn run(mut self, rejected: Option<CloseFrame>) -> impl Future<Output = CloseFrame> {
+        async move {
+            tracing::debug!(parent: self.conn().span(), "connection open");
+            if let Some(frame) = rejected {
+                self.request_close(frame, Instant::now());
+            }
+            // The turns run inside the connection's span, so the handler's events carry the
+            // connection's fields: one enter per poll of the task, not one per message or turn.
+            let conn = self.conn().clone();
+            {
+                let mut turns = std::pin::pin!(async { while self.turn().await.is_continue() {} });
+                std::future::poll_fn(|cx| {
+                    let _entered = conn.span().enter();
+                    turns.as_mut().poll(cx)
+                })
+                .await;
+            }
+            self.publish_traffic();
+            self.closing.ended_by()
+        }
+    }
+
+    async fn turn(&mut self) -> Step {
+        if self.closing.may_write() {
+            // One atomic load; an urgent close goes before anything else, even a burst of reads.
+            self.take_urgent_close();
+        }
+        self.send_requested_close().await?;
+        let deadline = self.closing.deadline();
+        let reading = self.reading();
+        let may_write = self.closing.may_write();
+        let handler_running = self.handling.is_running();
+
+        // Biased: the order is fixed (no random draw per turn); reads cannot starve queued
+        // frames because every turn that wrote also takes the queue before its flush, and an
+        // urgent close is checked above at every turn.
+        let step = tokio::select! {
+            biased;
+            reply = poll_running(&mut self.handling), if handler_running => self.on_reply(reply).await,
+            incoming = next_incoming(&mut self.out.socket, reading), if reading != Reading::Nothing => {
+                match reading {
+                    Reading::ControlOnly => self.on_incoming(incoming).await,
+                    _ => self.on_burst(incoming).await,
+                }
+            }
+            delivery = self.out.conn.0.writer.delivery(), if may_write => match delivery {
+                Delivery::Urgent => {
+                    self.take_urgent_close();
+                    Step::Continue(())
+                }
+                Delivery::Command(command) => self.on_command(command).await,
+                // Only once the queue is closed, which this task does itself after an urgent
+                // close (and then stops polling it); end all the same.
+                Delivery::Closed => Step::Break(()),
+            },
+            () = sleep_until(deadline) => Step::Continue(()),
+        };
+        step?;
+        if self.out.unflushed() {
+            // Frames other tasks queued meanwhile go out in the same write.
+            if self.closing.may_write()
+                && let Some(command) = self.out.next_command()
+            {
+                self.on_command(command).await?;
+            }
+            match self.out.flush().await {
+                Ok(()) => {}
+                Err(WriteFailed::Urgent) => self.take_urgent_close(),
+                Err(WriteFailed::Broken) => return Step::Break(()),
+            }
+        }
+        self.publish_traffic();
+        Step::Continue(())
+    }
+
+    /// Calls the handler for a message. Most handlers finish at their first poll: their
+    /// reply is written now rather than one turn later.
+    async fn start(&mut self, message: Message) -> Step {
+        self.handling = Handling::Running(handling::call(&self.handler, self.conn(), message));
+        match poll_now(poll_running(&mut self.handling)).await {
+            Some(reply) => self.on_reply(reply).await,
+            None => Step::Continue(()),
+        }
+    }
+
+    /// The call ended: writes its reply, then starts the message read ahead, if any.
+    async fn on_reply(&mut self, reply: std::thread::Result<handling::Reply>) -> Step {
+        let read_ahead = self.handling.end();
+        let (reply, close) = handling::outcome(reply, self.conn(), &self.metrics);
+        // While an urgent close is under way, or once our close is out, nothing is written.
+        if self.closing.may_write() {
+            match self.out.finish(reply, close).await {
+                Ok(Some(frame)) => self.request_close(frame, Instant::now()),
+                Ok(None) => {}
+                Err(WriteFailed::Urgent) => self.take_urgent_close(),
+                Err(WriteFailed::Broken) => return Step::Break(()),
+            }
+        }
+        match read_ahead {
+            Some(message) if self.closing.is_open() => {
+                // Boxed: `start` and `on_reply` call each other.
+                Box::pin(self.start(message)).await
+            }
+            _ => Step::Continue(()),
+        }
+    }
+
+    /// Writes a queued command and the rest of the queue, up to `MAX_BATCH` frames.
+    async fn on_command(&mut self, command: Outbound) -> Step {
+        match self.out.write_batch(command).await {
+            Ok(Some(frame)) => {
+                let deadline = Instant::now() + self.close_grace;
+                self.request_close(frame, deadline);
+            }
+            Ok(None) => {}
+            Err(WriteFailed::Urgent) => self.take_urgent_close(),
+            Err(WriteFailed::Broken) => return Step::Break(()),
+        }
+        Step::Continue(())
+    }
+
+    /// Adds the turn's traffic to the shared counters: once per turn, so a burst costs one
+    /// update per counter, not one per message.
+    fn publish_traffic(&mut self) {
+        let metrics = &self.metrics;
+        self.received
+            .publish(&metrics.messages_received, &metrics.bytes_received);
+        self.out
+            .sent()
+            .publish(&metrics.messages_sent, &metrics.bytes_sent);
+    }
+}
+
+/// Messages and payload bytes not yet added to the shared counters.
+#[derive(Default)]
+struct Traffic {
+    messages: u64,
+    bytes: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, message: &Message) {
+        self.messages += 1;
+        self.bytes += payload_len(message);
+    }
+
+    fn publish(&mut self, messages: &metrics::Counter, bytes: &metrics::Counter) {
+        if self.messages > 0 {
+            messages.increment(std::mem::take(&mut self.messages));
+            bytes.increment(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+fn payload_len(message: &Message) -> u64 {
+    u64::try_from(message.len()).unwrap_or(u64::MAX)
+}
+
+/// Polls a future once in the task's own context; its output if it was ready.
+async fn poll_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        // Boxed, as every rare wait with a timer: a timer is large, and inline it would grow
+        // every connection's task (S5).
+        Some(deadline) => Box::pin(tokio::time::sleep_until(deadline)).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, F>(_: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Bounds the connection task's future: it is held for the life of every connection, so
+    /// growing it grows the memory of every idle connection (S5). To measure it, set `BOUND`
+    /// to 0 and run `cargo test -p ws-context --lib task_future`: the failure gives the size
+    /// (1,848 bytes before the `connection/` reshape, 1,832 after, 1,776 with the socket's
+    /// options shared rather than copied; rustc 1.95, x86_64, debug
+    /// and release builds). A change that passes the bound should say why in its commit, and
+    /// move the bound.
+    #[test]
+    fn task_future_stays_small() {
+        const BOUND: usize = 1_776;
+        let size = returned_size(ConnectionTask::run);
+        assert!(
+            size <= BOUND,
+            "the connection task's future is {size} bytes, over its bound of {BOUND}"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The kit's own tests: each helper against a real server on a loopback port.
+
+mod app;
+mod client;
+mod deflate;
+mod failures;
+mod router;

@@ -1,0 +1,187 @@
+//! The `chat` and `using-web-socket` examples tested with the ws-test kit only: processes on
+//! ports the OS picks (`AppProcess`), a client whose waits are bounded, and, for what the
+//! examples do not have (authentication), GoFr's handler in an in-process `App` behind an
+//! auth layer (`TestServer::app`).
+
+use std::time::Duration;
+
+use ws_test::{AppProcess, TestServer, WsClient, http_get};
+
+/// A chat line as the `chat` example writes it.
+#[derive(serde::Deserialize, Debug)]
+struct Line {
+    from: String,
+    text: String,
+    at: u64,
+}
+
+#[tokio::test]
+async fn using_web_socket_greets_then_echoes_with_and_without_compression() {
+    let server = AppProcess::example("using-web-socket", &[]);
+    for deflate in [false, true] {
+        let mut client = server.client("/ws").deflate(deflate).connect().await;
+        assert_eq!(client.deflate(), deflate);
+        client.send_text("hi").await;
+        assert_eq!(client.recv_text().await, "Hello! GoFr");
+        assert_eq!(client.recv_text().await, "hi");
+        client.close(1000, "done").await;
+    }
+}
+
+#[tokio::test]
+async fn using_web_socket_chooses_the_subprotocol_and_checks_the_origin_header() {
+    let server = AppProcess::example("using-web-socket", &[]);
+    let client = server
+        .client("/ws")
+        .subprotocol("binary")
+        .subprotocol("chat")
+        .connect()
+        .await;
+    // The server's order wins.
+    assert_eq!(client.protocol(), Some("chat"));
+
+    // Same-origin by default: a page from elsewhere is refused before any socket exists.
+    let refused = server
+        .client("/ws")
+        .header("Origin", "http://evil.example")
+        .try_connect()
+        .await
+        .expect_err("a foreign origin is refused");
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    let same = format!("http://{}", server.addr());
+    let mut allowed = server.client("/ws").header("Origin", same).connect().await;
+    allowed.send_text("ok").await;
+    assert_eq!(allowed.recv_text().await, "Hello! GoFr");
+}
+
+/// Joins `room` as `name` and waits for its own greeting: from then on it is a member.
+async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsClient {
+    let mut client = server.connect(&format!("/ws/{room}?name={name}")).await;
+    client.send_text(format!("hello from {name}")).await;
+    loop {
+        let line: Line = client.recv_json().await;
+        if line.from == name {
+            assert_eq!(line.text, format!("hello from {name}"));
+            return client;
+        }
+    }
+}
+
+#[tokio::test]
+async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
+    let server = AppProcess::example("chat", &[]);
+    let page = http_get(&server.http_url("/")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("new WebSocket"), "{page}");
+
+    let mut carol = chatter(&server, "blue", "carol").await;
+    let mut alice = chatter(&server, "red", "alice").await;
+    let mut bob = chatter(&server, "red", "bob").await;
+    let line: Line = alice.recv_json().await;
+    assert_eq!(line.text, "hello from bob");
+
+    alice.send_text("hi red").await;
+    for client in [&mut alice, &mut bob] {
+        let line: Line = client.recv_json().await;
+        assert_eq!(
+            (line.from.as_str(), line.text.as_str()),
+            ("alice", "hi red")
+        );
+        assert!(line.at > 1_600_000_000_000, "{line:?}");
+    }
+    carol.expect_nothing_for(Duration::from_millis(200)).await;
+
+    // A message the handler's bind refuses: GoFr's error envelope, to the sender only.
+    bob.send_text("   ").await;
+    let error: serde_json::Value = bob.recv_json().await;
+    assert!(error["error"]["message"].is_string(), "{error}");
+    alice.expect_nothing_for(Duration::from_millis(100)).await;
+
+    let metrics = server.metrics_url().expect("chat logs its metrics address");
+    let text = http_get(&metrics).await.body;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"ws_connections_open{route="/ws/{room}"} 3"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn chat_kicks_with_4000_and_the_others_stay() {
+    let server = AppProcess::example("chat", &[]);
+    let mut alice = chatter(&server, "red", "alice").await;
+    let mut bob = chatter(&server, "red", "bob").await;
+    let _ = alice.recv_text().await; // bob's greeting
+
+    bob.send_text("/me").await;
+    let me: serde_json::Value = bob.recv_json().await;
+    let bob_id = me["text"].as_str().expect("an id").to_owned();
+
+    alice.send_text(format!("/kick {bob_id}")).await;
+    assert_eq!(bob.expect_close(4000).await, "removed by alice");
+    // Alice is still served.
+    alice.send_text("still here").await;
+    let line: Line = alice.recv_json().await;
+    assert_eq!(line.text, "still here");
+    // An unknown id is answered with an error, not a close.
+    alice.send_text("/kick nobody").await;
+    let error: serde_json::Value = alice.recv_json().await;
+    assert!(error["error"]["message"].is_string(), "{error}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_the_chat_with_1001() {
+    let mut server = AppProcess::example("chat", &[("SHUTDOWN_GRACE_PERIOD", "1s")]);
+    let mut alice = chatter(&server, "red", "alice").await;
+    server.terminate();
+    alice.expect_close(1001).await;
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// GoFr's handler of `using-web-socket`, served in-process behind an authentication layer,
+/// since neither example authenticates.
+mod auth {
+    use axum::{extract::Request, http::StatusCode, middleware::Next, response::Response};
+    use gofr_app::{App, Context, Error};
+    use ws_test::TestServer;
+
+    async fn ws_handler(ctx: Context) -> Result<String, Error> {
+        let message: String = ctx.bind()?;
+        ctx.write_message_to_socket("Hello! GoFr").await?;
+        Ok(message)
+    }
+
+    async fn bearer(request: Request, next: Next) -> Result<Response, StatusCode> {
+        match request.headers().get("authorization") {
+            Some(token) if token == "Bearer open-sesame" => Ok(next.run(request).await),
+            _ => Err(StatusCode::UNAUTHORIZED),
+        }
+    }
+
+    pub(super) async fn server() -> TestServer {
+        let mut app = App::new();
+        app.websocket("/ws", ws_handler);
+        app.layer(axum::middleware::from_fn(bearer));
+        TestServer::app(app).await
+    }
+}
+
+#[tokio::test]
+async fn an_auth_header_is_needed_before_the_upgrade() {
+    let server: TestServer = auth::server().await;
+    let refused = server
+        .client("/ws")
+        .try_connect()
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.status(), Some(401));
+    let refused = server.client("/ws").bearer("guess").try_connect().await;
+    assert_eq!(refused.expect_err("a wrong token").status(), Some(401));
+    server.expect_connections(0).await;
+
+    let mut client = server.client("/ws").bearer("open-sesame").connect().await;
+    server.expect_connections(1).await;
+    client.send_text("hi").await;
+    assert_eq!(client.recv_text().await, "Hello! GoFr");
+    assert_eq!(client.recv_text().await, "hi");
+}
