@@ -321,12 +321,13 @@ mod tests {
     /// growing it grows the memory of every idle connection (S5). To measure it, set `BOUND`
     /// to 0 and run `cargo test -p ws-context --lib task_future`: the failure gives the size
     /// (1,848 bytes before the `connection/` reshape, 1,832 after, 1,776 with the socket's
-    /// options shared rather than copied; rustc 1.95, x86_64, debug
+    /// options shared rather than copied, 1,792 with the socket's timer waker kept (the
+    /// `WebSocket` it holds grew by 16); rustc 1.95, x86_64, debug
     /// and release builds). A change that passes the bound should say why in its commit, and
     /// move the bound.
     #[test]
     fn task_future_stays_small() {
-        const BOUND: usize = 1_776;
+        const BOUND: usize = 1_792;
         let size = returned_size(ConnectionTask::run);
         assert!(
             size <= BOUND,
