@@ -554,8 +554,12 @@ impl WebSocket {
             }
             // Pongs and the echo of a close go out without waiting for the caller's flush.
             // Data the caller fed waits for its flush (or goes out with such an answer), so
-            // that the replies to a burst of messages leave in one write.
-            if self.answer_queued || self.conn.close_state() == CloseState::Closed {
+            // that the replies to a burst of messages leave in one write; past the write
+            // buffer size it is written too (the check below relies on that).
+            if self.answer_queued
+                || self.conn.close_state() == CloseState::Closed
+                || self.conn.output().len() > self.timers.options.write_buffer_size
+            {
                 match self.poll_write_output(cx) {
                     Poll::Ready(Ok(())) => self.answer_queued = false,
                     Poll::Ready(Err(error)) => return self.end_with(Some(Err(WsError::Io(error)))),

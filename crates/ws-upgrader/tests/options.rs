@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use ws_upgrader::WsUpgrader;
 
 use crate::support::{
-    BURST_FRAMES, WAIT, header, raw_request, spawn_burst, spawn_echo, upgrade_request,
+    BURST_FRAMES, WAIT, header, raw_request, spawn_burst, spawn_echo, spawn_feed_then_read,
+    upgrade_request,
 };
 
 type Client =
@@ -263,4 +264,23 @@ async fn write_buffer_size_is_how_much_is_coalesced_before_a_write() {
             format!("{i:0>100}")
         );
     }
+}
+
+#[tokio::test]
+async fn reading_does_not_write_out_what_was_fed_before_the_flush() {
+    // Replies fed while a burst is handled leave together at the flush, not one per read
+    // (S2 of `cargo xtask bench` wrote one per message when reading wrote them).
+    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let addr = spawn_feed_then_read(read.clone(), release.clone()).await;
+    let (mut client, _) = connect(format!("ws://{addr}/ws"), &[]).await.unwrap();
+    client.send(tungstenite::Message::text("hi")).await.unwrap();
+    tokio::time::timeout(WAIT, read.notified()).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), client.next()).await;
+    assert!(
+        early.is_err(),
+        "the fed frame went out on a read: {early:?}"
+    );
+    release.notify_one();
+    let frame = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+    assert_eq!(frame.unwrap().unwrap().into_text().unwrap(), "queued");
 }

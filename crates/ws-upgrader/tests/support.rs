@@ -43,7 +43,7 @@ pub(crate) async fn spawn_echo(upgrader: WsUpgrader) -> SocketAddr {
 pub(crate) const BURST_FRAMES: usize = 20;
 
 /// Serves `/ws` with `upgrader`: each connection queues [`BURST_FRAMES`] text frames of 100
-/// bytes without flushing (and without reading, which would flush), waits for `release`,
+/// bytes without flushing (and without reading), waits for `release`,
 /// then flushes and echoes.
 pub(crate) async fn spawn_burst(upgrader: WsUpgrader, release: Arc<Notify>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -62,6 +62,41 @@ pub(crate) async fn spawn_burst(upgrader: WsUpgrader, release: Arc<Notify>) -> S
                                 return;
                             }
                         }
+                        release.notified().await;
+                        if socket.flush().await.is_ok() {
+                            echo(socket).await;
+                        }
+                    }),
+                    Err(refusal) => refusal,
+                }
+            }
+        }),
+    );
+    tokio::spawn(ws_upgrader::serve(listener, router).into_future());
+    addr
+}
+
+/// Serves `/ws`: each connection feeds one text frame `queued` without flushing, reads one
+/// message, signals `read`, waits for `release`, then flushes and echoes.
+pub(crate) async fn spawn_feed_then_read(read: Arc<Notify>, release: Arc<Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upgrader = WsUpgrader::new();
+    let router = Router::new().route(
+        "/ws",
+        any(move |request: Request| {
+            let (upgrader, read, release) = (upgrader.clone(), read.clone(), release.clone());
+            async move {
+                let (mut parts, _body) = request.into_parts();
+                match upgrader.upgrade(&mut parts) {
+                    Ok(pending) => pending.on_upgrade(|mut socket| async move {
+                        if socket.feed(Message::text("queued")).await.is_err() {
+                            return;
+                        }
+                        if !matches!(socket.recv().await, Some(Ok(_))) {
+                            return;
+                        }
+                        read.notify_one();
                         release.notified().await;
                         if socket.flush().await.is_ok() {
                             echo(socket).await;
