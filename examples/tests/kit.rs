@@ -54,9 +54,12 @@ async fn using_web_socket_chooses_the_subprotocol_and_checks_the_origin_header()
     assert_eq!(allowed.recv_text().await, "Hello! GoFr");
 }
 
-/// Joins `room` as `name` and waits for its own greeting: from then on it is a member.
+/// Joins `room` as `name`: takes the server's join line (with the room's position), then
+/// waits for the echo of its own greeting: from then on it is a member.
 async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsClient {
     let mut client = server.connect(&format!("/ws/{room}?name={name}")).await;
+    let joined: serde_json::Value = client.recv_json().await;
+    assert_eq!(joined["joined"], true, "{joined}");
     client.send_text(format!("hello from {name}")).await;
     loop {
         let line: Line = client.recv_json().await;
