@@ -127,7 +127,10 @@ async function main() {
             waitMs,
           );
           probe.onmessage = (m) => {
-            got.push(JSON.parse(m.data).text);
+            const line = JSON.parse(m.data);
+            // The server's join line (the room's position) is not a chat line.
+            if (line.joined) return;
+            got.push(line.text);
             if (got.length === texts.length) {
               clearTimeout(timer);
               resolve();
