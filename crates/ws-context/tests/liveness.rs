@@ -40,6 +40,21 @@ async fn silent_client(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
     (stream, received[end..].to_vec())
 }
 
+/// Reads (never writes) until the server ends the connection, appending to `received`.
+async fn read_until_closed(stream: &mut TcpStream, received: &mut Vec<u8>) {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("server did not end the connection")
+            .unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Unmasked server frames as (opcode, payload).
 fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut frames = Vec::new();
@@ -71,17 +86,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
     eventually("the connection is registered", || hub.len() == 1).await;
 
     // Read (never write) until the server ends the connection.
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("server did not end the connection")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        received.extend_from_slice(&buf[..n]);
-    }
+    read_until_closed(&mut stream, &mut received).await;
     let elapsed = connected.elapsed();
     // Scheduling slack only (the machine is shared): the deadline itself is interval + timeout.
     assert!(
@@ -182,17 +187,7 @@ async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
         .await
         .unwrap();
     let sent = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("server did not end the connection")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        received.extend_from_slice(&buf[..n]);
-    }
+    read_until_closed(&mut stream, &mut received).await;
     let elapsed = sent.elapsed();
     // Interval + timeout is 600 ms; the handler alone would take 4 s.
     assert!(
