@@ -17,8 +17,20 @@
 //! | `WS_COMPRESSION` | `on` | `off` declines permessage-deflate |
 //! | `WS_CONTEXT_TAKEOVER` | `0` | `1` lets both sides keep their compression context between messages |
 //! | `WS_COMPRESSION_THRESHOLD` | `32` | messages shorter than this many bytes go uncompressed (the conformance suite sets 0) |
+//!
+//! and the server's pings (the browser test makes them frequent):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WS_PING_INTERVAL_MS` | `30000` | a connection quiet this many milliseconds is pinged |
+//! | `WS_PONG_TIMEOUT_MS` | `10000` | milliseconds the pong may take before the connection is closed (1001) |
 
-use gofr_app::{App, Context, Message, WsUpgrader, upgrader::Compression};
+use std::time::Duration;
+
+use gofr_app::{
+    App, Context, Message, WsUpgrader,
+    upgrader::{Compression, DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT},
+};
 
 async fn echo(ctx: Context) -> Result<Message, gofr_app::BindError> {
     ctx.bind()
@@ -28,13 +40,14 @@ async fn echo(ctx: Context) -> Result<Message, gofr_app::BindError> {
 async fn main() -> anyhow::Result<()> {
     let compression = flag("WS_COMPRESSION", true)?;
     let context_takeover = flag("WS_CONTEXT_TAKEOVER", false)?;
-    let threshold = match std::env::var("WS_COMPRESSION_THRESHOLD") {
-        Ok(bytes) => bytes.trim().parse().map_err(|_| {
-            anyhow::anyhow!("WS_COMPRESSION_THRESHOLD={bytes:?} is not a number of bytes")
-        })?,
-        Err(_) => Compression::default().threshold,
-    };
-    let mut upgrader = WsUpgrader::builder();
+    let threshold = number("WS_COMPRESSION_THRESHOLD")?.unwrap_or(Compression::default().threshold);
+    let ping_interval =
+        number("WS_PING_INTERVAL_MS")?.map_or(DEFAULT_PING_INTERVAL, Duration::from_millis);
+    let pong_timeout =
+        number("WS_PONG_TIMEOUT_MS")?.map_or(DEFAULT_PONG_TIMEOUT, Duration::from_millis);
+    let mut upgrader = WsUpgrader::builder()
+        .ping_interval(Some(ping_interval))
+        .pong_timeout(pong_timeout);
     if compression {
         upgrader = upgrader.compression_with(Compression {
             context_takeover,
@@ -48,6 +61,17 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(compression, context_takeover, threshold, "echo settings");
     app.run().await?;
     Ok(())
+}
+
+/// A variable holding a whole number, if set.
+fn number<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(text) => match text.trim().parse() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => anyhow::bail!("{name}={text:?} is not a whole number"),
+        },
+        Err(_) => Ok(None),
+    }
 }
 
 /// An on/off variable: `on`/`1`/`true` or `off`/`0`/`false`; unset or empty is `default`.

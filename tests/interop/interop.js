@@ -23,15 +23,7 @@
 const WebSocket = require("ws");
 const WS_VERSION = require("ws/package.json").version;
 
-const MESSAGES = 1000;
-const SEED = 13;
-// Every 50th message has one of these sizes, in turn (each twice); the rest 0-2048 bytes.
-const SPECIAL_SIZES = [0, 1, 125, 126, 127, 128, 65535, 65536, 65537, 1 << 20];
-// After every 100th message, a ping; payload sizes in turn (125 is the largest allowed).
-const PING_SIZES = [0, 1, 4, 16, 64, 100, 124, 125, 125, 8];
-// Text is drawn from 1-, 2-, 3- and 4-byte UTF-8 characters.
-const ALPHABET = Array.from("abcdefghij klmnopqrstuvwxyz 0123456789 é ü ß € ✓ 日本語 😀 𝄞");
-const CLOSE_CODES = [1000, 1001, 4000];
+const { CLOSE_CODES, messages, pingPayload, bytesOf } = require("./schedule.js");
 // Longest wait for any one step, in milliseconds.
 const WAIT_MS = 20000;
 
@@ -39,57 +31,6 @@ const args = process.argv.slice(2);
 const url = args.find((a) => !a.startsWith("--"));
 const deflate = args.includes("--deflate");
 const noContextTakeover = args.includes("--no-context-takeover");
-
-// mulberry32: a small seeded generator, numbers in [0, 1).
-function generator(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-// A string whose UTF-8 encoding is exactly `size` bytes.
-function textOf(random, size) {
-  const parts = [];
-  let bytes = 0;
-  for (;;) {
-    const c = ALPHABET[Math.floor(random() * ALPHABET.length)];
-    const len = Buffer.byteLength(c);
-    if (bytes + len > size) break;
-    parts.push(c);
-    bytes += len;
-  }
-  return parts.join("") + "x".repeat(size - bytes);
-}
-
-function binaryOf(random, size) {
-  const out = Buffer.alloc(size);
-  for (let i = 0; i < size; i++) out[i] = Math.floor(random() * 256);
-  return out;
-}
-
-function messages() {
-  const random = generator(SEED);
-  const out = [];
-  for (let i = 0; i < MESSAGES; i++) {
-    const size =
-      i % 50 === 0
-        ? SPECIAL_SIZES[(i / 50) % SPECIAL_SIZES.length]
-        : Math.floor(random() * 2049);
-    out.push(random() < 0.5 ? textOf(random, size) : binaryOf(random, size));
-  }
-  return out;
-}
-
-function pingPayload(k) {
-  const out = Buffer.alloc(PING_SIZES[k % PING_SIZES.length]);
-  for (let j = 0; j < out.length; j++) out[j] = (k * 31 + j) % 256;
-  return out;
-}
 
 function describe(data, isBinary) {
   return `${isBinary ? "binary" : "text"} of ${Buffer.byteLength(data)} bytes`;
@@ -161,8 +102,8 @@ function exchange(expected) {
     });
     ws.on("message", (data, isBinary) => {
       const want = expected[next];
-      const wantBinary = Buffer.isBuffer(want);
-      const same = isBinary === wantBinary && data.equals(wantBinary ? want : Buffer.from(want));
+      const wantBinary = typeof want !== "string";
+      const same = isBinary === wantBinary && data.equals(bytesOf(want));
       if (!same) {
         fail(`message ${next}: sent ${describe(want, wantBinary)}, got back ${describe(data, isBinary)}`);
         return;
@@ -200,7 +141,7 @@ async function main() {
   let variant = `deflate=${deflate ? "on" : "off"}`;
   if (deflate) variant += ` context-takeover=${noContextTakeover ? "off" : "on"}`;
   const expected = messages();
-  const total = expected.reduce((sum, m) => sum + Buffer.byteLength(m), 0);
+  const total = expected.reduce((sum, m) => sum + bytesOf(m).length, 0);
   const started = Date.now();
   try {
     const { extensions, pings } = await exchange(expected);

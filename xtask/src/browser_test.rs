@@ -1,5 +1,7 @@
-//! `cargo xtask browser-test`: the chat example in headless Chromium, driven by
-//! `tests/browser/chat.test.js` through playwright-core.
+//! `cargo xtask browser-test`: the examples in headless Chromium, driven through
+//! playwright-core: the chat (`tests/browser/chat.test.js`), then the interop schedule against
+//! the echo example (`tests/browser/echo.test.js`) three times: permessage-deflate as the
+//! server's defaults answer it (no context takeover), with context takeover, and declined.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`) and `node`/`npm`; playwright-core, pinned in
 //! `tests/browser/package.json`, is installed into `target/browser-test/` (never globally).
@@ -39,20 +41,50 @@ pub(crate) fn run() -> Result<(), String> {
     }
 
     let modules = install_playwright()?;
-    cargo(&["build", "--example", "chat"], &[])?;
-    let mut chat = Server::start(
-        "chat",
-        &[
-            ("HTTP_HOST", "127.0.0.1"),
-            ("HTTP_PORT", "0"),
-            ("METRICS_PORT", "0"),
-            ("LOG_LEVEL", "INFO"),
-        ],
-    )?;
-    let result = run_node(&chat, &chromium, &modules);
+    cargo(&["build", "--example", "chat", "--example", "echo"], &[])?;
+    let mut chat = Server::start("chat", SERVER_ENV)?;
+    let url = format!("http://{}/", chat.address);
+    let result = run_node("chat.test.js", &[("CHAT_URL", &url)], &chromium, &modules);
     chat.stop();
-    result
+    result?;
+    for (variant, settings) in ECHO_VARIANTS {
+        let env: Vec<_> = SERVER_ENV
+            .iter()
+            .chain(ECHO_PINGS)
+            .chain(settings.iter())
+            .copied()
+            .collect();
+        let mut echo = Server::start("echo", &env)?;
+        let url = format!("ws://{}/ws", echo.address);
+        let vars = [("ECHO_URL", url.as_str()), ("ECHO_VARIANT", variant)];
+        let result = run_node("echo.test.js", &vars, &chromium, &modules);
+        echo.stop();
+        result?;
+    }
+    Ok(())
 }
+
+/// Every server the browser test starts: loopback, ports the OS picks.
+const SERVER_ENV: &[(&str, &str)] = &[
+    ("HTTP_HOST", "127.0.0.1"),
+    ("HTTP_PORT", "0"),
+    ("METRICS_PORT", "0"),
+    ("LOG_LEVEL", "INFO"),
+];
+
+/// The echo server pings a connection quiet for 100 ms and gives the pong 300 ms, so that the
+/// idle second at the end of the echo test shows the browser answering pings.
+const ECHO_PINGS: &[(&str, &str)] = &[
+    ("WS_PING_INTERVAL_MS", "100"),
+    ("WS_PONG_TIMEOUT_MS", "300"),
+];
+
+/// The echo test's variants (`ECHO_VARIANT`) and the echo server's settings for each.
+const ECHO_VARIANTS: [(&str, &[(&str, &str)]); 3] = [
+    ("default", &[]),
+    ("takeover", &[("WS_CONTEXT_TAKEOVER", "1")]),
+    ("off", &[("WS_COMPRESSION", "off")]),
+];
 
 /// Installs the pinned playwright-core into `target/browser-test/node_modules` unless it is
 /// there already; returns that folder.
@@ -89,13 +121,19 @@ fn install_playwright() -> Result<std::path::PathBuf, String> {
     }
 }
 
-/// Runs the test file against the running chat, bounded by [`TEST_TIMEOUT`].
-fn run_node(chat: &Server, chromium: &str, modules: &Path) -> Result<(), String> {
-    let test = project_root().join("tests/browser/chat.test.js");
+/// Runs `tests/browser/<file>` with `vars` (where its server is), bounded by
+/// [`TEST_TIMEOUT`].
+fn run_node(
+    file: &str,
+    vars: &[(&str, &str)],
+    chromium: &str,
+    modules: &Path,
+) -> Result<(), String> {
+    let test = project_root().join("tests/browser").join(file);
     eprintln!("xtask: node {}", test.display());
     let mut node = Command::new("node")
         .arg(&test)
-        .env("CHAT_URL", format!("http://{}/", chat.address))
+        .envs(vars.iter().copied())
         .env("CHROMIUM", chromium)
         .env("NODE_PATH", modules)
         .stdin(Stdio::null())
@@ -105,11 +143,13 @@ fn run_node(chat: &Server, chromium: &str, modules: &Path) -> Result<(), String>
     loop {
         match node.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("browser test failed ({status})")),
+            Ok(Some(status)) => return Err(format!("browser test {file} failed ({status})")),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = node.kill();
                 let _ = node.wait();
-                return Err(format!("browser test took longer than {TEST_TIMEOUT:?}"));
+                return Err(format!(
+                    "browser test {file} took longer than {TEST_TIMEOUT:?}"
+                ));
             }
             Ok(None) => thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(format!("cannot wait for node: {e}")),
