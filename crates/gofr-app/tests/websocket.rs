@@ -91,3 +91,72 @@ async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+/// An upgrade request still on its way through the app (here an auth-like middleware that
+/// takes 500 ms) when the shutdown starts is refused with 503 and `Retry-After`, so its client
+/// tries again, elsewhere in a rolling deploy; not answered with a 101 that the closing HTTP
+/// connection marks `Connection: close`, which clients refuse.
+#[tokio::test]
+async fn an_upgrade_under_way_when_the_shutdown_starts_gets_503() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn slow_auth(
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        if request.headers().contains_key("x-slow") {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        next.run(request).await
+    }
+
+    let mut app = App::with_config(config());
+    app.websocket("/ws", whoami);
+    app.layer(axum::middleware::from_fn(slow_auth));
+    let hub = app.hub();
+    let served = serve(app).await;
+    // An open socket keeps the server in its grace period.
+    let (mut open, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", served.addr))
+        .await
+        .unwrap();
+    let mut late = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         X-Slow: 1\r\n\r\n",
+        served.addr
+    );
+    late.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    served.shutdown.shutdown();
+    let going_away = tokio::time::timeout(WAIT, open.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let tungstenite::Message::Close(Some(frame)) = going_away else {
+        panic!("expected a close frame, got {going_away:?}");
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, late.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(
+        response.starts_with("http/1.1 503"),
+        "an upgrade under way at shutdown got:\n{response}"
+    );
+    assert!(response.contains("retry-after:"), "{response}");
+    assert!(response.contains("shutting down"), "{response}");
+    assert_eq!(hub.len(), 1, "the refused upgrade became a connection");
+    drop(open);
+    tokio::time::timeout(WAIT, served.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

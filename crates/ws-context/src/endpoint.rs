@@ -289,24 +289,25 @@ impl Endpoint {
                 return refusal;
             }
         };
+        // Checked once the request is a valid upgrade, so a bad request still gets its own
+        // status. A 101 now would only be followed by the shutdown's close frame, on an HTTP
+        // connection hyper is closing (it answers `Connection: upgrade, close`).
+        if self.hub.is_shutting_down() {
+            return self.unavailable(
+                metrics.route(),
+                RejectionKind::ShuttingDown,
+                "the server is shutting down; try again later".to_owned(),
+            );
+        }
         let permit = match &self.limit {
             Some(limit) => match Permit::acquire(limit) {
                 Some(permit) => Some(permit),
                 None => {
-                    upgrade_failed(metrics.route(), "overloaded");
                     let reason = format!(
                         "too many connections: {route} allows {} at once; try again later",
                         limit.max
                     );
-                    let mut refusal = self
-                        .upgrader
-                        .reject(&UpgradeRejection::new(RejectionKind::Overloaded, reason));
-                    // A place frees when a connection ends; tell clients when to come back.
-                    refusal
-                        .headers_mut()
-                        .entry(http::header::RETRY_AFTER)
-                        .or_insert(http::HeaderValue::from_static(RETRY_AFTER_SECONDS));
-                    return refusal;
+                    return self.unavailable(metrics.route(), RejectionKind::Overloaded, reason);
                 }
             },
             None => None,
@@ -324,11 +325,11 @@ impl Endpoint {
             .map(|ConnectInfo(addr)| *addr);
         let Some(id) = ConnectionId::generate() else {
             tracing::error!("the OS random generator failed; refusing the upgrade");
-            upgrade_failed(metrics.route(), "overloaded");
-            return self.upgrader.reject(&UpgradeRejection::new(
+            return self.unavailable(
+                metrics.route(),
                 RejectionKind::Overloaded,
-                "no connection id could be made; try again later",
-            ));
+                "no connection id could be made; try again later".to_owned(),
+            );
         };
         let span = tracing::info_span!(
             "ws",
@@ -393,6 +394,18 @@ impl Endpoint {
             // Not instrumented as a whole: the connection task enters the span once per poll
             // (see `ConnectionTask::run`) and the hooks are instrumented (`lifecycle.rs`).
         })
+    }
+
+    /// A 503 refusal for a passing condition (`kind` says which), counted, with
+    /// `Retry-After` telling clients when to come back.
+    fn unavailable(&self, route: &str, kind: RejectionKind, reason: String) -> Response {
+        upgrade_failed(route, kind.as_str());
+        let mut refusal = self.upgrader.reject(&UpgradeRejection::new(kind, reason));
+        refusal
+            .headers_mut()
+            .entry(http::header::RETRY_AFTER)
+            .or_insert(http::HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        refusal
     }
 }
 

@@ -793,6 +793,21 @@ impl ConnectionHub {
             .sum()
     }
 
+    /// Whether [`shutdown`](Self::shutdown) has been called: the endpoints of this hub then
+    /// refuse new upgrades with 503 and `Retry-After`.
+    ///
+    /// ```
+    /// use ws_context::{CloseFrame, ConnectionHub};
+    ///
+    /// let hub = ConnectionHub::new();
+    /// assert!(!hub.is_shutting_down());
+    /// hub.shutdown(CloseFrame::going_away("maintenance"));
+    /// assert!(hub.is_shutting_down());
+    /// ```
+    pub fn is_shutting_down(&self) -> bool {
+        self.read().closing.is_some()
+    }
+
     /// Waits until no connection is open.
     pub async fn wait_empty(&self) {
         let mut count = self.inner.count.subscribe();

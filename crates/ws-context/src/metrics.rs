@@ -33,7 +33,7 @@ const SLOW_PEERS: &str = "ws_slow_peer_disconnects_total";
 /// | `ws_connections_total` | `route` | connections accepted |
 /// | `ws_messages_received_total`, `ws_bytes_received_total` | `route` | data frames (text and binary) read, and their payload bytes |
 /// | `ws_messages_sent_total`, `ws_bytes_sent_total` | `route` | data frames written, and their payload bytes |
-/// | `ws_upgrade_failures_total` | `route`, `reason` | refused upgrades (`method_not_get`, `not_upgrade`, `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`, `other`) |
+/// | `ws_upgrade_failures_total` | `route`, `reason` | refused upgrades (`method_not_get`, `not_upgrade`, `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`, `shutting_down`, `other`) |
 /// | `ws_handler_errors_total` | `route`, `kind` | handler calls that returned an error (`error`) or panicked (`panic`) |
 /// | `ws_closes_total` | `route`, `code` | ended connections by close code: the [`close_code`](crate::close_code) constants by number (1005 when the peer's close had no code, 1006 when the peer vanished), any other code `other` |
 ///

@@ -7,7 +7,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 use ws_context::{CloseFrame, Connection, ConnectionHub, Context, Endpoint};
 
-use crate::support::{WAIT, close_code, connect, eventually, next_data, serve};
+use crate::support::{
+    WAIT, close_code, connect, connect_with_header, eventually, next_data, serve,
+};
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
@@ -272,24 +274,47 @@ async fn echo_text(ctx: Context) -> Result<String, anyhow::Error> {
 }
 
 #[tokio::test]
-async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
-    // A server shutting down may still complete upgrades that were under way: those sockets
-    // register after the hub closed the others, and must get the same 1001.
+async fn after_shutdown_new_upgrades_get_503_and_one_already_answered_gets_the_frame() {
+    // An upgrade answered before the shutdown but registered after it (here a middleware
+    // holds its 101 for 300 ms) must get the same 1001 as the others; an upgrade asked for
+    // after the shutdown is refused with 503 and Retry-After.
+    async fn hold_the_101(
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let held = request.headers().contains_key("x-hold");
+        let response = next.run(request).await;
+        if held {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        response
+    }
     let hub = ConnectionHub::new();
-    let router = axum::Router::new().route(
-        "/ws",
-        Endpoint::new(echo_text).hub(hub.clone()).into_route(),
-    );
+    let router = axum::Router::new()
+        .route(
+            "/ws",
+            Endpoint::new(echo_text).hub(hub.clone()).into_route(),
+        )
+        .layer(axum::middleware::from_fn(hold_the_101));
     let addr = serve(router).await;
     let mut before = connect(addr, "/ws").await;
     eventually("the first connection registers", || hub.len() == 1).await;
+    let held = tokio::spawn(connect_with_header(addr, "/ws", Some(("x-hold", "1"))));
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         hub.shutdown(CloseFrame::going_away("server shutting down")),
         1
     );
     assert_eq!(close_code(&mut before).await, 1001);
-    let mut after = connect(addr, "/ws").await;
-    assert_eq!(close_code(&mut after).await, 1001);
+    let mut held = held.await.unwrap();
+    assert_eq!(close_code(&mut held).await, 1001);
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "5");
+        }
+        other => panic!("an upgrade after the shutdown: {other:?}"),
+    }
     // close_all, unlike shutdown, leaves later connections alone.
     let other = ConnectionHub::new();
     let router = axum::Router::new().route(

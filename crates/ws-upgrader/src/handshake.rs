@@ -32,11 +32,14 @@ pub enum RejectionKind {
     NotUpgradable,
     /// A limit such as the maximum number of connections was reached (503).
     Overloaded,
+    /// The server is shutting down and takes no new connections (503).
+    ShuttingDown,
 }
 
 impl RejectionKind {
     /// A short name for logs and metric labels: `method_not_get`, `not_upgrade`,
-    /// `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`.
+    /// `unsupported_version`, `bad_key`, `origin_refused`, `not_upgradable`, `overloaded`,
+    /// `shutting_down`.
     ///
     /// ```
     /// use ws_upgrader::RejectionKind;
@@ -52,6 +55,7 @@ impl RejectionKind {
             RejectionKind::OriginRefused => "origin_refused",
             RejectionKind::NotUpgradable => "not_upgradable",
             RejectionKind::Overloaded => "overloaded",
+            RejectionKind::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -87,7 +91,9 @@ impl UpgradeRejection {
             RejectionKind::BadKey => StatusCode::BAD_REQUEST,
             RejectionKind::OriginRefused => StatusCode::FORBIDDEN,
             RejectionKind::NotUpgradable => StatusCode::INTERNAL_SERVER_ERROR,
-            RejectionKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::Overloaded | RejectionKind::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
