@@ -117,7 +117,8 @@ impl LogLevel {
 ///
 /// Variables already set in the environment win over `configs/.env`. Every number is checked
 /// against its range, and a value out of it is an error naming the variable: durations from
-/// 1 ms (0 for the grace period) to 1 h, counts from 1 to 10,000,000.
+/// 1 ms (0 for the grace period) to 1 h, counts from 1 to 10,000,000. A line of
+/// `configs/.env` that is not `NAME=value` is an error naming the file and the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
@@ -168,12 +169,12 @@ pub struct Config {
 impl Config {
     /// Reads `configs/.env` (relative to the working directory, if present), then the
     /// environment. A variable of the table above whose value in the environment is not
-    /// UTF-8 is an error naming it; other variables are not looked at.
+    /// UTF-8 is an error naming it; other variables are not looked at. A `configs/.env` that
+    /// exists but cannot be read, or has a line that is not `NAME=value` (or a comment), is an
+    /// error naming the file and the line: a setting silently dropped would be a default
+    /// nobody chose.
     pub fn from_env() -> Result<Config, ConfigError> {
-        let mut vars: HashMap<String, String> = HashMap::new();
-        if let Ok(file) = dotenvy::from_path_iter(Path::new("configs/.env")) {
-            vars.extend(file.flatten());
-        }
+        let vars = read_env_file(Path::new(ENV_FILE))?;
         Config::from_os_vars(vars, std::env::vars_os())
     }
 
@@ -438,6 +439,26 @@ fn prefix_from(app_name: &str) -> String {
     }
 }
 
+/// The file [`Config::from_env`] reads, relative to the working directory.
+const ENV_FILE: &str = "configs/.env";
+
+/// The variables of a `.env` file; none if there is no such file.
+fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let file_error = |error: dotenvy::Error| match error {
+        dotenvy::Error::LineParse(line, _) => {
+            ConfigError::new(ENV_FILE, line.trim(), "is a line that is not NAME=value")
+        }
+        other => ConfigError::new(ENV_FILE, &other.to_string(), "(the file cannot be read)"),
+    };
+    match dotenvy::from_path_iter(path) {
+        Ok(lines) => lines
+            .map(|line| line.map_err(file_error))
+            .collect::<Result<_, _>>(),
+        Err(error) if error.not_found() => Ok(HashMap::new()),
+        Err(error) => Err(file_error(error)),
+    }
+}
+
 /// `250ms`, `5s`, `2m`, or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -457,6 +478,38 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `text` to a fresh file under the temporary directory and reads it as a `.env`.
+    fn env_file(name: &str, text: &str) -> Result<HashMap<String, String>, ConfigError> {
+        let path = std::env::temp_dir().join(format!("gofr-app-{}-{name}.env", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let read = read_env_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        read
+    }
+
+    #[test]
+    fn an_env_file_is_read_and_a_bad_line_is_an_error_naming_it() {
+        let read = env_file("good", "# the app\n\nAPP_NAME=shop\nHTTP_PORT = 9000\n").unwrap();
+        assert_eq!(read["APP_NAME"], "shop");
+        assert_eq!(read["HTTP_PORT"], "9000");
+
+        let error = env_file("bad", "APP_NAME=shop\nHTTP PORT 9000\n").unwrap_err();
+        assert_eq!(
+            (error.name(), error.value()),
+            ("configs/.env", "HTTP PORT 9000")
+        );
+        assert_eq!(
+            error.to_string(),
+            r#"invalid configuration: configs/.env="HTTP PORT 9000" is a line that is not NAME=value"#
+        );
+
+        let missing = std::env::temp_dir().join("gofr-app-no-such-file.env");
+        assert!(read_env_file(&missing).unwrap().is_empty());
+        // A directory where the file should be: there, but not readable as one.
+        let error = read_env_file(&std::env::temp_dir()).unwrap_err();
+        assert_eq!(error.name(), "configs/.env");
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
