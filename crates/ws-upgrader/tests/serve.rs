@@ -9,10 +9,8 @@ use tokio::{
     sync::oneshot,
 };
 
-use crate::support::{
-    WAIT, client_frame, closed_within, read_frame, spawn_echo, spawn_echo_in_memory,
-    upgrade_request,
-};
+use crate::support::{spawn_echo, spawn_echo_in_memory};
+use test_support::{WAIT, client_frame, closed_within, read_frame, upgrade_request};
 
 #[tokio::test]
 async fn requests_carry_the_peer_address_and_shutdown_is_graceful() {
@@ -127,7 +125,7 @@ mod limits {
         sync::oneshot,
     };
 
-    use crate::support::{WAIT, closed_within, raw_request};
+    use test_support::{WAIT, closed_within, raw_request};
 
     const SHORT: Duration = Duration::from_millis(300);
 
