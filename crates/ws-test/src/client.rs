@@ -508,29 +508,33 @@ impl WsClient {
                     }
                     return Some(message);
                 }
-                Some(Err(error)) => {
-                    let ended = Ended::Lost(error);
-                    let message = format!(
-                        "awaited {what} on {}, but {}",
-                        self.url,
-                        describe_end(&ended)
-                    );
-                    self.ended = Some(ended);
-                    fail(caller, &message);
-                }
-                None => {
-                    let ended =
-                        Ended::Lost("the connection ended without a close frame".to_owned());
-                    let message = format!(
-                        "awaited {what} on {}, but {}",
-                        self.url,
-                        describe_end(&ended)
-                    );
-                    self.ended = Some(ended);
-                    fail(caller, &message);
-                }
+                Some(Err(error)) => self.lost(caller, what, error),
+                None => self.lost(
+                    caller,
+                    what,
+                    "the connection ended without a close frame".to_owned(),
+                ),
             }
         }
+    }
+
+    /// Records that the connection was lost, and fails the wait for `what`.
+    fn lost(&mut self, caller: &'static Location<'static>, what: &str, why: String) -> ! {
+        let ended = Ended::Lost(why);
+        let message = format!(
+            "awaited {what} on {}, but {}",
+            self.url,
+            describe_end(&ended)
+        );
+        self.ended = Some(ended);
+        fail(caller, &message)
+    }
+
+    /// Drops the connection with a TCP reset, as a network failure would: no close frame,
+    /// nothing flushed. For testing what a server does about a peer that vanished (its
+    /// room left, a reconnection that recovers what was missed).
+    pub fn reset(self) {
+        self.socket.reset();
     }
 }
 

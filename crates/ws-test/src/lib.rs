@@ -90,15 +90,17 @@ mod client;
 mod handshake;
 mod http;
 mod process;
+mod served;
 mod server;
 mod socket;
 mod wait;
 
 pub use crate::client::{ClientBuilder, WsClient};
 pub use crate::handshake::{ConnectError, ConnectErrorKind};
-pub use crate::http::{HttpResponse, http_get, http_post};
-pub use crate::process::AppProcess;
-pub use crate::server::{StopHandle, TestServer};
+pub use crate::http::{HttpResponse, http_get, http_post, http_post_text};
+pub use crate::process::{AppProcess, ChildProcess, example_path};
+pub use crate::served::Served;
+pub use crate::server::{InProcess, StopHandle, TestServer};
 pub use crate::wait::{DEFAULT_TIMEOUT, eventually, eventually_within};
 pub use ws_message::{CloseFrame, Message};
 
