@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use ws_context::ConnectionHub;
 
-use crate::{redis_server::RedisServer, support::Instance};
+use test_support::RedisServer;
+
+use crate::support::Instance;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -59,7 +61,7 @@ async fn presence_is_the_same_on_both_instances_and_drops_a_dead_ones_members() 
 
     // One leaves (its socket closes): gone on both within a second.
     let mut leaving = on_b.pop().unwrap();
-    leaving.close(None).await.unwrap();
+    leaving.close(1000, "").await;
     drop(leaving);
     let (seen_by_a, _) = presence_of(&a.hub, "p", 4, second).await;
     let (seen_by_b, _) = presence_of(&b.hub, "p", 4, second).await;
