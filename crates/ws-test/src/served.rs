@@ -51,7 +51,7 @@ impl<K> Served<K> {
     ///
     /// When the connection or the handshake fails.
     #[track_caller]
-    pub fn connect(&self, path: &str) -> impl Future<Output = WsClient> {
+    pub fn connect(&self, path: &str) -> impl Future<Output = WsClient> + use<K> {
         self.client(path).connect()
     }
 }
