@@ -1,10 +1,9 @@
 //! WebSocket routes of the app: the override upgrader, the hub and the shutdown handle.
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use gofr_app::{App, Context, Error, HttpContext, Message, WsUpgrader};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+use ws_test::{HttpResponse, TestServer, http_post_text};
 
-use crate::support::{WAIT, config, http, serve};
+use crate::support::config;
 
 async fn whoami(ctx: Context) -> Result<serde_json::Value, Error> {
     Ok(serde_json::json!({ "id": ctx.id().as_str(), "protocol": ctx.protocol() }))
@@ -28,28 +27,19 @@ async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
     );
     app.post("/announce", announce);
     let hub = app.hub();
-    let served = serve(app).await;
+    let server = TestServer::app(app).await;
 
-    let mut request = format!("ws://{}/ws", served.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "binary, chat".parse().unwrap());
-    let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut client = server
+        .client("/ws")
+        .subprotocol("binary")
+        .subprotocol("chat")
+        .connect()
+        .await;
     // The server's preference wins over the client's order.
-    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+    assert_eq!(client.protocol(), Some("chat"));
 
-    client
-        .send(tungstenite::Message::text("who?"))
-        .await
-        .unwrap();
-    let reply = tokio::time::timeout(WAIT, client.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    client.send_text("who?").await;
+    let reply: serde_json::Value = client.recv_json().await;
     assert_eq!(reply["protocol"], "chat");
     assert!(
         reply["id"]
@@ -68,26 +58,12 @@ async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
     );
     assert!(listed[0].remote_addr.is_some_and(|a| a.ip().is_loopback()));
 
-    let (status, body) = http(served.addr, "POST", "/announce", "maintenance at noon").await;
+    let HttpResponse { status, body, .. } =
+        http_post_text(&server.http_url("/announce"), "maintenance at noon").await;
     assert_eq!((status, body.as_str()), (201, r#"{"data":1}"#));
-    let pushed = tokio::time::timeout(WAIT, client.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(pushed, tungstenite::Message::text("maintenance at noon"));
+    assert_eq!(client.recv_text().await, "maintenance at noon");
 
-    served.shutdown.shutdown();
-    match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
-        Some(Ok(tungstenite::Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 1001)
-        }
-        other => panic!("expected close 1001, got {other:?}"),
-    }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, client.next()).await {}
-    tokio::time::timeout(WAIT, served.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop_handle().shutdown();
+    client.expect_close(1001).await;
+    server.shutdown().await;
 }
