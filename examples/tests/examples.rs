@@ -12,15 +12,6 @@ mod recovery;
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
-async fn using_web_socket_greets_then_echoes() {
-    let server = AppProcess::example("using-web-socket", &[]);
-    let mut client = server.connect("/ws").await;
-    client.send_text("hi").await;
-    assert_eq!(client.recv_text().await, "Hello! GoFr");
-    assert_eq!(client.recv_text().await, "hi");
-}
-
-#[tokio::test]
 async fn echo_keeps_text_text_and_binary_binary() {
     let server = AppProcess::example("echo", &[]);
     let mut client = server.connect("/ws").await;
@@ -175,19 +166,11 @@ async fn ws_inter_service_notifies_the_service_even_when_it_starts_late() {
 }
 
 #[tokio::test]
-async fn using_web_socket_applies_its_upgrader_options() {
+async fn using_web_socket_applies_its_handshake_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    // Its greeting, echo and subprotocol choice are tested in kit.rs.
     let server = AppProcess::example("using-web-socket", &[]);
-    // Subprotocols: the server's order wins.
-    let client = server
-        .client("/ws")
-        .subprotocol("binary")
-        .subprotocol("chat")
-        .connect()
-        .await;
-    assert_eq!(client.protocol(), Some("chat"));
-
     // Handshake timeout (5 s): half a request is cut off once it passes.
     let started = std::time::Instant::now();
     let mut stalled = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
