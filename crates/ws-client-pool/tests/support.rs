@@ -9,6 +9,7 @@ use std::{
 };
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use http::HeaderMap;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
@@ -19,7 +20,7 @@ use tokio_tungstenite::tungstenite::{
     handshake::server::{Request, Response},
     protocol::{CloseFrame, frame::coding::CloseCode},
 };
-use ws_client_pool::{ServiceState, WsClientPool};
+use ws_client_pool::{ServiceOptions, ServiceState, WsClientPool};
 
 /// Bounded wait for anything a test awaits.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -210,22 +211,25 @@ fn record(log: &Log, message: Message) {
     }
 }
 
-/// A port with nothing listening (bound by the OS, then released).
-pub(crate) async fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+/// A pool with one service, `svc`, as `options` say.
+pub(crate) async fn pool_of(options: ServiceOptions) -> WsClientPool {
+    let pool = WsClientPool::new();
+    pool.add_service("svc", options).await.unwrap();
+    pool
 }
 
-/// Waits, bounded, until `check` holds.
-pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// A pool with one service, `svc` at `url`, without extra headers.
+pub(crate) async fn pool_with(url: &str, reconnect: bool, retry: Duration) -> WsClientPool {
+    let pool = WsClientPool::new();
+    pool.add_ws_service("svc", url, HeaderMap::new(), reconnect, retry)
+        .await
+        .unwrap();
+    pool
+}
+
+/// A loopback address with nothing listening: its port was free a moment ago.
+pub(crate) fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], test_support::free_port()))
 }
 
 pub(crate) fn state(pool: &WsClientPool, name: &str) -> ServiceState {
