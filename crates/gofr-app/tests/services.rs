@@ -1,54 +1,14 @@
 //! Outbound WebSocket services through the app: handlers write to them, health shows them,
 //! shutdown closes them.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use gofr_app::{App, Context, Error, HttpContext, ServiceExt as _, ServiceState};
 use http::HeaderMap;
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{Behaviour, Log, Service};
 use ws_test::{HttpResponse, TestServer, eventually, http_get, http_post_text};
 
 use crate::support::config;
-
-/// What a notification service received: data texts and the client's close codes.
-#[derive(Clone, Default)]
-struct Received {
-    texts: Arc<Mutex<Vec<String>>>,
-    close_codes: Arc<Mutex<Vec<u16>>>,
-}
-
-/// A WebSocket service on `listener` that records what it receives.
-fn notification_service(listener: TcpListener, received: Received) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let received = received.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    match message {
-                        Message::Text(text) => {
-                            received.texts.lock().unwrap().push(text.to_string())
-                        }
-                        Message::Close(frame) => received
-                            .close_codes
-                            .lock()
-                            .unwrap()
-                            .push(frame.map_or(1005, |f| f.code.into())),
-                        _ => {}
-                    }
-                }
-                let _ = ws.close(None).await;
-            });
-        }
-    })
-}
 
 async fn from_http(ctx: HttpContext) -> Result<&'static str, Error> {
     let text: String = ctx.bind()?;
@@ -103,9 +63,7 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
         http_post_text(&server.http_url("/notify"), "from http").await;
     assert_eq!((status, body.as_str()), (201, r#"{"data":"sent"}"#));
 
-    let received = Received::default();
-    let listener = TcpListener::bind(service_addr).await.unwrap();
-    let service_task = notification_service(listener, received.clone());
+    let service = Service::restart(service_addr, Log::default(), Behaviour::default()).await;
     eventually("the service connects", || {
         pool.status("notifications").unwrap().state == ServiceState::Connected
     })
@@ -120,26 +78,22 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     // From a WebSocket handler.
     let mut client = server.connect("/ws").await;
     client.send_text("hello").await;
-    eventually("both messages arrive", || {
-        received.texts.lock().unwrap().len() == 2
-    })
-    .await;
-    assert_eq!(*received.texts.lock().unwrap(), ["from http", "ws: hello"]);
+    eventually("both messages arrive", || service.log.count() == 2).await;
+    assert_eq!(service.log.texts(), ["from http", "ws: hello"]);
 
     // Shutdown closes the service connection with 1001 and ends every task.
     server.stop_handle().shutdown();
     client.expect_close(1001).await;
     server.shutdown().await;
     eventually("the service sees the close frame", || {
-        !received.close_codes.lock().unwrap().is_empty()
+        !service.log.close_codes.lock().unwrap().is_empty()
     })
     .await;
-    assert_eq!(*received.close_codes.lock().unwrap(), [1001]);
+    assert_eq!(*service.log.close_codes.lock().unwrap(), [1001]);
     assert_eq!(
         pool.status("notifications").unwrap().state,
         ServiceState::Closed
     );
-    service_task.abort();
 }
 
 #[tokio::test]

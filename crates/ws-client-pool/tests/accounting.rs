@@ -8,7 +8,8 @@ use ws_client_pool::{Reconnect, ServiceOptions, ServiceState, WsClientPool};
 
 use ws_test::eventually_within;
 
-use crate::support::{Behaviour, Log, Service, WAIT};
+use crate::support::WAIT;
+use test_support::{Behaviour, Log, Service};
 
 const COUNT: usize = 64;
 const SIZE: usize = 64 << 10;

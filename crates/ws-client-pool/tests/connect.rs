@@ -8,7 +8,8 @@ use ws_client_pool::{PoolError, ServiceOptions, ServiceState, WsClientPool};
 
 use ws_test::eventually_within;
 
-use crate::support::{Behaviour, Service, WAIT, free_addr, pool_of, pool_with, state};
+use crate::support::{WAIT, free_addr, pool_of, pool_with, state};
+use test_support::{Behaviour, Service};
 
 const RETRY: Duration = Duration::from_millis(50);
 

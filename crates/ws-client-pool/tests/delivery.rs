@@ -10,7 +10,8 @@ use ws_client_pool::{
 
 use ws_test::eventually_within;
 
-use crate::support::{Behaviour, Service, WAIT, free_addr, pool_of, pool_with};
+use crate::support::{WAIT, free_addr, pool_of, pool_with};
+use test_support::{Behaviour, Service};
 
 #[tokio::test]
 async fn delivers_1000_messages_in_order() {

@@ -6,7 +6,8 @@ use ws_client_pool::{ServiceOptions, ServiceState};
 
 use ws_test::eventually_within;
 
-use crate::support::{Behaviour, Service, WAIT, pool_of, pool_with, state};
+use crate::support::{WAIT, pool_of, pool_with, state};
+use test_support::{Behaviour, Service};
 
 const RETRY: Duration = Duration::from_millis(20);
 

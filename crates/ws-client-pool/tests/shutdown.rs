@@ -7,7 +7,8 @@ use ws_client_pool::{PoolError, ServiceState, WsClientPool};
 
 use ws_test::eventually_within;
 
-use crate::support::{Behaviour, Service, WAIT, free_addr, pool_with};
+use crate::support::{WAIT, free_addr, pool_with};
+use test_support::{Behaviour, Service};
 
 #[tokio::test]
 async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {

@@ -1,7 +1,8 @@
 //! Fixtures the workspace's own tests share and the public test kit (`ws-test`) does not
 //! offer, because a user of our crates has no use for them: a child-process guard, a throwaway
-//! `redis-server`, and raw-socket helpers for the tests that look at bytes on the wire
-//! (hand-written upgrade requests, response heads, frames).
+//! `redis-server`, a recording WebSocket service for outbound clients to talk to, and
+//! raw-socket helpers for the tests that look at bytes on the wire (hand-written upgrade
+//! requests, response heads, frames).
 //!
 //! Everything a user would also want (a server on a free port, a WebSocket client, bounded
 //! waits, a small HTTP client) lives in `ws-test`, and our tests use it from there.
@@ -13,6 +14,7 @@
 mod process;
 mod raw;
 mod redis;
+mod service;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub use crate::raw::{
     read_frame, upgrade_request, write_frame,
 };
 pub use crate::redis::RedisServer;
+pub use crate::service::{Behaviour, Log, Service};
 
 /// The bound of every wait in this crate: a response head, a frame, a log line.
 pub const WAIT: Duration = Duration::from_secs(5);
