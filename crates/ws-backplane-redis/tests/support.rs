@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ws_backplane_redis::{RedisBackplane, Settings};
-use ws_context::{CloseFrame, Connection, ConnectionHub, Context, Endpoint};
+use ws_context::{ConnectionHub, Endpoint};
 use ws_test::{TestServer, WsClient};
 
 /// One app instance: a hub on a Redis backplane, serving `/ws/{room}` on 127.0.0.1:0.
@@ -33,12 +33,7 @@ impl Instance {
         let backplane = RedisBackplane::with_settings(settings);
         let hub = ConnectionHub::with_backplane(backplane.clone());
         backplane.connect(redis_url).await.unwrap();
-        let endpoint = options(
-            Endpoint::new(to_room)
-                .hub(hub.clone())
-                .on_connect(join_room),
-        );
-        let router = axum::Router::new().route("/ws/{room}", endpoint.into_route());
+        let router = test_support::room_chat(&hub, options);
         let server = TestServer::router_with_hub(router, hub.clone()).await;
         Instance {
             hub,
@@ -51,20 +46,4 @@ impl Instance {
     pub(crate) async fn connect(&self, room: &str) -> WsClient {
         self.server.connect(&format!("/ws/{room}")).await
     }
-}
-
-async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
-    conn.hub()
-        .join(conn.id(), conn.path_param("room").unwrap_or("lobby"))
-        .await;
-    Ok(())
-}
-
-async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
-    let text: String = ctx.bind()?;
-    let room = ctx.path_param("room").unwrap_or("lobby");
-    ctx.hub()
-        .send_to_room(room, ws_context::Message::text(text))
-        .await;
-    Ok(())
 }

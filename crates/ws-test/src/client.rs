@@ -137,6 +137,9 @@ impl ClientBuilder {
     }
 }
 
+/// Why a wait failed when the connection ended without a close frame.
+const NO_CLOSE_FRAME: &str = "the connection ended without a close frame";
+
 /// How a connection ended, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ended {
@@ -389,6 +392,37 @@ impl WsClient {
         }
     }
 
+    /// Reads and drops messages until a close frame, which it returns (`None` inside for a
+    /// close without a code); the client answers it. For a server that closes after data
+    /// that may or may not reach the client first (a slow reader's queue, a kicked member).
+    ///
+    /// # Panics
+    ///
+    /// When no close frame comes within the client's timeout, counted from the call, or the
+    /// connection ends without one.
+    #[track_caller]
+    pub fn recv_until_close(&mut self) -> impl Future<Output = Option<CloseFrame>> + '_ {
+        let caller = Location::caller();
+        async move {
+            let what = "a close frame";
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.next_within(caller, left, what).await {
+                    Some(Message::Close(frame)) => return frame,
+                    Some(_) => {}
+                    None => fail(
+                        caller,
+                        &format!(
+                            "awaited {what} on {} for {:?}: none came",
+                            self.url, self.timeout
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
     /// Waits `duration` and fails if a text, binary or close message comes meanwhile (pings
     /// are answered). Use it to check that something did *not* reach this client, after
     /// a message that did reach another one.
@@ -426,6 +460,44 @@ impl WsClient {
     ) -> impl Future<Output = Option<Message>> + '_ {
         let caller = Location::caller();
         async move { self.next_within(caller, duration, "a message").await }
+    }
+
+    /// Sends a ping with `payload` and waits for its pong: a round trip showing that the
+    /// server sent nothing before it (say, that a handler wrote nothing), without waiting a
+    /// fixed time as [`expect_nothing_for`](WsClient::expect_nothing_for) does.
+    ///
+    /// # Panics
+    ///
+    /// When a text, binary or close message comes before the pong (shown), the pong does not
+    /// come within the client's timeout, or the connection has ended.
+    #[track_caller]
+    pub fn ping(&mut self, payload: &[u8]) -> impl Future<Output = ()> + '_ {
+        let caller = Location::caller();
+        let payload = Bytes::copy_from_slice(payload);
+        async move {
+            const WHAT: &str = "the pong to our ping";
+            self.send_at(caller, Message::Ping(payload.clone())).await;
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                    Ok(Some(Ok(Message::Pong(got)))) if got == payload => return,
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                    Ok(Some(Ok(other))) => fail(
+                        caller,
+                        &format!("awaited {WHAT} on {}, got {}", self.url, show(&other)),
+                    ),
+                    Ok(Some(Err(error))) => self.lost(caller, WHAT, error),
+                    Ok(None) => self.lost(caller, WHAT, NO_CLOSE_FRAME.to_owned()),
+                    Err(_) => fail(
+                        caller,
+                        &format!(
+                            "awaited {WHAT} on {} for {:?}: nothing came",
+                            self.url, self.timeout
+                        ),
+                    ),
+                }
+            }
+        }
     }
 
     /// Closes the connection: sends a close frame with `code` and `reason`, then waits for
@@ -509,11 +581,7 @@ impl WsClient {
                     return Some(message);
                 }
                 Some(Err(error)) => self.lost(caller, what, error),
-                None => self.lost(
-                    caller,
-                    what,
-                    "the connection ended without a close frame".to_owned(),
-                ),
+                None => self.lost(caller, what, NO_CLOSE_FRAME.to_owned()),
             }
         }
     }

@@ -14,16 +14,20 @@
 mod process;
 mod raw;
 mod redis;
+#[cfg(feature = "rooms")]
+mod rooms;
 mod service;
 
 use std::time::Duration;
 
 pub use crate::process::Process;
 pub use crate::raw::{
-    Frame, client_frame, closed_within, header, raw_request, raw_websocket, read_close_code,
-    read_frame, upgrade_request, write_frame,
+    Frame, client_frame, closed_within, header, raw_exchange, raw_request, raw_websocket,
+    read_close_code, read_frame, upgrade_request, write_frame,
 };
 pub use crate::redis::RedisServer;
+#[cfg(feature = "rooms")]
+pub use crate::rooms::room_chat;
 pub use crate::service::{Behaviour, Log, Service};
 
 /// The bound of every wait in this crate: a response head, a frame, a log line.

@@ -63,6 +63,11 @@ impl Process {
         panic!("{}: no line with {what:?} within {bound:?}", self.program);
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its stdin, if `command` piped it; dropping it closes the pipe.
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.child.stdin.take()

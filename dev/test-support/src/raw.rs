@@ -43,6 +43,23 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> (TcpStream, u16, Ve
     (stream, status, headers)
 }
 
+/// Sends `request`, a whole hand-written HTTP request (with `Connection: close`), on a new
+/// connection and returns the whole answer, read until the server closes it, as text.
+///
+/// # Panics
+///
+/// When the connection fails or the answer does not end within [`WAIT`].
+pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the whole answer in time")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Upgrades `path` with a hand-written request (no extensions, no subprotocol) and returns
 /// the socket right after the `101` head, for frames written and read by hand.
 ///
