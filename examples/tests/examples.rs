@@ -2,8 +2,9 @@
 
 use std::{process::Command, time::Duration};
 
-use ws_test::{AppProcess, WsClient, example_path, http_get, http_post};
+use ws_test::{AppProcess, WsClient, example_path, http_post};
 
+mod chat;
 mod cluster;
 mod limits;
 mod recovery;
@@ -54,19 +55,6 @@ async fn sigterm_sends_1001_to_every_client_before_exit() {
     assert!(server.wait_exit(EXIT_WAIT).success());
 }
 
-/// Joins a chat room and waits for its own greeting to come back: from then on it is a member.
-async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsClient {
-    let mut client = server.connect(&format!("/ws/{room}?name={name}")).await;
-    client.send_text(format!("hello from {name}")).await;
-    loop {
-        let said = chat_line(&mut client).await;
-        if said["from"] == name {
-            assert_eq!(said["text"], format!("hello from {name}"));
-            return client;
-        }
-    }
-}
-
 /// The next chat line, the position given at join skipped.
 async fn chat_line(client: &mut WsClient) -> serde_json::Value {
     loop {
@@ -75,59 +63,6 @@ async fn chat_line(client: &mut WsClient) -> serde_json::Value {
             return line;
         }
     }
-}
-
-#[tokio::test]
-async fn chat_serves_its_page_and_keeps_rooms_apart() {
-    let server = AppProcess::example("chat", &[]);
-    let page = http_get(&server.http_url("/")).await;
-    assert_eq!(page.status, 200);
-    let page = page.body;
-    assert!(
-        page.contains("<script>") && page.contains("new WebSocket"),
-        "{page}"
-    );
-
-    let mut carol = chatter(&server, "blue", "carol").await;
-    let mut alice = chatter(&server, "red", "alice").await;
-    let mut bob = chatter(&server, "red", "bob").await;
-    // Alice saw Bob arrive.
-    assert_eq!(chat_line(&mut alice).await["text"], "hello from bob");
-
-    alice.send_text("hi red").await;
-    for client in [&mut alice, &mut bob] {
-        let said = chat_line(client).await;
-        assert_eq!(
-            (said["from"].as_str(), said["text"].as_str()),
-            (Some("alice"), Some("hi red"))
-        );
-        assert!(
-            said["at"].as_u64().is_some_and(|at| at > 1_600_000_000_000),
-            "{said}"
-        );
-    }
-    // Nothing from red reached blue: Carol's next line is her own.
-    carol.send_text("hi blue").await;
-    let said = chat_line(&mut carol).await;
-    assert_eq!(
-        (said["from"].as_str(), said["text"].as_str()),
-        (Some("carol"), Some("hi blue"))
-    );
-
-    // An empty message is refused with GoFr's error envelope, to the sender only.
-    bob.send_text("   ").await;
-    let error = chat_line(&mut bob).await;
-    assert!(error["error"]["message"].as_str().is_some(), "{error}");
-
-    let metrics = server.metrics_url().expect("chat logs its metrics address");
-    let metrics = http_get(&metrics).await;
-    assert_eq!(metrics.status, 200);
-    let text = metrics.body;
-    assert!(
-        text.lines()
-            .any(|l| l == r#"ws_connections_open{route="/ws/{room}"} 3"#),
-        "{text}"
-    );
 }
 
 #[tokio::test]

@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use ws_test::{AppProcess, TestServer, WsClient, http_get};
+use ws_test::{AppProcess, TestServer, http_get};
+
+use crate::chat::chatter;
+
+mod chat;
 
 /// A chat line as the `chat` example writes it.
 #[derive(serde::Deserialize, Debug)]
@@ -54,28 +58,15 @@ async fn using_web_socket_chooses_the_subprotocol_and_checks_the_origin_header()
     assert_eq!(allowed.recv_text().await, "Hello! GoFr");
 }
 
-/// Joins `room` as `name`: takes the server's join line (with the room's position), then
-/// waits for the echo of its own greeting: from then on it is a member.
-async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsClient {
-    let mut client = server.connect(&format!("/ws/{room}?name={name}")).await;
-    let joined: serde_json::Value = client.recv_json().await;
-    assert_eq!(joined["joined"], true, "{joined}");
-    client.send_text(format!("hello from {name}")).await;
-    loop {
-        let line: Line = client.recv_json().await;
-        if line.from == name {
-            assert_eq!(line.text, format!("hello from {name}"));
-            return client;
-        }
-    }
-}
-
 #[tokio::test]
 async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
     let server = AppProcess::example("chat", &[]);
     let page = http_get(&server.http_url("/")).await;
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("new WebSocket"), "{page}");
+    assert!(
+        page.body.contains("<script>") && page.body.contains("new WebSocket"),
+        "{page}"
+    );
 
     let mut carol = chatter(&server, "blue", "carol").await;
     let mut alice = chatter(&server, "red", "alice").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use test_support::RedisServer;
 use ws_test::{AppProcess, DEFAULT_TIMEOUT as WAIT, Message, WsClient};
 
-use crate::{EXIT_WAIT, chat_line, chatter};
+use crate::{EXIT_WAIT, chat::chatter, chat_line};
 
 async fn said(client: &mut WsClient) -> (String, String) {
     let line = chat_line(client).await;
