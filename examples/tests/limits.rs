@@ -2,33 +2,15 @@
 //! clients do, and it survives running out of file descriptors.
 
 use std::{
-    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
 use futures_util::StreamExt as _;
-use test_support::{client_frame, raw_websocket};
+use test_support::{client_frame, half_requests, raw_websocket};
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use ws_test::{AppProcess, DEFAULT_TIMEOUT as WAIT, example_path};
-
-/// Half a request head and half a request body, which the server waits on until its
-/// shutdown gives up on them; both sockets, to keep them open.
-async fn half_requests(addr: SocketAddr, post_to: &str) -> [TcpStream; 2] {
-    let mut half_head = TcpStream::connect(addr).await.unwrap();
-    half_head
-        .write_all(b"GET /.well-known/alive HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let mut half_body = TcpStream::connect(addr).await.unwrap();
-    let head = format!("POST {post_to} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
-    half_body
-        .write_all(format!("{head}ten bytes.").as_bytes())
-        .await
-        .unwrap();
-    [half_head, half_body]
-}
 
 /// Waits for the process to exit after the SIGTERM sent at `started`; fails unless it exits
 /// cleanly within `grace` plus 2 s.
@@ -49,7 +31,7 @@ async fn sigterm_ends_the_process_within_grace_plus_2_s_whatever_the_clients_do(
     let addr = server.addr();
 
     // 1, 2. A request head and a request body that never end.
-    let _half = half_requests(addr, "/.well-known/alive").await;
+    let _half = half_requests(addr, "/.well-known/alive", "/.well-known/alive").await;
     // 3. A WebSocket that never reads while the server writes to it: it sends 64 messages of
     //    64 KiB, whose echoes fill both socket buffers.
     let never_reads = raw_websocket(addr, "/ws").await;
@@ -152,7 +134,7 @@ async fn sigterm_closes_pool_services_with_1001_whatever_the_clients_do() {
         .await
         .expect("the app dialled its service")
         .unwrap();
-    let _half = half_requests(server.addr(), "/send-notification").await;
+    let _half = half_requests(server.addr(), "/.well-known/alive", "/send-notification").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();

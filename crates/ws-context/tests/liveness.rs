@@ -46,6 +46,20 @@ async fn read_until_closed(stream: &mut TcpStream, received: &mut Vec<u8>) {
     }
 }
 
+/// What a silent peer read before the server ended its connection: a ping first, then
+/// exactly one close frame, with 1001.
+fn pinged_then_closed_1001(received: &[u8]) {
+    let frames = frames(received);
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x9),
+        "a ping first: {frames:?}"
+    );
+    let closes: Vec<_> = frames.iter().filter(|f| f.0 == 0x8).collect();
+    assert_eq!(closes.len(), 1, "exactly one close frame: {frames:?}");
+    assert_eq!(u16::from_be_bytes([closes[0].1[0], closes[0].1[1]]), 1001);
+}
+
 /// Unmasked server frames as (opcode, payload).
 fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut frames = Vec::new();
@@ -89,15 +103,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         "closed after {elapsed:?}"
     );
 
-    let frames = frames(&received);
-    assert_eq!(
-        frames.first().map(|f| f.0),
-        Some(0x9),
-        "a ping first: {frames:?}"
-    );
-    let closes: Vec<_> = frames.iter().filter(|f| f.0 == 0x8).collect();
-    assert_eq!(closes.len(), 1, "exactly one close frame: {frames:?}");
-    assert_eq!(u16::from_be_bytes([closes[0].1[0], closes[0].1[1]]), 1001);
+    pinged_then_closed_1001(&received);
     eventually("the hub forgot the connection", || hub.is_empty()).await;
 }
 
@@ -185,14 +191,7 @@ async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
         elapsed < Duration::from_millis(1500),
         "closed after {elapsed:?}"
     );
-    let frames = frames(&received);
-    assert_eq!(
-        frames.first().map(|f| f.0),
-        Some(0x9),
-        "a ping first: {frames:?}"
-    );
-    let close = frames.iter().find(|f| f.0 == 0x8).expect("a close frame");
-    assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1001);
+    pinged_then_closed_1001(&received);
 }
 
 /// Many messages in one read while a handler is busy: one is read ahead by the task, one held

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 pub use crate::process::Process;
 pub use crate::raw::{
-    Frame, client_frame, closed_within, header, raw_exchange, raw_request, raw_websocket,
-    read_close_code, read_frame, upgrade_request, write_frame,
+    Frame, client_frame, closed_within, half_requests, header, raw_exchange, raw_request,
+    raw_websocket, read_close_code, read_frame, upgrade_request, write_frame,
 };
 pub use crate::redis::RedisServer;
 #[cfg(feature = "rooms")]

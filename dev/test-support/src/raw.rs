@@ -60,6 +60,26 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Two requests that never end: the head of a `GET get` cut short, and a `POST post` whose
+/// body stops after 10 of its 1000 bytes. Both sockets, to keep them open (a server's
+/// shutdown or read timeouts must give up on them).
+///
+/// # Panics
+///
+/// When a connection fails.
+pub async fn half_requests(addr: SocketAddr, get: &str, post: &str) -> [TcpStream; 2] {
+    let mut half_head = TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {get} HTTP/1.1\r\nHost: x\r\n");
+    half_head.write_all(head.as_bytes()).await.unwrap();
+    let mut half_body = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST {post} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+    half_body
+        .write_all(format!("{head}ten bytes.").as_bytes())
+        .await
+        .unwrap();
+    [half_head, half_body]
+}
+
 /// Upgrades `path` with a hand-written request (no extensions, no subprotocol) and returns
 /// the socket right after the `101` head, for frames written and read by hand.
 ///

@@ -40,12 +40,7 @@ impl RedisServer {
     ///
     /// When it does not answer PING within 10 s; under `CI=true`, when it is not installed.
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if !installed("redis-server", "--version") {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "redis-server is not installed, and CI=true requires it (.ci/run installs it)"
@@ -70,12 +65,7 @@ impl RedisServer {
     ///
     /// As [`start`](Self::start), and when `openssl` fails.
     pub fn start_tls() -> Option<RedisServer> {
-        if Command::new("openssl")
-            .arg("version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if !installed("openssl", "version") {
             eprintln!("SKIPPED: openssl is not installed");
             return None;
         }
@@ -235,4 +225,14 @@ impl RedisServer {
             .expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
+}
+
+/// Whether `tool` runs (asked for its version with `arg`).
+fn installed(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
