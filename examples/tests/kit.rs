@@ -45,13 +45,11 @@ async fn using_web_socket_chooses_the_subprotocol_and_checks_the_origin_header()
     assert_eq!(client.protocol(), Some("chat"));
 
     // Same-origin by default: a page from elsewhere is refused before any socket exists.
-    let refused = server
+    server
         .client("/ws")
         .header("Origin", "http://evil.example")
-        .try_connect()
-        .await
-        .expect_err("a foreign origin is refused");
-    assert_eq!(refused.status(), Some(403), "{refused}");
+        .expect_refused(403)
+        .await;
     let same = format!("http://{}", server.addr());
     let mut allowed = server.client("/ws").header("Origin", same).connect().await;
     allowed.send_text("ok").await;
@@ -163,14 +161,13 @@ mod auth {
 #[tokio::test]
 async fn an_auth_header_is_needed_before_the_upgrade() {
     let server: TestServer = auth::server().await;
-    let refused = server
+    // No token, then a wrong one.
+    server.client("/ws").expect_refused(401).await;
+    server
         .client("/ws")
-        .try_connect()
-        .await
-        .expect_err("no token");
-    assert_eq!(refused.status(), Some(401));
-    let refused = server.client("/ws").bearer("guess").try_connect().await;
-    assert_eq!(refused.expect_err("a wrong token").status(), Some(401));
+        .bearer("guess")
+        .expect_refused(401)
+        .await;
     server.expect_connections(0).await;
 
     let mut client = server.client("/ws").bearer("open-sesame").connect().await;

@@ -31,8 +31,7 @@ async fn override_upgrader_hub_broadcast_and_graceful_shutdown() {
 
     let mut client = server
         .client("/ws")
-        .subprotocol("binary")
-        .subprotocol("chat")
+        .subprotocols(["binary", "chat"])
         .connect()
         .await;
     // The server's preference wins over the client's order.

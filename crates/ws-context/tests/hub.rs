@@ -195,12 +195,7 @@ async fn over_the_connection_limit_the_upgrade_gets_503_with_a_reason() {
     let mut first = server.connect("/ws").await;
     let _second = server.connect("/ws").await;
 
-    let refused = server
-        .client("/ws")
-        .try_connect()
-        .await
-        .expect_err("over the limit");
-    assert_eq!(refused.status(), Some(503), "{refused}");
+    let refused = server.client("/ws").expect_refused(503).await;
     assert!(
         refused.to_string().contains("too many connections"),
         "{refused}"

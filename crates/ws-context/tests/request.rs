@@ -67,12 +67,8 @@ async fn handler_sees_path_query_and_auth_extensions() {
 #[tokio::test]
 async fn a_layer_refuses_with_401_before_any_upgrade() {
     let server = TestServer::router(router()).await;
-    let refused = server
-        .client("/ws/kitchen")
-        .try_connect()
-        .await
-        .expect_err("no Authorization header");
-    assert_eq!(refused.status(), Some(401), "{refused}");
+    // No Authorization header.
+    server.client("/ws/kitchen").expect_refused(401).await;
 }
 
 /// A plain HTTP request with `method` (and an `Authorization`, so the layer lets it

@@ -69,6 +69,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Offers subprotocols, in the client's order of preference (as
+    /// [`subprotocol`](ClientBuilder::subprotocol) for each).
+    pub fn subprotocols<I>(self, protocols: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        protocols.into_iter().fold(self, Self::subprotocol)
+    }
+
     /// Offers permessage-deflate (RFC 7692) when `true`; off by default. When the server
     /// accepts, every text and binary message the client sends is compressed (each on its
     /// own, the client's window 15 bits) and compressed messages from the server are
@@ -117,6 +127,33 @@ impl ClientBuilder {
             timeout: self.timeout,
             ended: None,
         })
+    }
+
+    /// Expects the upgrade to be refused with `status` (401 from an authentication layer, 403
+    /// from the origin check, 503 over a limit) and returns the refusal, whose
+    /// [`kind`](ConnectError::kind) holds the answer's headers and body.
+    ///
+    /// # Panics
+    ///
+    /// When the upgrade succeeds, or fails otherwise (another status, no connection, a
+    /// timeout); the message says what came.
+    #[track_caller]
+    pub fn expect_refused(self, status: u16) -> impl Future<Output = ConnectError> {
+        let caller = Location::caller();
+        async move {
+            let url = self.url.clone();
+            match self.try_connect().await {
+                Err(error) if error.status() == Some(status) => error,
+                Err(error) => fail(
+                    caller,
+                    &format!("awaited a refusal with {status}, got: {error}"),
+                ),
+                Ok(_) => fail(
+                    caller,
+                    &format!("awaited a refusal with {status} from {url}, but it upgraded"),
+                ),
+            }
+        }
     }
 
     /// Connects.

@@ -56,8 +56,9 @@
 //! and receives with [`recv`](WsClient::recv), [`recv_text`](WsClient::recv_text),
 //! [`recv_json`](WsClient::recv_json), [`expect_close`](WsClient::expect_close) and
 //! [`expect_nothing_for`](WsClient::expect_nothing_for). Pings are answered and never
-//! returned. [`ClientBuilder::try_connect`] returns a refused upgrade's status and body
-//! instead of failing, for testing authentication. Messages are [`ws_message::Message`]s; no
+//! returned. [`ClientBuilder::expect_refused`] checks that an upgrade is refused with a
+//! status (for testing authentication); [`ClientBuilder::try_connect`] returns any failure
+//! instead of failing the test. Messages are [`ws_message::Message`]s; no
 //! type of the client's engine (tokio-tungstenite) is public.
 //!
 //! Compression: with `deflate(true)` the client offers `permessage-deflate` without

@@ -100,3 +100,10 @@ async fn ping_fails_when_a_message_comes_before_its_pong() {
     client.send_text("first").await;
     client.ping(b"p").await;
 }
+
+#[tokio::test]
+#[should_panic(expected = "awaited a refusal with 401 from ws://")]
+async fn expect_refused_says_when_the_upgrade_succeeded() {
+    let server = server().await;
+    server.client("/echo").expect_refused(401).await;
+}
