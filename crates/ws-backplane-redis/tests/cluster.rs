@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use test_support::RedisServer;
-use ws_backplane_redis::{RedisBackplane, RedisBackplaneError};
+use ws_backplane_redis::{RedisBackplane, RedisBackplaneError, Settings};
 use ws_context::{Backplane as _, BackplaneStatus, CloseFrame, ConnectionHub, ConnectionId};
 use ws_test::{DEFAULT_TIMEOUT, eventually, eventually_within};
 
-use crate::support::Instance;
+use crate::support::two_instances;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -19,11 +18,10 @@ async fn only_member(hub: &ConnectionHub, room: &str) -> ConnectionId {
 
 #[tokio::test]
 async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     assert_eq!(a.hub.backplane_status(), BackplaneStatus::Up);
 
     let mut on_a = a.connect("red").await;
@@ -69,11 +67,10 @@ async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
 
 #[tokio::test]
 async fn a_room_with_members_on_one_instance_stays_off_the_other() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     let channel = a.backplane.room_channel("solo");
 
     let mut first = a.connect("solo").await;
@@ -100,11 +97,10 @@ async fn a_room_with_members_on_one_instance_stays_off_the_other() {
 
 #[tokio::test]
 async fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_resumes() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, a, b)) = two_instances(Settings::default().heartbeat(HEARTBEAT)).await
+    else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     let mut sender = a.connect("r").await;
     let mut local = a.connect("r").await;
     let mut remote = b.connect("r").await;
@@ -148,11 +144,10 @@ async fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_resumes() {
 
 #[tokio::test]
 async fn a_dead_instance_is_dropped_after_three_missed_heartbeats() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     eventually("A sees both", || a.hub.nodes().len() == 2).await;
     assert!(a.hub.nodes().iter().any(|n| **n == *b.hub.origin()));
 

@@ -8,7 +8,7 @@ use ws_backplane_redis::Settings;
 use ws_context::{CloseFrame, ConnectionHub};
 use ws_test::{DEFAULT_TIMEOUT, eventually};
 
-use crate::support::Instance;
+use crate::support::{Instance, two_instances};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -213,11 +213,9 @@ async fn with_a_secret_unsigned_and_altered_envelopes_close_nothing() {
 
 #[tokio::test]
 async fn a_forged_sequence_number_does_not_silence_a_sender() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_instances(app("app")).await else {
         return;
     };
-    let a = Instance::start_with(&redis.url(), app("app")).await;
-    let b = Instance::start_with(&redis.url(), app("app")).await;
     let mut on_a = a.connect("r").await;
     let mut on_b = b.connect("r").await;
     only_member(&a.hub, "r").await;

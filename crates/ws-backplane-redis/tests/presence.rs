@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use ws_backplane_redis::Settings;
 use ws_context::ConnectionHub;
 
-use test_support::RedisServer;
-
-use crate::support::Instance;
+use crate::support::two_instances;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -41,11 +40,10 @@ async fn presence_of(
 
 #[tokio::test]
 async fn presence_is_the_same_on_both_instances_and_drops_a_dead_ones_members() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     let mut on_a = Vec::new();
     for _ in 0..3 {
         on_a.push(a.connect("p").await);

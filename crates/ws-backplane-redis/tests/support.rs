@@ -1,11 +1,19 @@
 //! One app instance on a Redis backplane, as every test here runs it; clients, waits and the
 //! server itself are ws-test's.
 
-use std::time::Duration;
-
+use test_support::RedisServer;
 use ws_backplane_redis::{RedisBackplane, Settings};
 use ws_context::{ConnectionHub, Endpoint};
 use ws_test::{TestServer, WsClient};
+
+/// A redis-server and two instances on it, both with `settings`; `None` (the test passes)
+/// when redis-server is not installed.
+pub(crate) async fn two_instances(settings: Settings) -> Option<(RedisServer, Instance, Instance)> {
+    let redis = RedisServer::start()?;
+    let a = Instance::start_with(&redis.url(), settings.clone()).await;
+    let b = Instance::start_with(&redis.url(), settings).await;
+    Some((redis, a, b))
+}
 
 /// One app instance: a hub on a Redis backplane, serving `/ws/{room}` on 127.0.0.1:0.
 /// Every text a member sends goes to its room.
@@ -16,10 +24,6 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    pub(crate) async fn start(redis_url: &str, heartbeat: Duration) -> Instance {
-        Instance::start_with(redis_url, Settings::default().heartbeat(heartbeat)).await
-    }
-
     pub(crate) async fn start_with(redis_url: &str, settings: Settings) -> Instance {
         Instance::start_custom(redis_url, settings, |endpoint| endpoint).await
     }
