@@ -1,6 +1,6 @@
 //! The load generator against every benchmark server, in each of its modes.
 
-use crate::support::{Process, fields, loadgen, number, server, server_with};
+use crate::support::{WAIT, fields, loadgen, number, server, server_with, start};
 
 const SHORT: [&str; 4] = ["--duration", "0.3", "--warmup", "0.1"];
 
@@ -96,18 +96,18 @@ fn a_broadcast_reaches_every_receiver_in_every_round() {
 fn idle_connections_echo_once_then_wait_until_stdin_closes() {
     let (_server, address) = server(env!("CARGO_BIN_EXE_raw-sockudo-echo"));
     let url = format!("ws://{address}/ws");
-    let mut idle = Process::start(
+    let mut idle = start(
         env!("CARGO_BIN_EXE_loadgen"),
         &["idle", &url, "--connections", "20", "--hold", "30"],
         &[],
     );
-    let ready = fields(&idle.line_with("ready "));
+    let ready = fields(&idle.line_with("ready ", WAIT));
     assert_eq!(number(&ready, "connections"), 20.0, "{ready:?}");
     assert_eq!(number(&ready, "errors"), 0.0, "{ready:?}");
-    drop(idle.stdin());
-    let result = fields(&idle.line_with("result "));
+    drop(idle.take_stdin());
+    let result = fields(&idle.line_with("result ", WAIT));
     assert_eq!(number(&result, "connections"), 20.0, "{result:?}");
-    assert!(idle.exited_ok());
+    assert!(idle.wait_exit(WAIT).success());
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn compressed_connections_echo_once_then_wait_on_both_servers() {
     ] {
         let (_server, address) = server_with(program, env);
         let url = format!("ws://{address}/ws");
-        let mut idle = Process::start(
+        let mut idle = start(
             env!("CARGO_BIN_EXE_loadgen"),
             &[
                 "idle",
@@ -140,11 +140,11 @@ fn compressed_connections_echo_once_then_wait_on_both_servers() {
             ],
             &[],
         );
-        let ready = fields(&idle.line_with("ready "));
+        let ready = fields(&idle.line_with("ready ", WAIT));
         assert_eq!(number(&ready, "connections"), 10.0, "{program}: {ready:?}");
         assert_eq!(number(&ready, "errors"), 0.0, "{program}: {ready:?}");
-        drop(idle.stdin());
-        assert!(idle.exited_ok());
+        drop(idle.take_stdin());
+        assert!(idle.wait_exit(WAIT).success());
     }
 }
 
@@ -152,7 +152,7 @@ fn compressed_connections_echo_once_then_wait_on_both_servers() {
 fn a_server_that_declines_deflate_fails_the_compressed_connections() {
     let (_server, address) = server(env!("CARGO_BIN_EXE_raw-sockudo-echo"));
     let url = format!("ws://{address}/ws");
-    let idle = Process::start(
+    let idle = start(
         env!("CARGO_BIN_EXE_loadgen"),
         &[
             "idle",
@@ -165,7 +165,7 @@ fn a_server_that_declines_deflate_fails_the_compressed_connections() {
         ],
         &[],
     );
-    let ready = fields(&idle.line_with("ready "));
+    let ready = fields(&idle.line_with("ready ", WAIT));
     assert_eq!(number(&ready, "connections"), 0.0, "{ready:?}");
     assert_eq!(number(&ready, "errors"), 3.0, "{ready:?}");
 }

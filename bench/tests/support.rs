@@ -2,75 +2,23 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
+
+use test_support::Process;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-/// A running program; killed by its PID when dropped.
-pub(crate) struct Process {
-    child: Child,
-    pub(crate) lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    pub(crate) fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Process { child, lines }
-    }
-
-    /// The first line containing `what`, waiting at most [`WAIT`].
-    pub(crate) fn line_with(&self, what: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no line with {what:?} within {WAIT:?}");
-    }
-
-    pub(crate) fn stdin(&mut self) -> Option<ChildStdin> {
-        self.child.stdin.take()
-    }
-
-    /// Waits (at most [`WAIT`]) for the program to exit; true if it succeeded.
-    pub(crate) fn exited_ok(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.success();
-            }
-            assert!(Instant::now() < deadline, "process did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Starts `program` with `args` and `env`, its stdin piped (closing it tells the load
+/// generator to finish); killed by its PID when dropped.
+pub(crate) fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped());
+    Process::start(command)
 }
 
 /// A benchmark server and the `host:port` it printed.
@@ -86,10 +34,10 @@ pub(crate) fn server_with(program: &str, extra_env: &[(&str, &str)]) -> (Process
         ("METRICS_PORT", "0"),
     ];
     env.extend_from_slice(extra_env);
-    let process = Process::start(program, &[], &env);
+    let process = start(program, &[], &env);
     // The app logs its metrics address first; the server's own line is the one without it.
     let line = loop {
-        let line = process.line_with("127.0.0.1:");
+        let line = process.line_with("127.0.0.1:", WAIT);
         if !line.contains("metrics_address") {
             break line;
         }
@@ -104,10 +52,13 @@ pub(crate) fn server_with(program: &str, extra_env: &[(&str, &str)]) -> (Process
 
 /// Runs the load generator to its end; returns the fields of its `result` line.
 pub(crate) fn loadgen(args: &[&str]) -> BTreeMap<String, String> {
-    let mut process = Process::start(env!("CARGO_BIN_EXE_loadgen"), args, &[]);
-    drop(process.stdin());
-    let result = process.line_with("result ");
-    assert!(process.exited_ok(), "loadgen failed: {result}");
+    let mut process = start(env!("CARGO_BIN_EXE_loadgen"), args, &[]);
+    drop(process.take_stdin());
+    let result = process.line_with("result ", WAIT);
+    assert!(
+        process.wait_exit(WAIT).success(),
+        "loadgen failed: {result}"
+    );
     fields(&result)
 }
 

@@ -6,16 +6,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::RedisServer;
+use ws_test::{AppProcess, DEFAULT_TIMEOUT as WAIT, WsClient, http_get};
 
-use crate::{Client, Running, WAIT, chat_line, http_get, redis_server::RedisServer};
+use crate::chat_line;
 
 /// Two chat instances on one Redis (which the fields' order stops first).
 struct Cluster {
     redis: RedisServer,
-    a: Running,
-    b: Running,
+    a: AppProcess,
+    b: AppProcess,
 }
 
 /// None when Redis is not installed (outside CI, see `RedisServer::start`).
@@ -24,36 +24,31 @@ fn cluster() -> Option<Cluster> {
     let url = redis.url();
     // Two instances of one app share APP_NAME, which names their Redis channels.
     let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
-    let a = Running::start_with("chat", &env);
-    let b = Running::start_with("chat", &env);
+    let a = AppProcess::example("chat", &env);
+    let b = AppProcess::example("chat", &env);
     Some(Cluster { redis, a, b })
 }
 
 /// Joins a room and learns its connection id with `/me`. The answer comes after the join
 /// (and its Redis subscription) completed, so from then on the client is a member.
-async fn join(server: &Running, room: &str) -> (Client, String) {
-    let url = format!("ws://{}/ws/{room}", server.addr);
-    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect timed out")
-        .expect("connect failed");
-    client.send(Message::text("/me")).await.unwrap();
+async fn join(server: &AppProcess, room: &str) -> (WsClient, String) {
+    let mut client = server.connect(&format!("/ws/{room}")).await;
+    client.send_text("/me").await;
     let me = chat_line(&mut client).await;
     assert_eq!(me["from"], "server", "{me}");
     let id = me["text"].as_str().unwrap().to_owned();
     (client, id)
 }
 
-async fn health(server: &Running) -> serde_json::Value {
-    let (status, body) = http_get(server.addr, "/.well-known/health").await;
-    assert_eq!(status, 200, "{body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    json["data"].clone()
+async fn health(server: &AppProcess) -> serde_json::Value {
+    let health = http_get(&server.http_url("/.well-known/health")).await;
+    assert_eq!(health.status, 200, "{health}");
+    health.json::<serde_json::Value>()["data"].clone()
 }
 
 /// Polls the health endpoint, bounded, until `check` holds; returns how long it took.
 async fn health_until(
-    server: &Running,
+    server: &AppProcess,
     wait: Duration,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
@@ -70,15 +65,17 @@ async fn health_until(
 }
 
 /// An unlabelled counter or gauge from the instance's `/metrics` (0 when not recorded yet).
-async fn metric(server: &Running, name: &str) -> f64 {
-    let (_, text) = http_get(server.metrics.expect("metrics address"), "/metrics").await;
+async fn metric(server: &AppProcess, name: &str) -> f64 {
+    let text = http_get(&server.metrics_url().expect("metrics address"))
+        .await
+        .body;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
 
 /// The text of the next chat line.
-async fn said(client: &mut Client) -> String {
+async fn said(client: &mut WsClient) -> String {
     chat_line(client).await["text"].as_str().unwrap().to_owned()
 }
 
@@ -108,7 +105,7 @@ async fn a_thousand_clients_on_two_instances_get_every_room_message_once_in_orde
     for (i, (client, _)) in clients.iter_mut().enumerate().take(2 * ROOMS) {
         for n in 0..PER_SENDER {
             let text = format!("{}|{i}|{n}", room_of(i));
-            client.send(Message::text(text)).await.unwrap();
+            client.send_text(text).await;
         }
     }
     // Every client reads until it has a room's worth, then a little longer for extras.
@@ -177,25 +174,15 @@ async fn direct_message_and_kick_reach_a_connection_on_the_other_instance() {
     let (mut on_b, b_id) = join(&cluster.b, "x").await;
     let (mut on_a, a_id) = join(&cluster.a, "y").await;
 
-    on_a.send(Message::text(format!("/dm {b_id} psst")))
-        .await
-        .unwrap();
+    on_a.send_text(format!("/dm {b_id} psst")).await;
     let line = chat_line(&mut on_b).await;
     assert_eq!(
         (line["from"].as_str(), line["text"].as_str()),
         (Some(&*a_id), Some("psst"))
     );
 
-    on_a.send(Message::text(format!("/kick {b_id}")))
-        .await
-        .unwrap();
-    match tokio::time::timeout(WAIT, on_b.next()).await.unwrap() {
-        Some(Ok(Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 4000);
-            assert_eq!(frame.reason.as_str(), format!("removed by {a_id}"));
-        }
-        other => panic!("expected close 4000, got {other:?}"),
-    }
+    on_a.send_text(format!("/kick {b_id}")).await;
+    assert_eq!(on_b.expect_close(4000).await, format!("removed by {a_id}"));
 }
 
 #[tokio::test]
@@ -213,7 +200,7 @@ async fn a_room_with_members_on_one_instance_sends_nothing_to_the_other() {
     );
     let before = metric(&cluster.b, "backplane_messages_received_total").await;
     for n in 0..20 {
-        first.send(Message::text(format!("m{n}"))).await.unwrap();
+        first.send_text(format!("m{n}")).await;
     }
     for n in 0..20 {
         assert_eq!(said(&mut second).await, format!("m{n}"));
@@ -230,19 +217,22 @@ async fn redis_killed_and_restarted_two_seconds_later() {
     let Some(mut cluster) = cluster() else {
         return;
     };
-    let (sender, _) = join(&cluster.a, "r").await;
+    let (mut sender, _) = join(&cluster.a, "r").await;
     let (mut local, _) = join(&cluster.a, "r").await;
     let (mut remote, _) = join(&cluster.b, "r").await;
-    // The sender is a member too: keep its queue drained.
-    let (mut say, mut echoes) = sender.split();
-    tokio::spawn(async move { while echoes.next().await.is_some() {} });
+    // The sender is a member too, on the same instance as `local`: it reads its own line
+    // back after each send, Redis or not.
+    let mut say = async |n: u32| {
+        sender.send_text(n.to_string()).await;
+        assert_eq!(said(&mut sender).await, n.to_string());
+    };
     let mut n = 0;
     let mut local_got = Vec::new();
     let mut remote_got = Vec::new();
 
     // Before: everyone gets everything.
     for _ in 0..10 {
-        say.send(Message::text(n.to_string())).await.unwrap();
+        say(n).await;
         n += 1;
     }
     for _ in 0..10 {
@@ -257,7 +247,7 @@ async fn redis_killed_and_restarted_two_seconds_later() {
     }
     // While Redis is away, members on the same instance still get every message.
     for _ in 0..10 {
-        say.send(Message::text(n.to_string())).await.unwrap();
+        say(n).await;
         n += 1;
         local_got.push(said(&mut local).await);
     }
@@ -270,7 +260,7 @@ async fn redis_killed_and_restarted_two_seconds_later() {
     let answered = Instant::now();
     // Cross-instance delivery is back within 3 s of Redis answering.
     loop {
-        say.send(Message::text(n.to_string())).await.unwrap();
+        say(n).await;
         n += 1;
         local_got.push(said(&mut local).await);
         if let Ok(line) =
@@ -292,7 +282,7 @@ async fn redis_killed_and_restarted_two_seconds_later() {
         .await;
     }
     // One more message, to flush anything still on its way, then count.
-    say.send(Message::text(n.to_string())).await.unwrap();
+    say(n).await;
     n += 1;
     local_got.push(said(&mut local).await);
     while let Ok(line) =
@@ -346,10 +336,8 @@ async fn a_killed_instance_leaves_the_live_nodes_within_three_heartbeats() {
 
 #[test]
 fn an_unreachable_redis_stops_the_app_with_a_clear_message() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("redis://127.0.0.1:{}/", free.local_addr().unwrap().port());
-    drop(free);
-    let output = std::process::Command::new(crate::example_path("chat"))
+    let url = format!("redis://127.0.0.1:{}/", test_support::free_port());
+    let output = std::process::Command::new(ws_test::example_path("chat"))
         .env("REDIS_URL", &url)
         .env("HTTP_PORT", "0")
         .env("METRICS_PORT", "0")
@@ -370,17 +358,10 @@ async fn who_lists_members_on_every_instance() {
     let Some(cluster) = cluster() else {
         return;
     };
-    let connect = |addr: std::net::SocketAddr, name: &'static str| async move {
-        let url = format!("ws://{addr}/ws/who?name={name}");
-        let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        client
-    };
-    let mut ann = connect(cluster.a.addr, "ann").await;
-    let _bob = connect(cluster.b.addr, "bob").await;
-    let cy = connect(cluster.b.addr, "cy").await;
+    let connect = |server: &AppProcess, name: &str| server.connect(&format!("/ws/who?name={name}"));
+    let mut ann = connect(&cluster.a, "ann").await;
+    let _bob = connect(&cluster.b, "bob").await;
+    let cy = connect(&cluster.b, "cy").await;
     let started = Instant::now();
     loop {
         let names = who(&mut ann).await;
@@ -401,8 +382,8 @@ async fn who_lists_members_on_every_instance() {
 }
 
 /// Asks `/who` and returns the names, sorted.
-async fn who(client: &mut Client) -> Vec<String> {
-    client.send(Message::text("/who")).await.unwrap();
+async fn who(client: &mut WsClient) -> Vec<String> {
+    client.send_text("/who").await;
     loop {
         let line = chat_line(client).await;
         if let Some(members) = line["members"].as_array() {

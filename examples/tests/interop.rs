@@ -26,11 +26,9 @@
 use std::{
     ffi::OsStr,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
-    net::SocketAddr,
+    io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -40,6 +38,7 @@ use tokio_tungstenite::tungstenite::{
     Message,
     protocol::{CloseFrame, frame::coding::CloseCode},
 };
+use ws_test::AppProcess;
 
 /// Longest wait for a server to start or for one step of a client.
 const WAIT: Duration = Duration::from_secs(20);
@@ -135,8 +134,8 @@ fn node_ws() {
 async fn tokio_tungstenite() {
     let messages = schedule::messages();
     for &variant in TUNGSTENITE_VARIANTS {
-        let server = Echo::start(variant.server);
-        let url = server.url();
+        let server = echo(variant.server);
+        let url = server.ws_url("/ws");
         let started = Instant::now();
         let result = async {
             let (extensions, pongs) = tungstenite_client::exchange(&url, &messages).await?;
@@ -166,9 +165,11 @@ async fn tokio_tungstenite() {
 /// script variant, each against a fresh echo process; panics on the first failure.
 fn run_script_variants(program: &OsStr, script: &str, envs: &[(&str, &OsStr)]) {
     for &variant in SCRIPT_VARIANTS {
-        let server = Echo::start(variant.server);
+        let server = echo(variant.server);
         let mut command = Command::new(program);
-        command.arg(interop_dir().join(script)).arg(server.url());
+        command
+            .arg(interop_dir().join(script))
+            .arg(server.ws_url("/ws"));
         command.envs(envs.iter().copied());
         if variant.deflate {
             command.arg("--deflate");
@@ -440,72 +441,9 @@ fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> thread::JoinHandl
     })
 }
 
-/// The echo example as a process on 127.0.0.1 with a port the OS picks; killed (by PID) when
-/// dropped.
-struct Echo {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Echo {
-    fn start(server: Server) -> Echo {
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/interop-<hash> -> target/<profile>/examples/echo
-        let program = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .join("examples/echo");
-        let mut child = Command::new(&program)
-            .env("HTTP_HOST", "127.0.0.1")
-            .env("HTTP_PORT", "0")
-            .env("METRICS_PORT", "0")
-            .env("LOG_LEVEL", "INFO")
-            .envs(server.env().iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); build it with `cargo build -p examples --example echo`",
-                    program.display()
-                )
-            });
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        // Keep draining the log after the address so the server never blocks on a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let json = serde_json::from_str::<serde_json::Value>(&line).ok();
-                if let Some(addr) = json.as_ref().and_then(|j| j.get("address")?.as_str()) {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(WAIT).ok().and_then(|a| a.parse().ok()) {
-            Some(addr) => Echo { child, addr },
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the echo example ({}) did not log its address",
-                    server.name()
-                )
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The echo example as a process with the variant's settings, killed (by PID) when dropped.
+fn echo(server: Server) -> AppProcess {
+    AppProcess::example("echo", server.env())
 }
 
 /// The schedule every client follows, as in `tests/interop/interop.py`.

@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use ws_test::{AppProcess, TestServer, WsClient, http_get};
+use ws_test::{AppProcess, TestServer, http_get};
+
+use crate::chat::chatter;
+
+mod chat;
 
 /// A chat line as the `chat` example writes it.
 #[derive(serde::Deserialize, Debug)]
@@ -41,33 +45,15 @@ async fn using_web_socket_chooses_the_subprotocol_and_checks_the_origin_header()
     assert_eq!(client.protocol(), Some("chat"));
 
     // Same-origin by default: a page from elsewhere is refused before any socket exists.
-    let refused = server
+    server
         .client("/ws")
         .header("Origin", "http://evil.example")
-        .try_connect()
-        .await
-        .expect_err("a foreign origin is refused");
-    assert_eq!(refused.status(), Some(403), "{refused}");
+        .expect_refused(403)
+        .await;
     let same = format!("http://{}", server.addr());
     let mut allowed = server.client("/ws").header("Origin", same).connect().await;
     allowed.send_text("ok").await;
     assert_eq!(allowed.recv_text().await, "Hello! GoFr");
-}
-
-/// Joins `room` as `name`: takes the server's join line (with the room's position), then
-/// waits for the echo of its own greeting: from then on it is a member.
-async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsClient {
-    let mut client = server.connect(&format!("/ws/{room}?name={name}")).await;
-    let joined: serde_json::Value = client.recv_json().await;
-    assert_eq!(joined["joined"], true, "{joined}");
-    client.send_text(format!("hello from {name}")).await;
-    loop {
-        let line: Line = client.recv_json().await;
-        if line.from == name {
-            assert_eq!(line.text, format!("hello from {name}"));
-            return client;
-        }
-    }
 }
 
 #[tokio::test]
@@ -75,7 +61,10 @@ async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
     let server = AppProcess::example("chat", &[]);
     let page = http_get(&server.http_url("/")).await;
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("new WebSocket"), "{page}");
+    assert!(
+        page.body.contains("<script>") && page.body.contains("new WebSocket"),
+        "{page}"
+    );
 
     let mut carol = chatter(&server, "blue", "carol").await;
     let mut alice = chatter(&server, "red", "alice").await;
@@ -172,14 +161,13 @@ mod auth {
 #[tokio::test]
 async fn an_auth_header_is_needed_before_the_upgrade() {
     let server: TestServer = auth::server().await;
-    let refused = server
+    // No token, then a wrong one.
+    server.client("/ws").expect_refused(401).await;
+    server
         .client("/ws")
-        .try_connect()
-        .await
-        .expect_err("no token");
-    assert_eq!(refused.status(), Some(401));
-    let refused = server.client("/ws").bearer("guess").try_connect().await;
-    assert_eq!(refused.expect_err("a wrong token").status(), Some(401));
+        .bearer("guess")
+        .expect_refused(401)
+        .await;
     server.expect_connections(0).await;
 
     let mut client = server.client("/ws").bearer("open-sesame").connect().await;

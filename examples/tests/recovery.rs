@@ -2,23 +2,14 @@
 //! join, `?since=POS` after a drop delivers what was missed first, once, in order (on one
 //! instance, or across instances through Redis); `"recovered": false` when it cannot.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message};
+use test_support::RedisServer;
+use ws_test::{AppProcess, DEFAULT_TIMEOUT as WAIT, Message, WsClient};
 
-use crate::{Client, Running, WAIT, chat_json, chat_line, chatter, redis_server::RedisServer};
+use crate::{EXIT_WAIT, chat::chatter, chat_line};
 
-/// Cuts the connection with a TCP reset, as a network drop would: no close frame.
-fn reset(client: Client) {
-    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
-        #[allow(deprecated, reason = "set_linger is what sends an RST on drop")]
-        stream.set_linger(Some(Duration::ZERO)).unwrap();
-    }
-    drop(client);
-}
-
-async fn said(client: &mut Client) -> (String, String) {
+async fn said(client: &mut WsClient) -> (String, String) {
     let line = chat_line(client).await;
     (
         line["text"].as_str().unwrap().to_owned(),
@@ -28,26 +19,27 @@ async fn said(client: &mut Client) -> (String, String) {
 
 #[tokio::test]
 async fn chat_a_client_cut_off_comes_back_with_its_last_pos_and_misses_nothing() {
-    let server = Running::start("chat");
+    let server = AppProcess::example("chat", &[]);
     let mut ann = chatter(&server, "rec", "ann").await;
     let mut bob = chatter(&server, "rec", "bob").await;
     // Bob's greeting also reached Ann.
     assert_eq!(said(&mut ann).await.0, "hello from bob");
 
-    ann.send(Message::text("m0")).await.unwrap();
+    ann.send_text("m0").await;
     assert_eq!(said(&mut ann).await.0, "m0");
     let (text, last_pos) = said(&mut bob).await;
     assert_eq!(text, "m0");
     assert!(!last_pos.is_empty(), "every room line has a pos");
-    reset(bob);
+    bob.reset();
 
     for i in 1..10 {
-        ann.send(Message::text(format!("m{i}"))).await.unwrap();
+        ann.send_text(format!("m{i}")).await;
         assert_eq!(said(&mut ann).await.0, format!("m{i}"));
     }
-    let url = format!("ws://{}/ws/rec?name=bob&since={last_pos}", server.addr);
-    let (mut bob, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ann.send(Message::text("live")).await.unwrap();
+    let mut bob = server
+        .connect(&format!("/ws/rec?name=bob&since={last_pos}"))
+        .await;
+    ann.send_text("live").await;
     let mut previous = last_pos;
     for expected in (1..10).map(|i| format!("m{i}")).chain(["live".to_owned()]) {
         let (text, pos) = said(&mut bob).await;
@@ -57,12 +49,11 @@ async fn chat_a_client_cut_off_comes_back_with_its_last_pos_and_misses_nothing()
     }
 
     // A position the server never gave: told so first, then a member as usual.
-    let url = format!("ws://{}/ws/rec?name=cy&since=12.abc", server.addr);
-    let (mut cy, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut cy = server.connect("/ws/rec?name=cy&since=12.abc").await;
     let notice = chat_line(&mut cy).await;
     assert_eq!(notice["from"], "server", "{notice}");
     assert_eq!(notice["recovered"], false, "{notice}");
-    ann.send(Message::text("after")).await.unwrap();
+    ann.send_text("after").await;
     assert_eq!(said(&mut cy).await.0, "after");
 }
 
@@ -70,20 +61,20 @@ async fn chat_a_client_cut_off_comes_back_with_its_last_pos_and_misses_nothing()
 /// every message sent meanwhile when it comes back with it.
 #[tokio::test]
 async fn chat_the_position_at_join_recovers_a_client_that_received_nothing() {
-    let server = Running::start("chat");
-    let url = format!("ws://{}/ws/quiet?name=dan", server.addr);
-    let (mut dan, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let greeting = chat_json(&mut dan).await;
+    let server = AppProcess::example("chat", &[]);
+    let mut dan = server.connect("/ws/quiet?name=dan").await;
+    let greeting: serde_json::Value = dan.recv_json().await;
     assert_eq!(greeting["from"], "server", "{greeting}");
     assert_eq!(greeting["joined"], true, "{greeting}");
     let at_join = greeting["pos"].as_str().expect("a pos at join").to_owned();
-    reset(dan);
+    dan.reset();
 
     let mut eve = chatter(&server, "quiet", "eve").await;
-    eve.send(Message::text("while dan was away")).await.unwrap();
+    eve.send_text("while dan was away").await;
     assert_eq!(said(&mut eve).await.0, "while dan was away");
-    let url = format!("ws://{}/ws/quiet?name=dan&since={at_join}", server.addr);
-    let (mut dan, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut dan = server
+        .connect(&format!("/ws/quiet?name=dan&since={at_join}"))
+        .await;
     assert_eq!(said(&mut dan).await.0, "hello from eve");
     assert_eq!(said(&mut dan).await.0, "while dan was away");
 }
@@ -92,29 +83,24 @@ async fn chat_the_position_at_join_recovers_a_client_that_received_nothing() {
 /// `m1`, ... until `last`, coming back to `back` with its last position whenever its
 /// connection ends (a SIGTERM'd instance closes it with 1001).
 async fn follow(
-    first: SocketAddr,
-    back: SocketAddr,
+    first: String,
+    back: String,
     name: String,
     last: usize,
 ) -> (String, Vec<String>, usize) {
-    let url = |addr: SocketAddr, since: Option<&str>| {
+    let url = |base: &str, since: Option<&str>| {
         let since = since.map(|pos| format!("&since={pos}")).unwrap_or_default();
-        format!("ws://{addr}/ws/roll?name={name}{since}")
+        format!("{base}?name={name}{since}")
     };
-    let (mut client, _) = tokio_tungstenite::connect_async(url(first, None))
-        .await
-        .unwrap();
-    let mut pos = chat_json(&mut client).await["pos"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut client = WsClient::connect(url(&first, None)).await;
+    let greeting: serde_json::Value = client.recv_json().await;
+    let mut pos = greeting["pos"].as_str().unwrap().to_owned();
     let mut texts = Vec::new();
     let mut reconnects = 0;
     while texts.len() <= last {
-        let frame = tokio::time::timeout(WAIT, client.next()).await;
-        match frame {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let line: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match client.recv_within(WAIT).await {
+            Some(Message::Text(text)) => {
+                let line: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
                 assert_ne!(line["recovered"], false, "{name}: recovery refused: {line}");
                 if let Some(p) = line["pos"].as_str() {
                     pos = p.to_owned();
@@ -123,17 +109,14 @@ async fn follow(
                     texts.push(line["text"].as_str().unwrap().to_owned());
                 }
             }
-            Ok(Some(Ok(_))) => {}
-            // Closed by the instance going away, or dropped: back on the other one.
-            Ok(_) => {
+            // Closed by the instance going away: back on the other one.
+            Some(Message::Close(_)) => {
                 reconnects += 1;
                 assert!(reconnects < 5, "{name}: too many reconnects");
-                let (again, _) = tokio_tungstenite::connect_async(url(back, Some(&pos)))
-                    .await
-                    .unwrap();
-                client = again;
+                client = WsClient::connect(url(&back, Some(&pos))).await;
             }
-            Err(_) => panic!("{name}: nothing for {WAIT:?} after {texts:?}"),
+            Some(_) => {}
+            None => panic!("{name}: nothing for {WAIT:?} after {texts:?}"),
         }
     }
     (name, texts, reconnects)
@@ -149,32 +132,38 @@ async fn chat_cluster_a_rolling_restart_loses_nothing() {
     };
     let url = redis.url();
     let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
-    let mut a = Running::start_with("chat", &env);
-    let b = Running::start_with("chat", &env);
+    let mut a = AppProcess::example("chat", &env);
+    let b = AppProcess::example("chat", &env);
     const LAST: usize = 199;
     let mut members = Vec::new();
     for i in 0..20 {
-        let first = if i % 2 == 0 { a.addr } else { b.addr };
-        members.push(tokio::spawn(follow(first, b.addr, format!("m{i}"), LAST)));
+        let first = if i % 2 == 0 { &a } else { &b };
+        members.push(tokio::spawn(follow(
+            first.ws_url("/ws/roll"),
+            b.ws_url("/ws/roll"),
+            format!("m{i}"),
+            LAST,
+        )));
     }
     // Every member greeted (so joined) before the first line.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut tx, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/roll?name=tx", b.addr))
-        .await
-        .unwrap();
+    let mut tx = b.connect("/ws/roll?name=tx").await;
     let started = std::time::Instant::now();
     let mut late = Vec::new();
     for n in 0..=LAST {
-        tx.send(Message::text(format!("m{n}"))).await.unwrap();
+        tx.send_text(format!("m{n}")).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         if n == 50 {
             a.terminate();
-            assert!(a.wait_exit().success());
-            a = Running::start_with("chat", &env);
+            assert!(a.wait_exit(EXIT_WAIT).success());
+            a = AppProcess::example("chat", &env);
         }
         if n == 60 {
             for i in 0..5 {
-                late.push(tokio::spawn(follow_from_join(a.addr, format!("late{i}"))));
+                late.push(tokio::spawn(follow_from_join(
+                    a.ws_url("/ws/roll"),
+                    format!("late{i}"),
+                )));
             }
         }
     }
@@ -202,10 +191,9 @@ async fn chat_cluster_a_rolling_restart_loses_nothing() {
 
 /// A member joining the restarted instance: from its position at join, every later line
 /// with consecutive offsets up to the last.
-async fn follow_from_join(addr: SocketAddr, name: String) {
-    let url = format!("ws://{addr}/ws/roll?name={name}");
-    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let greeting = chat_json(&mut client).await;
+async fn follow_from_join(url: String, name: String) {
+    let mut client = WsClient::connect(format!("{url}?name={name}")).await;
+    let greeting: serde_json::Value = client.recv_json().await;
     let mut offset = greeting["pos"]
         .as_str()
         .unwrap()

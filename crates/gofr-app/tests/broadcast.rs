@@ -1,10 +1,9 @@
 //! An HTTP route pushes one message to 1000 WebSocket connections through the app's hub.
 
-use futures_util::StreamExt as _;
 use gofr_app::{App, Context, Error, HttpContext, Message};
-use tokio_tungstenite::tungstenite;
+use ws_test::{HttpResponse, TestServer, http_post_text};
 
-use crate::support::{WAIT, config, http, serve};
+use crate::support::config;
 
 const CONNECTIONS: usize = 1000;
 
@@ -34,41 +33,26 @@ async fn an_http_route_broadcasts_to_a_thousand_connections() {
     let mut app = App::with_config(config());
     app.websocket("/ws", ignore);
     app.post("/announce", announce);
-    let hub = app.hub();
-    let served = serve(app).await;
+    let server = TestServer::app(app).await;
 
     // Connect in batches of 50 so the accept queue never overflows.
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS / 50 {
-        let batch =
-            (0..50).map(|_| tokio_tungstenite::connect_async(format!("ws://{}/ws", served.addr)));
-        for result in futures_util::future::join_all(batch).await {
-            clients.push(result.expect("connect failed").0);
-        }
+        let batch = (0..50).map(|_| server.connect("/ws"));
+        clients.extend(futures_util::future::join_all(batch).await);
     }
-    crate::support::eventually("every connection is registered", || {
-        hub.len() == CONNECTIONS
-    })
-    .await;
+    server.expect_connections(CONNECTIONS).await;
 
-    let (status, body) = http(served.addr, "POST", "/announce", "deploy finished").await;
+    let HttpResponse { status, body, .. } =
+        http_post_text(&server.http_url("/announce"), "deploy finished").await;
     assert_eq!(
         (status, body),
         (201, format!(r#"{{"data":{CONNECTIONS}}}"#))
     );
 
-    let reads = clients.iter_mut().map(|client| async move {
-        match tokio::time::timeout(WAIT, client.next()).await {
-            Ok(Some(Ok(message))) => message,
-            other => panic!("expected the broadcast, got {other:?}"),
-        }
-    });
+    let reads = clients.iter_mut().map(|client| client.recv_text());
     let received = futures_util::future::join_all(reads).await;
     assert_eq!(received.len(), CONNECTIONS);
-    assert!(
-        received
-            .iter()
-            .all(|m| *m == tungstenite::Message::text("deploy finished"))
-    );
-    served.shutdown.shutdown();
+    assert!(received.iter().all(|text| text == "deploy finished"));
+    server.shutdown().await;
 }

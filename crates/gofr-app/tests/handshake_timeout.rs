@@ -3,15 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use gofr_app::{App, Context, Error, WsUpgrader};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use tokio_tungstenite::tungstenite;
+use ws_test::{DEFAULT_TIMEOUT as WAIT, TestServer};
 
-use crate::support::{WAIT, config, serve};
+use crate::support::config;
 
 const TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -45,8 +44,8 @@ async fn the_override_upgraders_handshake_timeout_cuts_stalled_requests() {
             .build()
             .unwrap(),
     );
-    let served = serve(app).await;
-    let addr = served.addr;
+    let server = TestServer::app(app).await;
+    let addr = server.addr();
 
     for stalled in [&b""[..], b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgr"] {
         let elapsed = time_to_disconnect(addr, stalled).await;
@@ -58,26 +57,12 @@ async fn the_override_upgraders_handshake_timeout_cuts_stalled_requests() {
 
     // A client in time is upgraded, its socket outlives the timeout, and handlers still see
     // the peer's address (connect info).
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
-    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = client.get_ref() else {
-        panic!("plain TCP expected");
-    };
-    let local = tcp.local_addr().unwrap().to_string();
+    let mut client = server.connect("/ws").await;
+    let local = client.local_addr().to_string();
     tokio::time::sleep(TIMEOUT * 2).await;
-    client
-        .send(tungstenite::Message::text("who am I?"))
-        .await
-        .unwrap();
-    let reply = tokio::time::timeout(WAIT, client.next()).await.unwrap();
-    assert_eq!(reply.unwrap().unwrap(), tungstenite::Message::text(local));
+    client.send_text("who am I?").await;
+    assert_eq!(client.recv_text().await, local);
 
-    served.shutdown.shutdown();
     drop(client);
-    tokio::time::timeout(WAIT, served.task)
-        .await
-        .expect("the app stops")
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
 }

@@ -3,7 +3,9 @@
 use gofr_app::{App, Error, HttpContext};
 use serde::{Deserialize, Serialize};
 
-use crate::support::{config, http, serve};
+use ws_test::{HttpResponse, TestServer, http_get, http_post_text};
+
+use crate::support::config;
 
 #[derive(Serialize, Deserialize)]
 struct Order {
@@ -40,19 +42,20 @@ async fn envelope_statuses_and_errors() {
         .post("/orders", create)
         .get("/orders/{id}", find)
         .get("/broken", broken);
-    let served = serve(app).await;
-    let addr = served.addr;
+    let server = TestServer::app(app).await;
 
-    let (status, body) = http(addr, "GET", "/hello?name=Ada", "").await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/hello?name=Ada")).await;
     assert_eq!((status, body.as_str()), (200, r#"{"data":"Hello Ada!"}"#));
 
-    let (status, body) = http(addr, "POST", "/orders", r#"{"item":"cake"}"#).await;
+    let HttpResponse { status, body, .. } =
+        http_post_text(&server.http_url("/orders"), r#"{"item":"cake"}"#).await;
     assert_eq!(
         (status, body.as_str()),
         (201, r#"{"data":{"item":"cake"}}"#)
     );
 
-    let (status, body) = http(addr, "POST", "/orders", r#"{"item":1}"#).await;
+    let HttpResponse { status, body, .. } =
+        http_post_text(&server.http_url("/orders"), r#"{"item":1}"#).await;
     assert_eq!(status, 400);
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -62,29 +65,28 @@ async fn envelope_statuses_and_errors() {
             .contains("invalid type")
     );
 
-    let (status, body) = http(addr, "GET", "/orders/1", "").await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/orders/1")).await;
     assert_eq!((status, body.as_str()), (200, r#"{"data":{"item":"tea"}}"#));
-    let (status, body) = http(addr, "GET", "/orders/9", "").await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/orders/9")).await;
     assert_eq!(
         (status, body.as_str()),
         (404, r#"{"error":{"message":"no order 9"}}"#)
     );
-    let (status, body) = http(addr, "GET", "/broken", "").await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/broken")).await;
     assert_eq!(
         (status, body.as_str()),
         (500, r#"{"error":{"message":"disk on fire"}}"#)
     );
 
-    let (status, body) = http(addr, "GET", "/.well-known/alive", "").await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/.well-known/alive")).await;
     assert_eq!(
         (status, body.as_str()),
         (200, r#"{"data":{"status":"UP"}}"#)
     );
-    let (status, body) = http(addr, "GET", "/.well-known/health", "").await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/.well-known/health")).await;
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["data"]["websocket"]["connections"], 0);
 
-    served.shutdown.shutdown();
-    served.task.await.unwrap().unwrap();
+    server.shutdown().await;
 }

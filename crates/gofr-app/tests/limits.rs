@@ -4,37 +4,22 @@
 use std::time::Duration;
 
 use gofr_app::{App, Context, Error, HttpContext};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use test_support::{header, raw_request, upgrade_request};
+use tokio::net::TcpStream;
+use ws_test::{DEFAULT_TIMEOUT as WAIT, HttpResponse, TestServer, http_get};
 
-use crate::support::{WAIT, config, http, serve};
+use crate::support::config;
 
 async fn echo(ctx: Context) -> Result<String, Error> {
     Ok(ctx.bind()?)
 }
 
-/// A raw upgrade request to `/ws`; returns the response head.
-async fn upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(stream.read_u8().await.unwrap());
-        }
-    })
-    .await
-    .expect("response head in time");
-    (
-        stream,
-        String::from_utf8(head).unwrap().to_ascii_lowercase(),
-    )
+/// A hand-written upgrade request to `/ws`: the socket, the status and the `Retry-After`
+/// header.
+async fn upgrade(addr: std::net::SocketAddr) -> (TcpStream, u16, Option<String>) {
+    let (stream, status, headers) = raw_request(addr, &upgrade_request(addr, "/ws", "")).await;
+    let retry_after = header(&headers, "retry-after").map(str::to_owned);
+    (stream, status, retry_after)
 }
 
 #[tokio::test]
@@ -42,26 +27,26 @@ async fn over_the_app_wide_limit_upgrades_get_503_with_retry_after() {
     let mut app = App::with_config(config());
     app.websocket("/ws", echo);
     app.ws_max_connections(2);
-    let served = serve(app).await;
-    let (first, head) = upgrade(served.addr).await;
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    let (_second, head) = upgrade(served.addr).await;
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    let (_third, head) = upgrade(served.addr).await;
-    assert!(head.starts_with("http/1.1 503"), "{head}");
-    assert!(head.contains("\r\nretry-after: 5\r\n"), "{head}");
+    let server = TestServer::app(app).await;
+    let (first, status, _) = upgrade(server.addr()).await;
+    assert_eq!(status, 101);
+    let (_second, status, _) = upgrade(server.addr()).await;
+    assert_eq!(status, 101);
+    let (_third, status, retry_after) = upgrade(server.addr()).await;
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("5"));
     // A place frees when a connection ends.
     drop(first);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (_stream, head) = upgrade(served.addr).await;
-        if head.starts_with("http/1.1 101") {
+        let (_stream, status, _) = upgrade(server.addr()).await;
+        if status == 101 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "place never freed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    served.shutdown.shutdown();
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -78,13 +63,13 @@ async fn over_the_per_ip_limit_upgrades_get_503_with_retry_after() {
     vars.insert("WS_MAX_CONNECTIONS".to_owned(), "100".to_owned());
     let mut app = App::with_config(gofr_app::Config::from_vars(&vars).unwrap());
     app.websocket("/ws", echo);
-    let served = serve(app).await;
-    let (_first, head) = upgrade(served.addr).await;
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    let (_second, head) = upgrade(served.addr).await;
-    assert!(head.starts_with("http/1.1 503"), "{head}");
-    assert!(head.contains("\r\nretry-after: 5\r\n"), "{head}");
-    served.shutdown.shutdown();
+    let server = TestServer::app(app).await;
+    let (_first, status, _) = upgrade(server.addr()).await;
+    assert_eq!(status, 101);
+    let (_second, status, retry_after) = upgrade(server.addr()).await;
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    server.shutdown().await;
 }
 
 async fn panics(_ctx: HttpContext) -> Result<String, Error> {
@@ -98,15 +83,15 @@ async fn a_panicking_http_handler_is_answered_500_in_the_error_envelope() {
     app.get("/fine", |_ctx: HttpContext| async {
         Ok::<_, Error>("fine")
     });
-    let served = serve(app).await;
-    let (status, body) = http(served.addr, "GET", "/boom", "").await;
+    let server = TestServer::app(app).await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/boom")).await;
     assert_eq!(status, 500);
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(body["error"]["message"].is_string(), "{body}");
     // The server lives on.
-    let (status, _) = http(served.addr, "GET", "/fine", "").await;
+    let HttpResponse { status, .. } = http_get(&server.http_url("/fine")).await;
     assert_eq!(status, 200);
-    served.shutdown.shutdown();
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -122,8 +107,8 @@ async fn health_shows_service_urls_without_credentials_or_query() {
             Duration::from_secs(60),
         )
         .await;
-    let served = serve(app).await;
-    let (status, body) = http(served.addr, "GET", "/.well-known/health", "").await;
+    let server = TestServer::app(app).await;
+    let HttpResponse { status, body, .. } = http_get(&server.http_url("/.well-known/health")).await;
     assert_eq!(status, 200);
     assert!(
         !body.contains("hunter2") && !body.contains("token"),
@@ -134,5 +119,5 @@ async fn health_shows_service_urls_without_credentials_or_query() {
         health["data"]["services"]["secretive"]["url"],
         "ws://127.0.0.1:9/ws"
     );
-    served.shutdown.shutdown();
+    server.shutdown().await;
 }

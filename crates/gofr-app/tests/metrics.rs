@@ -1,14 +1,10 @@
 //! `/metrics` on its own listener: the WebSocket counters move as a client connects, sends,
 //! fails and closes.
 
-use std::net::SocketAddr;
-
-use futures_util::{SinkExt as _, StreamExt as _};
 use gofr_app::{App, CloseFrame, Connection, Context, Error};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::{self, Message};
+use ws_test::{DEFAULT_TIMEOUT as WAIT, HttpResponse, TestServer, eventually, http_get};
 
-use crate::support::{WAIT, config, http};
+use crate::support::config;
 
 async fn echo_or_fail(ctx: Context) -> Result<String, Error> {
     let text: String = ctx.bind()?;
@@ -43,17 +39,19 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|(_, value)| value.parse().ok())
 }
 
-async fn scrape(metrics: SocketAddr) -> String {
-    let (status, body) = http(metrics, "GET", "/metrics", "").await;
+/// The app's `/metrics` text.
+async fn scrape(server: &TestServer) -> String {
+    let metrics = server.metrics_url().expect("an app serves /metrics");
+    let HttpResponse { status, body, .. } = http_get(&metrics).await;
     assert_eq!(status, 200);
     body
 }
 
 /// Polls `/metrics` until `name{labels}` equals `expected`.
-async fn until_metric(metrics: SocketAddr, name: &str, labels: &[(&str, &str)], expected: f64) {
+async fn until_metric(server: &TestServer, name: &str, labels: &[(&str, &str)], expected: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let text = scrape(metrics).await;
+        let text = scrape(server).await;
         let value = sample(&text, name, labels);
         if value == Some(expected) {
             return;
@@ -75,36 +73,24 @@ async fn metrics_count_connections_messages_bytes_errors_refusals_and_closes() {
     app.websocket_with(ROUTE, echo_or_fail, |endpoint| {
         endpoint.on_connect(refuse_guests)
     });
-    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = metrics_listener.local_addr().unwrap();
-    app.metrics_listener(metrics_listener);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = app.shutdown_handle();
-    let server = tokio::spawn(app.serve(listener));
+    let server = TestServer::app(app).await;
 
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}"))
-        .await
-        .unwrap();
-    until_metric(metrics, "ws_connections_open", &route, 1.0).await;
-    until_metric(metrics, "ws_connections_total", &route, 1.0).await;
+    let mut client = server.connect(ROUTE).await;
+    until_metric(&server, "ws_connections_open", &route, 1.0).await;
+    until_metric(&server, "ws_connections_total", &route, 1.0).await;
 
     for text in ["hello", "fail", "hey"] {
-        client.send(Message::text(text)).await.unwrap();
-        tokio::time::timeout(WAIT, client.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        client.send_text(text).await;
+        client.recv_text().await;
     }
-    until_metric(metrics, "ws_messages_received_total", &route, 3.0).await;
-    until_metric(metrics, "ws_bytes_received_total", &route, 12.0).await;
+    until_metric(&server, "ws_messages_received_total", &route, 3.0).await;
+    until_metric(&server, "ws_bytes_received_total", &route, 12.0).await;
     // "hello", the error frame and "hey".
-    until_metric(metrics, "ws_messages_sent_total", &route, 3.0).await;
+    until_metric(&server, "ws_messages_sent_total", &route, 3.0).await;
     let error_frame = r#"{"error":{"message":"asked to fail"}}"#.len() as f64;
-    until_metric(metrics, "ws_bytes_sent_total", &route, 8.0 + error_frame).await;
+    until_metric(&server, "ws_bytes_sent_total", &route, 8.0 + error_frame).await;
     until_metric(
-        metrics,
+        &server,
         "ws_handler_errors_total",
         &[("route", ROUTE), ("kind", "error")],
         1.0,
@@ -112,53 +98,40 @@ async fn metrics_count_connections_messages_bytes_errors_refusals_and_closes() {
     .await;
 
     // A plain GET to the route is refused (426), a guest is refused by the hook (4003).
-    let (status, _) = http(addr, "GET", ROUTE, "").await;
+    let HttpResponse { status, .. } = http_get(&server.http_url(ROUTE)).await;
     assert_eq!(status, 426);
     until_metric(
-        metrics,
+        &server,
         "ws_upgrade_failures_total",
         &[("route", ROUTE), ("reason", "not_upgrade")],
         1.0,
     )
     .await;
-    let (mut guest, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}?guest=1"))
-        .await
-        .unwrap();
-    while let Some(Ok(_)) = tokio::time::timeout(WAIT, guest.next()).await.unwrap() {}
+    let mut guest = server.connect(&format!("{ROUTE}?guest=1")).await;
+    assert_eq!(guest.expect_close(4003).await, "no guests");
     // Codes outside the known ones share one label (issue 12: bounded series).
     until_metric(
-        metrics,
+        &server,
         "ws_closes_total",
         &[("route", ROUTE), ("code", "other")],
         1.0,
     )
     .await;
 
-    client
-        .close(Some(tungstenite::protocol::CloseFrame {
-            code: 4000.into(),
-            reason: "done".into(),
-        }))
-        .await
-        .unwrap();
+    client.close(4000, "done").await;
     until_metric(
-        metrics,
+        &server,
         "ws_closes_total",
         &[("route", ROUTE), ("code", "other")],
         2.0,
     )
     .await;
-    until_metric(metrics, "ws_connections_open", &route, 0.0).await;
-    until_metric(metrics, "ws_connections_total", &route, 2.0).await;
-    let text = scrape(metrics).await;
+    until_metric(&server, "ws_connections_open", &route, 0.0).await;
+    until_metric(&server, "ws_connections_total", &route, 2.0).await;
+    let text = scrape(&server).await;
     assert!(text.contains("# HELP ws_connections_open"), "{text}");
 
-    shutdown.shutdown();
-    tokio::time::timeout(WAIT, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
 }
 
 async fn silent(_ctx: Context) -> Result<(), Error> {
@@ -175,20 +148,12 @@ async fn metrics_count_queue_full_events_and_slow_peer_disconnects() {
             .queue_capacity(2)
             .send_timeout(std::time::Duration::from_millis(200))
     });
-    let hub = app.hub();
-    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = metrics_listener.local_addr().unwrap();
-    app.metrics_listener(metrics_listener);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = app.shutdown_handle();
-    let server = tokio::spawn(app.serve(listener));
+    let server = TestServer::app(app).await;
+    let hub = server.hub();
 
     // Connected, then never read from: the socket buffers fill, then the queue.
-    let (_slow, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}"))
-        .await
-        .unwrap();
-    crate::support::eventually("connected", || hub.len() == 1).await;
+    let _slow = server.connect(ROUTE).await;
+    server.expect_connections(1).await;
     let payload = gofr_app::message::Bytes::from(vec![0u8; 256 * 1024]);
     let mut delivered = 1;
     for _ in 0..2000 {
@@ -201,26 +166,21 @@ async fn metrics_count_queue_full_events_and_slow_peer_disconnects() {
     }
     assert_eq!(delivered, 0, "the slow peer was never closed");
     // It leaves the hub once its close frame has had the grace period to get out.
-    crate::support::eventually("the slow peer is gone", || hub.is_empty()).await;
+    eventually("the slow peer is gone", || hub.is_empty()).await;
 
-    until_metric(metrics, "ws_slow_peer_disconnects_total", &route, 1.0).await;
+    until_metric(&server, "ws_slow_peer_disconnects_total", &route, 1.0).await;
     until_metric(
-        metrics,
+        &server,
         "ws_closes_total",
         &[("route", ROUTE), ("code", "1008")],
         1.0,
     )
     .await;
-    let text = scrape(metrics).await;
+    let text = scrape(&server).await;
     let full = sample(&text, "ws_queue_full_total", &route).unwrap_or(0.0);
     assert!(full >= 1.0, "queue-full events: {full}\n{text}");
 
-    shutdown.shutdown();
-    tokio::time::timeout(WAIT, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
 }
 
 /// Panics before making its future on "boom", in the closure's synchronous part.
@@ -239,30 +199,22 @@ async fn metric_labels_are_bounded_and_sync_panics_are_counted() {
     const ROUTE: &str = "/metered-labels";
     let mut app = App::with_config(config());
     app.websocket(ROUTE, sync_panic);
-    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = metrics_listener.local_addr().unwrap();
-    app.metrics_listener(metrics_listener);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = app.shutdown_handle();
-    let server = tokio::spawn(app.serve(listener));
+    let server = TestServer::app(app).await;
     // The recorder is installed once the app serves.
-    scrape(metrics).await;
+    scrape(&server).await;
 
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{ROUTE}"))
-        .await
-        .unwrap();
-    client.send(Message::text("boom")).await.unwrap();
-    while let Some(Ok(_)) = tokio::time::timeout(WAIT, client.next()).await.unwrap() {}
+    let mut client = server.connect(ROUTE).await;
+    client.send_text("boom").await;
+    client.expect_close(1011).await;
     until_metric(
-        metrics,
+        &server,
         "ws_handler_errors_total",
         &[("route", ROUTE), ("kind", "panic")],
         1.0,
     )
     .await;
     until_metric(
-        metrics,
+        &server,
         "ws_closes_total",
         &[("route", ROUTE), ("code", "1011")],
         1.0,
@@ -272,37 +224,21 @@ async fn metric_labels_are_bounded_and_sync_panics_are_counted() {
     // An endpoint served as a fallback matches no route pattern: every path is `unmatched`.
     let fallback = axum::Router::new()
         .fallback_service(gofr_app::Endpoint::new(echo_or_fail).into_route::<()>());
-    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain_addr = plain.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(plain, fallback).await });
+    let plain = TestServer::router(fallback).await;
     for (path, code) in [("/peer-chosen/a1", 4321u16), ("/peer-chosen/b2", 3999)] {
-        let (mut peer, _) = tokio_tungstenite::connect_async(format!("ws://{plain_addr}{path}"))
-            .await
-            .unwrap();
-        peer.close(Some(tungstenite::protocol::CloseFrame {
-            code: code.into(),
-            reason: "bye".into(),
-        }))
-        .await
-        .unwrap();
-        while let Some(Ok(_)) = tokio::time::timeout(WAIT, peer.next()).await.unwrap() {}
+        plain.connect(path).await.close(code, "bye").await;
     }
     until_metric(
-        metrics,
+        &server,
         "ws_closes_total",
         &[("route", "unmatched"), ("code", "other")],
         2.0,
     )
     .await;
-    let text = scrape(metrics).await;
+    let text = scrape(&server).await;
     for chosen in ["peer-chosen", "4321", "3999"] {
         assert!(!text.contains(chosen), "{chosen} became a label:\n{text}");
     }
 
-    shutdown.shutdown();
-    tokio::time::timeout(WAIT, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
 }

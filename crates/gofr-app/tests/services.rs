@@ -1,65 +1,14 @@
 //! Outbound WebSocket services through the app: handlers write to them, health shows them,
 //! shutdown closes them.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use gofr_app::{App, Context, Error, HttpContext, ServiceExt as _, ServiceState};
 use http::HeaderMap;
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{Behaviour, Log, Service};
+use ws_test::{HttpResponse, TestServer, eventually, http_get, http_post_text};
 
-use crate::support::{WAIT, config, http, serve};
-
-/// What a notification service received: data texts and the client's close codes.
-#[derive(Clone, Default)]
-struct Received {
-    texts: Arc<Mutex<Vec<String>>>,
-    close_codes: Arc<Mutex<Vec<u16>>>,
-}
-
-/// A WebSocket service on `listener` that records what it receives.
-fn notification_service(listener: TcpListener, received: Received) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let received = received.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    match message {
-                        Message::Text(text) => {
-                            received.texts.lock().unwrap().push(text.to_string())
-                        }
-                        Message::Close(frame) => received
-                            .close_codes
-                            .lock()
-                            .unwrap()
-                            .push(frame.map_or(1005, |f| f.code.into())),
-                        _ => {}
-                    }
-                }
-                let _ = ws.close(None).await;
-            });
-        }
-    })
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use crate::support::config;
 
 async fn from_http(ctx: HttpContext) -> Result<&'static str, Error> {
     let text: String = ctx.bind()?;
@@ -73,18 +22,16 @@ async fn from_websocket(ctx: Context) -> Result<(), Error> {
     Ok(())
 }
 
-async fn health(addr: SocketAddr) -> serde_json::Value {
-    let (status, body) = http(addr, "GET", "/.well-known/health", "").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+async fn health(server: &TestServer) -> serde_json::Value {
+    let health = http_get(&server.http_url("/.well-known/health")).await;
+    assert_eq!(health.status, 200, "{health}");
+    health.json()
 }
 
 #[tokio::test]
 async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdown_closes_it() {
-    // Nothing listens yet: the address is reserved, then released.
-    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let service_addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    // Nothing listens yet: the port is free.
+    let service_addr = std::net::SocketAddr::from(([127, 0, 0, 1], test_support::free_port()));
 
     let mut app = App::with_config(config());
     app.add_ws_service(
@@ -99,10 +46,10 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     app.post("/notify", from_http);
     app.websocket("/ws", from_websocket);
     let pool = app.ws_services();
-    let served = serve(app).await;
+    let server = TestServer::app(app).await;
 
     // Down: the app still serves, health says DEGRADED with the dial error.
-    let body = health(served.addr).await;
+    let body = health(&server).await;
     assert_eq!(body["data"]["status"], "DEGRADED", "{body}");
     let service = &body["data"]["services"]["notifications"];
     assert_eq!(service["status"], "RECONNECTING", "{body}");
@@ -112,17 +59,16 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     );
 
     // Written from an HTTP handler while down: queued.
-    let (status, body) = http(served.addr, "POST", "/notify", "from http").await;
+    let HttpResponse { status, body, .. } =
+        http_post_text(&server.http_url("/notify"), "from http").await;
     assert_eq!((status, body.as_str()), (201, r#"{"data":"sent"}"#));
 
-    let received = Received::default();
-    let listener = TcpListener::bind(service_addr).await.unwrap();
-    let service_task = notification_service(listener, received.clone());
+    let service = Service::restart(service_addr, Log::default(), Behaviour::default()).await;
     eventually("the service connects", || {
         pool.status("notifications").unwrap().state == ServiceState::Connected
     })
     .await;
-    let body = health(served.addr).await;
+    let body = health(&server).await;
     assert_eq!(body["data"]["status"], "UP", "{body}");
     assert_eq!(
         body["data"]["services"]["notifications"]["status"],
@@ -130,42 +76,33 @@ async fn handlers_write_to_a_service_that_starts_late_health_degrades_and_shutdo
     );
 
     // From a WebSocket handler.
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", served.addr))
-        .await
-        .unwrap();
-    client.send(Message::text("hello")).await.unwrap();
-    eventually("both messages arrive", || {
-        received.texts.lock().unwrap().len() == 2
-    })
-    .await;
-    assert_eq!(*received.texts.lock().unwrap(), ["from http", "ws: hello"]);
+    let mut client = server.connect("/ws").await;
+    client.send_text("hello").await;
+    eventually("both messages arrive", || service.log.count() == 2).await;
+    assert_eq!(service.log.texts(), ["from http", "ws: hello"]);
 
     // Shutdown closes the service connection with 1001 and ends every task.
-    served.shutdown.shutdown();
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, client.next()).await {}
-    tokio::time::timeout(WAIT, served.task)
-        .await
-        .expect("the app stops")
-        .unwrap()
-        .unwrap();
+    server.stop_handle().shutdown();
+    client.expect_close(1001).await;
+    server.shutdown().await;
     eventually("the service sees the close frame", || {
-        !received.close_codes.lock().unwrap().is_empty()
+        !service.log.close_codes.lock().unwrap().is_empty()
     })
     .await;
-    assert_eq!(*received.close_codes.lock().unwrap(), [1001]);
+    assert_eq!(*service.log.close_codes.lock().unwrap(), [1001]);
     assert_eq!(
         pool.status("notifications").unwrap().state,
         ServiceState::Closed
     );
-    service_task.abort();
 }
 
 #[tokio::test]
 async fn writing_to_an_unknown_service_is_an_error_response() {
     let mut app = App::with_config(config());
     app.post("/notify", from_http);
-    let served = serve(app).await;
-    let (status, body) = http(served.addr, "POST", "/notify", r#""x""#).await;
+    let server = TestServer::app(app).await;
+    let HttpResponse { status, body, .. } =
+        http_post_text(&server.http_url("/notify"), r#""x""#).await;
     assert_eq!(status, 500);
     assert!(
         body.contains("connection not found for service: notifications"),

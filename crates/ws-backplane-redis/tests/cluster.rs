@@ -2,34 +2,26 @@
 
 use std::time::Duration;
 
-use futures_util::SinkExt as _;
-use tokio_tungstenite::tungstenite::Message;
-use ws_backplane_redis::{RedisBackplane, RedisBackplaneError};
+use ws_backplane_redis::{RedisBackplane, RedisBackplaneError, Settings};
 use ws_context::{Backplane as _, BackplaneStatus, CloseFrame, ConnectionHub, ConnectionId};
+use ws_test::{DEFAULT_TIMEOUT, eventually, eventually_within};
 
-use crate::{
-    redis_server::RedisServer,
-    support::{Instance, WAIT, close_code, eventually, next_data, nothing_within},
-};
+use crate::support::two_instances;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// The id of the only member of `room` on `hub`.
 async fn only_member(hub: &ConnectionHub, room: &str) -> ConnectionId {
-    eventually("the member joined", WAIT, || {
-        hub.room_members(room).len() == 1
-    })
-    .await;
+    eventually("the member joined", || hub.room_members(room).len() == 1).await;
     hub.room_members(room).remove(0)
 }
 
 #[tokio::test]
 async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     assert_eq!(a.hub.backplane_status(), BackplaneStatus::Up);
 
     let mut on_a = a.connect("red").await;
@@ -40,65 +32,63 @@ async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
     only_member(&b.hub, "blue").await;
 
     // A room message from A reaches B's member once; B's blue member gets nothing.
-    on_a.send(Message::text("hi red")).await.unwrap();
-    assert_eq!(next_data(&mut on_a).await, Message::text("hi red"));
-    assert_eq!(next_data(&mut on_b).await, Message::text("hi red"));
+    on_a.send_text("hi red").await;
+    assert_eq!(on_a.recv_text().await, "hi red");
+    assert_eq!(on_b.recv_text().await, "hi red");
     // In each sender's order, both ways.
     for i in 0..20 {
-        on_b.send(Message::text(format!("b{i}"))).await.unwrap();
+        on_b.send_text(format!("b{i}")).await;
     }
     for i in 0..20 {
-        assert_eq!(next_data(&mut on_a).await, Message::text(format!("b{i}")));
-        assert_eq!(next_data(&mut on_b).await, Message::text(format!("b{i}")));
+        assert_eq!(on_a.recv_text().await, format!("b{i}"));
+        assert_eq!(on_b.recv_text().await, format!("b{i}"));
     }
 
     // A broadcast from A reaches every connection on B.
     a.hub.broadcast(ws_context::Message::text("everyone")).await;
-    assert_eq!(next_data(&mut on_b).await, Message::text("everyone"));
-    assert_eq!(next_data(&mut blue_on_b).await, Message::text("everyone"));
-    assert_eq!(next_data(&mut on_a).await, Message::text("everyone"));
+    assert_eq!(on_b.recv_text().await, "everyone");
+    assert_eq!(blue_on_b.recv_text().await, "everyone");
+    assert_eq!(on_a.recv_text().await, "everyone");
 
     // Send-to-id and close-with-code from A reach a connection that lives on B.
     a.hub
         .send_to(&red_b, ws_context::Message::text("just you"))
         .await
         .unwrap();
-    assert_eq!(next_data(&mut on_b).await, Message::text("just you"));
+    assert_eq!(on_b.recv_text().await, "just you");
     assert!(a.hub.close(&red_b, CloseFrame::new(4001, "moved").unwrap()));
-    assert_eq!(close_code(&mut on_b).await, 4001);
+    on_b.expect_close(4001).await;
     // Nothing leaked to the others.
-    assert!(nothing_within(&mut blue_on_b, Duration::from_millis(200)).await);
-    assert!(nothing_within(&mut on_a, Duration::from_millis(10)).await);
+    blue_on_b
+        .expect_nothing_for(Duration::from_millis(200))
+        .await;
+    on_a.expect_nothing_for(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]
 async fn a_room_with_members_on_one_instance_stays_off_the_other() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     let channel = a.backplane.room_channel("solo");
 
     let mut first = a.connect("solo").await;
     let mut second = a.connect("solo").await;
-    eventually("both joined", WAIT, || {
-        a.hub.room_members("solo").len() == 2
-    })
-    .await;
+    eventually("both joined", || a.hub.room_members("solo").len() == 2).await;
     // Only A listens to the room's channel: Redis sends B none of its traffic.
     assert_eq!(
         redis.cli(&["PUBSUB", "NUMSUB", &channel]),
         format!("{channel}\n1")
     );
-    first.send(Message::text("local")).await.unwrap();
-    assert_eq!(next_data(&mut second).await, Message::text("local"));
+    first.send_text("local").await;
+    assert_eq!(second.recv_text().await, "local");
     assert!(b.hub.rooms().is_empty());
 
     // After the last local member leaves, A unsubscribes too.
-    first.close(None).await.unwrap();
-    second.close(None).await.unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
+    first.close(1000, "").await;
+    second.close(1000, "").await;
+    let deadline = std::time::Instant::now() + DEFAULT_TIMEOUT;
     while redis.cli(&["PUBSUB", "NUMSUB", &channel]) != format!("{channel}\n0") {
         assert!(std::time::Instant::now() < deadline, "A kept the channel");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -107,76 +97,63 @@ async fn a_room_with_members_on_one_instance_stays_off_the_other() {
 
 #[tokio::test]
 async fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_resumes() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, a, b)) = two_instances(Settings::default().heartbeat(HEARTBEAT)).await
+    else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     let mut sender = a.connect("r").await;
     let mut local = a.connect("r").await;
     let mut remote = b.connect("r").await;
-    eventually("joined", WAIT, || {
+    eventually("joined", || {
         a.hub.room_members("r").len() == 2 && b.hub.room_members("r").len() == 1
     })
     .await;
 
     redis.kill();
-    eventually("A noticed", WAIT, || {
+    eventually("A noticed", || {
         a.hub.backplane_status() == BackplaneStatus::Down
     })
     .await;
     // Local members are still served while Redis is away.
     for i in 0..5 {
-        sender
-            .send(Message::text(format!("down{i}")))
-            .await
-            .unwrap();
-        assert_eq!(
-            next_data(&mut local).await,
-            Message::text(format!("down{i}"))
-        );
-        assert_eq!(
-            next_data(&mut sender).await,
-            Message::text(format!("down{i}"))
-        );
+        sender.send_text(format!("down{i}")).await;
+        assert_eq!(local.recv_text().await, format!("down{i}"));
+        assert_eq!(sender.recv_text().await, format!("down{i}"));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     redis.restart();
     let answered = std::time::Instant::now();
-    eventually("both back", Duration::from_secs(3), || {
+    eventually_within(Duration::from_secs(3), "both back", || {
         a.hub.backplane_status() == BackplaneStatus::Up
             && b.hub.backplane_status() == BackplaneStatus::Up
     })
     .await;
-    sender.send(Message::text("back")).await.unwrap();
+    sender.send_text("back").await;
     // Lost messages are lost (at most once): the first thing B's member sees is "back".
-    assert_eq!(next_data(&mut remote).await, Message::text("back"));
+    assert_eq!(remote.recv_text().await, "back");
     assert!(
         answered.elapsed() < Duration::from_secs(3),
         "{:?}",
         answered.elapsed()
     );
-    assert_eq!(next_data(&mut local).await, Message::text("back"));
-    assert!(
-        nothing_within(&mut remote, Duration::from_millis(200)).await,
-        "a duplicate"
-    );
+    assert_eq!(local.recv_text().await, "back");
+    // ... and only once.
+    remote.expect_nothing_for(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
 async fn a_dead_instance_is_dropped_after_three_missed_heartbeats() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
-    eventually("A sees both", WAIT, || a.hub.nodes().len() == 2).await;
+    eventually("A sees both", || a.hub.nodes().len() == 2).await;
     assert!(a.hub.nodes().iter().any(|n| **n == *b.hub.origin()));
 
     b.backplane.disconnect();
     let stopped = std::time::Instant::now();
-    eventually("A dropped B", WAIT, || a.hub.nodes().len() == 1).await;
+    eventually("A dropped B", || a.hub.nodes().len() == 1).await;
     // Three heartbeats, plus one for the heartbeat in flight and timer slack.
     assert!(
         stopped.elapsed() <= HEARTBEAT * 4 + Duration::from_millis(100),

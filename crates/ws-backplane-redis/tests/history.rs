@@ -10,40 +10,30 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt as _;
-use tokio::{net::TcpListener, sync::watch};
-use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message as WsMessage};
-use ws_backplane_redis::{RedisBackplane, Settings};
-use ws_context::{CloseFrame, Connection, ConnectionHub, Endpoint, Message, RoomPosition};
+use test_support::RedisServer;
+use tokio::sync::watch;
+use ws_backplane_redis::Settings;
+use ws_context::{CloseFrame, Connection, ConnectionHub, Message, RoomPosition};
+use ws_test::WsClient;
 
-use crate::{redis_server::RedisServer, support::Client};
+use crate::support::Instance;
 
-/// One instance: a hub with a shared history, serving `/ws/{room}[?since=POS]`. A member is
-/// greeted with `{"pos": ...}` at join; a recovery that fails says `{"recovered": false}`
-/// first, then joins with a greeting.
-struct Node {
-    hub: ConnectionHub,
-    addr: std::net::SocketAddr,
-}
+/// How long a client may wait for its next line while hundreds of others are served.
+const READ_WAIT: Duration = Duration::from_secs(15);
 
-async fn node(redis_url: &str, len: usize, age: Duration) -> Node {
-    let backplane = RedisBackplane::with_settings(
-        Settings::default()
-            .prefix("hist")
-            .heartbeat(Duration::from_millis(200)),
-    );
-    let hub = ConnectionHub::with_backplane(backplane.clone());
-    hub.set_history_limits(len, age);
-    backplane.connect(redis_url).await.unwrap();
-    let endpoint = Endpoint::new(|_ctx: ws_context::Context| async { Ok::<(), anyhow::Error>(()) })
-        .hub(hub.clone())
-        .queue_capacity(4096)
-        .on_connect(join);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = axum::Router::new().route("/ws/{room}", endpoint.into_route());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Node { hub, addr }
+/// One instance with a shared history, serving `/ws/{room}[?since=POS]`. A member is greeted
+/// with `{"pos": ...}` at join; a recovery that fails says `{"recovered": false}` first, then
+/// joins with a greeting.
+async fn node(redis_url: &str, len: usize, age: Duration) -> Instance {
+    let settings = Settings::default()
+        .prefix("hist")
+        .heartbeat(Duration::from_millis(200));
+    let node = Instance::start_custom(redis_url, settings, |endpoint| {
+        endpoint.queue_capacity(4096).on_connect(join)
+    })
+    .await;
+    node.hub.set_history_limits(len, age);
+    node
 }
 
 fn greeting(pos: &RoomPosition) -> Message {
@@ -82,50 +72,12 @@ async fn say(hub: &ConnectionHub, room: &str, n: u64) -> RoomPosition {
         .expect("a shared history gives every message a position")
 }
 
-async fn connect(node: &Node, room: &str, since: Option<&str>) -> Client {
-    let mut url = format!("ws://{}/ws/{room}", node.addr);
-    if let Some(since) = since {
-        url.push_str("?since=");
-        url.push_str(since);
-    }
-    let (client, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect failed");
-    client
-}
-
-/// The next JSON text frame.
-async fn next_json(client: &mut Client) -> serde_json::Value {
-    next_json_for(client, "").await
-}
-
-/// The next JSON text frame; `what` names the client in a failure.
-async fn next_json_for(client: &mut Client, what: &str) -> serde_json::Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), client.next())
-            .await
-            .unwrap_or_else(|_| panic!("no frame in time: {what}"))
-            .expect("stream ended")
-            .expect("read failed");
-        match frame {
-            WsMessage::Text(text) => return serde_json::from_str(&text).expect("JSON"),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-/// Cuts the connection with a TCP reset: no close frame.
-fn reset(client: Client) {
-    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
-        #[allow(deprecated, reason = "set_linger is what sends an RST on drop")]
-        stream.set_linger(Some(Duration::ZERO)).unwrap();
-    }
-    drop(client);
+async fn connect(node: &Instance, room: &str, since: Option<&str>) -> WsClient {
+    let path = match since {
+        Some(since) => format!("/ws/{room}?since={since}"),
+        None => format!("/ws/{room}"),
+    };
+    node.server.client(&path).timeout(READ_WAIT).connect().await
 }
 
 /// What one client saw: the message numbers in order and the last position.
@@ -185,31 +137,29 @@ async fn recovery_500_clients_10_rooms_100_cut_by_reset_miss_nothing_across_inst
             let room = format!("room{}", i % ROOMS);
             let mut seen = Seen::default();
             let mut client = connect(&nodes[i % 2], &room, None).await;
-            let hello = next_json(&mut client).await;
+            let hello = client.recv_json().await;
             seen.take(&hello);
             assert!(!seen.pos.is_empty(), "greeted with a position: {hello}");
             ready.send(()).await.unwrap();
             if i % CUT_EVERY == 0 {
                 loop {
                     tokio::select! {
-                        line = next_json(&mut client) => seen.take(&line),
+                        line = client.recv_json() => seen.take(&line),
                         _ = cut.wait_for(|cut| *cut) => break,
                     }
                 }
-                reset(client);
+                client.reset();
                 let before = seen.numbers.len();
                 tokio::time::sleep(Duration::from_millis((i % 50) as u64 * 2)).await;
                 client = connect(&nodes[(i + 1) % 2], &room, Some(&seen.pos)).await;
                 reconnected.fetch_add(1, Ordering::SeqCst);
                 while seen.numbers.last() != Some(&(MESSAGES + LIVE - 1)) {
-                    let what = format!("cut client {i} back, after {:?}", seen.numbers);
-                    seen.take(&next_json_for(&mut client, &what).await);
+                    seen.take(&client.recv_json().await);
                 }
                 recovered_total.fetch_add(seen.numbers.len() - before, Ordering::SeqCst);
             } else {
                 while seen.numbers.last() != Some(&(MESSAGES + LIVE - 1)) {
-                    let what = format!("client {i}, after {:?}", seen.numbers);
-                    seen.take(&next_json_for(&mut client, &what).await);
+                    seen.take(&client.recv_json().await);
                 }
             }
             (i, seen)
@@ -285,8 +235,8 @@ async fn senders_on_two_instances_at_once_share_one_order() {
     let b = node(&redis.url(), 1000, Duration::from_secs(300)).await;
     let mut on_a = connect(&a, "busy", None).await;
     let mut on_b = connect(&b, "busy", None).await;
-    let start_a = next_json(&mut on_a).await;
-    let start_b = next_json(&mut on_b).await;
+    let start_a = on_a.recv_json::<serde_json::Value>().await;
+    let start_b = on_b.recv_json::<serde_json::Value>().await;
     const EACH: u64 = 200;
     let (sent_a, sent_b) = tokio::join!(
         async {
@@ -306,7 +256,7 @@ async fn senders_on_two_instances_at_once_share_one_order() {
         let mut seen = Seen::default();
         seen.take(&start);
         while seen.numbers.len() < 2 * EACH as usize {
-            seen.take(&next_json(client).await);
+            seen.take(&client.recv_json::<serde_json::Value>().await);
         }
         let first = start["pos"]
             .as_str()
@@ -345,18 +295,18 @@ async fn position_at_join_recovers_too_old_and_flushed_are_refused() {
 
     // Received nothing but its greeting, then dropped: recovers the 3 it missed.
     let mut quiet = connect(&a, "r", None).await;
-    let at_join = next_json(&mut quiet).await["pos"]
+    let at_join = quiet.recv_json::<serde_json::Value>().await["pos"]
         .as_str()
         .unwrap()
         .to_owned();
-    reset(quiet);
+    quiet.reset();
     for n in 0..3 {
         say(&b.hub, "r", n).await;
     }
     let mut back = connect(&b, "r", Some(&at_join)).await;
     let mut seen = Seen::default();
     while seen.numbers.len() < 3 {
-        seen.take(&next_json(&mut back).await);
+        seen.take(&back.recv_json::<serde_json::Value>().await);
     }
     assert_eq!(seen.numbers, [0, 1, 2]);
 
@@ -366,14 +316,14 @@ async fn position_at_join_recovers_too_old_and_flushed_are_refused() {
         say(&a.hub, "r", n).await;
     }
     let mut late = connect(&a, "r", Some(&old)).await;
-    let notice = next_json(&mut late).await;
+    let notice = late.recv_json::<serde_json::Value>().await;
     assert_eq!(notice["recovered"], false, "{notice}");
     assert!(
         notice["error"].as_str().unwrap().contains("older"),
         "{notice}"
     );
     // ...and then joined with a fresh position.
-    assert!(next_json(&mut late).await["pos"].is_string());
+    assert!(late.recv_json::<serde_json::Value>().await["pos"].is_string());
 
     // Redis flushed: the epoch is gone, and a new one starts.
     let recent = say(&a.hub, "r", 100).await.to_string();
@@ -385,7 +335,7 @@ async fn position_at_join_recovers_too_old_and_flushed_are_refused() {
     );
     assert_eq!(after.offset(), 1);
     let mut lost = connect(&b, "r", Some(&recent)).await;
-    let notice = next_json(&mut lost).await;
+    let notice = lost.recv_json::<serde_json::Value>().await;
     assert_eq!(notice["recovered"], false, "{notice}");
     assert!(
         notice["error"].as_str().unwrap().contains("changed"),
@@ -394,7 +344,10 @@ async fn position_at_join_recovers_too_old_and_flushed_are_refused() {
 
     // A position from the future, or not ours, is refused the same way.
     let mut odd = connect(&a, "r", Some("99.0123456789abcdef")).await;
-    assert_eq!(next_json(&mut odd).await["recovered"], false);
+    assert_eq!(
+        odd.recv_json::<serde_json::Value>().await["recovered"],
+        false
+    );
 }
 
 /// The age bound: messages older than it are trimmed, and a position before them is too
@@ -406,7 +359,7 @@ async fn messages_older_than_the_age_bound_are_not_recovered() {
     };
     let a = node(&redis.url(), 1000, Duration::from_secs(1)).await;
     let mut client = connect(&a, "aged", None).await;
-    let at_join = next_json(&mut client).await["pos"]
+    let at_join = client.recv_json::<serde_json::Value>().await["pos"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -414,7 +367,7 @@ async fn messages_older_than_the_age_bound_are_not_recovered() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     say(&a.hub, "aged", 1).await;
     let mut late = connect(&a, "aged", Some(&at_join)).await;
-    let notice = next_json(&mut late).await;
+    let notice = late.recv_json::<serde_json::Value>().await;
     assert_eq!(notice["recovered"], false, "{notice}");
     assert!(
         notice["error"].as_str().unwrap().contains("older"),

@@ -2,15 +2,13 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio_tungstenite::tungstenite::Message;
+use futures_util::StreamExt as _;
+use test_support::RedisServer;
 use ws_backplane_redis::Settings;
 use ws_context::{CloseFrame, ConnectionHub};
+use ws_test::{DEFAULT_TIMEOUT, eventually};
 
-use crate::{
-    redis_server::RedisServer,
-    support::{Instance, WAIT, close_code, eventually, next_data, nothing_within},
-};
+use crate::support::{Instance, two_instances};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -73,10 +71,7 @@ async fn publish(redis: &RedisServer, channel: &str, frame: &[u8]) {
 
 /// The id of the only member of `room` on `hub`.
 async fn only_member(hub: &ConnectionHub, room: &str) -> ws_context::ConnectionId {
-    eventually("the member joined", WAIT, || {
-        hub.room_members(room).len() == 1
-    })
-    .await;
+    eventually("the member joined", || hub.room_members(room).len() == 1).await;
     hub.room_members(room).remove(0)
 }
 
@@ -102,23 +97,23 @@ async fn apps_with_different_prefixes_on_one_redis_never_see_each_other() {
     only_member(&one_b.hub, "r").await;
     only_member(&two.hub, "r").await;
 
-    on_a.send(Message::text("one's")).await.unwrap();
-    assert_eq!(next_data(&mut on_b).await, Message::text("one's"));
-    on_two.send(Message::text("two's")).await.unwrap();
-    assert_eq!(next_data(&mut on_two).await, Message::text("two's"));
+    on_a.send_text("one's").await;
+    assert_eq!(on_b.recv_text().await, "one's");
+    on_two.send_text("two's").await;
+    assert_eq!(on_two.recv_text().await, "two's");
     two.hub
         .broadcast(ws_context::Message::text("all of two"))
         .await;
-    assert_eq!(next_data(&mut on_two).await, Message::text("all of two"));
+    assert_eq!(on_two.recv_text().await, "all of two");
     // Close-by-id from the other app, with a real id of app one: nothing.
     assert!(
         two.hub
             .close(&id_a, CloseFrame::new(4001, "not yours").unwrap())
     );
-    assert_eq!(next_data(&mut on_a).await, Message::text("one's"));
-    assert!(nothing_within(&mut on_a, Duration::from_millis(300)).await);
-    assert!(nothing_within(&mut on_b, Duration::from_millis(10)).await);
-    assert!(nothing_within(&mut on_two, Duration::from_millis(10)).await);
+    assert_eq!(on_a.recv_text().await, "one's");
+    on_a.expect_nothing_for(Duration::from_millis(300)).await;
+    on_b.expect_nothing_for(Duration::from_millis(10)).await;
+    on_two.expect_nothing_for(Duration::from_millis(10)).await;
     assert_eq!(one_a.backplane.stats().received, 0);
     assert_eq!(one_b.backplane.stats().received, 1);
     assert_eq!(two.backplane.stats().received, 0);
@@ -159,15 +154,15 @@ async fn without_a_secret_only_well_formed_envelopes_on_the_right_channel_are_ta
     let mut longer = close.clone();
     longer.push(0);
     publish(&redis, &a.backplane.node_channel(node), &longer).await;
-    eventually("six counted as invalid", WAIT, || {
+    eventually("six counted as invalid", || {
         a.backplane.stats().invalid == 6
     })
     .await;
-    assert!(nothing_within(&mut victim, Duration::from_millis(200)).await);
+    victim.expect_nothing_for(Duration::from_millis(200)).await;
     assert_eq!(a.backplane.stats().received, 0);
     // The connection still works.
-    victim.send(Message::text("alive")).await.unwrap();
-    assert_eq!(next_data(&mut victim).await, Message::text("alive"));
+    victim.send_text("alive").await;
+    assert_eq!(victim.recv_text().await, "alive");
 }
 
 #[tokio::test]
@@ -202,27 +197,25 @@ async fn with_a_secret_unsigned_and_altered_envelopes_close_nothing() {
         .hub
         .broadcast(ws_context::Message::text("intruder"))
         .await;
-    eventually("counted as invalid", WAIT, || {
+    eventually("counted as invalid", || {
         a.backplane.stats().invalid >= 3 && b.backplane.stats().invalid >= 1
     })
     .await;
-    assert!(nothing_within(&mut victim, Duration::from_millis(200)).await);
-    assert!(nothing_within(&mut on_b, Duration::from_millis(10)).await);
+    victim.expect_nothing_for(Duration::from_millis(200)).await;
+    on_b.expect_nothing_for(Duration::from_millis(10)).await;
 
     // The instances that share the secret still reach each other, close included.
-    on_b.send(Message::text("signed")).await.unwrap();
-    assert_eq!(next_data(&mut victim).await, Message::text("signed"));
+    on_b.send_text("signed").await;
+    assert_eq!(victim.recv_text().await, "signed");
     assert!(b.hub.close(&id, CloseFrame::new(4002, "by b").unwrap()));
-    assert_eq!(close_code(&mut victim).await, 4002);
+    victim.expect_close(4002).await;
 }
 
 #[tokio::test]
 async fn a_forged_sequence_number_does_not_silence_a_sender() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_instances(app("app")).await else {
         return;
     };
-    let a = Instance::start_with(&redis.url(), app("app")).await;
-    let b = Instance::start_with(&redis.url(), app("app")).await;
     let mut on_a = a.connect("r").await;
     let mut on_b = b.connect("r").await;
     only_member(&a.hub, "r").await;
@@ -233,9 +226,9 @@ async fn a_forged_sequence_number_does_not_silence_a_sender() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut spy = client.get_async_pubsub().await.unwrap();
     spy.subscribe(&channel).await.unwrap();
-    on_a.send(Message::text("first")).await.unwrap();
-    assert_eq!(next_data(&mut on_b).await, Message::text("first"));
-    let seen = tokio::time::timeout(WAIT, spy.on_message().next())
+    on_a.send_text("first").await;
+    assert_eq!(on_b.recv_text().await, "first");
+    let seen = tokio::time::timeout(DEFAULT_TIMEOUT, spy.on_message().next())
         .await
         .unwrap()
         .unwrap();
@@ -258,18 +251,13 @@ async fn a_forged_sequence_number_does_not_silence_a_sender() {
         };
         publish(&redis, &channel, &forged.bytes()).await;
         // Without a secret a well-formed envelope is taken...
-        assert_eq!(next_data(&mut on_b).await, Message::text("forged"));
+        assert_eq!(on_b.recv_text().await, "forged");
         // ...but every real message after it still arrives.
         for i in 0..5 {
-            on_a.send(Message::text(format!("real {forged_seq} {i}")))
-                .await
-                .unwrap();
+            on_a.send_text(format!("real {forged_seq} {i}")).await;
         }
         for i in 0..5 {
-            assert_eq!(
-                next_data(&mut on_b).await,
-                Message::text(format!("real {forged_seq} {i}"))
-            );
+            assert_eq!(on_b.recv_text().await, format!("real {forged_seq} {i}"));
         }
     }
     assert_eq!(b.backplane.stats().duplicates, 0);
@@ -281,13 +269,13 @@ async fn rediss_urls_connect_over_tls() {
         return;
     };
     let ca = std::fs::read(redis.tls_ca().unwrap()).unwrap();
-    let url = format!("rediss://localhost:{}/", redis.port);
+    let url = format!("rediss://localhost:{}/", redis.port());
     let a = Instance::start_with(&url, app("tls").tls_root_ca(ca.clone())).await;
     let b = Instance::start_with(&url, app("tls").tls_root_ca(ca)).await;
     let mut on_a = a.connect("r").await;
     let mut on_b = b.connect("r").await;
     only_member(&a.hub, "r").await;
     only_member(&b.hub, "r").await;
-    on_a.send(Message::text("over tls")).await.unwrap();
-    assert_eq!(next_data(&mut on_b).await, Message::text("over tls"));
+    on_a.send_text("over tls").await;
+    assert_eq!(on_b.recv_text().await, "over tls");
 }

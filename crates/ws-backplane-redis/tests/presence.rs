@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use ws_backplane_redis::Settings;
 use ws_context::ConnectionHub;
 
-use crate::{redis_server::RedisServer, support::Instance};
+use crate::support::two_instances;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -39,11 +40,10 @@ async fn presence_of(
 
 #[tokio::test]
 async fn presence_is_the_same_on_both_instances_and_drops_a_dead_ones_members() {
-    let Some(redis) = RedisServer::start() else {
+    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
-    let a = Instance::start(&redis.url(), HEARTBEAT).await;
-    let b = Instance::start(&redis.url(), HEARTBEAT).await;
     let mut on_a = Vec::new();
     for _ in 0..3 {
         on_a.push(a.connect("p").await);
@@ -59,7 +59,7 @@ async fn presence_is_the_same_on_both_instances_and_drops_a_dead_ones_members() 
 
     // One leaves (its socket closes): gone on both within a second.
     let mut leaving = on_b.pop().unwrap();
-    leaving.close(None).await.unwrap();
+    leaving.close(1000, "").await;
     drop(leaving);
     let (seen_by_a, _) = presence_of(&a.hub, "p", 4, second).await;
     let (seen_by_b, _) = presence_of(&b.hub, "p", 4, second).await;

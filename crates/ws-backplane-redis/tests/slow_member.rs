@@ -3,40 +3,30 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use test_support::RedisServer;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use ws_backplane_redis::Settings;
+use ws_test::{WsClient, eventually, eventually_within};
 
-use crate::{
-    redis_server::RedisServer,
-    support::{Client, Instance, WAIT, eventually},
-};
+use crate::support::Instance;
 
 const MESSAGES: usize = 20_000;
 /// Large enough that the non-reader's socket buffers fill long before the end.
 const SIZE: usize = 1024;
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Reads `MESSAGES` data frames and checks they are 0, 1, 2, ... in order.
-async fn read_all(mut client: Client) -> usize {
-    let mut next = 0;
-    while next < MESSAGES {
-        let frame = tokio::time::timeout(Duration::from_secs(30), client.next())
-            .await
-            .expect("no frame in time")
-            .expect("stream ended")
-            .expect("read failed");
-        match frame {
-            Message::Text(text) => {
-                let n: usize = text.split(' ').next().unwrap().parse().unwrap();
-                assert_eq!(n, next, "out of order");
-                next += 1;
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected data, got {other:?}"),
-        }
+/// How long a reader may wait for its next message while 20,000 go through Redis.
+const READ_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads `MESSAGES` text messages and checks they are 0, 1, 2, ... in order.
+async fn read_all(mut client: WsClient) -> usize {
+    for expected in 0..MESSAGES {
+        let text = client.recv_text().await;
+        let n: usize = text.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(n, expected, "out of order");
     }
-    next
+    MESSAGES
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,16 +52,17 @@ async fn a_member_that_never_reads_is_closed_and_everyone_else_gets_every_messag
     )
     .await;
 
-    let readers_on_a = [a.connect("r").await, a.connect("r").await];
-    let reader_on_b = b.connect("r").await;
+    let reader = |instance: &Instance| instance.server.client("/ws/r").timeout(READ_WAIT).connect();
+    let readers_on_a = [reader(&a).await, reader(&a).await];
+    let reader_on_b = reader(&b).await;
     // The non-reader: a small receive buffer, and it never reads.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(a.addr).await.unwrap();
-    let (mut stuck, _) = tokio_tungstenite::client_async(format!("ws://{}/ws/r", a.addr), stream)
+    let stream = socket.connect(a.server.addr()).await.unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(a.server.ws_url("/ws/r"), stream)
         .await
         .unwrap();
-    eventually("all joined", WAIT, || {
+    eventually("all joined", || {
         a.hub.room_members("r").len() == 3 && b.hub.room_members("r").len() == 1
     })
     .await;
@@ -96,12 +87,9 @@ async fn a_member_that_never_reads_is_closed_and_everyone_else_gets_every_messag
 
     // The readers are gone; the non-reader was given up on after its send timeout, without
     // it reading anything: closed with 1008.
-    eventually("the readers left", WAIT, || {
-        a.hub.room_members("r").len() == 1
-    })
-    .await;
+    eventually("the readers left", || a.hub.room_members("r").len() == 1).await;
     let stuck_id = a.hub.room_members("r").remove(0);
-    eventually("the non-reader was closed", SEND_TIMEOUT * 4, || {
+    eventually_within(SEND_TIMEOUT * 4, "the non-reader was closed", || {
         a.hub.get(&stuck_id).is_none_or(|writer| writer.is_closed())
     })
     .await;

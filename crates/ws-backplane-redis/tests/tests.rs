@@ -5,6 +5,5 @@ mod fuzz_corpus;
 mod history;
 mod isolation;
 mod presence;
-mod redis_server;
 mod slow_member;
 mod support;

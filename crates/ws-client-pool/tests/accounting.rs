@@ -6,7 +6,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::Message as WireMessage;
 use ws_client_pool::{Reconnect, ServiceOptions, ServiceState, WsClientPool};
 
-use crate::support::{Behaviour, Log, Service, WAIT, eventually};
+use ws_test::eventually_within;
+
+use crate::support::WAIT;
+use test_support::{Behaviour, Log, Service};
 
 const COUNT: usize = 64;
 const SIZE: usize = 64 << 10;
@@ -118,12 +121,12 @@ async fn a_reset_link_resends_every_message_that_never_left_and_counts_only_thos
     first.get_ref().set_zero_linger().unwrap();
     drop(first);
     let recorder = Service::restart(addr, Log::default(), Behaviour::default()).await;
-    eventually("the pool reconnects and empties its queue", || {
+    eventually_within(WAIT, "the pool reconnects and empties its queue", || {
         let status = pool.status("svc").unwrap();
         status.reconnects == 1 && status.queued == 0 && status.state == ServiceState::Connected
     })
     .await;
-    eventually("the recorder has everything sent to it", || {
+    eventually_within(WAIT, "the recorder has everything sent to it", || {
         recorder.log.count() >= COUNT - may_have_left
             || pool.status("svc").unwrap().sent as usize >= COUNT
     })

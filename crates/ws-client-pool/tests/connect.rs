@@ -3,10 +3,13 @@
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
-use tokio::{io::AsyncReadExt as _, net::TcpListener};
+use tokio::{io::AsyncReadExt as _, net::TcpListener, sync::mpsc};
 use ws_client_pool::{PoolError, ServiceOptions, ServiceState, WsClientPool};
 
-use crate::support::{Behaviour, Service, WAIT, eventually, free_addr, state};
+use ws_test::eventually_within;
+
+use crate::support::{WAIT, free_addr, pool_of, pool_with, state};
+use test_support::{Behaviour, Service};
 
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -21,7 +24,10 @@ async fn connects_to_a_live_service_and_sends_the_handshake_headers() {
         .unwrap();
     assert_eq!(state(&pool, "svc"), ServiceState::Connected);
     pool.write_message_to_service("svc", "hello").unwrap();
-    eventually("the message arrives", || service.log.texts() == ["hello"]).await;
+    eventually_within(WAIT, "the message arrives", || {
+        service.log.texts() == ["hello"]
+    })
+    .await;
     assert_eq!(
         *service.log.authorization.lock().unwrap(),
         [Some("Bearer t".to_owned())]
@@ -30,7 +36,7 @@ async fn connects_to_a_live_service_and_sends_the_handshake_headers() {
 
 #[tokio::test]
 async fn first_dial_to_nothing_with_reconnection_returns_ok_and_connects_later() {
-    let addr = free_addr().await;
+    let addr = free_addr();
     let pool = WsClientPool::new();
     pool.add_ws_service(
         "svc",
@@ -49,7 +55,7 @@ async fn first_dial_to_nothing_with_reconnection_returns_ok_and_connects_later()
     assert_eq!(pool.status("svc").unwrap().queued, 1);
 
     let service = Service::restart(addr, Default::default(), Behaviour::default()).await;
-    eventually("the queued message arrives", || {
+    eventually_within(WAIT, "the queued message arrives", || {
         service.log.texts() == ["early"]
     })
     .await;
@@ -59,7 +65,7 @@ async fn first_dial_to_nothing_with_reconnection_returns_ok_and_connects_later()
 
 #[tokio::test]
 async fn first_dial_to_nothing_without_reconnection_is_an_error() {
-    let addr = free_addr().await;
+    let addr = free_addr();
     let pool = WsClientPool::new();
     let error = pool
         .add_ws_service(
@@ -167,10 +173,7 @@ async fn handshake_headers_and_zero_values_are_refused_up_front() {
 #[tokio::test]
 async fn a_name_is_registered_once() {
     let service = Service::start(Behaviour::default()).await;
-    let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), true, RETRY)
-        .await
-        .unwrap();
+    let pool = pool_with(&service.url(), true, RETRY).await;
     let error = pool
         .add_ws_service("svc", &service.url(), HeaderMap::new(), true, RETRY)
         .await
@@ -181,23 +184,40 @@ async fn a_name_is_registered_once() {
     );
 }
 
-#[tokio::test]
-async fn wss_urls_speak_tls() {
-    // A raw TCP listener: the first bytes a wss:// client sends are a TLS ClientHello.
+/// A TCP listener that accepts connections and never answers; the first three bytes of
+/// each come out of the receiver. Each connection is then held open (`hold`) or dropped.
+async fn silent_listener(hold: bool) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<[u8; 3]>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = [0u8; 3];
-        tcp.read_exact(&mut head).await.unwrap();
-        head
+    let (heads, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 3];
+                if tcp.read_exact(&mut head).await.is_ok() {
+                    let _ = heads.send(head);
+                }
+                if hold {
+                    // Unanswered until the test ends.
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
     });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn wss_urls_speak_tls() {
+    // The first bytes a wss:// client sends are a TLS ClientHello.
+    let (addr, mut heads) = silent_listener(false).await;
     let pool = WsClientPool::new();
     let dial = pool.add_service(
         "secure",
         ServiceOptions::new(format!("wss://{addr}/ws")).no_reconnect(),
     );
-    let (dialled, head) = tokio::time::timeout(WAIT, async { tokio::join!(dial, server) })
+    let (dialled, head) = tokio::time::timeout(WAIT, async { tokio::join!(dial, heads.recv()) })
         .await
         .unwrap();
     // Record type 22 (handshake), protocol major version 3.
@@ -212,14 +232,7 @@ async fn wss_urls_speak_tls() {
 #[tokio::test]
 async fn a_cancelled_first_dial_leaves_the_name_free() {
     // Accepts TCP but never answers the handshake.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp);
-        }
-    });
+    let (addr, _heads) = silent_listener(true).await;
     let pool = WsClientPool::new();
     let url = format!("ws://{addr}/ws");
     let dial = pool.add_ws_service("svc", &url, HeaderMap::new(), true, RETRY);
@@ -233,22 +246,17 @@ async fn a_cancelled_first_dial_leaves_the_name_free() {
 
 #[tokio::test]
 async fn exponential_backoff_reconnects_when_the_service_appears() {
-    let addr = free_addr().await;
-    let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(format!("ws://{addr}/ws")).reconnect(
-            ws_client_pool::Reconnect::exponential(
-                Duration::from_millis(10),
-                Duration::from_millis(80),
-            ),
+    let addr = free_addr();
+    let pool = pool_of(ServiceOptions::new(format!("ws://{addr}/ws")).reconnect(
+        ws_client_pool::Reconnect::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(80),
         ),
-    )
-    .await
-    .unwrap();
+    ))
+    .await;
     pool.write_message_to_service("svc", "queued").unwrap();
     let service = Service::restart(addr, Default::default(), Behaviour::default()).await;
-    eventually("the queued message arrives", || {
+    eventually_within(WAIT, "the queued message arrives", || {
         service.log.texts() == ["queued"]
     })
     .await;

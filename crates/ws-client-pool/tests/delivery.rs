@@ -3,30 +3,25 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use http::HeaderMap;
 use tokio_tungstenite::tungstenite::Message as WireMessage;
-use ws_client_pool::{Message, PoolError, ServiceOptions, ServiceState, WsClientPool};
+use ws_client_pool::{
+    Message, PoolError, ServiceMessages, ServiceOptions, ServiceState, WsClientPool,
+};
 
-use crate::support::{Behaviour, Service, WAIT, eventually, free_addr};
+use ws_test::eventually_within;
+
+use crate::support::{WAIT, free_addr, pool_of, pool_with};
+use test_support::{Behaviour, Service};
 
 #[tokio::test]
 async fn delivers_1000_messages_in_order() {
     let service = Service::start(Behaviour::default()).await;
-    let pool = WsClientPool::new();
-    pool.add_ws_service(
-        "svc",
-        &service.url(),
-        HeaderMap::new(),
-        true,
-        Duration::from_millis(50),
-    )
-    .await
-    .unwrap();
+    let pool = pool_with(&service.url(), true, Duration::from_millis(50)).await;
     for i in 0..1000 {
         pool.write_message_to_service("svc", format!("m{i}"))
             .unwrap();
     }
-    eventually("1000 messages arrive", || service.log.count() >= 1000).await;
+    eventually_within(WAIT, "1000 messages arrive", || service.log.count() >= 1000).await;
     let expected: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
     assert_eq!(service.log.texts(), expected);
     let status = pool.status("svc").unwrap();
@@ -39,16 +34,7 @@ async fn delivers_1000_messages_in_order() {
 #[tokio::test]
 async fn values_are_encoded_like_write_message_to_socket() {
     let service = Service::start(Behaviour::default()).await;
-    let pool = WsClientPool::new();
-    pool.add_ws_service(
-        "svc",
-        &service.url(),
-        HeaderMap::new(),
-        false,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    let pool = pool_with(&service.url(), false, Duration::from_secs(1)).await;
     pool.write_message_to_service("svc", "text").unwrap();
     pool.write_message_to_service("svc", vec![0u8, 255])
         .unwrap();
@@ -62,7 +48,7 @@ async fn values_are_encoded_like_write_message_to_socket() {
         matches!(error, PoolError::NotData { kind: "ping" }),
         "{error}"
     );
-    eventually("three messages arrive", || service.log.count() >= 3).await;
+    eventually_within(WAIT, "three messages arrive", || service.log.count() >= 3).await;
     assert_eq!(
         *service.log.received.lock().unwrap(),
         [
@@ -75,16 +61,13 @@ async fn values_are_encoded_like_write_message_to_socket() {
 
 #[tokio::test]
 async fn a_full_queue_is_a_typed_error_and_memory_stays_bounded() {
-    let addr = free_addr().await;
-    let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
+    let addr = free_addr();
+    let pool = pool_of(
         ServiceOptions::new(format!("ws://{addr}/ws"))
             .queue_capacity(10)
             .reconnect(ws_client_pool::Reconnect::fixed(Duration::from_secs(60))),
     )
-    .await
-    .unwrap();
+    .await;
     let payload = "x".repeat(1024);
     for _ in 0..10 {
         pool.write_message_to_service("svc", payload.clone())
@@ -114,16 +97,7 @@ async fn messages_from_the_service_arrive_through_the_stream() {
         ..Default::default()
     })
     .await;
-    let pool = WsClientPool::new();
-    pool.add_ws_service(
-        "svc",
-        &service.url(),
-        HeaderMap::new(),
-        true,
-        Duration::from_millis(50),
-    )
-    .await
-    .unwrap();
+    let pool = pool_with(&service.url(), true, Duration::from_millis(50)).await;
     let mut messages = pool.messages("svc").unwrap();
     pool.write_message_to_service("svc", "ping me").unwrap();
     pool.write_message_to_service("svc", vec![1u8, 2, 3])
@@ -151,60 +125,52 @@ async fn messages_from_the_service_arrive_through_the_stream() {
     );
 }
 
-#[tokio::test]
-async fn a_slow_reader_pauses_reading_instead_of_buffering_without_limit() {
+/// An echo service and a pool reading it as `options` say: `count` numbers written, and
+/// echoed by the service, none read by the pool's reader yet (returned).
+async fn echoed_unread(
+    count: usize,
+    options: impl FnOnce(ServiceOptions) -> ServiceOptions,
+) -> (Service, WsClientPool, ServiceMessages) {
     let service = Service::start(Behaviour {
         echo: true,
         ..Default::default()
     })
     .await;
-    let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(service.url()).inbound_capacity(4),
-    )
-    .await
-    .unwrap();
-    let mut messages = pool.messages("svc").unwrap();
-    for i in 0..50 {
+    let pool = pool_of(options(ServiceOptions::new(service.url()))).await;
+    let messages = pool.messages("svc").unwrap();
+    for i in 0..count {
         pool.write_message_to_service("svc", format!("{i}"))
             .unwrap();
     }
-    eventually("the service echoed everything", || {
-        service.log.count() == 50
+    eventually_within(WAIT, "the service echoed everything", || {
+        service.log.count() == count
     })
     .await;
-    // Nothing is lost while the reader catches up.
-    for i in 0..50 {
+    (service, pool, messages)
+}
+
+/// Reads the numbers `0..count` from `messages`, in order.
+async fn read_numbers(messages: &mut ServiceMessages, count: usize) {
+    for i in 0..count {
         let message = tokio::time::timeout(WAIT, messages.recv()).await.unwrap();
         assert_eq!(message, Some(Message::text(format!("{i}"))));
     }
+}
+
+#[tokio::test]
+async fn a_slow_reader_pauses_reading_instead_of_buffering_without_limit() {
+    let (_service, pool, mut messages) =
+        echoed_unread(50, |options| options.inbound_capacity(4)).await;
+    // Nothing is lost while the reader catches up.
+    read_numbers(&mut messages, 50).await;
     assert_eq!(pool.status("svc").unwrap().discarded, 0);
 }
 
 #[tokio::test]
 async fn a_paused_reader_is_not_mistaken_for_a_dead_service() {
     let ping = Duration::from_millis(50);
-    let service = Service::start(Behaviour {
-        echo: true,
-        ..Default::default()
-    })
-    .await;
-    let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(service.url())
-            .inbound_capacity(1)
-            .ping_interval(ping),
-    )
-    .await
-    .unwrap();
-    let mut messages = pool.messages("svc").unwrap();
-    for i in 0..5 {
-        pool.write_message_to_service("svc", format!("{i}"))
-            .unwrap();
-    }
-    eventually("the service echoed everything", || service.log.count() == 5).await;
+    let (_service, pool, mut messages) =
+        echoed_unread(5, |options| options.inbound_capacity(1).ping_interval(ping)).await;
     // Nobody reads for several ping intervals: reading the socket pauses, the pongs wait
     // unread, and the connection must stay.
     let until = tokio::time::Instant::now() + ping * 6;
@@ -216,8 +182,5 @@ async fn a_paused_reader_is_not_mistaken_for_a_dead_service() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for i in 0..5 {
-        let message = tokio::time::timeout(WAIT, messages.recv()).await.unwrap();
-        assert_eq!(message, Some(Message::text(format!("{i}"))));
-    }
+    read_numbers(&mut messages, 5).await;
 }

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
-use ws_client_pool::{ServiceOptions, ServiceState, WsClientPool};
+use ws_client_pool::{ServiceOptions, ServiceState};
 
-use crate::support::{Behaviour, Service, WAIT, eventually, state};
+use ws_test::eventually_within;
+
+use crate::support::{WAIT, pool_of, pool_with, state};
+use test_support::{Behaviour, Service};
 
 const RETRY: Duration = Duration::from_millis(20);
 
@@ -14,10 +16,7 @@ async fn five_graceful_restarts_under_a_steady_producer_lose_and_repeat_nothing(
     let mut service = Service::start(Behaviour::default()).await;
     let addr = service.addr;
     let log = service.log.clone();
-    let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), true, RETRY)
-        .await
-        .unwrap();
+    let pool = pool_with(&service.url(), true, RETRY).await;
 
     let producer = {
         let pool = pool.clone();
@@ -32,7 +31,7 @@ async fn five_graceful_restarts_under_a_steady_producer_lose_and_repeat_nothing(
     };
     for restart in 1..=5 {
         // Restart while the producer is mid-stream: after each further 150 messages.
-        eventually("the service makes progress", || {
+        eventually_within(WAIT, "the service makes progress", || {
             log.count() >= restart * 150
         })
         .await;
@@ -40,7 +39,7 @@ async fn five_graceful_restarts_under_a_steady_producer_lose_and_repeat_nothing(
         service = Service::restart(addr, log.clone(), Behaviour::default()).await;
     }
     tokio::time::timeout(WAIT, producer).await.unwrap().unwrap();
-    eventually("all 1000 arrive", || log.count() >= 1000).await;
+    eventually_within(WAIT, "all 1000 arrive", || log.count() >= 1000).await;
 
     let expected: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
     assert_eq!(log.texts(), expected, "in order, none lost, none twice");
@@ -59,15 +58,12 @@ async fn a_killed_service_is_noticed_and_reconnected_to() {
     let service = Service::start(Behaviour::default()).await;
     let addr = service.addr;
     let log = service.log.clone();
-    let pool = WsClientPool::new();
-    pool.add_ws_service("svc", &service.url(), HeaderMap::new(), true, RETRY)
-        .await
-        .unwrap();
+    let pool = pool_with(&service.url(), true, RETRY).await;
     pool.write_message_to_service("svc", "before").unwrap();
-    eventually("the first message arrives", || log.count() == 1).await;
+    eventually_within(WAIT, "the first message arrives", || log.count() == 1).await;
 
     service.kill().await;
-    eventually("the pool notices", || {
+    eventually_within(WAIT, "the pool notices", || {
         state(&pool, "svc") != ServiceState::Connected
     })
     .await;
@@ -78,7 +74,7 @@ async fn a_killed_service_is_noticed_and_reconnected_to() {
 
     pool.write_message_to_service("svc", "while down").unwrap();
     let _service = Service::restart(addr, log.clone(), Behaviour::default()).await;
-    eventually("the queued message arrives", || log.count() == 2).await;
+    eventually_within(WAIT, "the queued message arrives", || log.count() == 2).await;
     assert_eq!(log.texts(), ["before", "while down"]);
     assert_eq!(pool.status("svc").unwrap().reconnects, 1);
 }
@@ -92,33 +88,30 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
         ..Default::default()
     })
     .await;
-    let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
+    let pool = pool_of(
         ServiceOptions::new(service.url())
             .reconnect(ws_client_pool::Reconnect::fixed(RETRY))
             .ping_interval(ping),
     )
-    .await
-    .unwrap();
+    .await;
     for i in 0..5 {
         pool.write_message_to_service("svc", format!("read {i}"))
             .unwrap();
     }
-    eventually("5 messages are read", || service.log.count() == 5).await;
+    eventually_within(WAIT, "5 messages are read", || service.log.count() == 5).await;
     // These sit in the kernels' buffers of the hung connection.
     for i in 0..20 {
         pool.write_message_to_service("svc", format!("stuck {i}"))
             .unwrap();
     }
-    eventually("all 25 are written", || {
+    eventually_within(WAIT, "all 25 are written", || {
         pool.status("svc").unwrap().sent == 25
     })
     .await;
     let hung_at = tokio::time::Instant::now();
 
     // The second connection is served normally.
-    eventually("the pool reconnects", || {
+    eventually_within(WAIT, "the pool reconnects", || {
         pool.status("svc").unwrap().reconnects == 1
     })
     .await;
@@ -137,7 +130,7 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
     assert!(error.contains("ping"), "{error}");
 
     pool.write_message_to_service("svc", "after").unwrap();
-    eventually("the new connection carries it", || {
+    eventually_within(WAIT, "the new connection carries it", || {
         service.log.texts().last().map(String::as_str) == Some("after")
     })
     .await;

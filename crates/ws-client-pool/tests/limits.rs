@@ -13,7 +13,9 @@ use tokio_tungstenite::tungstenite::{
 };
 use ws_client_pool::{Message, Reconnect, ServiceOptions, ServiceState, WsClientPool};
 
-use crate::support::{WAIT, eventually};
+use ws_test::eventually_within;
+
+use crate::support::WAIT;
 
 /// A service that sends, on each connection, one message of exactly 16 MiB (allowed), then
 /// a 17 MiB one: on the first connection in 1 MiB frames (over the message limit), on later
@@ -83,7 +85,7 @@ async fn a_service_sending_more_than_the_limits_is_closed_with_1009_and_reconnec
     // Over the message limit (17 frames of 1 MiB), then over the frame limit (one frame).
     assert_eq!(next_code(&mut codes).await, 1009);
     assert_eq!(next_code(&mut codes).await, 1009);
-    eventually("the pool reconnected", || {
+    eventually_within(WAIT, "the pool reconnected", || {
         pool.status("svc").unwrap().reconnects >= 1
     })
     .await;

@@ -5,12 +5,15 @@ use std::time::Duration;
 use http::HeaderMap;
 use ws_client_pool::{PoolError, ServiceState, WsClientPool};
 
-use crate::support::{Behaviour, Service, WAIT, eventually, free_addr};
+use ws_test::eventually_within;
+
+use crate::support::{WAIT, free_addr, pool_with};
+use test_support::{Behaviour, Service};
 
 #[tokio::test]
 async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
     let service = Service::start(Behaviour::default()).await;
-    let down = free_addr().await;
+    let down = free_addr();
     let pool = WsClientPool::new();
     pool.add_ws_service(
         "up",
@@ -37,7 +40,7 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
         .await
         .expect("shutdown ends even with a service that is down");
 
-    eventually("the close frame arrives", || {
+    eventually_within(WAIT, "the close frame arrives", || {
         !service.log.close_codes.lock().unwrap().is_empty()
     })
     .await;
@@ -72,18 +75,9 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
 #[tokio::test]
 async fn a_dropped_connection_without_reconnection_closes_the_service() {
     let service = Service::start(Behaviour::default()).await;
-    let pool = WsClientPool::new();
-    pool.add_ws_service(
-        "svc",
-        &service.url(),
-        HeaderMap::new(),
-        false,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    let pool = pool_with(&service.url(), false, Duration::from_secs(1)).await;
     service.stop_gracefully().await;
-    eventually("the service is closed", || {
+    eventually_within(WAIT, "the service is closed", || {
         pool.status("svc").unwrap().state == ServiceState::Closed
     })
     .await;

@@ -3,14 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use test_support::room_chat;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use ws_context::{
-    Backplane, BackplaneError, BackplaneFuture, CloseFrame, Connection, ConnectionHub, Context,
-    Endpoint, Envelope, Inbound,
-};
-
-use crate::support::{connect, eventually, next_data, serve};
+use ws_context::{Backplane, BackplaneError, BackplaneFuture, ConnectionHub, Envelope, Inbound};
+use ws_test::{TestServer, eventually};
 
 /// Links hubs in one process: one bounded queue, one reader delivering to every hub in order.
 #[derive(Clone)]
@@ -62,27 +58,9 @@ impl Backplane for MemoryBus {
     }
 }
 
-async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
-    conn.hub()
-        .join(conn.id(), conn.path_param("room").unwrap_or("lobby"))
-        .await;
-    Ok(())
-}
-
-async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
-    let text: String = ctx.bind()?;
-    let room = ctx.path_param("room").unwrap_or("lobby");
-    ctx.hub()
-        .send_to_room(room, ws_context::Message::text(text))
-        .await;
-    Ok(())
-}
-
-async fn instance(hub: &ConnectionHub) -> std::net::SocketAddr {
-    let endpoint = Endpoint::new(to_room)
-        .hub(hub.clone())
-        .on_connect(join_room);
-    serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
+/// One instance: `hub` serving the room chat.
+async fn instance(hub: &ConnectionHub) -> TestServer {
+    TestServer::router_with_hub(room_chat(hub, |endpoint| endpoint), hub.clone()).await
 }
 
 #[tokio::test]
@@ -90,29 +68,27 @@ async fn rooms_and_broadcasts_span_hubs_linked_by_a_backplane() {
     let bus = MemoryBus::new();
     let hub_a = ConnectionHub::with_backplane(bus.clone());
     let hub_b = ConnectionHub::with_backplane(bus.clone());
-    let (addr_a, addr_b) = (instance(&hub_a).await, instance(&hub_b).await);
+    let (a, b) = (instance(&hub_a).await, instance(&hub_b).await);
 
-    let mut on_a = connect(addr_a, "/ws/red").await;
-    let mut on_b = connect(addr_b, "/ws/red").await;
-    let mut other_room = connect(addr_b, "/ws/blue").await;
+    let mut on_a = a.connect("/ws/red").await;
+    let mut on_b = b.connect("/ws/red").await;
+    let mut other_room = b.connect("/ws/blue").await;
     eventually("all joined", || {
         hub_a.room_members("red").len() == 1 && hub_b.rooms().len() == 2
     })
     .await;
 
     // A handler on instance A reaches the room's member on instance B, once.
-    futures_util::SinkExt::send(&mut on_a, Message::text("hi red"))
-        .await
-        .unwrap();
-    assert_eq!(next_data(&mut on_a).await, Message::text("hi red"));
-    assert_eq!(next_data(&mut on_b).await, Message::text("hi red"));
+    on_a.send_text("hi red").await;
+    assert_eq!(on_a.recv_text().await, "hi red");
+    assert_eq!(on_b.recv_text().await, "hi red");
     // A broadcast from B reaches everyone on both; blue saw nothing of red before it.
     assert_eq!(hub_b.broadcast(ws_context::Message::text("all")).await, 2);
     for client in [&mut on_a, &mut on_b, &mut other_room] {
-        assert_eq!(next_data(client).await, Message::text("all"));
+        assert_eq!(client.recv_text().await, "all");
     }
 
-    on_a.close(None).await.unwrap();
+    on_a.close(1000, "").await;
     eventually("the last local member left red on A", || {
         bus.interests
             .lock()

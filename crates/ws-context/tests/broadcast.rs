@@ -2,20 +2,14 @@
 //! permessage-deflate and inflates the server's frames with flate2; every receiver, compressed
 //! or not, gets the message.
 
-use std::net::SocketAddr;
-
 use flate2::{Decompress, FlushDecompress};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
-use tokio_tungstenite::tungstenite::Message as ClientMessage;
+use test_support::{Frame, header, raw_request, read_frame, upgrade_request};
+use tokio::net::TcpStream;
 use ws_context::{
     Backplane, BackplaneError, ConnectionHub, Context, Endpoint, Envelope, Inbound, Message,
     Target, WsUpgrader,
 };
-
-use crate::support::{WAIT, connect, eventually, next_data, serve};
+use ws_test::{TestServer, eventually};
 
 /// RFC 7692 §7.2.1: the tail every flushed message ends with, stripped on the wire.
 const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
@@ -25,43 +19,29 @@ async fn ignore(_ctx: Context) -> Result<(), ws_context::BindError> {
 }
 
 /// Opens a WebSocket offering permessage-deflate; fails unless the server accepts it.
-async fn open_compressed(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(
-        head.contains("sec-websocket-extensions: permessage-deflate"),
-        "{head}"
+async fn open_compressed(server: &TestServer) -> TcpStream {
+    let addr = server.addr();
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let (stream, status, headers) = raw_request(addr, &upgrade_request(addr, "/ws", offer)).await;
+    assert_eq!(status, 101, "{headers:?}");
+    assert_eq!(
+        header(&headers, "sec-websocket-extensions").map(|e| e.starts_with("permessage-deflate")),
+        Some(true),
+        "{headers:?}"
     );
     stream
 }
 
-/// Reads one unmasked server frame: its first byte (FIN, RSV1, opcode) and its payload.
-async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let read = async {
-        let first = stream.read_u8().await.unwrap();
-        let len = match stream.read_u8().await.unwrap() & 0x7f {
-            126 => u64::from(stream.read_u16().await.unwrap()),
-            127 => stream.read_u64().await.unwrap(),
-            len => u64::from(len),
-        };
-        let mut payload = vec![0; usize::try_from(len).unwrap()];
-        stream.read_exact(&mut payload).await.unwrap();
-        (first, payload)
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("no frame in time")
+/// One compressed text frame (FIN, RSV1, text) of `expected`.
+async fn expect_compressed(stream: &mut TcpStream, expected: &str) -> Frame {
+    let frame = read_frame(stream).await;
+    assert_eq!(
+        (frame.fin, frame.rsv1, frame.opcode),
+        (true, true, 0x1),
+        "one compressed text frame"
+    );
+    assert_eq!(inflate(&frame.payload), expected.as_bytes());
+    frame
 }
 
 fn inflate(payload: &[u8]) -> Vec<u8> {
@@ -97,12 +77,12 @@ async fn broadcast_and_room_messages_reach_compressed_and_plain_receivers() {
     let hub = ConnectionHub::new();
     let upgrader = WsUpgrader::builder().compression().build().unwrap();
     let endpoint = Endpoint::new(ignore).hub(hub.clone()).upgrader(upgrader);
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
     let mut compressed = Vec::new();
     for _ in 0..3 {
-        compressed.push(open_compressed(addr).await);
+        compressed.push(open_compressed(&server).await);
     }
-    let mut plain = connect(addr, "/ws").await;
+    let mut plain = server.connect("/ws").await;
     eventually("four connections", || hub.len() == 4).await;
     for info in hub.list() {
         assert!(hub.join(&info.id, "lobby").await);
@@ -119,15 +99,10 @@ async fn broadcast_and_room_messages_reach_compressed_and_plain_receivers() {
     );
     for expected in [&text, &room] {
         for stream in &mut compressed {
-            let (first, payload) = read_frame(stream).await;
-            assert_eq!(first, 0x80 | 0x40 | 0x1, "one compressed text frame");
-            assert!(payload.len() * 4 < expected.len(), "compressed well");
-            assert_eq!(inflate(&payload), expected.as_bytes());
+            let frame = expect_compressed(stream, expected).await;
+            assert!(frame.payload.len() * 4 < expected.len(), "compressed well");
         }
-        assert_eq!(
-            next_data(&mut plain).await,
-            ClientMessage::text(expected.as_str())
-        );
+        assert_eq!(plain.recv_text().await, *expected);
     }
 }
 
@@ -153,9 +128,12 @@ async fn a_broadcast_from_another_instance_reaches_compressed_and_plain_receiver
     let hub = ConnectionHub::with_backplane(backplane.clone());
     let upgrader = WsUpgrader::builder().compression().build().unwrap();
     let endpoint = Endpoint::new(ignore).hub(hub.clone()).upgrader(upgrader);
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
-    let mut compressed = vec![open_compressed(addr).await, open_compressed(addr).await];
-    let mut plain = connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut compressed = vec![
+        open_compressed(&server).await,
+        open_compressed(&server).await,
+    ];
+    let mut plain = server.connect("/ws").await;
     eventually("three connections", || hub.len() == 3).await;
 
     let inbound = backplane.0.lock().unwrap().clone().expect("attached");
@@ -163,9 +141,7 @@ async fn a_broadcast_from_another_instance_reaches_compressed_and_plain_receiver
     let envelope = Envelope::new("another-node/1", Target::All, Message::text(text.clone()));
     assert_eq!(inbound.deliver_now(envelope), 3);
     for stream in &mut compressed {
-        let (first, payload) = read_frame(stream).await;
-        assert_eq!(first, 0xc1, "one compressed text frame");
-        assert_eq!(inflate(&payload), text.as_bytes());
+        expect_compressed(stream, &text).await;
     }
-    assert_eq!(next_data(&mut plain).await, ClientMessage::text(text));
+    assert_eq!(plain.recv_text().await, text);
 }

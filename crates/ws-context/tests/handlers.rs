@@ -1,11 +1,8 @@
 //! DESIGN.md points 1-4: one call per message, bind, replies, errors and panics.
 
-use futures_util::SinkExt as _;
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::Message;
 use ws_context::{Bytes, ConnectionHub, Context, Endpoint};
-
-use crate::support::{closed_with, connect, next_data, serve};
+use ws_test::{TestServer, eventually};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Order {
@@ -21,15 +18,13 @@ async fn double(ctx: Context) -> Result<Order, ws_context::BindError> {
 
 #[tokio::test]
 async fn json_struct_round_trip_and_bad_json_gets_one_error_frame() {
-    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(double).into_route())).await;
-    let mut client = connect(addr, "/ws").await;
+    let server =
+        TestServer::router(axum::Router::new().route("/ws", Endpoint::new(double).into_route()))
+            .await;
+    let mut client = server.connect("/ws").await;
 
-    client
-        .send(Message::text(r#"{"item":"tea","qty":2}"#))
-        .await
-        .unwrap();
-    let reply: Order =
-        serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
+    client.send_text(r#"{"item":"tea","qty":2}"#).await;
+    let reply: Order = client.recv_json().await;
     assert_eq!(
         reply,
         Order {
@@ -38,12 +33,8 @@ async fn json_struct_round_trip_and_bad_json_gets_one_error_frame() {
         }
     );
 
-    client
-        .send(Message::text(r#"{"item":"tea","qty":"two"}"#))
-        .await
-        .unwrap();
-    let error = next_data(&mut client).await;
-    let error: serde_json::Value = serde_json::from_str(error.to_text().unwrap()).unwrap();
+    client.send_text(r#"{"item":"tea","qty":"two"}"#).await;
+    let error: serde_json::Value = client.recv_json().await;
     let text = error["error"]["message"].as_str().unwrap();
     assert!(
         text.contains("invalid type") && text.contains("u32"),
@@ -51,12 +42,8 @@ async fn json_struct_round_trip_and_bad_json_gets_one_error_frame() {
     );
 
     // The same connection serves the next valid message normally.
-    client
-        .send(Message::text(r#"{"item":"ice","qty":5}"#))
-        .await
-        .unwrap();
-    let reply: Order =
-        serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
+    client.send_text(r#"{"item":"ice","qty":5}"#).await;
+    let reply: Order = client.recv_json().await;
     assert_eq!(reply.qty, 10);
 }
 
@@ -73,22 +60,16 @@ async fn string_binds_raw_text_and_bytes_stay_binary() {
     let router = axum::Router::new()
         .route("/text", Endpoint::new(raw_text).into_route())
         .route("/bytes", Endpoint::new(raw_bytes).into_route());
-    let addr = serve(router).await;
+    let server = TestServer::router(router).await;
 
-    let mut client = connect(addr, "/text").await;
-    client
-        .send(Message::text(r#""quoted" {json}"#))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_data(&mut client).await,
-        Message::text(r#""quoted" {json}"#)
-    );
+    let mut client = server.connect("/text").await;
+    client.send_text(r#""quoted" {json}"#).await;
+    assert_eq!(client.recv_text().await, r#""quoted" {json}"#);
 
-    let mut client = connect(addr, "/bytes").await;
+    let mut client = server.connect("/bytes").await;
     let payload = vec![0u8, 255, 7, 128];
-    client.send(Message::binary(payload.clone())).await.unwrap();
-    assert_eq!(next_data(&mut client).await, Message::binary(payload));
+    client.send_binary(payload.clone()).await;
+    assert_eq!(client.recv_binary().await, payload);
 }
 
 async fn silent(_ctx: Context) -> Result<(), std::convert::Infallible> {
@@ -97,23 +78,13 @@ async fn silent(_ctx: Context) -> Result<(), std::convert::Infallible> {
 
 #[tokio::test]
 async fn unit_writes_nothing() {
-    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(silent).into_route())).await;
-    let mut client = connect(addr, "/ws").await;
-    client.send(Message::text("one")).await.unwrap();
-    client
-        .send(Message::Ping(Bytes::from_static(b"probe")))
-        .await
-        .unwrap();
+    let server =
+        TestServer::router(axum::Router::new().route("/ws", Endpoint::new(silent).into_route()))
+            .await;
+    let mut client = server.connect("/ws").await;
+    client.send_text("one").await;
     // The pong to our ping is the first frame back: the handler wrote nothing (GoFr: "null").
-    let first = tokio::time::timeout(
-        crate::support::WAIT,
-        futures_util::StreamExt::next(&mut client),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .unwrap();
-    assert_eq!(first, Message::Pong(Bytes::from_static(b"probe")));
+    client.ping(b"probe").await;
 }
 
 async fn panics_on_boom(ctx: Context) -> Result<String, ws_context::BindError> {
@@ -128,16 +99,16 @@ async fn panics_on_boom(ctx: Context) -> Result<String, ws_context::BindError> {
 async fn a_panic_closes_only_its_connection_with_1011() {
     let hub = ConnectionHub::new();
     let route = Endpoint::new(panics_on_boom).hub(hub.clone()).into_route();
-    let addr = serve(axum::Router::new().route("/ws", route)).await;
-    let mut victim = connect(addr, "/ws").await;
-    let mut bystander = connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
+    let mut victim = server.connect("/ws").await;
+    let mut bystander = server.connect("/ws").await;
 
-    victim.send(Message::text("boom")).await.unwrap();
-    assert_eq!(closed_with(&mut victim).await, 1011);
+    victim.send_text("boom").await;
+    victim.expect_close(1011).await;
 
-    bystander.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_data(&mut bystander).await, Message::text("still here"));
-    crate::support::eventually("victim removed from hub", || hub.len() == 1).await;
+    bystander.send_text("still here").await;
+    assert_eq!(bystander.recv_text().await, "still here");
+    eventually("victim removed from hub", || hub.len() == 1).await;
 }
 
 /// Panics before making its future, in the closure's synchronous part.
@@ -157,18 +128,18 @@ async fn a_panic_in_the_synchronous_part_of_a_handler_closes_with_1011() {
     let route = Endpoint::new(panics_before_its_future)
         .hub(hub.clone())
         .into_route();
-    let addr = serve(axum::Router::new().route("/ws", route)).await;
-    let mut victim = connect(addr, "/ws").await;
-    let mut bystander = connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
+    let mut victim = server.connect("/ws").await;
+    let mut bystander = server.connect("/ws").await;
 
-    victim.send(Message::text("fine")).await.unwrap();
-    assert_eq!(next_data(&mut victim).await, Message::text("fine"));
-    victim.send(Message::text("boom")).await.unwrap();
-    assert_eq!(closed_with(&mut victim).await, 1011);
+    victim.send_text("fine").await;
+    assert_eq!(victim.recv_text().await, "fine");
+    victim.send_text("boom").await;
+    victim.expect_close(1011).await;
 
-    bystander.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_data(&mut bystander).await, Message::text("still here"));
-    crate::support::eventually("victim removed from hub", || hub.len() == 1).await;
+    bystander.send_text("still here").await;
+    assert_eq!(bystander.recv_text().await, "still here");
+    eventually("victim removed from hub", || hub.len() == 1).await;
 }
 
 async fn counts_calls(ctx: Context) -> Result<(), ws_context::WriteError> {
@@ -178,24 +149,15 @@ async fn counts_calls(ctx: Context) -> Result<(), ws_context::WriteError> {
 
 #[tokio::test]
 async fn a_handler_that_never_binds_is_called_once_per_message() {
-    let addr =
-        serve(axum::Router::new().route("/ws", Endpoint::new(counts_calls).into_route())).await;
-    let mut client = connect(addr, "/ws").await;
-    client.send(Message::text("a")).await.unwrap();
-    client.send(Message::text("b")).await.unwrap();
-    assert_eq!(next_data(&mut client).await, Message::text("called"));
-    assert_eq!(next_data(&mut client).await, Message::text("called"));
-    client.send(Message::Ping(Bytes::new())).await.unwrap();
-    assert_eq!(
-        tokio::time::timeout(
-            crate::support::WAIT,
-            futures_util::StreamExt::next(&mut client)
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap(),
-        Message::Pong(Bytes::new()),
-        "no third call"
-    );
+    let server = TestServer::router(
+        axum::Router::new().route("/ws", Endpoint::new(counts_calls).into_route()),
+    )
+    .await;
+    let mut client = server.connect("/ws").await;
+    client.send_text("a").await;
+    client.send_text("b").await;
+    assert_eq!(client.recv_text().await, "called");
+    assert_eq!(client.recv_text().await, "called");
+    // No third call: the pong comes first.
+    client.ping(b"").await;
 }

@@ -3,13 +3,10 @@
 
 use std::time::Duration;
 
-use futures_util::SinkExt as _;
-use tokio_tungstenite::tungstenite::Message;
 use ws_context::{
     CloseFrame, Connection, ConnectionHub, Context, Endpoint, RecoveryError, RoomPosition,
 };
-
-use crate::support::{connect, eventually, next_data, serve};
+use ws_test::{TestServer, eventually};
 
 /// Joins the room of the path; with `?since=POS`, recovers from there first, and when that
 /// is not possible says `recovery failed: <why>` before joining.
@@ -48,18 +45,15 @@ async fn to_room(ctx: Context) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
-async fn server(hub: &ConnectionHub) -> std::net::SocketAddr {
+async fn room_server(hub: &ConnectionHub) -> TestServer {
     let endpoint = Endpoint::new(to_room)
         .hub(hub.clone())
         .on_connect(join_room);
-    serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
+    TestServer::router(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
 }
 
 /// "<pos> <text>" split.
-fn parts(message: Message) -> (String, String) {
-    let Message::Text(text) = message else {
-        panic!("expected text, got {message:?}")
-    };
+fn parts(text: String) -> (String, String) {
     let (pos, text) = text.split_once(' ').unwrap();
     (pos.to_owned(), text.to_owned())
 }
@@ -72,16 +66,16 @@ async fn a_member_that_comes_back_gets_what_it_missed_once_in_order_then_live_on
         ws_context::DEFAULT_HISTORY_LEN,
         ws_context::DEFAULT_HISTORY_AGE,
     );
-    let addr = server(&hub).await;
-    let mut sender = connect(addr, "/ws/r").await;
-    let mut dropper = connect(addr, "/ws/r").await;
+    let server = room_server(&hub).await;
+    let mut sender = server.connect("/ws/r").await;
+    let mut dropper = server.connect("/ws/r").await;
     eventually("joined", || hub.room_members("r").len() == 2).await;
     // Position set at join: valid before anything was received.
     let at_join = hub.room_position("r").unwrap();
     assert_eq!(at_join.offset(), 0);
 
-    sender.send(Message::text("one")).await.unwrap();
-    let (first_pos, text) = parts(next_data(&mut dropper).await);
+    sender.send_text("one").await;
+    let (first_pos, text) = parts(dropper.recv_text().await);
     assert_eq!(text, "one");
     let first: RoomPosition = first_pos.parse().unwrap();
     assert_eq!(first.offset(), 1);
@@ -90,29 +84,29 @@ async fn a_member_that_comes_back_gets_what_it_missed_once_in_order_then_live_on
     eventually("dropped", || hub.room_members("r").len() == 1).await;
 
     for i in 0..20 {
-        sender.send(Message::text(format!("m{i}"))).await.unwrap();
+        sender.send_text(format!("m{i}")).await;
     }
     for _ in 0..21 {
-        next_data(&mut sender).await;
+        sender.recv().await;
     }
-    let mut back = connect(addr, &format!("/ws/r?since={first}")).await;
+    let mut back = server.connect(&format!("/ws/r?since={first}")).await;
     // Live messages right after the join, while the missed ones are being sent.
-    sender.send(Message::text("live")).await.unwrap();
+    sender.send_text("live").await;
     for i in 0..20 {
-        let (pos, text) = parts(next_data(&mut back).await);
+        let (pos, text) = parts(back.recv_text().await);
         assert_eq!(text, format!("m{i}"));
         assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 2 + i);
     }
-    let (pos, text) = parts(next_data(&mut back).await);
+    let (pos, text) = parts(back.recv_text().await);
     assert_eq!(
         (pos.parse::<RoomPosition>().unwrap().offset(), &*text),
         (22, "live")
     );
 
     // From the position at join, a member that received nothing gets everything.
-    let mut late = connect(addr, &format!("/ws/r?since={at_join}")).await;
+    let mut late = server.connect(&format!("/ws/r?since={at_join}")).await;
     for i in 0..22 {
-        let (pos, _) = parts(next_data(&mut late).await);
+        let (pos, _) = parts(late.recv_text().await);
         assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 1 + i);
     }
 }
@@ -121,14 +115,14 @@ async fn a_member_that_comes_back_gets_what_it_missed_once_in_order_then_live_on
 async fn recovery_that_is_not_possible_is_said_first() {
     let hub = ConnectionHub::new();
     hub.set_history_limits(5, Duration::from_secs(60));
-    let addr = server(&hub).await;
-    let mut sender = connect(addr, "/ws/r").await;
+    let server = room_server(&hub).await;
+    let mut sender = server.connect("/ws/r").await;
     eventually("joined", || hub.room_members("r").len() == 1).await;
-    sender.send(Message::text("first")).await.unwrap();
-    let (first, _) = parts(next_data(&mut sender).await);
+    sender.send_text("first").await;
+    let (first, _) = parts(sender.recv_text().await);
     for i in 0..10 {
-        sender.send(Message::text(format!("m{i}"))).await.unwrap();
-        next_data(&mut sender).await;
+        sender.send_text(format!("m{i}")).await;
+        sender.recv().await;
     }
     let epoch = first.split_once('.').unwrap().1.to_owned();
 
@@ -139,26 +133,24 @@ async fn recovery_that_is_not_possible_is_said_first() {
         (format!("99.{epoch}"), "changed"),
         ("garbage".to_owned(), "changed"),
     ] {
-        let mut client = connect(addr, &format!("/ws/r?since={since}")).await;
-        let Message::Text(notice) = next_data(&mut client).await else {
-            panic!("expected the notice")
-        };
+        let mut client = server.connect(&format!("/ws/r?since={since}")).await;
+        let notice = client.recv_text().await;
         assert!(
             notice.starts_with("recovery failed") && notice.contains(why),
             "{since}: {notice}"
         );
         // Then it is a member like any other.
         eventually("joined", || hub.room_members("r").len() == 2).await;
-        sender.send(Message::text("after")).await.unwrap();
-        assert_eq!(parts(next_data(&mut client).await).1, "after");
-        next_data(&mut sender).await;
+        sender.send_text("after").await;
+        assert_eq!(parts(client.recv_text().await).1, "after");
+        sender.recv().await;
         drop(client);
         eventually("left", || hub.room_members("r").len() == 1).await;
     }
     // 15 messages so far, the last five kept: from just before the oldest kept is fine.
-    let mut client = connect(addr, &format!("/ws/r?since=10.{epoch}")).await;
+    let mut client = server.connect(&format!("/ws/r?since=10.{epoch}")).await;
     for offset in 11..=15 {
-        let (pos, _) = parts(next_data(&mut client).await);
+        let (pos, _) = parts(client.recv_text().await);
         assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), offset);
     }
 }
@@ -183,21 +175,22 @@ async fn join_at_greets_with_the_position_before_any_later_message() {
                 assert!(matches!(joined, Ok(Some(_))), "{joined:?}");
                 Ok(())
             });
-    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
-    let mut ann = connect(addr, "/ws/g").await;
-    let (at_join, text) = parts(next_data(&mut ann).await);
+    let server =
+        TestServer::router(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let mut ann = server.connect("/ws/g").await;
+    let (at_join, text) = parts(ann.recv_text().await);
     assert_eq!(text, "joined");
     assert_eq!(at_join.parse::<RoomPosition>().unwrap().offset(), 0);
-    ann.send(Message::text("first")).await.unwrap();
-    let (pos, text) = parts(next_data(&mut ann).await);
+    ann.send_text("first").await;
+    let (pos, text) = parts(ann.recv_text().await);
     assert_eq!(text, "first");
     assert_eq!(pos.parse::<RoomPosition>().unwrap().offset(), 1);
     // A member greeted now is at 1, and gets only what follows.
-    let mut bob = connect(addr, "/ws/g").await;
-    let (bob_at, _) = parts(next_data(&mut bob).await);
+    let mut bob = server.connect("/ws/g").await;
+    let (bob_at, _) = parts(bob.recv_text().await);
     assert_eq!(bob_at, pos);
-    ann.send(Message::text("second")).await.unwrap();
-    assert_eq!(parts(next_data(&mut bob).await).1, "second");
+    ann.send_text("second").await;
+    assert_eq!(parts(bob.recv_text().await).1, "second");
 }
 
 /// A shared history in memory, as a backplane would keep it, whose live deliveries can be
@@ -294,8 +287,8 @@ async fn a_gap_in_live_delivery_is_filled_from_the_shared_history() {
     let backplane = LossyShared::default();
     let hub = ConnectionHub::with_backplane(backplane.clone());
     hub.set_history_limits(100, Duration::from_secs(60));
-    let addr = server(&hub).await;
-    let mut ann = connect(addr, "/ws/gap").await;
+    let server = room_server(&hub).await;
+    let mut ann = server.connect("/ws/gap").await;
     eventually("ann joined", || hub.room_members("gap").len() == 1).await;
     for n in 1..=6 {
         if n == 3 {
@@ -307,9 +300,6 @@ async fn a_gap_in_live_delivery_is_filled_from_the_shared_history() {
         assert_eq!(sent.position.map(|p| p.offset()), Some(n));
     }
     for n in 1..=6 {
-        let Message::Text(text) = next_data(&mut ann).await else {
-            panic!("expected text")
-        };
-        assert_eq!(text.as_str(), n.to_string(), "each once, in order");
+        assert_eq!(ann.recv_text().await, n.to_string(), "each once, in order");
     }
 }

@@ -2,14 +2,9 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{self, Message};
 use ws_context::{CloseFrame, Connection, ConnectionHub, Context, Endpoint};
-
-use crate::support::{
-    WAIT, close_code, connect, connect_with_header, eventually, next_data, serve,
-};
+use ws_test::{ConnectErrorKind, DEFAULT_TIMEOUT as WAIT, TestServer, eventually};
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
@@ -45,12 +40,12 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
     let router = axum::Router::new()
         .route("/ws/{room}", endpoint.into_route())
         .route("/id", Endpoint::new(whoami).hub(hub.clone()).into_route());
-    let addr = serve(router).await;
+    let server = TestServer::router(router).await;
 
     let mut clients = Vec::new();
     for n in 0..ROOMS * PER_ROOM {
         let room = format!("room-{}", n % ROOMS);
-        clients.push((room.clone(), connect(addr, &format!("/ws/{room}")).await));
+        clients.push((room.clone(), server.connect(&format!("/ws/{room}")).await));
     }
     eventually("every client joined its room", || {
         hub.rooms().len() == ROOMS
@@ -75,11 +70,10 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
     for (n, (room, mut client)) in clients.into_iter().enumerate() {
         let done = done_tx.clone();
         tokio::spawn(async move {
-            client.send(Message::text(format!("m{n}"))).await.unwrap();
+            client.send_text(format!("m{n}")).await;
             let mut got = Vec::new();
             for _ in 0..PER_ROOM {
-                let text = next_data(&mut client).await.into_text().unwrap();
-                got.push(text.as_str().to_owned());
+                got.push(client.recv_text().await);
             }
             done.send((room, got, client)).await.unwrap();
         });
@@ -109,7 +103,7 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
         ROOMS * PER_ROOM
     );
     for (_, _, client) in &mut finished {
-        assert_eq!(next_data(client).await, Message::text("end"));
+        assert_eq!(client.recv_text().await, "end");
     }
 }
 
@@ -117,12 +111,13 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
 async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).on_connect(join_room);
-    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
-    let mut a = connect(addr, "/ws/blue").await;
-    let mut b = connect(addr, "/ws/blue").await;
+    let server =
+        TestServer::router(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let mut a = server.connect("/ws/blue").await;
+    let mut b = server.connect("/ws/blue").await;
     eventually("both joined", || hub.room_members("blue").len() == 2).await;
-    a.send(Message::text("id?")).await.unwrap();
-    let a_id = ws_context::ConnectionId::from(next_data(&mut a).await.to_text().unwrap());
+    a.send_text("id?").await;
+    let a_id = ws_context::ConnectionId::from(a.recv_text().await.as_str());
 
     assert!(hub.join(&a_id, "green").await);
     let mut rooms = hub.info(&a_id).unwrap().rooms;
@@ -136,9 +131,9 @@ async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
             .delivered,
         1
     );
-    assert_eq!(next_data(&mut b).await, Message::text("to blue"));
+    assert_eq!(b.recv_text().await, "to blue");
 
-    a.close(None).await.unwrap();
+    a.close(1000, "").await;
     eventually("a left every room", || {
         hub.rooms() == vec![Arc::from("blue")]
     })
@@ -172,22 +167,16 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
             }
         },
     );
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
 
-    let mut refused = connect(addr, "/ws").await;
-    assert_eq!(close_code(&mut refused).await, 4001);
+    let mut refused = server.connect("/ws").await;
+    refused.expect_close(4001).await;
 
-    let mut client = connect(addr, "/ws?token=ok").await;
-    assert_eq!(next_data(&mut client).await, Message::text("welcome"));
-    client.send(Message::text("id?")).await.unwrap();
-    let id = next_data(&mut client).await.into_text().unwrap();
-    client
-        .close(Some(tungstenite::protocol::CloseFrame {
-            code: 4321.into(),
-            reason: "bye now".into(),
-        }))
-        .await
-        .unwrap();
+    let mut client = server.connect("/ws?token=ok").await;
+    assert_eq!(client.recv_text().await, "welcome");
+    client.send_text("id?").await;
+    let id = client.recv_text().await;
+    client.close(4321, "bye now").await;
     let (closed_id, code, reason) = tokio::time::timeout(WAIT, closed_rx.recv())
         .await
         .unwrap()
@@ -202,22 +191,19 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
 async fn over_the_connection_limit_the_upgrade_gets_503_with_a_reason() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).max_connections(2);
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
-    let mut first = connect(addr, "/ws").await;
-    let _second = connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut first = server.connect("/ws").await;
+    let _second = server.connect("/ws").await;
 
-    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
-        Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503);
-            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
-            assert!(body.contains("too many connections"), "{body}");
-        }
-        other => panic!("expected 503, got {other:?}"),
-    }
+    let refused = server.client("/ws").expect_refused(503).await;
+    assert!(
+        refused.to_string().contains("too many connections"),
+        "{refused}"
+    );
     // A place frees up when a connection ends.
-    first.close(None).await.unwrap();
+    first.close(1000, "").await;
     eventually("the first connection is gone", || hub.len() == 1).await;
-    let _third = connect(addr, "/ws").await;
+    let _third = server.connect("/ws").await;
 }
 
 async fn ignore(_ctx: Context) -> Result<(), anyhow::Error> {
@@ -231,18 +217,18 @@ async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
         .hub(hub.clone())
         .queue_capacity(4)
         .send_timeout(Duration::from_millis(300));
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
-    let mut slow = connect(addr, "/ws").await;
-    let fast = connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut slow = server.connect("/ws").await;
+    let fast = server.connect("/ws").await;
     eventually("both connected", || hub.len() == 2).await;
 
     const MESSAGES: usize = 400;
     let reader = tokio::spawn(async move {
         let mut fast = fast;
         for n in 0..MESSAGES {
-            let message = next_data(&mut fast).await;
+            let message = fast.recv_binary().await;
             assert_eq!(message.len(), 64 * 1024);
-            assert_eq!(message.into_data()[0], n as u8, "in order, none missing");
+            assert_eq!(message[0], n as u8, "in order, none missing");
         }
     });
     // 25 MiB: far more than the socket buffers and the slow peer's queue hold.
@@ -254,18 +240,11 @@ async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
     }
     tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
     // The slow peer still gets what was already on its way, then the close.
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            match slow.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, Some(ws_context::SLOW_PEER_CLOSE_CODE));
+    let close = slow.recv_until_close().await;
+    assert_eq!(
+        close.map(|frame| frame.code()),
+        Some(ws_context::SLOW_PEER_CLOSE_CODE)
+    );
     eventually("the slow peer is gone", || hub.len() == 1).await;
 }
 
@@ -296,36 +275,34 @@ async fn after_shutdown_new_upgrades_get_503_and_one_already_answered_gets_the_f
             Endpoint::new(echo_text).hub(hub.clone()).into_route(),
         )
         .layer(axum::middleware::from_fn(hold_the_101));
-    let addr = serve(router).await;
-    let mut before = connect(addr, "/ws").await;
+    let server = TestServer::router(router).await;
+    let mut before = server.connect("/ws").await;
     eventually("the first connection registers", || hub.len() == 1).await;
-    let held = tokio::spawn(connect_with_header(addr, "/ws", Some(("x-hold", "1"))));
+    let held = tokio::spawn(server.client("/ws").header("x-hold", "1").connect());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         hub.shutdown(CloseFrame::going_away("server shutting down")),
         1
     );
-    assert_eq!(close_code(&mut before).await, 1001);
+    before.expect_close(1001).await;
     let mut held = held.await.unwrap();
-    assert_eq!(close_code(&mut held).await, 1001);
-    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
-        Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503);
-            assert_eq!(response.headers()["retry-after"], "5");
-        }
-        other => panic!("an upgrade after the shutdown: {other:?}"),
-    }
+    held.expect_close(1001).await;
+    let refusal = server.client("/ws").expect_refused(503).await;
+    let ConnectErrorKind::Refused { headers, .. } = refusal.kind() else {
+        unreachable!("expect_refused returns refusals");
+    };
+    assert!(headers.contains(&("retry-after".to_owned(), "5".to_owned())));
     // close_all, unlike shutdown, leaves later connections alone.
     let other = ConnectionHub::new();
     let router = axum::Router::new().route(
         "/ws",
         Endpoint::new(echo_text).hub(other.clone()).into_route(),
     );
-    let addr = serve(router).await;
+    let server = TestServer::router(router).await;
     other.close_all(CloseFrame::going_away("bye"));
-    let mut later = connect(addr, "/ws").await;
-    later.send(Message::text("still open")).await.unwrap();
-    assert_eq!(next_data(&mut later).await, Message::text("still open"));
+    let mut later = server.connect("/ws").await;
+    later.send_text("still open").await;
+    assert_eq!(later.recv_text().await, "still open");
 }
 
 /// Issue 12: the outbound queue is bounded in bytes as well as in messages. A peer that never
@@ -340,8 +317,8 @@ async fn large_messages_to_a_peer_that_never_reads_stop_at_the_byte_bound() {
         .queue_capacity(1024)
         .queue_bytes(1024 * 1024)
         .send_timeout(Duration::from_millis(300));
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
-    let mut slow = connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut slow = server.connect("/ws").await;
     eventually("connected", || hub.len() == 1).await;
     let id = hub.list()[0].id.clone();
 
@@ -362,20 +339,10 @@ async fn large_messages_to_a_peer_that_never_reads_stop_at_the_byte_bound() {
         accepted * MESSAGE <= 24 * 1024 * 1024,
         "{accepted} messages of 256 KiB were taken"
     );
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            match slow.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, Some(ws_context::SLOW_PEER_CLOSE_CODE));
-    // Polled again, the client answers the close; without that the server waits for the
-    // answer until its close timeout (the pong timeout, 10 s), longer than `eventually`.
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, slow.next()).await {}
+    let close = slow.recv_until_close().await;
+    assert_eq!(
+        close.map(|frame| frame.code()),
+        Some(ws_context::SLOW_PEER_CLOSE_CODE)
+    );
     eventually("the slow peer is gone", || hub.is_empty()).await;
 }

@@ -2,42 +2,33 @@
 
 use std::time::{Duration, Instant};
 
+use test_support::raw_websocket;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
 use ws_context::{ConnectionHub, Context, Endpoint, WsUpgrader};
-
-use crate::support::{WAIT, eventually, serve};
+use ws_test::{DEFAULT_TIMEOUT as WAIT, TestServer, eventually};
 
 async fn ignore(_ctx: Context) -> Result<(), ws_context::BindError> {
     Ok(())
 }
 
-/// A raw client: completes the handshake, then never writes again (so never answers a ping).
-async fn silent_client(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut received = Vec::new();
-    let mut buf = [0u8; 1024];
-    let end = loop {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("no handshake response")
-            .unwrap();
-        assert!(n > 0, "closed during the handshake");
-        received.extend_from_slice(&buf[..n]);
-        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&received[..end]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    (stream, received[end..].to_vec())
+/// A raw client: completes the handshake, then never writes again (so never answers a
+/// ping); the bytes it has read past the handshake (none yet).
+async fn silent_client(server: &TestServer) -> (TcpStream, Vec<u8>) {
+    (raw_websocket(server.addr(), "/ws").await, Vec::new())
+}
+
+/// A tokio-tungstenite client: it answers each ping while it reads and, unlike the kit's
+/// client, returns the pings, which these tests count.
+async fn ping_counting_client(
+    server: &TestServer,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let (client, _) = tokio_tungstenite::connect_async(server.ws_url("/ws"))
+        .await
+        .unwrap();
+    client
 }
 
 /// Reads (never writes) until the server ends the connection, appending to `received`.
@@ -53,6 +44,20 @@ async fn read_until_closed(stream: &mut TcpStream, received: &mut Vec<u8>) {
         }
         received.extend_from_slice(&buf[..n]);
     }
+}
+
+/// What a silent peer read before the server ended its connection: a ping first, then
+/// exactly one close frame, with 1001.
+fn pinged_then_closed_1001(received: &[u8]) {
+    let frames = frames(received);
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x9),
+        "a ping first: {frames:?}"
+    );
+    let closes: Vec<_> = frames.iter().filter(|f| f.0 == 0x8).collect();
+    assert_eq!(closes.len(), 1, "exactly one close frame: {frames:?}");
+    assert_eq!(u16::from_be_bytes([closes[0].1[0], closes[0].1[1]]), 1001);
 }
 
 /// Unmasked server frames as (opcode, payload).
@@ -79,9 +84,9 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         .unwrap();
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
 
-    let (mut stream, mut received) = silent_client(addr).await;
+    let (mut stream, mut received) = silent_client(&server).await;
     let connected = Instant::now();
     eventually("the connection is registered", || hub.len() == 1).await;
 
@@ -98,15 +103,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         "closed after {elapsed:?}"
     );
 
-    let frames = frames(&received);
-    assert_eq!(
-        frames.first().map(|f| f.0),
-        Some(0x9),
-        "a ping first: {frames:?}"
-    );
-    let closes: Vec<_> = frames.iter().filter(|f| f.0 == 0x8).collect();
-    assert_eq!(closes.len(), 1, "exactly one close frame: {frames:?}");
-    assert_eq!(u16::from_be_bytes([closes[0].1[0], closes[0].1[1]]), 1001);
+    pinged_then_closed_1001(&received);
     eventually("the hub forgot the connection", || hub.is_empty()).await;
 }
 
@@ -120,8 +117,8 @@ async fn a_peer_that_answers_pings_stays_open() {
         .unwrap();
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
-    let mut client = crate::support::connect(addr, "/ws").await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let mut client = ping_counting_client(&server).await;
     // tungstenite answers pings while it reads; three pings, and the connection is still up.
     let mut pings = 0;
     while pings < 3 {
@@ -156,8 +153,8 @@ async fn pings_go_on_while_a_handler_runs_longer_than_the_pong_deadline() {
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message as Tm;
     let hub = ConnectionHub::new();
-    let addr = serve(liveness_endpoint(&hub)).await;
-    let mut client = crate::support::connect(addr, "/ws").await;
+    let server = TestServer::router(liveness_endpoint(&hub)).await;
+    let mut client = ping_counting_client(&server).await;
     // The second message is read ahead while the first one's handler sleeps.
     client.send(Tm::text("one")).await.unwrap();
     client.send(Tm::text("two")).await.unwrap();
@@ -179,8 +176,8 @@ async fn pings_go_on_while_a_handler_runs_longer_than_the_pong_deadline() {
 #[tokio::test]
 async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
     let hub = ConnectionHub::new();
-    let addr = serve(liveness_endpoint(&hub)).await;
-    let (mut stream, mut received) = silent_client(addr).await;
+    let server = TestServer::router(liveness_endpoint(&hub)).await;
+    let (mut stream, mut received) = silent_client(&server).await;
     // Two masked text frames (an all-zero mask leaves the payload as is), then silence.
     stream
         .write_all(b"\x81\x83\0\0\0\0one\x81\x83\0\0\0\0two")
@@ -194,14 +191,7 @@ async fn a_silent_peer_is_closed_on_time_even_while_a_handler_runs() {
         elapsed < Duration::from_millis(1500),
         "closed after {elapsed:?}"
     );
-    let frames = frames(&received);
-    assert_eq!(
-        frames.first().map(|f| f.0),
-        Some(0x9),
-        "a ping first: {frames:?}"
-    );
-    let close = frames.iter().find(|f| f.0 == 0x8).expect("a close frame");
-    assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1001);
+    pinged_then_closed_1001(&received);
 }
 
 /// Many messages in one read while a handler is busy: one is read ahead by the task, one held
@@ -215,8 +205,8 @@ async fn messages_read_together_while_a_handler_runs_are_all_handled_in_order() 
         Ok(text)
     }
     let endpoint = Endpoint::new(slow_echo);
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
-    let (mut stream, _) = silent_client(addr).await;
+    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let (mut stream, _) = silent_client(&server).await;
     let mut burst = Vec::new();
     for n in 0..20u8 {
         // Masked text frames (an all-zero mask), all written at once.

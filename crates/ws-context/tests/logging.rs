@@ -6,14 +6,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures_util::SinkExt as _;
-use tokio_tungstenite::tungstenite::{
-    Message,
-    protocol::{CloseFrame, frame::coding::CloseCode},
-};
 use ws_context::{ConnectionHub, Context, Endpoint};
-
-use crate::support::{connect, eventually, next_data, serve};
+use ws_test::{TestServer, eventually};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -54,20 +48,13 @@ async fn handler_logs_carry_connection_id_and_route() {
 
     let hub = ConnectionHub::new();
     let route = Endpoint::new(logs).hub(hub.clone()).into_route();
-    let addr = serve(axum::Router::new().route("/ws/{room}", route)).await;
-    let mut client = connect(addr, "/ws/blue").await;
-    client.send(Message::text("hello")).await.unwrap();
-    assert_eq!(next_data(&mut client).await, Message::text("hello"));
+    let server = TestServer::router(axum::Router::new().route("/ws/{room}", route)).await;
+    let mut client = server.connect("/ws/blue").await;
+    client.send_text("hello").await;
+    assert_eq!(client.recv_text().await, "hello");
     let id = hub.list()[0].id.clone();
 
-    client
-        .close(Some(CloseFrame {
-            code: CloseCode::from(4000),
-            reason: "bye".into(),
-        }))
-        .await
-        .unwrap();
-    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut client).await {}
+    client.close(4000, "bye").await;
     eventually("connection ended", || hub.is_empty()).await;
 
     let log = captured.text();

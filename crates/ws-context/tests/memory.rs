@@ -3,18 +3,16 @@
 //! The server is the `rooms` example in a child process, so its resident memory (VmRSS and
 //! the peak, VmHWM, from /proc) is the server's alone.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{Process, raw_websocket};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use ws_test::{DEFAULT_TIMEOUT as WAIT, WsClient, example_path};
 
-use crate::support::{Client, connect};
+/// tokio-tungstenite's client, for the blast: its publisher sends and reads at once (split),
+/// which the kit's client does not do.
+type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 const QUEUE_CAPACITY: u64 = 16;
 const MESSAGE_SIZE: usize = 64 * 1024;
@@ -27,28 +25,10 @@ const CONSTANT: u64 = 8 * 1024 * 1024;
 /// Moving 200 MiB to four readers in a debug build takes a while on a shared machine.
 const BLAST_WAIT: Duration = Duration::from_secs(180);
 
+/// The `rooms` example, killed by its PID when dropped.
 struct Server {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rooms_example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join("rooms");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test -p ws-context` builds it (or `cargo build -p ws-context --examples`)",
-        path.display()
-    );
-    path
 }
 
 fn start_server() -> Server {
@@ -56,26 +36,23 @@ fn start_server() -> Server {
 }
 
 fn start_server_with(settings: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(rooms_example())
+    let mut command = Command::new(example_path("rooms"));
+    command
         .envs(settings.iter().copied())
         .env("PORT", "0")
         .env("QUEUE_CAPACITY", QUEUE_CAPACITY.to_string())
         .env("SEND_TIMEOUT_MS", "1000")
         // Long enough for the slow client to come back for its close frame after the blast.
-        .env("CLOSE_GRACE_MS", "600000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+        .env("CLOSE_GRACE_MS", "600000");
+    let process = Process::start(command);
+    let line = process.line_with("listening on ", WAIT);
     let addr = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
-    Server { child, addr }
+    Server { process, addr }
 }
 
 /// A field of /proc/PID/status, in bytes.
@@ -96,10 +73,12 @@ fn status_bytes(pid: u32, field: &str) -> u64 {
 /// Connects to the room and waits for the echo of its own greeting: from then on it is a
 /// member and gets every message.
 async fn member(addr: SocketAddr, name: &str) -> Client {
-    let mut client = connect(addr, "/ws/load").await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/load"))
+        .await
+        .unwrap();
     client.send(Message::text(name)).await.unwrap();
     loop {
-        let message = tokio::time::timeout(crate::support::WAIT, client.next())
+        let message = tokio::time::timeout(WAIT, client.next())
             .await
             .unwrap()
             .unwrap()
@@ -134,7 +113,7 @@ async fn read_blast(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_cannot_grow_server_memory() {
     let server = start_server();
-    let pid = server.child.id();
+    let pid = server.process.pid();
     let publisher = member(server.addr, "publisher").await;
     let mut fast = Vec::new();
     for n in 0..3 {
@@ -184,7 +163,7 @@ async fn a_client_that_stops_reading_cannot_grow_server_memory() {
     );
 
     // The slow client now reads what was already on its way, then the close frame.
-    let code = tokio::time::timeout(crate::support::WAIT, async {
+    let code = tokio::time::timeout(WAIT, async {
         loop {
             match slow.next().await {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
@@ -207,23 +186,7 @@ async fn hold_unfinished_message(
     chunk: std::sync::Arc<Vec<u8>>,
 ) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws/attack HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "closed in the handshake"
-        );
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let stream = raw_websocket(addr, "/ws/attack").await;
     let (mut reader, mut writer) = stream.into_split();
     // Binary, FIN clear; 64-bit length; an all-zero mask leaves the payload as is.
     let mut header = vec![0x02, 0x80 | 127];
@@ -257,10 +220,10 @@ async fn unfinished_messages_stay_inside_the_inbound_budget_and_others_are_serve
     let budget = ws_upgrader::DEFAULT_INBOUND_BUDGET as u64;
     let message_limit = ws_upgrader::DEFAULT_MAX_MESSAGE_SIZE as u64;
     let server = start_server_with(&[("MESSAGE_TIMEOUT_MS", "3000")]);
-    let pid = server.child.id();
+    let pid = server.process.pid();
     let mut good = Vec::new();
     for n in 0..WELL_BEHAVED {
-        good.push(connect(server.addr, &format!("/ws/good-{n}")).await);
+        good.push(WsClient::connect(format!("ws://{}/ws/good-{n}", server.addr)).await);
     }
     let baseline = status_bytes(pid, "VmRSS");
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
@@ -285,17 +248,8 @@ async fn unfinished_messages_stay_inside_the_inbound_budget_and_others_are_serve
                 for round in 0..ROUNDS {
                     let text = format!("{n}-{round}");
                     let sent = std::time::Instant::now();
-                    client.send(Message::text(text.clone())).await.unwrap();
-                    loop {
-                        let reply = tokio::time::timeout(crate::support::WAIT, client.next())
-                            .await
-                            .expect("no echo in time")
-                            .unwrap()
-                            .unwrap();
-                        if reply == Message::text(text.clone()) {
-                            break;
-                        }
-                    }
+                    client.send_text(text.clone()).await;
+                    while client.recv_text().await != text {}
                     latencies.push(sent.elapsed());
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

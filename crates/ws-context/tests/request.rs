@@ -6,11 +6,9 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
-use futures_util::SinkExt as _;
-use tokio_tungstenite::tungstenite::Message;
+use test_support::raw_exchange;
 use ws_context::{Context, Endpoint};
-
-use crate::support::{WAIT, connect_with_header, next_data, serve};
+use ws_test::TestServer;
 
 #[derive(Clone)]
 struct User(String);
@@ -49,16 +47,14 @@ fn router() -> axum::Router {
 
 #[tokio::test]
 async fn handler_sees_path_query_and_auth_extensions() {
-    let addr = serve(router()).await;
-    let mut client = connect_with_header(
-        addr,
-        "/ws/kitchen?nick=al%20ice",
-        Some(("authorization", "Bearer alice")),
-    )
-    .await;
-    client.send(Message::text("?")).await.unwrap();
-    let seen: serde_json::Value =
-        serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
+    let server = TestServer::router(router()).await;
+    let mut client = server
+        .client("/ws/kitchen?nick=al%20ice")
+        .bearer("alice")
+        .connect()
+        .await;
+    client.send_text("?").await;
+    let seen: serde_json::Value = client.recv_json().await;
     assert_eq!(
         seen,
         serde_json::json!({
@@ -70,45 +66,28 @@ async fn handler_sees_path_query_and_auth_extensions() {
 
 #[tokio::test]
 async fn a_layer_refuses_with_401_before_any_upgrade() {
-    let addr = serve(router()).await;
-    let error = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}/ws/kitchen")),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
-    match error {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        }
-        other => panic!("expected HTTP 401, got {other:?}"),
-    }
+    let server = TestServer::router(router()).await;
+    // No Authorization header.
+    server.client("/ws/kitchen").expect_refused(401).await;
 }
 
-/// A plain HTTP request over a raw socket, returning status line and body.
-async fn plain_http(addr: std::net::SocketAddr, method: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+/// A plain HTTP request with `method` (and an `Authorization`, so the layer lets it
+/// through); the whole answer.
+async fn plain_http(server: &TestServer, method: &str) -> String {
+    let addr = server.addr();
     let request = format!(
         "{method} /ws/kitchen HTTP/1.1\r\nHost: {addr}\r\nAuthorization: x\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    response
+    raw_exchange(addr, &request).await
 }
 
 #[tokio::test]
 async fn plain_http_to_a_websocket_route_gets_a_clear_4xx() {
-    let addr = serve(router()).await;
-    let get = plain_http(addr, "GET").await;
+    let server = TestServer::router(router()).await;
+    let get = plain_http(&server, "GET").await;
     assert!(get.starts_with("HTTP/1.1 426"), "{get}");
     assert!(get.contains("Upgrade: websocket"), "{get}");
-    let post = plain_http(addr, "POST").await;
+    let post = plain_http(&server, "POST").await;
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     assert!(post.contains("use GET"), "{post}");
 }
@@ -126,12 +105,15 @@ async fn uri_and_headers_stay_readable_for_the_whole_connection() {
         }))
     }
     let router = axum::Router::new().route("/ws/{room}", Endpoint::new(request_seen).into_route());
-    let addr = serve(router).await;
-    let mut client = connect_with_header(addr, "/ws/hall?x=1", Some(("x-trace", "abc-123"))).await;
+    let server = TestServer::router(router).await;
+    let mut client = server
+        .client("/ws/hall?x=1")
+        .header("x-trace", "abc-123")
+        .connect()
+        .await;
     for _ in 0..2 {
-        client.send(Message::text("?")).await.unwrap();
-        let seen: serde_json::Value =
-            serde_json::from_str(next_data(&mut client).await.to_text().unwrap()).unwrap();
+        client.send_text("?").await;
+        let seen: serde_json::Value = client.recv_json().await;
         assert_eq!(
             seen,
             serde_json::json!({

@@ -1,6 +1,5 @@
-//! Integration tests: a real tokio-tungstenite client against a real server on 127.0.0.1.
-
-mod support;
+//! Integration tests: real clients (ws-test's, and raw sockets where the bytes are the point)
+//! against a real server on 127.0.0.1.
 
 mod backplane;
 mod broadcast;

@@ -2,11 +2,8 @@
 
 use std::collections::HashMap;
 
-use futures_util::SinkExt as _;
-use tokio_tungstenite::tungstenite::Message;
 use ws_context::{Context, Endpoint};
-
-use crate::support::{connect, next_data, serve};
+use ws_test::TestServer;
 
 async fn greet_then_echo(ctx: Context) -> Result<String, anyhow::Error> {
     let message: String = ctx.bind()?;
@@ -16,12 +13,14 @@ async fn greet_then_echo(ctx: Context) -> Result<String, anyhow::Error> {
 
 #[tokio::test]
 async fn written_message_arrives_before_the_returned_value() {
-    let addr =
-        serve(axum::Router::new().route("/ws", Endpoint::new(greet_then_echo).into_route())).await;
-    let mut client = connect(addr, "/ws").await;
-    client.send(Message::text("hi")).await.unwrap();
-    assert_eq!(next_data(&mut client).await, Message::text("Hello! GoFr"));
-    assert_eq!(next_data(&mut client).await, Message::text("hi"));
+    let server = TestServer::router(
+        axum::Router::new().route("/ws", Endpoint::new(greet_then_echo).into_route()),
+    )
+    .await;
+    let mut client = server.connect("/ws").await;
+    client.send_text("hi").await;
+    assert_eq!(client.recv_text().await, "Hello! GoFr");
+    assert_eq!(client.recv_text().await, "hi");
 }
 
 async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
@@ -43,14 +42,15 @@ async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
 
 #[tokio::test]
 async fn concurrent_writers_keep_frames_whole_and_in_order() {
-    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(fan_out).into_route())).await;
-    let mut client = connect(addr, "/ws").await;
-    client.send(Message::text("go")).await.unwrap();
+    let server =
+        TestServer::router(axum::Router::new().route("/ws", Endpoint::new(fan_out).into_route()))
+            .await;
+    let mut client = server.connect("/ws").await;
+    client.send_text("go").await;
 
     let mut last_seen: HashMap<u32, u32> = HashMap::new();
     for _ in 0..3200 {
-        let frame = next_data(&mut client).await;
-        let text = frame.to_text().unwrap();
+        let text = client.recv_text().await;
         let (task, seq) = text.split_once(':').expect("intact frame");
         let (task, seq): (u32, u32) = (task.parse().unwrap(), seq.parse().unwrap());
         let expected = last_seen.get(&task).map_or(0, |s| s + 1);

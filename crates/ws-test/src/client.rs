@@ -69,6 +69,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Offers subprotocols, in the client's order of preference (as
+    /// [`subprotocol`](ClientBuilder::subprotocol) for each).
+    pub fn subprotocols<I>(self, protocols: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        protocols.into_iter().fold(self, Self::subprotocol)
+    }
+
     /// Offers permessage-deflate (RFC 7692) when `true`; off by default. When the server
     /// accepts, every text and binary message the client sends is compressed (each on its
     /// own, the client's window 15 bits) and compressed messages from the server are
@@ -119,6 +129,33 @@ impl ClientBuilder {
         })
     }
 
+    /// Expects the upgrade to be refused with `status` (401 from an authentication layer, 403
+    /// from the origin check, 503 over a limit) and returns the refusal, whose
+    /// [`kind`](ConnectError::kind) holds the answer's headers and body.
+    ///
+    /// # Panics
+    ///
+    /// When the upgrade succeeds, or fails otherwise (another status, no connection, a
+    /// timeout); the message says what came.
+    #[track_caller]
+    pub fn expect_refused(self, status: u16) -> impl Future<Output = ConnectError> {
+        let caller = Location::caller();
+        async move {
+            let url = self.url.clone();
+            match self.try_connect().await {
+                Err(error) if error.status() == Some(status) => error,
+                Err(error) => fail(
+                    caller,
+                    &format!("awaited a refusal with {status}, got: {error}"),
+                ),
+                Ok(_) => fail(
+                    caller,
+                    &format!("awaited a refusal with {status} from {url}, but it upgraded"),
+                ),
+            }
+        }
+    }
+
     /// Connects.
     ///
     /// # Panics
@@ -136,6 +173,9 @@ impl ClientBuilder {
         }
     }
 }
+
+/// Why a wait failed when the connection ended without a close frame.
+const NO_CLOSE_FRAME: &str = "the connection ended without a close frame";
 
 /// How a connection ended, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,6 +429,37 @@ impl WsClient {
         }
     }
 
+    /// Reads and drops messages until a close frame, which it returns (`None` inside for a
+    /// close without a code); the client answers it. For a server that closes after data
+    /// that may or may not reach the client first (a slow reader's queue, a kicked member).
+    ///
+    /// # Panics
+    ///
+    /// When no close frame comes within the client's timeout, counted from the call, or the
+    /// connection ends without one.
+    #[track_caller]
+    pub fn recv_until_close(&mut self) -> impl Future<Output = Option<CloseFrame>> + '_ {
+        let caller = Location::caller();
+        async move {
+            let what = "a close frame";
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.next_within(caller, left, what).await {
+                    Some(Message::Close(frame)) => return frame,
+                    Some(_) => {}
+                    None => fail(
+                        caller,
+                        &format!(
+                            "awaited {what} on {} for {:?}: none came",
+                            self.url, self.timeout
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
     /// Waits `duration` and fails if a text, binary or close message comes meanwhile (pings
     /// are answered). Use it to check that something did *not* reach this client, after
     /// a message that did reach another one.
@@ -426,6 +497,44 @@ impl WsClient {
     ) -> impl Future<Output = Option<Message>> + '_ {
         let caller = Location::caller();
         async move { self.next_within(caller, duration, "a message").await }
+    }
+
+    /// Sends a ping with `payload` and waits for its pong: a round trip showing that the
+    /// server sent nothing before it (say, that a handler wrote nothing), without waiting a
+    /// fixed time as [`expect_nothing_for`](WsClient::expect_nothing_for) does.
+    ///
+    /// # Panics
+    ///
+    /// When a text, binary or close message comes before the pong (shown), the pong does not
+    /// come within the client's timeout, or the connection has ended.
+    #[track_caller]
+    pub fn ping(&mut self, payload: &[u8]) -> impl Future<Output = ()> + '_ {
+        let caller = Location::caller();
+        let payload = Bytes::copy_from_slice(payload);
+        async move {
+            const WHAT: &str = "the pong to our ping";
+            self.send_at(caller, Message::Ping(payload.clone())).await;
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                    Ok(Some(Ok(Message::Pong(got)))) if got == payload => return,
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                    Ok(Some(Ok(other))) => fail(
+                        caller,
+                        &format!("awaited {WHAT} on {}, got {}", self.url, show(&other)),
+                    ),
+                    Ok(Some(Err(error))) => self.lost(caller, WHAT, error),
+                    Ok(None) => self.lost(caller, WHAT, NO_CLOSE_FRAME.to_owned()),
+                    Err(_) => fail(
+                        caller,
+                        &format!(
+                            "awaited {WHAT} on {} for {:?}: nothing came",
+                            self.url, self.timeout
+                        ),
+                    ),
+                }
+            }
+        }
     }
 
     /// Closes the connection: sends a close frame with `code` and `reason`, then waits for
@@ -508,29 +617,29 @@ impl WsClient {
                     }
                     return Some(message);
                 }
-                Some(Err(error)) => {
-                    let ended = Ended::Lost(error);
-                    let message = format!(
-                        "awaited {what} on {}, but {}",
-                        self.url,
-                        describe_end(&ended)
-                    );
-                    self.ended = Some(ended);
-                    fail(caller, &message);
-                }
-                None => {
-                    let ended =
-                        Ended::Lost("the connection ended without a close frame".to_owned());
-                    let message = format!(
-                        "awaited {what} on {}, but {}",
-                        self.url,
-                        describe_end(&ended)
-                    );
-                    self.ended = Some(ended);
-                    fail(caller, &message);
-                }
+                Some(Err(error)) => self.lost(caller, what, error),
+                None => self.lost(caller, what, NO_CLOSE_FRAME.to_owned()),
             }
         }
+    }
+
+    /// Records that the connection was lost, and fails the wait for `what`.
+    fn lost(&mut self, caller: &'static Location<'static>, what: &str, why: String) -> ! {
+        let ended = Ended::Lost(why);
+        let message = format!(
+            "awaited {what} on {}, but {}",
+            self.url,
+            describe_end(&ended)
+        );
+        self.ended = Some(ended);
+        fail(caller, &message)
+    }
+
+    /// Drops the connection with a TCP reset, as a network failure would: no close frame,
+    /// nothing flushed. For testing what a server does about a peer that vanished (its
+    /// room left, a reconnection that recovers what was missed).
+    pub fn reset(self) {
+        self.socket.reset();
     }
 }
 

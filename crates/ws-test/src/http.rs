@@ -75,18 +75,46 @@ pub fn http_post<'a>(
     url: &'a str,
     json: Option<&'a serde_json::Value>,
 ) -> impl Future<Output = HttpResponse> + 'a {
-    request("POST", url, json)
+    let body = json.map(|json| Body {
+        content_type: "application/json",
+        text: json.to_string(),
+    });
+    request("POST", url, body)
+}
+
+/// `POST url` with `text` as a `text/plain` body, as [`http_get`]: for handlers that read
+/// the raw body (`ctx.bind::<String>()`).
+///
+/// # Panics
+///
+/// As [`http_get`].
+#[track_caller]
+pub fn http_post_text<'a>(
+    url: &'a str,
+    text: &str,
+) -> impl Future<Output = HttpResponse> + use<'a> {
+    let body = Body {
+        content_type: "text/plain; charset=utf-8",
+        text: text.to_owned(),
+    };
+    request("POST", url, Some(body))
+}
+
+/// A request body and its type.
+struct Body {
+    content_type: &'static str,
+    text: String,
 }
 
 #[track_caller]
 fn request<'a>(
     method: &'a str,
     url: &'a str,
-    json: Option<&'a serde_json::Value>,
+    body: Option<Body>,
 ) -> impl Future<Output = HttpResponse> + 'a {
     let caller = Location::caller();
     async move {
-        match tokio::time::timeout(DEFAULT_TIMEOUT, exchange(method, url, json)).await {
+        match tokio::time::timeout(DEFAULT_TIMEOUT, exchange(method, url, body)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => fail(caller, &format!("{method} {url}: {error}")),
             Err(_) => fail(
@@ -97,11 +125,7 @@ fn request<'a>(
     }
 }
 
-async fn exchange(
-    method: &str,
-    url: &str,
-    json: Option<&serde_json::Value>,
-) -> Result<HttpResponse, String> {
+async fn exchange(method: &str, url: &str, body: Option<Body>) -> Result<HttpResponse, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("only http:// URLs are supported".to_owned());
@@ -111,12 +135,11 @@ async fn exchange(
     let mut stream = TcpStream::connect(authority)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let body = json.map(ToString::to_string).unwrap_or_default();
-    let content_type = if json.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
+    let content_type = body
+        .as_ref()
+        .map(|body| format!("Content-Type: {}\r\n", body.content_type))
+        .unwrap_or_default();
+    let body = body.map(|body| body.text).unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{content_type}\
          Content-Length: {}\r\n\r\n",

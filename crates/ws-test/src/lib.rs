@@ -56,8 +56,9 @@
 //! and receives with [`recv`](WsClient::recv), [`recv_text`](WsClient::recv_text),
 //! [`recv_json`](WsClient::recv_json), [`expect_close`](WsClient::expect_close) and
 //! [`expect_nothing_for`](WsClient::expect_nothing_for). Pings are answered and never
-//! returned. [`ClientBuilder::try_connect`] returns a refused upgrade's status and body
-//! instead of failing, for testing authentication. Messages are [`ws_message::Message`]s; no
+//! returned. [`ClientBuilder::expect_refused`] checks that an upgrade is refused with a
+//! status (for testing authentication); [`ClientBuilder::try_connect`] returns any failure
+//! instead of failing the test. Messages are [`ws_message::Message`]s; no
 //! type of the client's engine (tokio-tungstenite) is public.
 //!
 //! Compression: with `deflate(true)` the client offers `permessage-deflate` without
@@ -90,15 +91,17 @@ mod client;
 mod handshake;
 mod http;
 mod process;
+mod served;
 mod server;
 mod socket;
 mod wait;
 
 pub use crate::client::{ClientBuilder, WsClient};
 pub use crate::handshake::{ConnectError, ConnectErrorKind};
-pub use crate::http::{HttpResponse, http_get, http_post};
-pub use crate::process::AppProcess;
-pub use crate::server::{StopHandle, TestServer};
+pub use crate::http::{HttpResponse, http_get, http_post, http_post_text};
+pub use crate::process::{AppProcess, ChildProcess, example_path};
+pub use crate::served::Served;
+pub use crate::server::{InProcess, StopHandle, TestServer};
 pub use crate::wait::{DEFAULT_TIMEOUT, eventually, eventually_within};
 pub use ws_message::{CloseFrame, Message};
 

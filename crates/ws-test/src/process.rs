@@ -4,13 +4,14 @@ use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
     panic::Location,
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use crate::{
-    client::{ClientBuilder, WsClient},
+    served::Served,
     wait::{DEFAULT_TIMEOUT, fail},
 };
 
@@ -34,11 +35,12 @@ const START_WAIT: Duration = Duration::from_secs(10);
 /// assert_eq!(client.recv_text().await, "hi");
 /// # }
 /// ```
+pub type AppProcess = Served<ChildProcess>;
+
+/// What runs an [`AppProcess`]: a child process, killed by its PID when dropped.
 #[derive(Debug)]
-pub struct AppProcess {
+pub struct ChildProcess {
     child: Child,
-    addr: SocketAddr,
-    metrics_addr: Option<SocketAddr>,
     log: mpsc::Receiver<serde_json::Value>,
 }
 
@@ -100,86 +102,28 @@ impl AppProcess {
             }
         };
         AppProcess {
-            child,
             addr,
             metrics_addr,
-            log,
+            kind: ChildProcess { child, log },
         }
     }
 
-    /// Starts the package's example `name` (an `[[example]]` target), built by `cargo test`
-    /// before the integration tests into `target/<profile>/examples/`, next to the test
-    /// binary's own directory; as [`start`](AppProcess::start) with `envs` set.
+    /// Starts the package's example `name` (see [`example_path`]) with `envs` set, as
+    /// [`start`](AppProcess::start).
     ///
     /// # Panics
     ///
-    /// As [`start`](AppProcess::start), and when the test binary's path is unknown.
+    /// As [`start`](AppProcess::start) and [`example_path`].
     #[track_caller]
     pub fn example(name: &str, envs: &[(&str, &str)]) -> AppProcess {
-        let caller = Location::caller();
-        let exe = std::env::current_exe()
-            .unwrap_or_else(|e| fail(caller, &format!("no test binary path: {e}")));
-        let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) else {
-            fail(
-                caller,
-                &format!("{} is not in target/<profile>/deps", exe.display()),
-            )
-        };
-        let program = profile_dir.join("examples").join(name);
-        if !program.exists() {
-            fail(
-                caller,
-                &format!(
-                    "no example {} (`cargo test` builds the examples, but not with a `--test` \
-                     filter: run `cargo build --example {name}` first)",
-                    program.display()
-                ),
-            );
-        }
-        let mut command = Command::new(program);
+        let mut command = Command::new(example_path(name));
         command.envs(envs.iter().copied());
         AppProcess::start(command)
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `ws://127.0.0.1:<port><path>`.
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    /// `http://127.0.0.1:<port><path>`.
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// `http://127.0.0.1:<port>/metrics`, if the program logged its metrics address.
-    pub fn metrics_url(&self) -> Option<String> {
-        self.metrics_addr
-            .map(|addr| format!("http://{addr}/metrics"))
-    }
-
-    /// A client builder for `path`.
-    pub fn client(&self, path: &str) -> ClientBuilder {
-        ClientBuilder::new(self.ws_url(path))
-    }
-
-    /// Connects a client to `path` with the builder's defaults.
-    ///
-    /// # Panics
-    ///
-    /// When the connection or the handshake fails.
-    #[track_caller]
-    pub fn connect(&self, path: &str) -> impl Future<Output = WsClient> {
-        self.client(path).connect()
+        self.kind.child.id()
     }
 
     /// The next log line (JSON) whose `message` is `message`, skipping others; waits at
@@ -193,7 +137,7 @@ impl AppProcess {
         let deadline = Instant::now() + DEFAULT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
+            match self.kind.log.recv_timeout(left) {
                 Ok(line) if line["message"] == message => return line,
                 Ok(_) => continue,
                 Err(_) => fail(
@@ -212,12 +156,12 @@ impl AppProcess {
     #[track_caller]
     pub fn terminate(&self) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.kind.child.id().to_string()])
             .status();
         if !status.is_ok_and(|s| s.success()) {
             fail(
                 Location::caller(),
-                &format!("kill -TERM {} failed", self.child.id()),
+                &format!("kill -TERM {} failed", self.kind.child.id()),
             );
         }
     }
@@ -232,7 +176,7 @@ impl AppProcess {
         let caller = Location::caller();
         let deadline = Instant::now() + bound;
         loop {
-            match self.child.try_wait() {
+            match self.kind.child.try_wait() {
                 Ok(Some(status)) => return status,
                 Ok(None) if Instant::now() < deadline => {
                     // Polling a child's exit: std has no wait with a timeout.
@@ -248,7 +192,7 @@ impl AppProcess {
     }
 }
 
-impl Drop for AppProcess {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         // `Child::kill` signals this child's PID only (SIGKILL), never a name.
         let _ = self.child.kill();
@@ -258,4 +202,37 @@ impl Drop for AppProcess {
 
 fn logged_address(line: &serde_json::Value, field: &str) -> Option<SocketAddr> {
     line.get(field)?.as_str()?.parse().ok()
+}
+
+/// The path of the package's example `name` (an `[[example]]` target), which `cargo test`
+/// builds before the integration tests into `target/<profile>/examples/`, next to the test
+/// binary's own directory. For starting it another way than [`AppProcess::example`] (behind
+/// a shell that lowers its limits, or to check how it fails).
+///
+/// # Panics
+///
+/// When the test binary's path is unknown, or the example has not been built.
+#[track_caller]
+pub fn example_path(name: &str) -> PathBuf {
+    let caller = Location::caller();
+    let exe = std::env::current_exe()
+        .unwrap_or_else(|e| fail(caller, &format!("no test binary path: {e}")));
+    let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) else {
+        fail(
+            caller,
+            &format!("{} is not in target/<profile>/deps", exe.display()),
+        )
+    };
+    let program = profile_dir.join("examples").join(name);
+    if !program.exists() {
+        fail(
+            caller,
+            &format!(
+                "no example {} (`cargo test` builds the examples, but not with a `--test` \
+                     filter: run `cargo build --example {name}` first)",
+                program.display()
+            ),
+        );
+    }
+    program
 }

@@ -7,7 +7,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use ws_context::{CloseFrame, ConnectionHub, ConnectionId};
 
 use crate::{
-    client::{ClientBuilder, WsClient},
+    client::WsClient,
+    served::Served,
     wait::{DEFAULT_TIMEOUT, fail, wait_until},
 };
 
@@ -35,19 +36,21 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// assert_eq!(client.recv_text().await, "hi");
 /// # }
 /// ```
-pub struct TestServer {
-    addr: SocketAddr,
-    metrics_addr: Option<SocketAddr>,
+pub type TestServer = Served<InProcess>;
+
+/// What runs a [`TestServer`]: a task of the test's runtime, stopped when the server is
+/// dropped.
+pub struct InProcess {
     hub: Option<ConnectionHub>,
     stop: StopHandle,
-    task: Option<JoinHandle<()>>,
+    /// The server; `Err` with the reason when it stopped with an error.
+    task: Option<JoinHandle<Result<(), String>>>,
 }
 
-impl fmt::Debug for TestServer {
+impl fmt::Debug for InProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestServer")
-            .field("addr", &self.addr)
-            .field("metrics_addr", &self.metrics_addr)
+        f.debug_struct("InProcess")
+            .field("hub", &self.hub.as_ref().map(ConnectionHub::len))
             .finish_non_exhaustive()
     }
 }
@@ -135,21 +138,24 @@ impl TestServer {
             let (stop, mut stopped) = watch::channel(false);
             let closing = hub.clone();
             let task = tokio::spawn(async move {
-                let _ = ws_upgrader::serve(listener, router)
+                ws_upgrader::serve(listener, router)
                     .with_graceful_shutdown(async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                         if let Some(hub) = closing {
                             hub.shutdown(CloseFrame::going_away("test server stopped"));
                         }
                     })
-                    .await;
+                    .await
+                    .map_err(|error| error.to_string())
             });
             TestServer {
                 addr,
                 metrics_addr: None,
-                hub,
-                stop: StopHandle(Stop::Router(stop)),
-                task: Some(task),
+                kind: InProcess {
+                    hub,
+                    stop: StopHandle(Stop::Router(stop)),
+                    task: Some(task),
+                },
             }
         }
     }
@@ -183,54 +189,21 @@ impl TestServer {
             let hub = app.hub();
             let stop = StopHandle(Stop::App(app.shutdown_handle()));
             let task = tokio::spawn(async move {
-                if let Err(error) = app.serve(listener).await {
+                app.serve(listener).await.map_err(|error| {
                     tracing::error!(%error, "ws-test: the App stopped with an error");
-                }
+                    error.to_string()
+                })
             });
             TestServer {
                 addr,
                 metrics_addr: Some(metrics_addr),
-                hub: Some(hub),
-                stop,
-                task: Some(task),
+                kind: InProcess {
+                    hub: Some(hub),
+                    stop,
+                    task: Some(task),
+                },
             }
         }
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `ws://127.0.0.1:<port><path>`; `path` starts with `/` and may carry a query.
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    /// `http://127.0.0.1:<port><path>`.
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// `http://127.0.0.1:<port>/metrics` of an app; `None` for a plain router.
-    pub fn metrics_url(&self) -> Option<String> {
-        self.metrics_addr
-            .map(|addr| format!("http://{addr}/metrics"))
-    }
-
-    /// A client builder for `path` on this server.
-    pub fn client(&self, path: &str) -> ClientBuilder {
-        ClientBuilder::new(self.ws_url(path))
-    }
-
-    /// Connects a client to `path` with the builder's defaults.
-    ///
-    /// # Panics
-    ///
-    /// When the connection or the handshake fails.
-    #[track_caller]
-    pub fn connect(&self, path: &str) -> impl Future<Output = WsClient> {
-        self.client(path).connect()
     }
 
     /// The hub of every open connection.
@@ -240,7 +213,7 @@ impl TestServer {
     /// For a router started without one ([`router`](TestServer::router)).
     #[track_caller]
     pub fn hub(&self) -> &ConnectionHub {
-        match &self.hub {
+        match &self.kind.hub {
             Some(hub) => hub,
             None => fail(
                 Location::caller(),
@@ -251,7 +224,7 @@ impl TestServer {
 
     /// A handle that stops the server from anywhere.
     pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
+        self.kind.stop.clone()
     }
 
     /// Stops the server gracefully (close 1001 to every WebSocket, handlers given their
@@ -259,16 +232,20 @@ impl TestServer {
     ///
     /// # Panics
     ///
-    /// When it has not stopped by then, or its task panicked.
+    /// When it has not stopped by then, stopped with an error, or its task panicked.
     #[track_caller]
     pub fn shutdown(mut self) -> impl Future<Output = ()> {
         let caller = Location::caller();
-        self.stop.shutdown();
-        let task = self.task.take();
+        self.kind.stop.shutdown();
+        let task = self.kind.task.take();
         async move {
             let Some(task) = task else { return };
             match tokio::time::timeout(SHUTDOWN_WAIT, task).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => fail(
+                    caller,
+                    &format!("the server stopped with an error: {error}"),
+                ),
                 Ok(Err(error)) => fail(caller, &format!("the server task failed: {error}")),
                 Err(_) => fail(
                     caller,
@@ -414,7 +391,7 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
+impl Drop for InProcess {
     fn drop(&mut self) {
         self.stop.shutdown();
         if let Some(task) = self.task.take() {

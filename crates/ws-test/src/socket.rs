@@ -61,6 +61,16 @@ impl Socket {
         }
     }
 
+    /// Drops the connection with a TCP reset (RST) instead of a FIN.
+    pub(crate) fn reset(self) {
+        let stream = match &self {
+            Socket::Plain(ws) => ws.get_ref(),
+            Socket::Deflate(socket) => &socket.stream,
+        };
+        // A zero linger time is what makes the kernel send RST when the socket is dropped.
+        let _ = stream.set_zero_linger();
+    }
+
     /// Sends one message (text, binary, ping, pong or close).
     pub(crate) async fn send(&mut self, message: Message) -> Result<(), String> {
         match self {

@@ -67,3 +67,13 @@ async fn the_client_closes_with_a_handshake() {
     let mut client = server.connect("/who").await;
     client.close(4001, "done").await;
 }
+
+#[tokio::test]
+async fn a_ping_round_trip_passes_when_nothing_came_first() {
+    let server = server().await;
+    let mut client = server.connect("/who").await;
+    client.send_text("?").await;
+    let _: serde_json::Value = client.recv_json().await;
+    client.ping(b"nothing else").await;
+    client.ping(b"").await;
+}

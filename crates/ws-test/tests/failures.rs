@@ -91,3 +91,19 @@ async fn a_router_without_a_hub_says_so() {
     let server = TestServer::router(router).await;
     server.expect_connections(0).await;
 }
+
+#[tokio::test]
+#[should_panic(expected = "awaited the pong to our ping on ws://")]
+async fn ping_fails_when_a_message_comes_before_its_pong() {
+    let server = server().await;
+    let mut client = server.connect("/echo").await;
+    client.send_text("first").await;
+    client.ping(b"p").await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "awaited a refusal with 401 from ws://")]
+async fn expect_refused_says_when_the_upgrade_succeeded() {
+    let server = server().await;
+    server.client("/echo").expect_refused(401).await;
+}

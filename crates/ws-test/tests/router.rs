@@ -94,3 +94,35 @@ async fn a_server_close_code_is_read_with_its_reason() {
     assert!(server.hub().close(&id, kicked));
     assert_eq!(client.expect_close(4000).await, "kicked");
 }
+
+#[tokio::test]
+async fn recv_until_close_drops_what_came_before_the_close() {
+    let hub = ConnectionHub::new();
+    let server = TestServer::router_with_hub(rooms(&hub), hub).await;
+    let mut client = server.connect("/ws/lobby").await;
+    server.expect_room_size("lobby", 1).await;
+    client.send_text("before").await;
+    client.send_text("the close").await;
+    let id = server.connection_id(&client).await;
+    let kicked = CloseFrame::new(4000, "kicked").expect("an application code");
+    assert!(server.hub().close(&id, kicked));
+    let close = client.recv_until_close().await;
+    assert_eq!(
+        close.as_ref().map(|frame| (frame.code(), frame.reason())),
+        Some((4000, "kicked"))
+    );
+}
+
+#[tokio::test]
+async fn a_reset_client_leaves_the_hub_without_a_close_frame() {
+    let hub = ConnectionHub::new();
+    let server = TestServer::router_with_hub(rooms(&hub), hub).await;
+    let client = server.connect("/ws/lobby").await;
+    let mut other = server.connect("/ws/lobby").await;
+    server.expect_room_size("lobby", 2).await;
+    client.reset();
+    server.expect_room_size("lobby", 1).await;
+    server.expect_connections(1).await;
+    other.send_text("still here").await;
+    assert_eq!(other.recv_text().await, "still here");
+}

@@ -5,7 +5,8 @@ use flate2::{Compress, Decompress, FlushCompress, FlushDecompress};
 use tokio::net::TcpStream;
 use ws_upgrader::{Compression, WsUpgrader};
 
-use crate::support::{header, raw_request, read_frame, spawn_echo, upgrade_request, write_frame};
+use crate::support::spawn_echo;
+use test_support::{header, raw_request, read_frame, upgrade_request, write_frame};
 
 const TEXT: u8 = 0x1;
 /// RFC 7692 §7.2.1: the tail every flushed message ends with, stripped on the wire.
@@ -160,6 +161,28 @@ async fn deflate_is_negotiated_only_when_enabled_and_offered() {
     assert_eq!(extension, None);
 }
 
+/// Sends `message` twice; each echo must come compressed and inflate back to `message`, with
+/// one decoder across both (`shared`, the server keeps its context) or a fresh one each time.
+/// The two compressed payloads.
+async fn echo_twice(
+    stream: &mut TcpStream,
+    message: &[u8],
+    mut shared: Option<&mut Decompress>,
+) -> [Vec<u8>; 2] {
+    let mut echo = async || {
+        write_frame(stream, true, false, TEXT, message).await;
+        let (compressed, wire) = read_message(stream).await;
+        assert!(compressed);
+        let inflated = match shared.as_deref_mut() {
+            Some(decoder) => inflate(decoder, &wire),
+            None => inflate(&mut decompressor(), &wire),
+        };
+        assert_eq!(inflated, message);
+        wire
+    };
+    [echo().await, echo().await]
+}
+
 #[tokio::test]
 async fn no_context_takeover_by_default_and_takeover_when_chosen() {
     let message = json(2048);
@@ -172,14 +195,7 @@ async fn no_context_takeover_by_default_and_takeover_when_chosen() {
         extension.as_deref(),
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
-    let mut frames = Vec::new();
-    for _ in 0..2 {
-        write_frame(&mut stream, true, false, TEXT, &message).await;
-        let (compressed, wire) = read_message(&mut stream).await;
-        assert!(compressed);
-        assert_eq!(inflate(&mut decompressor(), &wire), message);
-        frames.push(wire);
-    }
+    let frames = echo_twice(&mut stream, &message, None).await;
     assert_eq!(frames[0], frames[1], "no history carried over");
 
     // Context takeover chosen: the second copy refers back to the first, so it is much smaller.
@@ -190,15 +206,8 @@ async fn no_context_takeover_by_default_and_takeover_when_chosen() {
     let addr = compressing_server(takeover).await;
     let (mut stream, extension) = open(addr, Some("permessage-deflate")).await;
     assert_eq!(extension.as_deref(), Some("permessage-deflate"));
-    let mut decoder = decompressor();
-    let mut sizes = Vec::new();
-    for _ in 0..2 {
-        write_frame(&mut stream, true, false, TEXT, &message).await;
-        let (compressed, wire) = read_message(&mut stream).await;
-        assert!(compressed);
-        assert_eq!(inflate(&mut decoder, &wire), message);
-        sizes.push(wire.len());
-    }
+    let frames = echo_twice(&mut stream, &message, Some(&mut decompressor())).await;
+    let sizes = frames.map(|wire| wire.len());
     assert!(sizes[1] * 4 < sizes[0], "{sizes:?}");
 
     // ... unless the client asks for server_no_context_takeover.
@@ -208,14 +217,7 @@ async fn no_context_takeover_by_default_and_takeover_when_chosen() {
         extension.unwrap().contains("server_no_context_takeover"),
         "the server agrees"
     );
-    let mut frames = Vec::new();
-    for _ in 0..2 {
-        write_frame(&mut stream, true, false, TEXT, &message).await;
-        let (compressed, wire) = read_message(&mut stream).await;
-        assert!(compressed);
-        assert_eq!(inflate(&mut decompressor(), &wire), message);
-        frames.push(wire);
-    }
+    let frames = echo_twice(&mut stream, &message, None).await;
     assert_eq!(frames[0], frames[1], "no history carried over");
 }
 

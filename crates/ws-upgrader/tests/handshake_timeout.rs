@@ -8,8 +8,9 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_tungstenite::tungstenite;
 use ws_upgrader::WsUpgrader;
 
-use crate::support::{
-    WAIT, closed_within, raw_request, read_close_code, read_frame, spawn_echo, upgrade_request,
+use crate::support::spawn_echo;
+use test_support::{
+    WAIT, closed_within, raw_request, read_close_code, read_frame, upgrade_request,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(400);

@@ -5,19 +5,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use ws_upgrader::WsUpgrader;
 
-use crate::support::{
-    WAIT, raw_request, read_close_code, read_frame, spawn_echo, upgrade_request, write_frame,
-};
+use crate::support::spawn_echo;
+use test_support::{WAIT, raw_websocket, read_close_code, read_frame, write_frame};
 
 const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
 const CONTINUATION: u8 = 0x0;
-
-async fn open(addr: std::net::SocketAddr) -> TcpStream {
-    let (stream, status, _) = raw_request(addr, &upgrade_request(addr, "/ws", "")).await;
-    assert_eq!(status, 101);
-    stream
-}
 
 async fn limited_server() -> std::net::SocketAddr {
     spawn_echo(
@@ -39,7 +32,7 @@ async fn assert_echoes(stream: &mut TcpStream, payload: &[u8]) {
 #[tokio::test]
 async fn a_frame_over_max_frame_size_closes_1009() {
     let addr = limited_server().await;
-    let mut stream = open(addr).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
     assert_echoes(&mut stream, &[7; 100]).await;
     write_frame(&mut stream, true, false, BINARY, &[7; 101]).await;
     assert_eq!(read_close_code(&mut stream).await, 1009);
@@ -48,7 +41,7 @@ async fn a_frame_over_max_frame_size_closes_1009() {
 #[tokio::test]
 async fn fragments_within_both_limits_are_one_message() {
     let addr = limited_server().await;
-    let mut stream = open(addr).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
     write_frame(&mut stream, false, false, BINARY, &[1; 100]).await;
     for _ in 0..8 {
         write_frame(&mut stream, false, false, CONTINUATION, &[1; 100]).await;
@@ -62,7 +55,7 @@ async fn fragments_within_both_limits_are_one_message() {
 #[tokio::test]
 async fn a_message_over_max_message_size_closes_1009_even_in_small_frames() {
     let addr = limited_server().await;
-    let mut stream = open(addr).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
     write_frame(&mut stream, false, false, BINARY, &[1; 100]).await;
     for _ in 0..10 {
         write_frame(&mut stream, false, false, CONTINUATION, &[1; 100]).await;
@@ -98,7 +91,7 @@ async fn an_oversized_message_from_a_real_client_gets_1009() {
 #[tokio::test]
 async fn invalid_utf8_closes_1007() {
     let addr = spawn_echo(WsUpgrader::new()).await;
-    let mut stream = open(addr).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
     write_frame(&mut stream, true, false, TEXT, b"valid, then \xff\xfe").await;
     assert_eq!(read_close_code(&mut stream).await, 1007);
 }
@@ -106,7 +99,7 @@ async fn invalid_utf8_closes_1007() {
 #[tokio::test]
 async fn an_unknown_opcode_closes_1002() {
     let addr = spawn_echo(WsUpgrader::new()).await;
-    let mut stream = open(addr).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
     write_frame(&mut stream, true, false, 0x3, b"reserved opcode").await;
     assert_eq!(read_close_code(&mut stream).await, 1002);
 }
@@ -114,7 +107,7 @@ async fn an_unknown_opcode_closes_1002() {
 #[tokio::test]
 async fn the_server_keeps_serving_others_after_each_failure() {
     let addr = limited_server().await;
-    let mut bystander = open(addr).await;
+    let mut bystander = raw_websocket(addr, "/ws").await;
     assert_echoes(&mut bystander, b"before").await;
     let bad_inputs: [(u8, &[u8], u16); 3] = [
         (TEXT, b"\xc3\x28", 1007),
@@ -122,12 +115,12 @@ async fn the_server_keeps_serving_others_after_each_failure() {
         (BINARY, &[0; 101], 1009),
     ];
     for (opcode, payload, code) in bad_inputs {
-        let mut offender = open(addr).await;
+        let mut offender = raw_websocket(addr, "/ws").await;
         write_frame(&mut offender, true, false, opcode, payload).await;
         assert_eq!(read_close_code(&mut offender).await, code);
         // The one already connected and a new one are both served.
         assert_echoes(&mut bystander, b"during").await;
-        let mut newcomer = open(addr).await;
+        let mut newcomer = raw_websocket(addr, "/ws").await;
         assert_echoes(&mut newcomer, b"new").await;
     }
 }
@@ -135,17 +128,20 @@ async fn the_server_keeps_serving_others_after_each_failure() {
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
+/// A connection to an echo server whose messages must be finished within `timeout`.
+async fn open_with_message_timeout(timeout: std::time::Duration) -> TcpStream {
+    let upgrader = WsUpgrader::builder()
+        .message_timeout(timeout)
+        .build()
+        .unwrap();
+    let addr = spawn_echo(upgrader).await;
+    raw_websocket(addr, "/ws").await
+}
+
 #[tokio::test]
 async fn an_unfinished_message_is_closed_1008_after_the_message_timeout_pings_answered_meanwhile() {
     let timeout = std::time::Duration::from_millis(600);
-    let addr = spawn_echo(
-        WsUpgrader::builder()
-            .message_timeout(timeout)
-            .build()
-            .unwrap(),
-    )
-    .await;
-    let mut stream = open(addr).await;
+    let mut stream = open_with_message_timeout(timeout).await;
     let started = std::time::Instant::now();
     write_frame(&mut stream, false, false, TEXT, b"never fin").await;
     // Pings are answered, and do not count as progress on the message.
@@ -163,14 +159,7 @@ async fn an_unfinished_message_is_closed_1008_after_the_message_timeout_pings_an
 #[tokio::test]
 async fn a_message_that_keeps_growing_is_not_timed_out() {
     let timeout = std::time::Duration::from_millis(400);
-    let addr = spawn_echo(
-        WsUpgrader::builder()
-            .message_timeout(timeout)
-            .build()
-            .unwrap(),
-    )
-    .await;
-    let mut stream = open(addr).await;
+    let mut stream = open_with_message_timeout(timeout).await;
     write_frame(&mut stream, false, false, BINARY, &[1; 10]).await;
     for _ in 0..4 {
         tokio::time::sleep(timeout / 2).await;
@@ -193,13 +182,13 @@ async fn unfinished_messages_past_the_inbound_budget_close_1013_and_give_it_back
     .await;
     // The first peer holds 40 KiB of an unfinished message; the second one's 40 KiB would pass
     // the 64 KiB budget.
-    let mut first = open(addr).await;
+    let mut first = raw_websocket(addr, "/ws").await;
     write_frame(&mut first, false, false, BINARY, &[1; 40 << 10]).await;
-    let mut second = open(addr).await;
+    let mut second = raw_websocket(addr, "/ws").await;
     write_frame(&mut second, false, false, BINARY, &[2; 40 << 10]).await;
     assert_eq!(read_close_code(&mut second).await, 1013);
     // Small complete messages never touch the budget.
-    let mut third = open(addr).await;
+    let mut third = raw_websocket(addr, "/ws").await;
     assert_echoes(&mut third, &[3; 100]).await;
     // The first finishes its message; the budget is all given back.
     write_frame(&mut first, true, false, CONTINUATION, &[1; 10]).await;
@@ -270,8 +259,8 @@ async fn flooded_server(upgrader: WsUpgrader) -> FloodedServer {
 async fn flood(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
     use tokio::io::AsyncWriteExt as _;
 
-    let (unread, mut write) = open(addr).await.into_split();
-    let pings = crate::support::client_frame(true, false, 0x9, &[b'p'; 125]).repeat(100_000);
+    let (unread, mut write) = raw_websocket(addr, "/ws").await.into_split();
+    let pings = test_support::client_frame(true, false, 0x9, &[b'p'; 125]).repeat(100_000);
     tokio::spawn(async move {
         // Kept open, unread, until the test ends the task.
         let _unread = unread;

@@ -9,10 +9,8 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use ws_upgrader::WsUpgrader;
 
-use crate::support::{
-    BURST_FRAMES, WAIT, header, raw_request, spawn_burst, spawn_echo, spawn_feed_then_read,
-    upgrade_request,
-};
+use crate::support::{BURST_FRAMES, spawn_burst, spawn_echo, spawn_feed_then_read};
+use test_support::{WAIT, header, raw_request, upgrade_request};
 
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -201,7 +199,7 @@ async fn no_common_protocol_upgrades_without_the_header() {
     .await;
     assert_eq!(status, 101);
     assert_eq!(header(&headers, "sec-websocket-protocol"), None);
-    let told = crate::support::read_frame(&mut stream).await;
+    let told = test_support::read_frame(&mut stream).await;
     assert_eq!(told.payload, b"protocol=none");
 }
 

@@ -9,10 +9,8 @@ use tokio::{
     sync::oneshot,
 };
 
-use crate::support::{
-    WAIT, client_frame, closed_within, read_frame, spawn_echo, spawn_echo_in_memory,
-    upgrade_request,
-};
+use crate::support::{spawn_echo, spawn_echo_in_memory};
+use test_support::{WAIT, client_frame, closed_within, read_frame, upgrade_request};
 
 #[tokio::test]
 async fn requests_carry_the_peer_address_and_shutdown_is_graceful() {
@@ -121,13 +119,9 @@ mod limits {
         body::Body,
         routing::{get, post},
     };
-    use tokio::{
-        io::AsyncWriteExt as _,
-        net::{TcpListener, TcpStream},
-        sync::oneshot,
-    };
+    use tokio::{net::TcpListener, sync::oneshot};
 
-    use crate::support::{WAIT, closed_within, raw_request};
+    use test_support::{WAIT, closed_within, half_requests, raw_request};
 
     const SHORT: Duration = Duration::from_millis(300);
 
@@ -252,16 +246,7 @@ mod limits {
                 .shutdown_timeout(SHORT)
         })
         .await;
-        let mut half_head = TcpStream::connect(addr).await.unwrap();
-        half_head
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        let mut half_body = TcpStream::connect(addr).await.unwrap();
-        half_body
-            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.")
-            .await
-            .unwrap();
+        let [mut half_head, mut half_body] = half_requests(addr, "/", "/upload").await;
         // Let the server read both.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();

@@ -1,21 +1,26 @@
-//! A throwaway `redis-server` for tests: loopback only, a free port, no persistence, killed
-//! by PID when dropped. Also included by the examples' tests.
+//! [`RedisServer`]: a throwaway `redis-server` for tests.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::{Process, free_port};
 
 /// Longest Redis may take to answer PING after starting.
 const READY: Duration = Duration::from_secs(10);
 
-pub(crate) struct RedisServer {
-    child: Option<Child>,
-    pub(crate) port: u16,
+/// A `redis-server` on a free loopback port, persistence off, killed by its PID when dropped
+/// (and restartable on the same port, to test reconnection).
+#[derive(Debug)]
+pub struct RedisServer {
+    process: Option<Process>,
+    port: u16,
     /// With TLS: the directory holding the CA, certificate and key (deleted on drop).
-    tls: Option<std::path::PathBuf>,
+    tls: Option<PathBuf>,
 }
 
 impl Drop for RedisServer {
@@ -28,29 +33,25 @@ impl Drop for RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one, or returns None (with a message) when `redis-server` is not installed.
-    /// Under `CI=true` a missing Redis fails the test instead.
-    pub(crate) fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+    /// Starts one, or returns `None` (with a note on stderr) when `redis-server` is not
+    /// installed.
+    ///
+    /// # Panics
+    ///
+    /// When it does not answer PING within 10 s; under `CI=true`, when it is not installed.
+    pub fn start() -> Option<RedisServer> {
+        if !installed("redis-server", "--version") {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "redis-server is not installed, and CI=true requires it (.ci/run installs it)"
             );
+            // Test output, captured by the harness: the test that asked passes without Redis.
             eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let mut server = RedisServer {
-            child: None,
-            port,
+            process: None,
+            port: free_port(),
             tls: None,
         };
         server.restart();
@@ -58,15 +59,13 @@ impl RedisServer {
     }
 
     /// Like [`start`](Self::start), but speaking only TLS, with a throwaway CA and a
-    /// certificate for `localhost` made by `openssl`; None when either tool is missing.
-    #[allow(dead_code, reason = "used by the backplane's tests, not the examples'")]
-    pub(crate) fn start_tls() -> Option<RedisServer> {
-        if Command::new("openssl")
-            .arg("version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+    /// certificate for `localhost` made by `openssl`; `None` when either tool is missing.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start), and when `openssl` fails.
+    pub fn start_tls() -> Option<RedisServer> {
+        if !installed("openssl", "version") {
             eprintln!("SKIPPED: openssl is not installed");
             return None;
         }
@@ -139,26 +138,31 @@ impl RedisServer {
     }
 
     /// The CA that signed a TLS server's certificate.
-    #[allow(dead_code, reason = "used by the backplane's tests, not the examples'")]
-    pub(crate) fn tls_ca(&self) -> Option<std::path::PathBuf> {
+    pub fn tls_ca(&self) -> Option<PathBuf> {
         self.tls.as_ref().map(|dir| dir.join("ca.crt"))
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<port>/`
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
     /// Kills it hard (SIGKILL), as a crash would, and reaps it.
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    pub fn kill(&mut self) {
+        self.process = None;
     }
 
     /// Starts it (again) on the same port and waits until it answers PING.
-    pub(crate) fn restart(&mut self) {
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be started or does not answer within 10 s.
+    pub fn restart(&mut self) {
         self.kill();
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
@@ -181,13 +185,8 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(dir.join("ca.crt")),
         };
-        let child = command
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
+        command.args(["--save", "", "--appendonly", "no"]);
+        self.process = Some(Process::start(command));
         let deadline = Instant::now() + READY;
         while !self.answers() {
             assert!(
@@ -199,7 +198,7 @@ impl RedisServer {
     }
 
     /// Whether it answers PING with PONG (with TLS: whether it accepts connections).
-    pub(crate) fn answers(&self) -> bool {
+    pub fn answers(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -214,7 +213,11 @@ impl RedisServer {
     }
 
     /// Runs one command with `redis-cli` and returns its output, trimmed.
-    pub(crate) fn cli(&self, args: &[&str]) -> String {
+    ///
+    /// # Panics
+    ///
+    /// When `redis-cli` cannot be run.
+    pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
@@ -222,4 +225,14 @@ impl RedisServer {
             .expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
+}
+
+/// Whether `tool` runs (asked for its version with `arg`).
+fn installed(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }

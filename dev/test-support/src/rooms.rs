@@ -1,0 +1,27 @@
+//! [`room_chat`]: the smallest room server, which the hub's and the backplane's tests share.
+
+use axum::Router;
+use ws_context::{BindError, CloseFrame, Connection, ConnectionHub, Context, Endpoint, Message};
+
+/// `/ws/{room}` on `hub`: a connection joins the room of its path, and every text it sends
+/// goes to that room (itself included). `options` adjust the endpoint (limits, hooks).
+pub fn room_chat(hub: &ConnectionHub, options: impl FnOnce(Endpoint) -> Endpoint) -> Router {
+    let endpoint = Endpoint::new(to_room)
+        .hub(hub.clone())
+        .on_connect(join_room);
+    Router::new().route("/ws/{room}", options(endpoint).into_route())
+}
+
+async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    conn.hub()
+        .join(conn.id(), conn.path_param("room").unwrap_or("lobby"))
+        .await;
+    Ok(())
+}
+
+async fn to_room(ctx: Context) -> Result<(), BindError> {
+    let text: String = ctx.bind()?;
+    let room = ctx.path_param("room").unwrap_or("lobby");
+    ctx.hub().send_to_room(room, Message::text(text)).await;
+    Ok(())
+}
