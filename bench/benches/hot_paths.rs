@@ -82,8 +82,13 @@ async fn serve_receivers(count: usize) -> (ConnectionHub, Arc<Semaphore>) {
         ctx.bind()
     }
     let hub = ConnectionHub::new();
-    let router =
-        axum::Router::new().route("/ws", Endpoint::new(echo).hub(hub.clone()).into_route());
+    let router = axum::Router::new().route(
+        "/ws",
+        Endpoint::new(echo)
+            .hub(hub.clone())
+            .into_route()
+            .expect("valid endpoint options"),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -216,7 +216,8 @@ impl App {
     /// Adds a WebSocket route like [`websocket`](App::websocket), then lets `configure`
     /// adjust its [`Endpoint`]: lifecycle hooks, a connection limit, queue size, send
     /// timeout. It gets the endpoint with the app's upgrader, hub and grace period already
-    /// set.
+    /// set. An option value that cannot work stops [`serve`](App::serve) before anything is
+    /// bound, with [`AppError::WebSocketRoute`].
     ///
     /// ```no_run
     /// use gofr_app::{App, CloseFrame, Connection, Context, Error, Message};
@@ -308,7 +309,7 @@ impl App {
         name: &str,
         options: ServiceOptions,
     ) -> Result<(), PoolError> {
-        self.services.add_service(name, options).await
+        self.services.add_ws_service_with(name, options).await
     }
 
     /// Queues a message for a service (GoFr's `WriteMessageToService`), encoded as
@@ -407,6 +408,31 @@ impl App {
     /// `SHUTDOWN_GRACE_PERIOD` plus 2 s of the signal, whatever the clients do.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
+        // Routes first: an option that cannot work stops the app before anything is bound.
+        let mut router = self.router;
+        let admission = Admission::new(config.ws_max_connections, config.ws_max_connections_per_ip);
+        for route in self.websockets {
+            let mut endpoint = Endpoint::new(route.handler)
+                .upgrader(self.upgrader.clone())
+                .hub(self.hub.clone())
+                .close_grace(config.shutdown_grace);
+            if let Some(configure) = route.configure {
+                endpoint = configure(endpoint);
+            }
+            // Inside the app's own layers: authentication refuses before a place is taken.
+            let (admission, upgrader) = (admission.clone(), self.upgrader.clone());
+            let admit = axum::middleware::from_fn(move |request, next| {
+                admission::admit(admission.clone(), upgrader.clone(), request, next)
+            });
+            let method_router =
+                endpoint
+                    .into_route()
+                    .map_err(|source| AppError::WebSocketRoute {
+                        path: route.path.clone(),
+                        source,
+                    })?;
+            router = router.route(&route.path, method_router.layer(admit));
+        }
         crate::metrics::install();
         // Every upgrader that was not given a budget of its own shares the process's.
         ws_upgrader::process_inbound_budget().set_limit(config.ws_inbound_budget);
@@ -452,23 +478,6 @@ impl App {
         });
         tracing::info!(%metrics_address, "metrics on http://{metrics_address}/metrics");
 
-        let mut router = self.router;
-        let admission = Admission::new(config.ws_max_connections, config.ws_max_connections_per_ip);
-        for route in self.websockets {
-            let mut endpoint = Endpoint::new(route.handler)
-                .upgrader(self.upgrader.clone())
-                .hub(self.hub.clone())
-                .close_grace(config.shutdown_grace);
-            if let Some(configure) = route.configure {
-                endpoint = configure(endpoint);
-            }
-            // Inside the app's own layers: authentication refuses before a place is taken.
-            let (admission, upgrader) = (admission.clone(), self.upgrader.clone());
-            let admit = axum::middleware::from_fn(move |request, next| {
-                admission::admit(admission.clone(), upgrader.clone(), request, next)
-            });
-            router = router.route(&route.path, endpoint.into_route().layer(admit));
-        }
         // Handlers find the services in the request extensions (`ServiceExt`).
         router = router.layer(Extension(self.services.clone()));
         for layer in self.layers {

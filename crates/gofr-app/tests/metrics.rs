@@ -270,8 +270,11 @@ async fn metric_labels_are_bounded_and_sync_panics_are_counted() {
     .await;
 
     // An endpoint served as a fallback matches no route pattern: every path is `unmatched`.
-    let fallback = axum::Router::new()
-        .fallback_service(gofr_app::Endpoint::new(echo_or_fail).into_route::<()>());
+    let fallback = axum::Router::new().fallback_service(
+        gofr_app::Endpoint::new(echo_or_fail)
+            .into_route::<()>()
+            .expect("valid endpoint options"),
+    );
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plain_addr = plain.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(plain, fallback).await });

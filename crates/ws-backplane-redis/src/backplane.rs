@@ -33,7 +33,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Default channel prefix.
 pub const DEFAULT_PREFIX: &str = "gofrws";
 /// Default capacity of the outgoing and incoming queues, in messages.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
+pub const DEFAULT_QUEUE_MESSAGES: usize = 16_384;
 /// Default largest payload carried between instances: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 << 20;
 /// How long a publish, subscribe or health probe may take before it counts as failed.
@@ -100,7 +100,7 @@ impl Default for Settings {
         Settings {
             prefix: DEFAULT_PREFIX.to_owned(),
             heartbeat: DEFAULT_HEARTBEAT,
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: DEFAULT_QUEUE_MESSAGES,
             max_payload: DEFAULT_MAX_PAYLOAD,
             secret: None,
             tls_root_ca: None,
@@ -186,12 +186,12 @@ impl Settings {
 #[non_exhaustive]
 pub enum RedisBackplaneError {
     /// The URL is not a Redis URL.
-    #[error("invalid Redis URL {url:?}: {source}")]
+    #[error("invalid Redis URL {url:?}: {reason}")]
     Url {
         /// The URL given, without its password.
         url: String,
-        /// What the client said.
-        source: redis::RedisError,
+        /// What the client said (a text: the Redis client's types stay out of our API).
+        reason: String,
     },
     /// Redis did not answer.
     #[error("cannot reach Redis at {url}: {reason}")]
@@ -538,9 +538,9 @@ impl RedisBackplane {
         let shown = redact(url);
         let info = url
             .into_connection_info()
-            .map_err(|source| RedisBackplaneError::Url {
+            .map_err(|error| RedisBackplaneError::Url {
                 url: shown.clone(),
-                source,
+                reason: error.to_string(),
             })?;
         let settings = info
             .redis_settings()
@@ -560,9 +560,9 @@ impl RedisBackplane {
             ),
             None => redis::Client::open(info),
         }
-        .map_err(|source| RedisBackplaneError::Url {
+        .map_err(|error| RedisBackplaneError::Url {
             url: shown.clone(),
-            source,
+            reason: error.to_string(),
         })?;
 
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(shared.queue_capacity);

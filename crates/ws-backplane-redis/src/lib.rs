@@ -22,7 +22,7 @@
 //!     conn.hub().join(conn.id(), "lobby").await;
 //!     Ok(())
 //! });
-//! let app: Router = Router::new().route("/ws", endpoint.into_route());
+//! let app: Router = Router::new().route("/ws", endpoint.into_route()?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -113,7 +113,7 @@ mod wire;
 
 pub use crate::backplane::{
     BackplaneStats, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX,
-    DEFAULT_QUEUE_CAPACITY, RedisBackplane, RedisBackplaneError, Settings,
+    DEFAULT_QUEUE_MESSAGES, RedisBackplane, RedisBackplaneError, Settings,
 };
 pub use crate::metrics::describe_metrics;
 

@@ -41,7 +41,10 @@ async fn node(redis_url: &str, len: usize, age: Duration) -> Node {
         .on_connect(join);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = axum::Router::new().route("/ws/{room}", endpoint.into_route());
+    let router = axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().expect("valid endpoint options"),
+    );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     Node { hub, addr }
 }

@@ -46,7 +46,10 @@ impl Instance {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = axum::Router::new().route("/ws/{room}", endpoint.into_route());
+        let router = axum::Router::new().route(
+            "/ws/{room}",
+            endpoint.into_route().expect("valid endpoint options"),
+        );
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         Instance {
             hub,

@@ -89,13 +89,13 @@ impl WsClientPool {
 
     /// Registers a service and connects to it, with the seed's arguments: handshake
     /// `headers`, `enable_reconnection`, and the fixed `retry_interval` between dials. Other
-    /// settings keep [`ServiceOptions`]' defaults; [`add_service`](Self::add_service) takes
-    /// them all.
+    /// settings keep [`ServiceOptions`]' defaults; [`add_ws_service_with`](Self::add_ws_service_with)
+    /// takes them all.
     ///
     /// Waits for the first dial. If it fails, with reconnection on this still returns `Ok`
     /// and the pool keeps dialling in the background (messages written meanwhile are queued);
     /// with it off, the dial error is returned and the service is not registered. A bad URL,
-    /// a header the handshake sets itself or a zero `retry_interval` are errors at once.
+    /// a header the handshake sets itself or a zero `retry_interval` are [`PoolError::Config`] at once.
     ///
     /// # Cancel safety
     ///
@@ -109,19 +109,22 @@ impl WsClientPool {
         enable_reconnection: bool,
         retry_interval: Duration,
     ) -> Result<(), PoolError> {
-        let options = ServiceOptions::new(url).headers(headers);
+        let options = ServiceOptions::builder(url).headers(headers);
         let options = if enable_reconnection {
             options.reconnect(Reconnect::fixed(retry_interval))
         } else {
             options.no_reconnect()
         };
-        self.add_service(name, options).await
+        self.add_ws_service_with(name, options.build()?).await
     }
 
     /// Registers a service with every setting given; see
     /// [`add_ws_service`](Self::add_ws_service) for what happens on the first dial.
-    pub async fn add_service(&self, name: &str, options: ServiceOptions) -> Result<(), PoolError> {
-        options.validate()?;
+    pub async fn add_ws_service_with(
+        &self,
+        name: &str,
+        options: ServiceOptions,
+    ) -> Result<(), PoolError> {
         if *self.inner.stop.borrow() {
             return Err(PoolError::Closed {
                 name: name.to_owned(),

@@ -77,14 +77,12 @@ async fn values_are_encoded_like_write_message_to_socket() {
 async fn a_full_queue_is_a_typed_error_and_memory_stays_bounded() {
     let addr = free_addr().await;
     let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(format!("ws://{addr}/ws"))
-            .queue_capacity(10)
-            .reconnect(ws_client_pool::Reconnect::fixed(Duration::from_secs(60))),
-    )
-    .await
-    .unwrap();
+    let options = ServiceOptions::builder(format!("ws://{addr}/ws"))
+        .queue_capacity(10)
+        .reconnect(ws_client_pool::Reconnect::fixed(Duration::from_secs(60)))
+        .build()
+        .expect("valid options");
+    pool.add_ws_service_with("svc", options).await.unwrap();
     let payload = "x".repeat(1024);
     for _ in 0..10 {
         pool.write_message_to_service("svc", payload.clone())
@@ -159,12 +157,11 @@ async fn a_slow_reader_pauses_reading_instead_of_buffering_without_limit() {
     })
     .await;
     let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(service.url()).inbound_capacity(4),
-    )
-    .await
-    .unwrap();
+    let options = ServiceOptions::builder(service.url())
+        .inbound_capacity(4)
+        .build()
+        .expect("valid options");
+    pool.add_ws_service_with("svc", options).await.unwrap();
     let mut messages = pool.messages("svc").unwrap();
     for i in 0..50 {
         pool.write_message_to_service("svc", format!("{i}"))
@@ -191,14 +188,12 @@ async fn a_paused_reader_is_not_mistaken_for_a_dead_service() {
     })
     .await;
     let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(service.url())
-            .inbound_capacity(1)
-            .ping_interval(ping),
-    )
-    .await
-    .unwrap();
+    let options = ServiceOptions::builder(service.url())
+        .inbound_capacity(1)
+        .ping_interval(ping)
+        .build()
+        .expect("valid options");
+    pool.add_ws_service_with("svc", options).await.unwrap();
     let mut messages = pool.messages("svc").unwrap();
     for i in 0..5 {
         pool.write_message_to_service("svc", format!("{i}"))

@@ -93,14 +93,12 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
     })
     .await;
     let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(service.url())
-            .reconnect(ws_client_pool::Reconnect::fixed(RETRY))
-            .ping_interval(ping),
-    )
-    .await
-    .unwrap();
+    let options = ServiceOptions::builder(service.url())
+        .reconnect(ws_client_pool::Reconnect::fixed(RETRY))
+        .ping_interval(ping)
+        .build()
+        .expect("valid options");
+    pool.add_ws_service_with("svc", options).await.unwrap();
     for i in 0..5 {
         pool.write_message_to_service("svc", format!("read {i}"))
             .unwrap();

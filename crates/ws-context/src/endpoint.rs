@@ -34,18 +34,48 @@ use crate::{
 };
 
 /// Default capacity of each connection's outbound queue, in messages.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+pub const DEFAULT_QUEUE_MESSAGES: usize = 1024;
 /// Default bound of each connection's outbound queue, in payload bytes: 4 MiB, 4 KiB for each
-/// of the [`DEFAULT_QUEUE_CAPACITY`] slots. A peer that stops reading holds at most this much
+/// of the [`DEFAULT_QUEUE_MESSAGES`] slots. A peer that stops reading holds at most this much
 /// of queued messages (plus the engine's write buffer), where a bound in messages alone let it
 /// hold 1024 messages of any size (16 GiB of 16 MiB messages). A message larger than the
 /// bound is still sent, alone: it waits for an empty queue.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest [`Endpoint::queue_bytes`]: the queue counts its bytes in 32 bits.
+pub const MAX_QUEUE_BYTES: usize = u32::MAX as usize;
 /// Default time a writer waits for room in a full queue before giving up.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a running handler gets to finish when its connection is closed, and then
 /// the peer gets to take the close frame.
 pub const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// An endpoint option value that cannot work, found when the endpoint is made into a route
+/// ([`Endpoint::into_route`]); the same kinds as the upgrader's
+/// [`ConfigError`](ws_upgrader::ConfigError).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A count or size option is out of range.
+    #[error("{option} must be between {min} and {max}, got {value}")]
+    Size {
+        /// The option's builder method.
+        option: &'static str,
+        /// The value given.
+        value: usize,
+        /// Smallest accepted value.
+        min: usize,
+        /// Largest accepted value.
+        max: usize,
+    },
+    /// A duration option is zero.
+    #[error("{option} must be longer than zero, got {value:?}")]
+    ZeroDuration {
+        /// The option's builder method.
+        option: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+}
 
 /// How many connections a route may have open at once, and how many it has.
 struct Limit {
@@ -127,14 +157,16 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// An endpoint for `handler` with the default upgrader, its own hub, a queue of
-    /// [`DEFAULT_QUEUE_CAPACITY`] messages, a [`DEFAULT_SEND_TIMEOUT`], a
-    /// [`DEFAULT_CLOSE_GRACE`], no connection limit and no hooks.
+    /// [`DEFAULT_QUEUE_MESSAGES`] messages and [`DEFAULT_QUEUE_BYTES`], a
+    /// [`DEFAULT_SEND_TIMEOUT`], a [`DEFAULT_CLOSE_GRACE`], no connection limit and no hooks.
+    ///
+    /// Option values are checked by [`into_route`](Endpoint::into_route).
     pub fn new<H: Handler<M>, M>(handler: H) -> Self {
         Endpoint {
             handler: handler.into_boxed().0,
             upgrader: WsUpgrader::new(),
             hub: ConnectionHub::new(),
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: DEFAULT_QUEUE_MESSAGES,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             close_grace: DEFAULT_CLOSE_GRACE,
@@ -156,9 +188,10 @@ impl Endpoint {
         self
     }
 
-    /// Capacity of each connection's outbound queue, in messages (at least 1).
+    /// Capacity of each connection's outbound queue, in messages (default
+    /// [`DEFAULT_QUEUE_MESSAGES`]): at least 1, at most [`queue_bytes`](Self::queue_bytes).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
-        self.queue_capacity = messages.max(1);
+        self.queue_capacity = messages;
         self
     }
 
@@ -167,8 +200,8 @@ impl Endpoint {
     /// up to the send timeout, then [`WriteError::Full`](crate::WriteError::Full) and the
     /// 1008 close. Each message counts its payload, but at least `bytes / queue_capacity` (so
     /// one count bounds both); a message larger than the bound gets into an empty queue only.
-    /// The bound is rounded down to a multiple of the capacity, at least one byte per message,
-    /// at most 4 GiB.
+    /// At least one byte per message of [`queue_capacity`](Self::queue_capacity), at most
+    /// [`MAX_QUEUE_BYTES`]; rounded down to a multiple of the capacity.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.queue_bytes = bytes;
         self
@@ -176,7 +209,8 @@ impl Endpoint {
 
     /// How long a write waits for room in a full queue before it fails with
     /// [`WriteError::Full`](crate::WriteError::Full), and how long a write to the socket may
-    /// make no progress. A peer that stays full that long is closed with
+    /// make no progress (default [`DEFAULT_SEND_TIMEOUT`]; longer than zero). A peer that
+    /// stays full that long is closed with
     /// [`SLOW_PEER_CLOSE_CODE`](crate::SLOW_PEER_CLOSE_CODE) (1008) and its queue dropped.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;
@@ -185,15 +219,16 @@ impl Endpoint {
 
     /// How long a running handler may go on after its connection was asked to close (by
     /// [`ConnectionHub::close`], a shutdown, or [`SocketWriter::close`]), and then how long
-    /// the peer gets to take the close frame before the connection is dropped.
+    /// the peer gets to take the close frame before the connection is dropped (default
+    /// [`DEFAULT_CLOSE_GRACE`]). Zero abandons the handler and drops the connection at once.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
         self
     }
 
     /// At most this many connections open on this route at once (shared by clones of the
-    /// endpoint). Over it, the upgrade is refused with 503, a reason and `Retry-After: 5`.
-    /// Default: no limit.
+    /// endpoint; at least 1). Over it, the upgrade is refused with 503, a reason and
+    /// `Retry-After: 5`. Default: no limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.limit = Some(Arc::new(Limit {
             max: connections,
@@ -252,9 +287,20 @@ impl Endpoint {
         self
     }
 
-    /// The axum route: any method is accepted so that a wrong one gets the upgrader's 405
-    /// with a reason, not an empty answer.
-    pub fn into_route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
+    /// Checks every option value and gives the axum route: any method is accepted so that a
+    /// wrong one gets the upgrader's 405 with a reason, not an empty answer.
+    ///
+    /// ```
+    /// use ws_context::{ConfigError, Endpoint};
+    /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
+    ///
+    /// let refused = Endpoint::new(handler).queue_capacity(0).into_route::<()>();
+    /// assert!(matches!(refused, Err(ConfigError::Size { option: "queue_capacity", value: 0, .. })));
+    /// ```
+    pub fn into_route<S: Clone + Send + Sync + 'static>(
+        self,
+    ) -> Result<MethodRouter<S>, ConfigError> {
+        self.check()?;
         let every_method = [
             MethodFilter::POST,
             MethodFilter::PUT,
@@ -266,10 +312,43 @@ impl Endpoint {
         ]
         .into_iter()
         .fold(MethodFilter::GET, MethodFilter::or);
-        on(every_method, move |request: Request| {
+        Ok(on(every_method, move |request: Request| {
             let endpoint = self.clone();
             async move { endpoint.serve(request).await }
-        })
+        }))
+    }
+
+    /// Refuses a value that would not work, rather than changing it or failing later.
+    fn check(&self) -> Result<(), ConfigError> {
+        let size = |option, value, min, max| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Size {
+                    option,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        };
+        size("queue_capacity", self.queue_capacity, 1, MAX_QUEUE_BYTES)?;
+        size(
+            "queue_bytes",
+            self.queue_bytes,
+            self.queue_capacity,
+            MAX_QUEUE_BYTES,
+        )?;
+        if let Some(limit) = &self.limit {
+            size("max_connections", limit.max, 1, usize::MAX)?;
+        }
+        if self.send_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                option: "send_timeout",
+                value: self.send_timeout,
+            });
+        }
+        Ok(())
     }
 
     /// Upgrades one request and runs the connection; the response is the `101` or the refusal.

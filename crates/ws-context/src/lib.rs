@@ -22,10 +22,11 @@
 //!     Ok(chat)
 //! }
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let app: Router = Router::new().route("/ws/{room}", Endpoint::new(chat).into_route());
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let app: Router = Router::new().route("/ws/{room}", Endpoint::new(chat).into_route()?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! axum::serve(listener, app).await
+//! axum::serve(listener, app).await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -102,8 +103,8 @@ pub use crate::backplane::{
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
-    DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEND_TIMEOUT,
-    Endpoint,
+    ConfigError, DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES,
+    DEFAULT_SEND_TIMEOUT, Endpoint, MAX_QUEUE_BYTES,
 };
 #[doc(hidden)]
 pub use crate::handler::BoxHandlerFn;

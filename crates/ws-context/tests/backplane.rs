@@ -82,7 +82,11 @@ async fn instance(hub: &ConnectionHub) -> std::net::SocketAddr {
     let endpoint = Endpoint::new(to_room)
         .hub(hub.clone())
         .on_connect(join_room);
-    serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
+    serve(axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await
 }
 
 #[tokio::test]

@@ -14,7 +14,10 @@ async fn echo(ctx: Context) -> Result<String, ws_context::BindError> {
 }
 
 async fn echo_server(hub: &ConnectionHub) -> std::net::SocketAddr {
-    let route = Endpoint::new(echo).hub(hub.clone()).into_route();
+    let route = Endpoint::new(echo)
+        .hub(hub.clone())
+        .into_route()
+        .expect("valid endpoint options");
     serve(axum::Router::new().route("/ws", route)).await
 }
 
@@ -128,7 +131,8 @@ async fn a_close_that_skips_a_full_queue_is_sent_after_the_handler_returns() {
     let route = Endpoint::new(fill_then_close)
         .hub(hub.clone())
         .queue_capacity(4)
-        .into_route();
+        .into_route()
+        .expect("valid endpoint options");
     let addr = serve(axum::Router::new().route("/ws", route)).await;
     let mut client = connect(addr, "/ws").await;
     client.send(Message::text("go")).await.unwrap();

@@ -21,7 +21,15 @@ async fn double(ctx: Context) -> Result<Order, ws_context::BindError> {
 
 #[tokio::test]
 async fn json_struct_round_trip_and_bad_json_gets_one_error_frame() {
-    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(double).into_route())).await;
+    let addr = serve(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(double)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = connect(addr, "/ws").await;
 
     client
@@ -71,8 +79,18 @@ async fn raw_bytes(ctx: Context) -> Result<Bytes, ws_context::BindError> {
 #[tokio::test]
 async fn string_binds_raw_text_and_bytes_stay_binary() {
     let router = axum::Router::new()
-        .route("/text", Endpoint::new(raw_text).into_route())
-        .route("/bytes", Endpoint::new(raw_bytes).into_route());
+        .route(
+            "/text",
+            Endpoint::new(raw_text)
+                .into_route()
+                .expect("valid endpoint options"),
+        )
+        .route(
+            "/bytes",
+            Endpoint::new(raw_bytes)
+                .into_route()
+                .expect("valid endpoint options"),
+        );
     let addr = serve(router).await;
 
     let mut client = connect(addr, "/text").await;
@@ -97,7 +115,15 @@ async fn silent(_ctx: Context) -> Result<(), std::convert::Infallible> {
 
 #[tokio::test]
 async fn unit_writes_nothing() {
-    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(silent).into_route())).await;
+    let addr = serve(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(silent)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = connect(addr, "/ws").await;
     client.send(Message::text("one")).await.unwrap();
     client
@@ -127,7 +153,10 @@ async fn panics_on_boom(ctx: Context) -> Result<String, ws_context::BindError> {
 #[tokio::test]
 async fn a_panic_closes_only_its_connection_with_1011() {
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(panics_on_boom).hub(hub.clone()).into_route();
+    let route = Endpoint::new(panics_on_boom)
+        .hub(hub.clone())
+        .into_route()
+        .expect("valid endpoint options");
     let addr = serve(axum::Router::new().route("/ws", route)).await;
     let mut victim = connect(addr, "/ws").await;
     let mut bystander = connect(addr, "/ws").await;
@@ -156,7 +185,8 @@ async fn a_panic_in_the_synchronous_part_of_a_handler_closes_with_1011() {
     let hub = ConnectionHub::new();
     let route = Endpoint::new(panics_before_its_future)
         .hub(hub.clone())
-        .into_route();
+        .into_route()
+        .expect("valid endpoint options");
     let addr = serve(axum::Router::new().route("/ws", route)).await;
     let mut victim = connect(addr, "/ws").await;
     let mut bystander = connect(addr, "/ws").await;
@@ -178,8 +208,15 @@ async fn counts_calls(ctx: Context) -> Result<(), ws_context::WriteError> {
 
 #[tokio::test]
 async fn a_handler_that_never_binds_is_called_once_per_message() {
-    let addr =
-        serve(axum::Router::new().route("/ws", Endpoint::new(counts_calls).into_route())).await;
+    let addr = serve(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(counts_calls)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = connect(addr, "/ws").await;
     client.send(Message::text("a")).await.unwrap();
     client.send(Message::text("b")).await.unwrap();

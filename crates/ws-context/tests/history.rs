@@ -52,7 +52,11 @@ async fn server(hub: &ConnectionHub) -> std::net::SocketAddr {
     let endpoint = Endpoint::new(to_room)
         .hub(hub.clone())
         .on_connect(join_room);
-    serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await
+    serve(axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await
 }
 
 /// "<pos> <text>" split.
@@ -183,7 +187,11 @@ async fn join_at_greets_with_the_position_before_any_later_message() {
                 assert!(matches!(joined, Ok(Some(_))), "{joined:?}");
                 Ok(())
             });
-    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut ann = connect(addr, "/ws/g").await;
     let (at_join, text) = parts(next_data(&mut ann).await);
     assert_eq!(text, "joined");

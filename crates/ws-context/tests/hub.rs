@@ -41,8 +41,17 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
         .hub(hub.clone())
         .on_connect(join_room);
     let router = axum::Router::new()
-        .route("/ws/{room}", endpoint.into_route())
-        .route("/id", Endpoint::new(whoami).hub(hub.clone()).into_route());
+        .route(
+            "/ws/{room}",
+            endpoint.into_route().expect("valid endpoint options"),
+        )
+        .route(
+            "/id",
+            Endpoint::new(whoami)
+                .hub(hub.clone())
+                .into_route()
+                .expect("valid endpoint options"),
+        );
     let addr = serve(router).await;
 
     let mut clients = Vec::new();
@@ -115,7 +124,11 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
 async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).on_connect(join_room);
-    let addr = serve(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut a = connect(addr, "/ws/blue").await;
     let mut b = connect(addr, "/ws/blue").await;
     eventually("both joined", || hub.room_members("blue").len() == 2).await;
@@ -170,7 +183,11 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
             }
         },
     );
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
 
     let mut refused = connect(addr, "/ws").await;
     assert_eq!(close_code(&mut refused).await, 4001);
@@ -200,7 +217,11 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
 async fn over_the_connection_limit_the_upgrade_gets_503_with_a_reason() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).max_connections(2);
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut first = connect(addr, "/ws").await;
     let _second = connect(addr, "/ws").await;
 
@@ -229,7 +250,11 @@ async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
         .hub(hub.clone())
         .queue_capacity(4)
         .send_timeout(Duration::from_millis(300));
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut slow = connect(addr, "/ws").await;
     let fast = connect(addr, "/ws").await;
     eventually("both connected", || hub.len() == 2).await;
@@ -278,7 +303,10 @@ async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
     let hub = ConnectionHub::new();
     let router = axum::Router::new().route(
         "/ws",
-        Endpoint::new(echo_text).hub(hub.clone()).into_route(),
+        Endpoint::new(echo_text)
+            .hub(hub.clone())
+            .into_route()
+            .expect("valid endpoint options"),
     );
     let addr = serve(router).await;
     let mut before = connect(addr, "/ws").await;
@@ -294,7 +322,10 @@ async fn after_shutdown_every_new_connection_is_closed_with_its_frame_too() {
     let other = ConnectionHub::new();
     let router = axum::Router::new().route(
         "/ws",
-        Endpoint::new(echo_text).hub(other.clone()).into_route(),
+        Endpoint::new(echo_text)
+            .hub(other.clone())
+            .into_route()
+            .expect("valid endpoint options"),
     );
     let addr = serve(router).await;
     other.close_all(CloseFrame::going_away("bye"));
@@ -315,7 +346,11 @@ async fn large_messages_to_a_peer_that_never_reads_stop_at_the_byte_bound() {
         .queue_capacity(1024)
         .queue_bytes(1024 * 1024)
         .send_timeout(Duration::from_millis(300));
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut slow = connect(addr, "/ws").await;
     eventually("connected", || hub.len() == 1).await;
     let id = hub.list()[0].id.clone();

@@ -79,7 +79,11 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         .unwrap();
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
 
     let (mut stream, mut received) = silent_client(addr).await;
     let connected = Instant::now();
@@ -120,7 +124,11 @@ async fn a_peer_that_answers_pings_stays_open() {
         .unwrap();
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut client = crate::support::connect(addr, "/ws").await;
     // tungstenite answers pings while it reads; three pings, and the connection is still up.
     let mut pings = 0;
@@ -148,7 +156,10 @@ fn liveness_endpoint(hub: &ConnectionHub) -> axum::Router {
         .build()
         .unwrap();
     let endpoint = Endpoint::new(slow_echo).upgrader(upgrader).hub(hub.clone());
-    axum::Router::new().route("/ws", endpoint.into_route())
+    axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    )
 }
 
 #[tokio::test]
@@ -215,7 +226,11 @@ async fn messages_read_together_while_a_handler_runs_are_all_handled_in_order() 
         Ok(text)
     }
     let endpoint = Endpoint::new(slow_echo);
-    let addr = serve(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let addr = serve(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let (mut stream, _) = silent_client(addr).await;
     let mut burst = Vec::new();
     for n in 0..20u8 {

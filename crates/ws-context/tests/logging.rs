@@ -53,7 +53,10 @@ async fn handler_logs_carry_connection_id_and_route() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(logs).hub(hub.clone()).into_route();
+    let route = Endpoint::new(logs)
+        .hub(hub.clone())
+        .into_route()
+        .expect("valid endpoint options");
     let addr = serve(axum::Router::new().route("/ws/{room}", route)).await;
     let mut client = connect(addr, "/ws/blue").await;
     client.send(Message::text("hello")).await.unwrap();

@@ -16,8 +16,15 @@ async fn greet_then_echo(ctx: Context) -> Result<String, anyhow::Error> {
 
 #[tokio::test]
 async fn written_message_arrives_before_the_returned_value() {
-    let addr =
-        serve(axum::Router::new().route("/ws", Endpoint::new(greet_then_echo).into_route())).await;
+    let addr = serve(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(greet_then_echo)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = connect(addr, "/ws").await;
     client.send(Message::text("hi")).await.unwrap();
     assert_eq!(next_data(&mut client).await, Message::text("Hello! GoFr"));
@@ -43,7 +50,15 @@ async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
 
 #[tokio::test]
 async fn concurrent_writers_keep_frames_whole_and_in_order() {
-    let addr = serve(axum::Router::new().route("/ws", Endpoint::new(fan_out).into_route())).await;
+    let addr = serve(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(fan_out)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = connect(addr, "/ws").await;
     client.send(Message::text("go")).await.unwrap();
 
