@@ -490,3 +490,69 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 fn owned_uri(uri: &Uri) -> Uri {
     uri.to_string().parse().unwrap_or_else(|_| uri.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ignore(_ctx: crate::Context) -> Result<(), crate::BindError> {
+        Ok(())
+    }
+
+    #[test]
+    fn every_bad_value_is_refused_with_its_option_and_value() {
+        let endpoint = || Endpoint::new(ignore);
+        assert!(endpoint().into_route::<()>().is_ok());
+        let size = |option, value, min, max| ConfigError::Size {
+            option,
+            value,
+            min,
+            max,
+        };
+        for (bad, refusal) in [
+            (
+                endpoint().queue_capacity(0),
+                size("queue_capacity", 0, 1, MAX_QUEUE_BYTES),
+            ),
+            // One byte per message at least: 8 messages cannot share 4 bytes.
+            (
+                endpoint().queue_capacity(8).queue_bytes(4),
+                size("queue_bytes", 4, 8, MAX_QUEUE_BYTES),
+            ),
+            (
+                endpoint().queue_bytes(MAX_QUEUE_BYTES + 1),
+                size(
+                    "queue_bytes",
+                    MAX_QUEUE_BYTES + 1,
+                    DEFAULT_QUEUE_MESSAGES,
+                    MAX_QUEUE_BYTES,
+                ),
+            ),
+            (
+                endpoint().max_connections(0),
+                size("max_connections", 0, 1, usize::MAX),
+            ),
+            (
+                endpoint().send_timeout(Duration::ZERO),
+                ConfigError::ZeroDuration {
+                    option: "send_timeout",
+                    value: Duration::ZERO,
+                },
+            ),
+        ] {
+            let message = refusal.to_string();
+            assert_eq!(bad.into_route::<()>().unwrap_err(), refusal);
+            assert!(message.starts_with(match &refusal {
+                ConfigError::Size { option, .. } | ConfigError::ZeroDuration { option, .. } =>
+                    option,
+            }));
+        }
+        // Zero grace is a choice (abandon the handler at once), not a mistake.
+        assert!(
+            endpoint()
+                .close_grace(Duration::ZERO)
+                .into_route::<()>()
+                .is_ok()
+        );
+    }
+}
