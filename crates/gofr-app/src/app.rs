@@ -569,7 +569,7 @@ impl App {
 /// The backplane's settings from the configuration: channel prefix, shared secret, TLS CA.
 #[cfg(feature = "redis")]
 fn backplane_settings(config: &Config) -> Result<ws_backplane_redis::Settings, ConfigError> {
-    let mut settings = ws_backplane_redis::Settings::default().prefix(&config.backplane_prefix);
+    let mut settings = ws_backplane_redis::Settings::builder().prefix(&config.backplane_prefix);
     if let Some(secret) = &config.backplane_secret {
         settings = settings.secret(secret.expose());
     }
@@ -583,7 +583,14 @@ fn backplane_settings(config: &Config) -> Result<ws_backplane_redis::Settings, C
         })?;
         settings = settings.tls_root_ca(pem);
     }
-    Ok(settings)
+    // Only the prefix comes from the configuration, which checked it by the same rule.
+    settings.build().map_err(|_| {
+        ConfigError::new(
+            "WS_BACKPLANE_PREFIX",
+            &config.backplane_prefix,
+            "must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+        )
+    })
 }
 
 /// Shuts an [`App`] down from code, as a signal would. Cloneable.

@@ -112,8 +112,9 @@ mod metrics;
 mod wire;
 
 pub use crate::backplane::{
-    BackplaneStats, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX,
-    DEFAULT_QUEUE_MESSAGES, RedisBackplane, RedisBackplaneError, Settings,
+    BackplaneStats, ConfigError, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD,
+    DEFAULT_PREFIX, DEFAULT_QUEUE_MESSAGES, MAX_PAYLOAD, MAX_PREFIX_BYTES, MAX_QUEUE_MESSAGES,
+    MIN_EPOCH_TTL, MIN_HEARTBEAT, RedisBackplane, RedisBackplaneError, Settings, SettingsBuilder,
 };
 pub use crate::metrics::describe_metrics;
 

@@ -28,9 +28,11 @@ struct Node {
 
 async fn node(redis_url: &str, len: usize, age: Duration) -> Node {
     let backplane = RedisBackplane::with_settings(
-        Settings::default()
+        Settings::builder()
             .prefix("hist")
-            .heartbeat(Duration::from_millis(200)),
+            .heartbeat(Duration::from_millis(200))
+            .build()
+            .expect("valid settings"),
     );
     let hub = ConnectionHub::with_backplane(backplane.clone());
     hub.set_history_limits(len, age);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
-use ws_backplane_redis::Settings;
+use ws_backplane_redis::{Settings, SettingsBuilder};
 use ws_context::{CloseFrame, ConnectionHub};
 
 use crate::{
@@ -14,8 +14,8 @@ use crate::{
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
-fn app(prefix: &str) -> Settings {
-    Settings::default().heartbeat(HEARTBEAT).prefix(prefix)
+fn app(prefix: &str) -> SettingsBuilder {
+    Settings::builder().heartbeat(HEARTBEAT).prefix(prefix)
 }
 
 /// A frame in the backplane's format (version 2), built by hand as an attacker would.

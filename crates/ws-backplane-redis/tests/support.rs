@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use futures_util::StreamExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
-use ws_backplane_redis::{RedisBackplane, Settings};
+use ws_backplane_redis::{RedisBackplane, Settings, SettingsBuilder};
 use ws_context::{CloseFrame, Connection, ConnectionHub, Context, Endpoint};
 
 pub(crate) type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -23,20 +23,20 @@ pub(crate) struct Instance {
 
 impl Instance {
     pub(crate) async fn start(redis_url: &str, heartbeat: Duration) -> Instance {
-        Instance::start_with(redis_url, Settings::default().heartbeat(heartbeat)).await
+        Instance::start_with(redis_url, Settings::builder().heartbeat(heartbeat)).await
     }
 
-    pub(crate) async fn start_with(redis_url: &str, settings: Settings) -> Instance {
+    pub(crate) async fn start_with(redis_url: &str, settings: SettingsBuilder) -> Instance {
         Instance::start_custom(redis_url, settings, |endpoint| endpoint).await
     }
 
     /// With the endpoint's options changed by `options`.
     pub(crate) async fn start_custom(
         redis_url: &str,
-        settings: Settings,
+        settings: SettingsBuilder,
         options: impl FnOnce(Endpoint) -> Endpoint,
     ) -> Instance {
-        let backplane = RedisBackplane::with_settings(settings);
+        let backplane = RedisBackplane::with_settings(settings.build().expect("valid settings"));
         let hub = ConnectionHub::with_backplane(backplane.clone());
         backplane.connect(redis_url).await.unwrap();
         let endpoint = options(
