@@ -56,7 +56,8 @@ pub(crate) fn check(root: &Path) -> Result<(), Vec<String>> {
     }
 }
 
-/// Library code logs through `tracing`, never straight to the terminal.
+/// Every source file opens with its module docs; library code logs through `tracing`, never
+/// straight to the terminal.
 fn check_sources(dir: &Path, crate_name: &str, problems: &mut Vec<String>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -67,6 +68,12 @@ fn check_sources(dir: &Path, crate_name: &str, problems: &mut Vec<String>) {
             check_sources(&path, crate_name, problems);
         } else if path.extension().is_some_and(|e| e == "rs") {
             let text = fs::read_to_string(&path).unwrap_or_default();
+            if !text.starts_with("//!") {
+                problems.push(format!(
+                    "{}: no module docs (`//!`) at the top",
+                    path.display()
+                ));
+            }
             for (number, line) in text.lines().enumerate() {
                 let code = line.trim_start();
                 if code.starts_with("//") {

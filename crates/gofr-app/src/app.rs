@@ -1,3 +1,7 @@
+//! [`App`]: the routes (HTTP, WebSocket, health), the hub and outbound services it owns, and
+//! [`App::serve`]: config checked, routes built, listeners served until a signal or the
+//! [`ShutdownHandle`], then the ordered shutdown.
+
 use std::{
     fmt,
     net::SocketAddr,
@@ -216,8 +220,8 @@ impl App {
     /// Adds a WebSocket route like [`websocket`](App::websocket), then lets `configure`
     /// adjust its [`Endpoint`]: lifecycle hooks, a connection limit, queue size, send
     /// timeout. It gets the endpoint with the app's upgrader, hub and grace period already
-    /// set. An option value that cannot work stops [`serve`](App::serve) before anything is
-    /// bound, with [`AppError::WebSocketRoute`].
+    /// set. An option value that cannot work stops [`serve`](App::serve) before it serves
+    /// anything, with [`AppError::WebSocketRoute`].
     ///
     /// ```no_run
     /// use gofr_app::{App, CloseFrame, Connection, Context, Error, Message};
@@ -408,7 +412,7 @@ impl App {
     /// `SHUTDOWN_GRACE_PERIOD` plus 2 s of the signal, whatever the clients do.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
-        // Routes first: an option that cannot work stops the app before anything is bound.
+        // Routes first: an option that cannot work stops the app before anything is served (the metrics port included).
         let mut router = self.router;
         let admission = Admission::new(config.ws_max_connections, config.ws_max_connections_per_ip);
         for route in self.websockets {

@@ -1,3 +1,6 @@
+//! [`Error`], what HTTP and WebSocket handlers return (a status and GoFr's JSON envelope), and
+//! [`AppError`], why [`App::run`](crate::App::run) or [`App::serve`](crate::App::serve) stopped.
+
 use std::fmt;
 
 use axum::{

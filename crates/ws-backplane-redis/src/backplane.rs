@@ -1,3 +1,7 @@
+//! [`RedisBackplane`]: the hub's [`Backplane`](ws_context::Backplane) over Redis pub/sub, its
+//! [`Settings`] (checked by [`SettingsBuilder::build`]), its three tasks (reader, publisher,
+//! heartbeat and probe) and what it counts.
+
 use std::{
     collections::{HashMap, HashSet},
     fmt,

@@ -1,3 +1,5 @@
+//! [`PoolError`]: why the pool refused a service or a message.
+
 use ws_message::EncodeError;
 
 use crate::ConfigError;

@@ -442,7 +442,7 @@ impl Endpoint {
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
             // The task keeps the connection through its registration only: every field of
-            // this future is there for the connection's whole life (S5, `cargo xtask bench`).
+            // this future is there for the connection's whole life ([S5](bench/README.md#scenarios), `cargo xtask bench`).
             let registration = Registration::new(conn);
             metrics.opened();
             async move {
@@ -486,7 +486,7 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 /// A copy of a request URI that owns its bytes. hyper parses the URI and header values as
 /// slices of the connection's read buffer (8 KiB or more): kept as they are for the life of a
 /// WebSocket, they keep that whole buffer allocated (about 9 KiB per idle connection measured
-/// with `cargo xtask bench`, scenario S5). The headers are copied by `RequestHeaders`.
+/// with `cargo xtask bench`, scenario [S5](bench/README.md#scenarios)). The headers are copied by `RequestHeaders`.
 fn owned_uri(uri: &Uri) -> Uri {
     uri.to_string().parse().unwrap_or_else(|_| uri.clone())
 }

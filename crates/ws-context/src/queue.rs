@@ -14,7 +14,7 @@ const KEPT_SLOTS: usize = 32;
 
 /// A bounded queue that holds memory only while it holds items. A tokio channel allocates a
 /// block of 32 slots up front, about 1.4 KiB for every connection, most of what the framework
-/// added to an idle connection (`cargo xtask bench`, S5).
+/// added to an idle connection (`cargo xtask bench`, [S5](bench/README.md#scenarios)).
 ///
 /// Bounded in messages and in bytes with one semaphore, so a push costs one atomic, as a
 /// bound in messages alone did: its permits are the byte budget, and each item costs its

@@ -206,8 +206,8 @@ impl SocketWriter {
     }
 
     /// For the connection task: an urgent close if one is set, else the next queued command,
-    /// else `Closed` once the queue is closed. Both are watched through one waker, so the task
-    /// registers once per turn for everything its writers can give it.
+    /// else `Closed` once the queue is closed. Both are watched through one waker, so one
+    /// registration of the task's waker covers everything its writers can give it.
     pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
         let queue = &self.shared.queue;
         queue.poll_task(cx, || {

@@ -1,3 +1,6 @@
+//! GoFr's value rules: [`encode`] (a value into the message it becomes) and [`decode`] (a
+//! message's data into the type asked for), with their errors.
+
 use std::{
     any::{Any, TypeId},
     cell::RefCell,

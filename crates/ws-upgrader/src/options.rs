@@ -1,3 +1,6 @@
+//! [`WsUpgrader`](crate::WsUpgrader)'s options, their defaults and bounds, and
+//! [`WsUpgraderBuilder::build`], which refuses a value that cannot work with a [`ConfigError`].
+
 use std::{
     fmt,
     sync::{Arc, OnceLock},
