@@ -15,10 +15,10 @@ use axum::{
     extract::Request,
     routing::{MethodFilter, on},
 };
-use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch, time::Instant};
 use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
 use ws_context::{BoxHandlerFn, CloseFrame, ConnectionHub, Endpoint, Handler};
+use ws_message::Encode;
 use ws_upgrader::WsUpgrader;
 
 use crate::{
@@ -319,10 +319,10 @@ impl App {
     /// Queues a message for a service (GoFr's `WriteMessageToService`), encoded as
     /// `write_message_to_socket` does. Handlers use
     /// [`ServiceExt::write_message_to_service`](crate::ServiceExt::write_message_to_service).
-    pub fn write_message_to_service<T: Serialize + 'static>(
+    pub fn write_message_to_service<T: Encode + ?Sized>(
         &self,
         name: &str,
-        data: T,
+        data: &T,
     ) -> Result<(), PoolError> {
         self.services.write_message_to_service(name, data)
     }

@@ -15,7 +15,7 @@
 //! use ws_client_pool::WsClientPool;
 //!
 //! async fn notify(State(pool): State<WsClientPool>, body: String) -> &'static str {
-//!     match pool.write_message_to_service("notification-service", body) {
+//!     match pool.write_message_to_service("notification-service", &body) {
 //!         Ok(()) => "queued",
 //!         Err(_) => "refused",
 //!     }

@@ -10,12 +10,11 @@ use std::{
 };
 
 use http::HeaderMap;
-use serde::Serialize;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use ws_message::Message;
+use ws_message::{Encode, Message};
 
 use crate::{
     PoolError, Reconnect, ServiceOptions, ServiceState, ServiceStatus,
@@ -45,7 +44,7 @@ use crate::{
 /// .await?;
 /// pool.write_message_to_service(
 ///     "notification-service",
-///     serde_json::json!({"title": "New Message"}),
+///     &serde_json::json!({"title": "New Message"}),
 /// )?;
 /// pool.shutdown().await;
 /// # Ok(()) }
@@ -176,17 +175,17 @@ impl WsClientPool {
     }
 
     /// Queues a message for the service (GoFr's `WriteMessageToService`), with the same
-    /// encoding as `write_message_to_socket`: strings as text, bytes as binary, other values
-    /// as JSON text; `()`/`None` sends nothing.
+    /// encoding as `write_message_to_socket` ([`ws_message::encode`], the value borrowed):
+    /// strings as text, bytes as binary, other values as JSON text; `()`/`None` sends nothing.
     ///
     /// Returns once the message is queued, without waiting for the network. Messages are sent
     /// in the order they were queued, including those queued while the service is down. A full
     /// queue is [`PoolError::QueueFull`]; an unknown name [`PoolError::ServiceNotFound`]; a
     /// closed service [`PoolError::Closed`].
-    pub fn write_message_to_service<T: Serialize + 'static>(
+    pub fn write_message_to_service<T: Encode + ?Sized>(
         &self,
         name: &str,
-        data: T,
+        data: &T,
     ) -> Result<(), PoolError> {
         let service = self.service(name)?;
         if *self.inner.stop.borrow() {

@@ -84,7 +84,7 @@ async fn a_reset_link_resends_every_message_that_never_left_and_counts_only_thos
     drop(listener);
 
     for i in 0..COUNT {
-        pool.write_message_to_service("svc", message(i)).unwrap();
+        pool.write_message_to_service("svc", &message(i)).unwrap();
     }
     // Wait until the pool is stuck: the kernels' queues and the send queue stop moving.
     let mut last = None;

@@ -23,7 +23,7 @@ async fn delivers_1000_messages_in_order() {
     .await
     .unwrap();
     for i in 0..1000 {
-        pool.write_message_to_service("svc", format!("m{i}"))
+        pool.write_message_to_service("svc", &format!("m{i}"))
             .unwrap();
     }
     eventually("1000 messages arrive", || service.log.count() >= 1000).await;
@@ -50,13 +50,13 @@ async fn values_are_encoded_like_write_message_to_socket() {
     .await
     .unwrap();
     pool.write_message_to_service("svc", "text").unwrap();
-    pool.write_message_to_service("svc", vec![0u8, 255])
+    pool.write_message_to_service("svc", &vec![0u8, 255])
         .unwrap();
-    pool.write_message_to_service("svc", serde_json::json!({"title": "New Message"}))
+    pool.write_message_to_service("svc", &serde_json::json!({"title": "New Message"}))
         .unwrap();
-    pool.write_message_to_service("svc", ()).unwrap(); // nothing
+    pool.write_message_to_service("svc", &()).unwrap(); // nothing
     let error = pool
-        .write_message_to_service("svc", Message::Ping(Default::default()))
+        .write_message_to_service("svc", &Message::Ping(Default::default()))
         .unwrap_err();
     assert!(
         matches!(error, PoolError::NotData { kind: "ping" }),
@@ -85,13 +85,10 @@ async fn a_full_queue_is_a_typed_error_and_memory_stays_bounded() {
     pool.add_ws_service_with("svc", options).await.unwrap();
     let payload = "x".repeat(1024);
     for _ in 0..10 {
-        pool.write_message_to_service("svc", payload.clone())
-            .unwrap();
+        pool.write_message_to_service("svc", &payload).unwrap();
     }
     for _ in 0..1000 {
-        let error = pool
-            .write_message_to_service("svc", payload.clone())
-            .unwrap_err();
+        let error = pool.write_message_to_service("svc", &payload).unwrap_err();
         assert!(
             matches!(error, PoolError::QueueFull { capacity: 10, .. }),
             "{error}"
@@ -124,7 +121,7 @@ async fn messages_from_the_service_arrive_through_the_stream() {
     .unwrap();
     let mut messages = pool.messages("svc").unwrap();
     pool.write_message_to_service("svc", "ping me").unwrap();
-    pool.write_message_to_service("svc", vec![1u8, 2, 3])
+    pool.write_message_to_service("svc", &vec![1u8, 2, 3])
         .unwrap();
     for _ in 0..100 {
         pool.write_message_to_service("svc", "more").unwrap();
@@ -164,7 +161,7 @@ async fn a_slow_reader_pauses_reading_instead_of_buffering_without_limit() {
     pool.add_ws_service_with("svc", options).await.unwrap();
     let mut messages = pool.messages("svc").unwrap();
     for i in 0..50 {
-        pool.write_message_to_service("svc", format!("{i}"))
+        pool.write_message_to_service("svc", &format!("{i}"))
             .unwrap();
     }
     eventually("the service echoed everything", || {
@@ -196,7 +193,7 @@ async fn a_paused_reader_is_not_mistaken_for_a_dead_service() {
     pool.add_ws_service_with("svc", options).await.unwrap();
     let mut messages = pool.messages("svc").unwrap();
     for i in 0..5 {
-        pool.write_message_to_service("svc", format!("{i}"))
+        pool.write_message_to_service("svc", &format!("{i}"))
             .unwrap();
     }
     eventually("the service echoed everything", || service.log.count() == 5).await;

@@ -25,7 +25,7 @@ async fn five_graceful_restarts_under_a_steady_producer_lose_and_repeat_nothing(
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             for i in 0..1000 {
                 tick.tick().await;
-                pool.write_message_to_service("svc", format!("m{i}"))
+                pool.write_message_to_service("svc", &format!("m{i}"))
                     .unwrap();
             }
         })
@@ -100,13 +100,13 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
         .expect("valid options");
     pool.add_ws_service_with("svc", options).await.unwrap();
     for i in 0..5 {
-        pool.write_message_to_service("svc", format!("read {i}"))
+        pool.write_message_to_service("svc", &format!("read {i}"))
             .unwrap();
     }
     eventually("5 messages are read", || service.log.count() == 5).await;
     // These sit in the kernels' buffers of the hung connection.
     for i in 0..20 {
-        pool.write_message_to_service("svc", format!("stuck {i}"))
+        pool.write_message_to_service("svc", &format!("stuck {i}"))
             .unwrap();
     }
     eventually("all 25 are written", || {

@@ -116,7 +116,7 @@ pub use crate::hub::{
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
-    Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
+    Bytes, CloseCodeError, CloseFrame, Encode, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };
 pub use ws_upgrader::{PreparedMessage, WsUpgrader};
 

@@ -37,7 +37,7 @@ async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
         let socket = ctx.socket();
         tasks.push(tokio::spawn(async move {
             for seq in 0..100 {
-                socket.write(format!("{task}:{seq}")).await?;
+                socket.write(&format!("{task}:{seq}")).await?;
             }
             Ok::<_, ws_context::WriteError>(())
         }));
@@ -74,4 +74,48 @@ async fn concurrent_writers_keep_frames_whole_and_in_order() {
     }
     assert_eq!(last_seen.len(), 32);
     assert!(last_seen.values().all(|&s| s == 99));
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Score {
+    player: String,
+    points: u32,
+}
+
+/// Borrowed values: a struct written and then returned, a local `String` (text) and a local
+/// `Vec<u8>` (binary) written through a reference.
+async fn write_borrowed(ctx: Context) -> Result<Score, anyhow::Error> {
+    let score = Score {
+        player: ctx.bind()?,
+        points: 10,
+    };
+    ctx.write_message_to_socket(&score).await?;
+    let text = format!("{} scored", score.player);
+    ctx.write_message_to_socket(&text).await?;
+    let bytes = vec![0u8, 0xff];
+    ctx.socket().write(&bytes).await?;
+    Ok(score)
+}
+
+#[tokio::test]
+async fn borrowed_values_are_written_by_the_same_rules() {
+    let addr = serve(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(write_borrowed)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
+    let mut client = connect(addr, "/ws").await;
+    client.send(Message::text("ada")).await.unwrap();
+    let json = Message::text(r#"{"player":"ada","points":10}"#);
+    assert_eq!(next_data(&mut client).await, json);
+    assert_eq!(next_data(&mut client).await, Message::text("ada scored"));
+    assert_eq!(
+        next_data(&mut client).await,
+        Message::binary(vec![0u8, 0xff])
+    );
+    assert_eq!(next_data(&mut client).await, json);
 }
