@@ -6,7 +6,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use http::{HeaderMap, HeaderName, Uri, header};
 
 /// A service option value that cannot work, found when the options are built
-/// ([`ServiceOptionsBuilder::build`]); the same kinds as the upgrader's and the endpoint's
+/// ([`ServiceOptionsBuilder::build`]); the same kinds as the upgrader's (and the endpoint's)
 /// `ConfigError`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -103,8 +103,8 @@ pub use crate::backplane::{
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
-    ConfigError, DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES,
-    DEFAULT_SEND_TIMEOUT, Endpoint, MAX_QUEUE_BYTES,
+    DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES, DEFAULT_SEND_TIMEOUT,
+    Endpoint, MAX_QUEUE_BYTES,
 };
 #[doc(hidden)]
 pub use crate::handler::BoxHandlerFn;
@@ -118,7 +118,7 @@ pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
     Bytes, CloseCodeError, CloseFrame, Encode, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };
-pub use ws_upgrader::{PreparedMessage, WsUpgrader};
+pub use ws_upgrader::{ConfigError, PreparedMessage, WsUpgrader};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]
