@@ -235,7 +235,7 @@ impl ServiceOptionsBuilder {
     }
 
     /// How many messages may wait to be sent (default 1024). A write to a full queue gets
-    /// [`PoolError::QueueFull`].
+    /// [`PoolError::QueueFull`](crate::PoolError::QueueFull).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.0.queue_capacity = capacity;
         self
