@@ -443,8 +443,9 @@ impl Endpoint {
                 }
                 drop(permit);
             }
-            // Not instrumented as a whole: the connection task enters the span once per poll
-            // (see `ConnectionTask::run`) and the hooks are instrumented (`lifecycle.rs`).
+            // No `.instrument()` around this future: the connection task enters the span once
+            // per poll (see `ConnectionTask::run`) and the hooks are instrumented
+            // (`lifecycle.rs`).
         })
     }
 }

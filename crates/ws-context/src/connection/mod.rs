@@ -252,8 +252,8 @@ impl ConnectionTask {
         Step::Continue(())
     }
 
-    /// Adds the turn's traffic to the shared counters: once per turn, so a burst costs one
-    /// update per counter, not one per message.
+    /// Adds the turn's traffic to the shared counters at the end of each turn, so a burst
+    /// costs one update per counter, not one per message.
     fn publish_traffic(&mut self) {
         let metrics = &self.metrics;
         self.received
