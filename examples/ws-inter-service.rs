@@ -25,7 +25,7 @@ async fn send_notification(ctx: HttpContext) -> Result<&'static str, Error> {
         "title": "New Message",
         "content": "You have a new notification!",
     });
-    if let Err(error) = ctx.write_message_to_service(SERVICE, message) {
+    if let Err(error) = ctx.write_message_to_service(SERVICE, &message) {
         tracing::error!(%error, "Failed to send message");
         return Err(error.into());
     }

@@ -1,3 +1,7 @@
+//! [`App`]: the routes (HTTP, WebSocket, health), the hub and outbound services it owns, and
+//! [`App::serve`]: config checked, routes built, listeners served until a signal or the
+//! [`ShutdownHandle`], then the ordered shutdown.
+
 use std::{
     fmt,
     net::SocketAddr,
@@ -11,10 +15,10 @@ use axum::{
     extract::Request,
     routing::{MethodFilter, on},
 };
-use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch, time::Instant};
 use ws_client_pool::{PoolError, ServiceOptions, WsClientPool};
 use ws_context::{BoxHandlerFn, CloseFrame, ConnectionHub, Endpoint, Handler};
+use ws_message::Encode;
 use ws_upgrader::WsUpgrader;
 
 use crate::{
@@ -216,7 +220,8 @@ impl App {
     /// Adds a WebSocket route like [`websocket`](App::websocket), then lets `configure`
     /// adjust its [`Endpoint`]: lifecycle hooks, a connection limit, queue size, send
     /// timeout. It gets the endpoint with the app's upgrader, hub and grace period already
-    /// set.
+    /// set. An option value that cannot work stops [`serve`](App::serve) before it serves
+    /// anything, with [`AppError::WebSocketRoute`].
     ///
     /// ```no_run
     /// use gofr_app::{App, CloseFrame, Connection, Context, Error, Message};
@@ -308,16 +313,16 @@ impl App {
         name: &str,
         options: ServiceOptions,
     ) -> Result<(), PoolError> {
-        self.services.add_service(name, options).await
+        self.services.add_ws_service_with(name, options).await
     }
 
     /// Queues a message for a service (GoFr's `WriteMessageToService`), encoded as
     /// `write_message_to_socket` does. Handlers use
     /// [`ServiceExt::write_message_to_service`](crate::ServiceExt::write_message_to_service).
-    pub fn write_message_to_service<T: Serialize + 'static>(
+    pub fn write_message_to_service<T: Encode + ?Sized>(
         &self,
         name: &str,
-        data: T,
+        data: &T,
     ) -> Result<(), PoolError> {
         self.services.write_message_to_service(name, data)
     }
@@ -407,6 +412,31 @@ impl App {
     /// `SHUTDOWN_GRACE_PERIOD` plus 2 s of the signal, whatever the clients do.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AppError> {
         let config = self.config?;
+        // Routes first: an option that cannot work stops the app before anything is served (the metrics port included).
+        let mut router = self.router;
+        let admission = Admission::new(config.ws_max_connections, config.ws_max_connections_per_ip);
+        for route in self.websockets {
+            let mut endpoint = Endpoint::new(route.handler)
+                .upgrader(self.upgrader.clone())
+                .hub(self.hub.clone())
+                .close_grace(config.shutdown_grace);
+            if let Some(configure) = route.configure {
+                endpoint = configure(endpoint);
+            }
+            // Inside the app's own layers: authentication refuses before a place is taken.
+            let (admission, upgrader) = (admission.clone(), self.upgrader.clone());
+            let admit = axum::middleware::from_fn(move |request, next| {
+                admission::admit(admission.clone(), upgrader.clone(), request, next)
+            });
+            let method_router =
+                endpoint
+                    .into_route()
+                    .map_err(|source| AppError::WebSocketRoute {
+                        path: route.path.clone(),
+                        source,
+                    })?;
+            router = router.route(&route.path, method_router.layer(admit));
+        }
         crate::metrics::install();
         // Every upgrader that was not given a budget of its own shares the process's.
         ws_upgrader::process_inbound_budget().set_limit(config.ws_inbound_budget);
@@ -452,23 +482,6 @@ impl App {
         });
         tracing::info!(%metrics_address, "metrics on http://{metrics_address}/metrics");
 
-        let mut router = self.router;
-        let admission = Admission::new(config.ws_max_connections, config.ws_max_connections_per_ip);
-        for route in self.websockets {
-            let mut endpoint = Endpoint::new(route.handler)
-                .upgrader(self.upgrader.clone())
-                .hub(self.hub.clone())
-                .close_grace(config.shutdown_grace);
-            if let Some(configure) = route.configure {
-                endpoint = configure(endpoint);
-            }
-            // Inside the app's own layers: authentication refuses before a place is taken.
-            let (admission, upgrader) = (admission.clone(), self.upgrader.clone());
-            let admit = axum::middleware::from_fn(move |request, next| {
-                admission::admit(admission.clone(), upgrader.clone(), request, next)
-            });
-            router = router.route(&route.path, endpoint.into_route().layer(admit));
-        }
         // Handlers find the services in the request extensions (`ServiceExt`).
         router = router.layer(Extension(self.services.clone()));
         for layer in self.layers {
@@ -560,7 +573,7 @@ impl App {
 /// The backplane's settings from the configuration: channel prefix, shared secret, TLS CA.
 #[cfg(feature = "redis")]
 fn backplane_settings(config: &Config) -> Result<ws_backplane_redis::Settings, ConfigError> {
-    let mut settings = ws_backplane_redis::Settings::default().prefix(&config.backplane_prefix);
+    let mut settings = ws_backplane_redis::Settings::builder().prefix(&config.backplane_prefix);
     if let Some(secret) = &config.backplane_secret {
         settings = settings.secret(secret.expose());
     }
@@ -574,7 +587,14 @@ fn backplane_settings(config: &Config) -> Result<ws_backplane_redis::Settings, C
         })?;
         settings = settings.tls_root_ca(pem);
     }
-    Ok(settings)
+    // Only the prefix comes from the configuration, which checked it by the same rule.
+    settings.build().map_err(|_| {
+        ConfigError::new(
+            "WS_BACKPLANE_PREFIX",
+            &config.backplane_prefix,
+            "must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+        )
+    })
 }
 
 /// Shuts an [`App`] down from code, as a signal would. Cloneable.

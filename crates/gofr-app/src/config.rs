@@ -1,3 +1,6 @@
+//! [`Config`], the only reader of the environment (and `configs/.env`): every variable, its
+//! default and range; a value out of range is a [`ConfigError`] naming it.
+
 use std::{
     collections::HashMap,
     ffi::OsString,

@@ -1,3 +1,6 @@
+//! [`Error`], what HTTP and WebSocket handlers return (a status and GoFr's JSON envelope), and
+//! [`AppError`], why [`App::run`](crate::App::run) or [`App::serve`](crate::App::serve) stopped.
+
 use std::fmt;
 
 use axum::{
@@ -101,6 +104,15 @@ pub enum AppError {
     /// A configuration value is invalid.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
+    /// A WebSocket route's options (set in [`App::websocket_with`](crate::App::websocket_with))
+    /// cannot work.
+    #[error("WebSocket route {path}: {source}")]
+    WebSocketRoute {
+        /// The route's path.
+        path: String,
+        /// The option at fault and its value.
+        source: ws_context::ConfigError,
+    },
     /// The listener could not be bound or the server failed.
     #[error("server I/O failed on {address}: {source}")]
     Io {

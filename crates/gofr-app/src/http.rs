@@ -1,3 +1,6 @@
+//! HTTP routes in GoFr's style: [`HttpContext`] (the request, its body bound like a WebSocket
+//! message) and [`HttpHandler`], whose `Ok` value is answered `{"data": ...}`.
+
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use axum::{

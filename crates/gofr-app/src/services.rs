@@ -1,8 +1,8 @@
 //! Outbound WebSocket services from inside handlers.
 
-use serde::Serialize;
 use ws_client_pool::{PoolError, ServiceStatus, WsClientPool};
 use ws_context::Context;
+use ws_message::Encode;
 
 use crate::HttpContext;
 
@@ -14,7 +14,7 @@ use crate::HttpContext;
 /// use gofr_app::{Error, HttpContext, ServiceExt as _};
 ///
 /// async fn notify(ctx: HttpContext) -> Result<&'static str, Error> {
-///     ctx.write_message_to_service("notification-service", serde_json::json!({"title": "Hi"}))?;
+///     ctx.write_message_to_service("notification-service", &serde_json::json!({"title": "Hi"}))?;
 ///     Ok("Notification sent successfully!")
 /// }
 /// ```
@@ -24,10 +24,10 @@ pub trait ServiceExt {
 
     /// Queues a message for the named service, encoded as `write_message_to_socket` does
     /// (see [`WsClientPool::write_message_to_service`]). Returns once it is queued.
-    fn write_message_to_service<T: Serialize + 'static>(
+    fn write_message_to_service<T: Encode + ?Sized>(
         &self,
         name: &str,
-        data: T,
+        data: &T,
     ) -> Result<(), PoolError> {
         match self.ws_services() {
             Some(services) => services.write_message_to_service(name, data),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gofr_app::{App, Context, Error, HttpContext};
+use gofr_app::{App, AppError, Context, Error, HttpContext};
 use test_support::{header, raw_request, upgrade_request};
 use tokio::net::TcpStream;
 use ws_test::{DEFAULT_TIMEOUT as WAIT, HttpResponse, TestServer, http_get};
@@ -120,4 +120,24 @@ async fn health_shows_service_urls_without_credentials_or_query() {
         "ws://127.0.0.1:9/ws"
     );
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_route_option_that_cannot_work_stops_serve_before_it_serves() {
+    let mut app = App::with_config(config());
+    app.websocket_with("/ws", echo, |route| route.queue_capacity(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = tokio::time::timeout(WAIT, app.serve(listener))
+        .await
+        .expect("serve returns at once");
+    match served {
+        Err(AppError::WebSocketRoute { path, source }) => {
+            assert_eq!(path, "/ws");
+            assert_eq!(
+                source.to_string(),
+                "queue_capacity must be between 1 and 4294967295, got 0"
+            );
+        }
+        other => panic!("expected a route error, got {other:?}"),
+    }
 }

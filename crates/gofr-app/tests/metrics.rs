@@ -222,8 +222,11 @@ async fn metric_labels_are_bounded_and_sync_panics_are_counted() {
     .await;
 
     // An endpoint served as a fallback matches no route pattern: every path is `unmatched`.
-    let fallback = axum::Router::new()
-        .fallback_service(gofr_app::Endpoint::new(echo_or_fail).into_route::<()>());
+    let fallback = axum::Router::new().fallback_service(
+        gofr_app::Endpoint::new(echo_or_fail)
+            .into_route::<()>()
+            .expect("valid endpoint options"),
+    );
     let plain = TestServer::router(fallback).await;
     for (path, code) in [("/peer-chosen/a1", 4321u16), ("/peer-chosen/b2", 3999)] {
         plain.connect(path).await.close(code, "bye").await;

@@ -12,13 +12,13 @@ use crate::support::config;
 
 async fn from_http(ctx: HttpContext) -> Result<&'static str, Error> {
     let text: String = ctx.bind()?;
-    ctx.write_message_to_service("notifications", text)?;
+    ctx.write_message_to_service("notifications", &text)?;
     Ok("sent")
 }
 
 async fn from_websocket(ctx: Context) -> Result<(), Error> {
     let text: String = ctx.bind()?;
-    ctx.write_message_to_service("notifications", format!("ws: {text}"))?;
+    ctx.write_message_to_service("notifications", &format!("ws: {text}"))?;
     Ok(())
 }
 

@@ -1,3 +1,7 @@
+//! [`RedisBackplane`]: the hub's [`Backplane`](ws_context::Backplane) over Redis pub/sub, its
+//! [`Settings`] (checked by [`SettingsBuilder::build`]), its three tasks (reader, publisher,
+//! heartbeat and probe) and what it counts.
+
 use std::{
     collections::{HashMap, HashSet},
     fmt,
@@ -33,9 +37,13 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Default channel prefix.
 pub const DEFAULT_PREFIX: &str = "gofrws";
 /// Default capacity of the outgoing and incoming queues, in messages.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
+pub const DEFAULT_QUEUE_MESSAGES: usize = 16_384;
 /// Default largest payload carried between instances: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 << 20;
+/// Largest [`SettingsBuilder::queue_capacity`], in messages.
+pub const MAX_QUEUE_MESSAGES: usize = 1 << 24;
+/// Largest [`SettingsBuilder::max_payload`]: 1 GiB (the frame counts it in 32 bits).
+pub const MAX_PAYLOAD: usize = 1 << 30;
 /// How long a publish, subscribe or health probe may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long a pipeline of publishes may take (up to [`BATCH`] of them, each up to the
@@ -62,15 +70,63 @@ const TURN: Duration = Duration::from_millis(50);
 /// Most rooms whose last position a backplane remembers to guess the next one.
 const MAX_GUESSED_ROOMS: usize = 65_536;
 
-/// How a [`RedisBackplane`] behaves; every instance of an app should use the same.
+/// Shortest heartbeat interval accepted.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+/// Shortest epoch TTL accepted.
+pub const MIN_EPOCH_TTL: Duration = Duration::from_secs(1);
+/// Longest channel prefix accepted, in bytes.
+pub const MAX_PREFIX_BYTES: usize = 64;
+
+/// A setting value that cannot work, found when the settings are built
+/// ([`SettingsBuilder::build`]); the same kinds as the other crates' `ConfigError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A count or size setting is out of range.
+    #[error("{option} must be between {min} and {max}, got {value}")]
+    Size {
+        /// The setting's builder method.
+        option: &'static str,
+        /// The value given.
+        value: usize,
+        /// Smallest accepted value.
+        min: usize,
+        /// Largest accepted value.
+        max: usize,
+    },
+    /// A duration setting is shorter than its minimum.
+    #[error("{option} must be at least {min:?}, got {value:?}")]
+    ShortDuration {
+        /// The setting's builder method.
+        option: &'static str,
+        /// The value given.
+        value: Duration,
+        /// Shortest accepted value.
+        min: Duration,
+    },
+    /// The channel prefix is empty, too long, or has a character other than ASCII letters,
+    /// digits, `.`, `_` and `-` (`:` separates channel parts, `{`/`}` are Redis Cluster
+    /// hash tags).
+    #[error("prefix must be 1-64 ASCII letters, digits, '.', '_' or '-', got {value:?}")]
+    Prefix {
+        /// The value given.
+        value: String,
+    },
+}
+
+/// How a [`RedisBackplane`] behaves; every instance of an app should use the same. Made by
+/// [`Settings::builder`] (whose [`build`](SettingsBuilder::build) checks every value) or
+/// [`Settings::default`].
 ///
 /// ```
 /// use std::time::Duration;
-/// let settings = ws_backplane_redis::Settings::default()
+/// let settings = ws_backplane_redis::Settings::builder()
 ///     .prefix("chat")
-///     .heartbeat(Duration::from_millis(500));
+///     .heartbeat(Duration::from_millis(500))
+///     .build()?;
 /// let backplane = ws_backplane_redis::RedisBackplane::with_settings(settings);
 /// # let _ = backplane;
+/// # Ok::<(), ws_backplane_redis::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -100,7 +156,7 @@ impl Default for Settings {
         Settings {
             prefix: DEFAULT_PREFIX.to_owned(),
             heartbeat: DEFAULT_HEARTBEAT,
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: DEFAULT_QUEUE_MESSAGES,
             max_payload: DEFAULT_MAX_PAYLOAD,
             secret: None,
             tls_root_ca: None,
@@ -110,15 +166,23 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Settings starting from the defaults.
+    pub fn builder() -> SettingsBuilder {
+        SettingsBuilder(Settings::default())
+    }
+}
+
+/// Sets [`Settings`] one by one; [`build`](Self::build) checks them.
+#[derive(Debug, Clone)]
+pub struct SettingsBuilder(Settings);
+
+impl SettingsBuilder {
     /// Sets the prefix of every channel name (default `gofrws`), so apps sharing a Redis
     /// stay apart: pub/sub ignores database numbers, so two apps with one prefix hear each
-    /// other even on different databases. gofr-app sets it from `APP_NAME`. An empty
-    /// prefix keeps the default.
+    /// other even on different databases. gofr-app sets it from `APP_NAME`. 1-64 ASCII
+    /// letters, digits, `.`, `_` or `-`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into();
-        if !prefix.is_empty() {
-            self.prefix = prefix;
-        }
+        self.0.prefix = prefix.into();
         self
     }
 
@@ -131,26 +195,29 @@ impl Settings {
     /// envelopes under the app's prefix.
     ///
     /// ```
-    /// let settings = ws_backplane_redis::Settings::default().secret("a long random string");
+    /// let settings = ws_backplane_redis::Settings::builder()
+    ///     .secret("a long random string")
+    ///     .build()?;
     /// # let _ = settings;
+    /// # Ok::<(), ws_backplane_redis::ConfigError>(())
     /// ```
     pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
-        self.secret = Some(Secret(wire::key(secret.as_ref())));
+        self.0.secret = Some(Secret(wire::key(secret.as_ref())));
         self
     }
 
     /// Sets the largest payload carried between instances (default 16 MiB): larger ones are
     /// not published (the local delivery still happens), and received ones are dropped and
-    /// counted.
+    /// counted. At least 1 byte, at most 1 GiB.
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
+        self.0.max_payload = bytes;
         self
     }
 
     /// Trusts this CA (PEM) for `rediss://` URLs instead of the webpki roots, as for a Redis
     /// with a self-signed or private certificate.
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_root_ca = Some(pem.into());
+        self.0.tls_root_ca = Some(pem.into());
         self
     }
 
@@ -161,23 +228,60 @@ impl Settings {
     /// a client whose position is older than the kept messages is told `TooOld`, one whose
     /// epoch is gone `EpochChanged`.
     pub fn epoch_ttl(mut self, ttl: Duration) -> Self {
-        self.epoch_ttl = ttl.max(Duration::from_secs(1));
+        self.0.epoch_ttl = ttl;
         self
     }
 
     /// Sets the time between heartbeats (default 2 s, at least 10 ms). Other instances drop
     /// this one after three missed heartbeats.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.heartbeat = interval.max(Duration::from_millis(10));
+        self.0.heartbeat = interval;
         self
     }
 
-    /// Sets the capacity of the outgoing and incoming queues (default 16,384). A publish
+    /// Sets the capacity of the outgoing and incoming queues (default 16,384, at most
+    /// [`MAX_QUEUE_MESSAGES`]). A publish
     /// that finds the outgoing queue full fails at once; a message from Redis that finds the
     /// incoming queue full is dropped; both are counted.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity.max(1);
+        self.0.queue_capacity = capacity;
         self
+    }
+
+    /// Checks every value and gives the settings.
+    pub fn build(self) -> Result<Settings, ConfigError> {
+        let s = &self.0;
+        let valid_prefix = (1..=MAX_PREFIX_BYTES).contains(&s.prefix.len())
+            && s.prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid_prefix {
+            return Err(ConfigError::Prefix {
+                value: s.prefix.clone(),
+            });
+        }
+        for (option, value, min) in [
+            ("heartbeat", s.heartbeat, MIN_HEARTBEAT),
+            ("epoch_ttl", s.epoch_ttl, MIN_EPOCH_TTL),
+        ] {
+            if value < min {
+                return Err(ConfigError::ShortDuration { option, value, min });
+            }
+        }
+        for (option, value, max) in [
+            ("queue_capacity", s.queue_capacity, MAX_QUEUE_MESSAGES),
+            ("max_payload", s.max_payload, MAX_PAYLOAD),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::Size {
+                    option,
+                    value,
+                    min: 1,
+                    max,
+                });
+            }
+        }
+        Ok(self.0)
     }
 }
 
@@ -186,12 +290,12 @@ impl Settings {
 #[non_exhaustive]
 pub enum RedisBackplaneError {
     /// The URL is not a Redis URL.
-    #[error("invalid Redis URL {url:?}: {source}")]
+    #[error("invalid Redis URL {url:?}: {reason}")]
     Url {
         /// The URL given, without its password.
         url: String,
-        /// What the client said.
-        source: redis::RedisError,
+        /// What the client said (a text: the Redis client's types stay out of our API).
+        reason: String,
     },
     /// Redis did not answer.
     #[error("cannot reach Redis at {url}: {reason}")]
@@ -538,9 +642,9 @@ impl RedisBackplane {
         let shown = redact(url);
         let info = url
             .into_connection_info()
-            .map_err(|source| RedisBackplaneError::Url {
+            .map_err(|error| RedisBackplaneError::Url {
                 url: shown.clone(),
-                source,
+                reason: error.to_string(),
             })?;
         let settings = info
             .redis_settings()
@@ -560,9 +664,9 @@ impl RedisBackplane {
             ),
             None => redis::Client::open(info),
         }
-        .map_err(|source| RedisBackplaneError::Url {
+        .map_err(|error| RedisBackplaneError::Url {
             url: shown.clone(),
-            source,
+            reason: error.to_string(),
         })?;
 
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(shared.queue_capacity);
@@ -1512,6 +1616,48 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bad_setting_is_refused_by_build_with_its_option_and_value() {
+        assert!(Settings::builder().build().is_ok());
+        let size = |option, value, max| ConfigError::Size {
+            option,
+            value,
+            min: 1,
+            max,
+        };
+        let short = |option, value, min| ConfigError::ShortDuration { option, value, min };
+        let prefix = |value: &str| ConfigError::Prefix {
+            value: value.to_owned(),
+        };
+        for (bad, refusal) in [
+            (Settings::builder().prefix(""), prefix("")),
+            (Settings::builder().prefix("a:b"), prefix("a:b")),
+            (Settings::builder().prefix("{a}"), prefix("{a}")),
+            (
+                Settings::builder().prefix("a".repeat(65)),
+                prefix(&"a".repeat(65)),
+            ),
+            (
+                Settings::builder().heartbeat(Duration::from_millis(9)),
+                short("heartbeat", Duration::from_millis(9), MIN_HEARTBEAT),
+            ),
+            (
+                Settings::builder().epoch_ttl(Duration::ZERO),
+                short("epoch_ttl", Duration::ZERO, MIN_EPOCH_TTL),
+            ),
+            (
+                Settings::builder().queue_capacity(0),
+                size("queue_capacity", 0, MAX_QUEUE_MESSAGES),
+            ),
+            (
+                Settings::builder().max_payload(MAX_PAYLOAD + 1),
+                size("max_payload", MAX_PAYLOAD + 1, MAX_PAYLOAD),
+            ),
+        ] {
+            assert_eq!(bad.build().unwrap_err(), refusal);
+        }
+    }
 
     #[test]
     fn node_part_of_ids_and_origins() {

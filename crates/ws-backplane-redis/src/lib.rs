@@ -22,7 +22,7 @@
 //!     conn.hub().join(conn.id(), "lobby").await;
 //!     Ok(())
 //! });
-//! let app: Router = Router::new().route("/ws", endpoint.into_route());
+//! let app: Router = Router::new().route("/ws", endpoint.into_route()?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -40,7 +40,7 @@
 //! - `gofrws:node:<node>`: send-to-id and close-by-id. A connection id starts with its
 //!   instance's node id, so it routes without a lookup.
 //!
-//! The prefix ([`Settings::prefix`]; gofr-app takes `APP_NAME`) keeps apps on one Redis
+//! The prefix ([`SettingsBuilder::prefix`]; gofr-app takes `APP_NAME`) keeps apps on one Redis
 //! apart: instances of one app share it, and pub/sub ignores database numbers.
 //!
 //! # Guarantee
@@ -57,7 +57,7 @@
 //! most the limit's length (`MAXLEN ~`) and age (trimmed on every append and every read,
 //! and the stream expires with its last message), numbered by an epoch
 //! (`{gofrws:<room>}:epoch`, 16 hex digits, new whenever Redis lost the history; kept
-//! [`Settings::epoch_ttl`] after the room's last activity) and an offset
+//! [`SettingsBuilder::epoch_ttl`] after the room's last activity) and an offset
 //! (`{gofrws:<room>}:offset`). A room message is made for the room's next position and
 //! handed to one Lua script that checks that position, `INCR`s the offset, `XADD`s and
 //! `PUBLISH`es the same (signed) frame, atomically; when another sender took the position,
@@ -82,7 +82,7 @@
 //! Every frame is checked before delivery: kind, opcode, close code, lengths, and that it
 //! came on its target's channel; the rest is dropped and counted. Without a secret, anyone
 //! who can `PUBLISH` on the Redis can still inject well-formed frames under the prefix; with
-//! [`Settings::secret`], frames are signed with HMAC-SHA256 (over the channel and the
+//! [`SettingsBuilder::secret`], frames are signed with HMAC-SHA256 (over the channel and the
 //! content) and unsigned or altered ones are dropped. A forged sequence number cannot
 //! silence a sender: a number far from the last restarts the count, and only the same bytes
 //! under the same number are a duplicate.
@@ -112,8 +112,9 @@ mod metrics;
 mod wire;
 
 pub use crate::backplane::{
-    BackplaneStats, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX,
-    DEFAULT_QUEUE_CAPACITY, RedisBackplane, RedisBackplaneError, Settings,
+    BackplaneStats, ConfigError, DEFAULT_EPOCH_TTL, DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD,
+    DEFAULT_PREFIX, DEFAULT_QUEUE_MESSAGES, MAX_PAYLOAD, MAX_PREFIX_BYTES, MAX_QUEUE_MESSAGES,
+    MIN_EPOCH_TTL, MIN_HEARTBEAT, RedisBackplane, RedisBackplaneError, Settings, SettingsBuilder,
 };
 pub use crate::metrics::describe_metrics;
 

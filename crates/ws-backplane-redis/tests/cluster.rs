@@ -18,7 +18,7 @@ async fn only_member(hub: &ConnectionHub, room: &str) -> ConnectionId {
 
 #[tokio::test]
 async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
-    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let settings = Settings::builder().heartbeat(HEARTBEAT);
     let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };
@@ -67,7 +67,7 @@ async fn rooms_broadcasts_send_to_id_and_close_reach_the_other_instance() {
 
 #[tokio::test]
 async fn a_room_with_members_on_one_instance_stays_off_the_other() {
-    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let settings = Settings::builder().heartbeat(HEARTBEAT);
     let Some((redis, a, b)) = two_instances(settings).await else {
         return;
     };
@@ -97,7 +97,7 @@ async fn a_room_with_members_on_one_instance_stays_off_the_other() {
 
 #[tokio::test]
 async fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_resumes() {
-    let Some((mut redis, a, b)) = two_instances(Settings::default().heartbeat(HEARTBEAT)).await
+    let Some((mut redis, a, b)) = two_instances(Settings::builder().heartbeat(HEARTBEAT)).await
     else {
         return;
     };
@@ -144,7 +144,7 @@ async fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_resumes() {
 
 #[tokio::test]
 async fn a_dead_instance_is_dropped_after_three_missed_heartbeats() {
-    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let settings = Settings::builder().heartbeat(HEARTBEAT);
     let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };

@@ -25,7 +25,7 @@ const READ_WAIT: Duration = Duration::from_secs(15);
 /// with `{"pos": ...}` at join; a recovery that fails says `{"recovered": false}` first, then
 /// joins with a greeting.
 async fn node(redis_url: &str, len: usize, age: Duration) -> Instance {
-    let settings = Settings::default()
+    let settings = Settings::builder()
         .prefix("hist")
         .heartbeat(Duration::from_millis(200));
     let node = Instance::start_custom(redis_url, settings, |endpoint| {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use test_support::RedisServer;
-use ws_backplane_redis::Settings;
+use ws_backplane_redis::{Settings, SettingsBuilder};
 use ws_context::{CloseFrame, ConnectionHub};
 use ws_test::{DEFAULT_TIMEOUT, eventually};
 
@@ -12,8 +12,8 @@ use crate::support::{Instance, two_instances};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
-fn app(prefix: &str) -> Settings {
-    Settings::default().heartbeat(HEARTBEAT).prefix(prefix)
+fn app(prefix: &str) -> SettingsBuilder {
+    Settings::builder().heartbeat(HEARTBEAT).prefix(prefix)
 }
 
 /// A frame in the backplane's format (version 2), built by hand as an attacker would.

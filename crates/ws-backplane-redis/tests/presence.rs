@@ -40,7 +40,7 @@ async fn presence_of(
 
 #[tokio::test]
 async fn presence_is_the_same_on_both_instances_and_drops_a_dead_ones_members() {
-    let settings = Settings::default().heartbeat(HEARTBEAT);
+    let settings = Settings::builder().heartbeat(HEARTBEAT);
     let Some((_redis, a, b)) = two_instances(settings).await else {
         return;
     };

@@ -40,13 +40,13 @@ async fn a_member_that_never_reads_is_closed_and_everyone_else_gets_every_messag
     let heartbeat = Duration::from_millis(200);
     let a = Instance::start_custom(
         &redis.url(),
-        Settings::default().heartbeat(heartbeat),
+        Settings::builder().heartbeat(heartbeat),
         |endpoint| endpoint.send_timeout(SEND_TIMEOUT),
     )
     .await;
     let b = Instance::start_with(
         &redis.url(),
-        Settings::default()
+        Settings::builder()
             .heartbeat(heartbeat)
             .queue_capacity(65_536),
     )

@@ -2,13 +2,15 @@
 //! server itself are ws-test's.
 
 use test_support::RedisServer;
-use ws_backplane_redis::{RedisBackplane, Settings};
+use ws_backplane_redis::{RedisBackplane, SettingsBuilder};
 use ws_context::{ConnectionHub, Endpoint};
 use ws_test::{TestServer, WsClient};
 
 /// A redis-server and two instances on it, both with `settings`; `None` (the test passes)
 /// when redis-server is not installed.
-pub(crate) async fn two_instances(settings: Settings) -> Option<(RedisServer, Instance, Instance)> {
+pub(crate) async fn two_instances(
+    settings: SettingsBuilder,
+) -> Option<(RedisServer, Instance, Instance)> {
     let redis = RedisServer::start()?;
     let a = Instance::start_with(&redis.url(), settings.clone()).await;
     let b = Instance::start_with(&redis.url(), settings).await;
@@ -24,17 +26,17 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    pub(crate) async fn start_with(redis_url: &str, settings: Settings) -> Instance {
+    pub(crate) async fn start_with(redis_url: &str, settings: SettingsBuilder) -> Instance {
         Instance::start_custom(redis_url, settings, |endpoint| endpoint).await
     }
 
     /// With the endpoint's options changed by `options`.
     pub(crate) async fn start_custom(
         redis_url: &str,
-        settings: Settings,
+        settings: SettingsBuilder,
         options: impl FnOnce(Endpoint) -> Endpoint,
     ) -> Instance {
-        let backplane = RedisBackplane::with_settings(settings);
+        let backplane = RedisBackplane::with_settings(settings.build().expect("valid settings"));
         let hub = ConnectionHub::with_backplane(backplane.clone());
         backplane.connect(redis_url).await.unwrap();
         let router = test_support::room_chat(&hub, options);

@@ -1,4 +1,8 @@
+//! [`PoolError`]: why the pool refused a service or a message.
+
 use ws_message::EncodeError;
+
+use crate::ConfigError;
 
 /// Why the pool refused a service or a message.
 ///
@@ -7,28 +11,10 @@ use ws_message::EncodeError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// The URL is not a `ws://` or `wss://` URL with a host.
-    #[error("invalid WebSocket URL {url:?}: {reason}")]
-    InvalidUrl {
-        /// The URL as given.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A header that the WebSocket handshake sets itself (`Upgrade`, `Sec-WebSocket-Key`, ...).
-    #[error("header {name:?} is set by the WebSocket handshake and cannot be given")]
-    ForbiddenHeader {
-        /// The header's name.
-        name: String,
-    },
-    /// An option out of range (a zero interval or capacity).
-    #[error("invalid option {option}: {reason}")]
-    InvalidOption {
-        /// The option's name.
-        option: &'static str,
-        /// Why it was refused.
-        reason: &'static str,
-    },
+    /// An option value that cannot work (from [`add_ws_service`](crate::WsClientPool::add_ws_service)'s
+    /// arguments).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A service of that name is registered already.
     #[error("WebSocket service {name:?} is already registered")]
     DuplicateService {

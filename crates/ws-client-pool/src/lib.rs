@@ -15,7 +15,7 @@
 //! use ws_client_pool::WsClientPool;
 //!
 //! async fn notify(State(pool): State<WsClientPool>, body: String) -> &'static str {
-//!     match pool.write_message_to_service("notification-service", body) {
+//!     match pool.write_message_to_service("notification-service", &body) {
 //!         Ok(()) => "queued",
 //!         Err(_) => "refused",
 //!     }
@@ -42,8 +42,9 @@
 //!
 //! # Services and connections
 //!
-//! [`WsClientPool::add_ws_service`] takes the seed's arguments; [`WsClientPool::add_service`]
-//! takes [`ServiceOptions`] (queue capacity, ping interval, timeouts, [`Reconnect`] policy).
+//! [`WsClientPool::add_ws_service`] takes the seed's arguments;
+//! [`WsClientPool::add_ws_service_with`] takes [`ServiceOptions`] (queue capacity, ping
+//! interval, timeouts, [`Reconnect`] policy), checked by [`ServiceOptionsBuilder::build`].
 //! URLs are `ws://` or `wss://`; TLS uses rustls with Mozilla's root certificates
 //! (webpki-roots), so trust does not depend on the machine's certificate store. A bad URL or
 //! a header the handshake sets itself (`Upgrade`, `Connection`, `Sec-WebSocket-Key`,
@@ -101,8 +102,8 @@
 //!
 //! # Limits
 //!
-//! A service may send messages and frames up to [`ServiceOptions::max_message_size`] and
-//! [`ServiceOptions::max_frame_size`] (16 MiB each by default, [`DEFAULT_MAX_MESSAGE_SIZE`],
+//! A service may send messages and frames up to [`ServiceOptionsBuilder::max_message_size`] and
+//! [`ServiceOptionsBuilder::max_frame_size`] (16 MiB each by default, [`DEFAULT_MAX_MESSAGE_SIZE`],
 //! like the server; tungstenite's own default is 64 MiB). A larger one is refused as soon as
 //! its header says so: the pool sends close 1009 (message too big), drops the connection
 //! (a hard drop, above) and reconnects per the policy.
@@ -149,7 +150,8 @@ mod wire;
 
 pub use crate::error::PoolError;
 pub use crate::options::{
-    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Reconnect, ServiceOptions,
+    ConfigError, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Reconnect, ServiceOptions,
+    ServiceOptionsBuilder,
 };
 pub use crate::pool::{ServiceMessages, WsClientPool};
 pub use crate::status::{ServiceState, ServiceStatus};

@@ -5,7 +5,55 @@ use std::time::Duration;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use http::{HeaderMap, HeaderName, Uri, header};
 
-use crate::PoolError;
+/// A service option value that cannot work, found when the options are built
+/// ([`ServiceOptionsBuilder::build`]); the same kinds as the upgrader's (and the endpoint's)
+/// `ConfigError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The URL is not a `ws://` or `wss://` URL with a host.
+    #[error("url must be a ws:// or wss:// URL with a host, got {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A header that the WebSocket handshake sets itself (`Upgrade`, `Sec-WebSocket-Key`, ...).
+    #[error("headers must not set {name:?}: the WebSocket handshake sets it")]
+    ForbiddenHeader {
+        /// The header's name.
+        name: String,
+    },
+    /// A count or size option is out of range.
+    #[error("{option} must be between {min} and {max}, got {value}")]
+    Size {
+        /// The option's builder method.
+        option: &'static str,
+        /// The value given.
+        value: usize,
+        /// Smallest accepted value.
+        min: usize,
+        /// Largest accepted value.
+        max: usize,
+    },
+    /// A duration option is zero (a zero retry interval would dial in a hot loop).
+    #[error("{option} must be longer than zero, got {value:?}")]
+    ZeroDuration {
+        /// The option's builder method.
+        option: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// An exponential backoff whose cap is below its first delay.
+    #[error("reconnect's cap ({max:?}) must not be smaller than its first delay ({initial:?})")]
+    BackoffCap {
+        /// The first delay given.
+        initial: Duration,
+        /// The cap given.
+        max: Duration,
+    },
+}
 
 /// Default cap on one message received from a service: 16 MiB, the same as the server's
 /// (`ws_upgrader::DEFAULT_MAX_MESSAGE_SIZE`, see
@@ -56,22 +104,19 @@ impl Reconnect {
         Reconnect::Exponential { initial, max }
     }
 
-    fn validate(&self) -> Result<(), PoolError> {
-        let (first, max) = match *self {
+    fn check(&self) -> Result<(), ConfigError> {
+        let (initial, max) = match *self {
             Reconnect::Fixed(interval) => (interval, interval),
             Reconnect::Exponential { initial, max } => (initial, max),
         };
-        if first.is_zero() {
-            return Err(PoolError::InvalidOption {
-                option: "retry_interval",
-                reason: "must be greater than zero (zero would dial in a hot loop)",
+        if initial.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                option: "reconnect",
+                value: initial,
             });
         }
-        if max < first {
-            return Err(PoolError::InvalidOption {
-                option: "reconnect",
-                reason: "the cap must not be smaller than the first delay",
-            });
+        if max < initial {
+            return Err(ConfigError::BackoffCap { initial, max });
         }
         Ok(())
     }
@@ -92,7 +137,9 @@ impl Reconnect {
     }
 }
 
-/// Everything about one service: where it is and how the pool treats it.
+/// Everything about one service: where it is and how the pool treats it. Made by
+/// [`ServiceOptions::builder`], whose [`build`](ServiceOptionsBuilder::build) checks every
+/// value.
 ///
 /// Defaults: no extra headers, reconnection on with a fixed 5 s interval, a send queue of 1024
 /// messages, an inbound buffer of 256 messages, a ping every 10 s, 10 s to connect, 5 s for
@@ -103,11 +150,13 @@ impl Reconnect {
 /// use std::time::Duration;
 /// use ws_client_pool::{Reconnect, ServiceOptions};
 ///
-/// let options = ServiceOptions::new("ws://127.0.0.1:8081/ws")
+/// let options = ServiceOptions::builder("ws://127.0.0.1:8081/ws")
 ///     .reconnect(Reconnect::exponential(Duration::from_millis(100), Duration::from_secs(10)))
 ///     .queue_capacity(10_000)
-///     .ping_interval(Duration::from_secs(5));
+///     .ping_interval(Duration::from_secs(5))
+///     .build()?;
 /// # let _ = options;
+/// # Ok::<(), ws_client_pool::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
@@ -130,16 +179,18 @@ impl ServiceOptions {
     /// ```
     /// use ws_client_pool::ServiceOptions;
     ///
-    /// let options = ServiceOptions::new("wss://user:secret@host:443/feed?token=x");
+    /// let options = ServiceOptions::builder("wss://user:secret@host:443/feed?token=x").build()?;
     /// assert_eq!(options.shown_url(), "wss://host:443/feed");
+    /// # Ok::<(), ws_client_pool::ConfigError>(())
     /// ```
     pub fn shown_url(&self) -> String {
         redact_url(&self.url)
     }
 
-    /// Options for the service at `url` (`ws://` or `wss://`), with the defaults above.
-    pub fn new(url: impl Into<String>) -> Self {
-        ServiceOptions {
+    /// Options for the service at `url` (`ws://` or `wss://`), starting from the defaults
+    /// above.
+    pub fn builder(url: impl Into<String>) -> ServiceOptionsBuilder {
+        ServiceOptionsBuilder(ServiceOptions {
             url: url.into(),
             headers: HeaderMap::new(),
             reconnect: Some(Reconnect::Fixed(Duration::from_secs(5))),
@@ -150,33 +201,43 @@ impl ServiceOptions {
             close_timeout: Duration::from_secs(5),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-        }
+        })
     }
 
+    pub(crate) fn is_tls(&self) -> bool {
+        self.url.starts_with("wss://")
+    }
+}
+
+/// Sets [`ServiceOptions`] one by one; [`build`](Self::build) checks them.
+#[derive(Debug, Clone)]
+pub struct ServiceOptionsBuilder(ServiceOptions);
+
+impl ServiceOptionsBuilder {
     /// Headers sent with the handshake (authorization, `Origin`, `Sec-WebSocket-Protocol`).
-    /// Headers the handshake sets itself are refused when the service is added.
+    /// Headers the handshake sets itself are refused by [`build`](Self::build).
     pub fn headers(mut self, headers: HeaderMap) -> Self {
-        self.headers = headers;
+        self.0.headers = headers;
         self
     }
 
     /// The reconnection policy (default: fixed 5 s).
     pub fn reconnect(mut self, policy: Reconnect) -> Self {
-        self.reconnect = Some(policy);
+        self.0.reconnect = Some(policy);
         self
     }
 
     /// No reconnection: a failed first dial is an error, a dropped connection closes the
     /// service.
     pub fn no_reconnect(mut self) -> Self {
-        self.reconnect = None;
+        self.0.reconnect = None;
         self
     }
 
     /// How many messages may wait to be sent (default 1024). A write to a full queue gets
-    /// [`PoolError::QueueFull`].
+    /// [`PoolError::QueueFull`](crate::PoolError::QueueFull).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity;
+        self.0.queue_capacity = capacity;
         self
     }
 
@@ -184,26 +245,26 @@ impl ServiceOptions {
     /// [`messages`](crate::WsClientPool::messages) (default 256); when they are not read, the
     /// pool stops reading the socket, so the service feels the backpressure.
     pub fn inbound_capacity(mut self, capacity: usize) -> Self {
-        self.inbound_capacity = capacity;
+        self.0.inbound_capacity = capacity;
         self
     }
 
     /// How often to ping the service (default 10 s). A ping still unanswered at the next one
     /// ends the connection.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
+        self.0.ping_interval = interval;
         self
     }
 
     /// How long one dial (TCP, TLS and handshake) may take (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.0.connect_timeout = timeout;
         self
     }
 
     /// How long the closing handshake may take (default 5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.0.close_timeout = timeout;
         self
     }
 
@@ -215,13 +276,15 @@ impl ServiceOptions {
     /// ```
     /// use ws_client_pool::ServiceOptions;
     ///
-    /// let options = ServiceOptions::new("ws://127.0.0.1:8081/ws")
+    /// let options = ServiceOptions::builder("ws://127.0.0.1:8081/ws")
     ///     .max_message_size(1 << 20)
-    ///     .max_frame_size(64 << 10);
+    ///     .max_frame_size(64 << 10)
+    ///     .build()?;
     /// # let _ = options;
+    /// # Ok::<(), ws_client_pool::ConfigError>(())
     /// ```
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
+        self.0.max_message_size = bytes;
         self
     }
 
@@ -229,60 +292,61 @@ impl ServiceOptions {
     /// 16 MiB); a larger one is treated like a message over
     /// [`max_message_size`](Self::max_message_size): close 1009, then reconnect.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.max_frame_size = bytes;
+        self.0.max_frame_size = bytes;
         self
     }
 
-    /// Refuses what would fail later: a bad URL, a header the handshake owns, a zero value.
-    pub(crate) fn validate(&self) -> Result<(), PoolError> {
-        validate_url(&self.url)?;
-        for name in self.headers.keys() {
-            if FORBIDDEN_HEADERS.contains(name) {
-                return Err(PoolError::ForbiddenHeader {
-                    name: name.as_str().to_owned(),
-                });
-            }
-        }
-        if let Some(policy) = &self.reconnect {
-            policy.validate()?;
-        }
-        let nonzero = [
-            ("queue_capacity", self.queue_capacity == 0),
-            ("inbound_capacity", self.inbound_capacity == 0),
-            ("ping_interval", self.ping_interval.is_zero()),
-            ("connect_timeout", self.connect_timeout.is_zero()),
-            ("close_timeout", self.close_timeout.is_zero()),
-        ];
-        for (option, is_zero) in nonzero {
-            if is_zero {
-                return Err(PoolError::InvalidOption {
-                    option,
-                    reason: "must be greater than zero",
-                });
-            }
-        }
-        for (option, bytes) in [
-            ("max_message_size", self.max_message_size),
-            ("max_frame_size", self.max_frame_size),
-        ] {
-            if !(1..=MAX_SIZE_LIMIT).contains(&bytes) {
-                return Err(PoolError::InvalidOption {
-                    option,
-                    reason: "must be between 1 byte and 1 TiB",
-                });
-            }
-        }
-        if self.max_frame_size > self.max_message_size {
-            return Err(PoolError::InvalidOption {
-                option: "max_frame_size",
-                reason: "must not exceed max_message_size",
+    /// Checks every value and gives the options: a bad URL, a header the handshake sets
+    /// itself, a zero count or duration, a size out of range are refused here, not when the
+    /// service is dialled.
+    pub fn build(self) -> Result<ServiceOptions, ConfigError> {
+        let o = &self.0;
+        validate_url(&o.url)?;
+        if let Some(name) = o
+            .headers
+            .keys()
+            .find(|name| FORBIDDEN_HEADERS.contains(name))
+        {
+            return Err(ConfigError::ForbiddenHeader {
+                name: name.as_str().to_owned(),
             });
         }
-        Ok(())
+        if let Some(policy) = &o.reconnect {
+            policy.check()?;
+        }
+        check_size("queue_capacity", o.queue_capacity, 1, usize::MAX)?;
+        check_size("inbound_capacity", o.inbound_capacity, 1, usize::MAX)?;
+        for (option, value) in [
+            ("ping_interval", o.ping_interval),
+            ("connect_timeout", o.connect_timeout),
+            ("close_timeout", o.close_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { option, value });
+            }
+        }
+        check_size("max_message_size", o.max_message_size, 1, MAX_SIZE_LIMIT)?;
+        // A frame larger than a message could never arrive whole.
+        check_size("max_frame_size", o.max_frame_size, 1, o.max_message_size)?;
+        Ok(self.0)
     }
+}
 
-    pub(crate) fn is_tls(&self) -> bool {
-        self.url.starts_with("wss://")
+fn check_size(
+    option: &'static str,
+    value: usize,
+    min: usize,
+    max: usize,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Size {
+            option,
+            value,
+            min,
+            max,
+        })
     }
 }
 
@@ -313,8 +377,8 @@ fn redact_url(url: &str) -> String {
     format!("{scheme}{host}{path}")
 }
 
-fn validate_url(url: &str) -> Result<(), PoolError> {
-    let invalid = |reason: &str| PoolError::InvalidUrl {
+fn validate_url(url: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: &str| ConfigError::Url {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
@@ -368,39 +432,105 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(validate_url(bad), Err(PoolError::InvalidUrl { .. })),
+                matches!(validate_url(bad), Err(ConfigError::Url { .. })),
                 "{bad:?} accepted"
             );
         }
     }
 
     #[test]
-    fn size_limits_are_checked_when_the_service_is_added() {
-        let options = || ServiceOptions::new("ws://127.0.0.1:8081/ws");
-        assert!(options().validate().is_ok());
+    fn every_bad_value_is_refused_by_build_with_its_option_and_value() {
+        let options = || ServiceOptions::builder("ws://127.0.0.1:8081/ws");
+        let built = options().build().expect("the defaults are valid");
         assert_eq!(
-            (options().max_message_size, options().max_frame_size),
+            (built.max_message_size, built.max_frame_size),
             (16 << 20, 16 << 20)
         );
-        for (bad, option) in [
-            (options().max_message_size(0), "max_message_size"),
-            (options().max_frame_size(0), "max_frame_size"),
+        let size = |option, value, min, max| ConfigError::Size {
+            option,
+            value,
+            min,
+            max,
+        };
+        let zero = |option| ConfigError::ZeroDuration {
+            option,
+            value: Duration::ZERO,
+        };
+        let mut forbidden = HeaderMap::new();
+        forbidden.insert(
+            header::SEC_WEBSOCKET_KEY,
+            http::HeaderValue::from_static("x"),
+        );
+        for (bad, refusal) in [
+            (
+                options().queue_capacity(0),
+                size("queue_capacity", 0, 1, usize::MAX),
+            ),
+            (
+                options().inbound_capacity(0),
+                size("inbound_capacity", 0, 1, usize::MAX),
+            ),
+            (
+                options().max_message_size(0),
+                size("max_message_size", 0, 1, 1 << 40),
+            ),
             (
                 options().max_message_size((1 << 40) + 1),
-                "max_message_size",
+                size("max_message_size", (1 << 40) + 1, 1, 1 << 40),
             ),
-            (options().max_frame_size(17 << 20), "max_frame_size"),
+            (
+                options().max_frame_size(0),
+                size("max_frame_size", 0, 1, 16 << 20),
+            ),
+            (
+                options().max_frame_size(17 << 20),
+                size("max_frame_size", 17 << 20, 1, 16 << 20),
+            ),
+            (
+                options().ping_interval(Duration::ZERO),
+                zero("ping_interval"),
+            ),
+            (
+                options().connect_timeout(Duration::ZERO),
+                zero("connect_timeout"),
+            ),
+            (
+                options().close_timeout(Duration::ZERO),
+                zero("close_timeout"),
+            ),
+            (
+                options().reconnect(Reconnect::fixed(Duration::ZERO)),
+                zero("reconnect"),
+            ),
+            (
+                options().reconnect(Reconnect::exponential(
+                    Duration::from_secs(2),
+                    Duration::from_secs(1),
+                )),
+                ConfigError::BackoffCap {
+                    initial: Duration::from_secs(2),
+                    max: Duration::from_secs(1),
+                },
+            ),
+            (
+                options().headers(forbidden),
+                ConfigError::ForbiddenHeader {
+                    name: "sec-websocket-key".to_owned(),
+                },
+            ),
         ] {
-            assert!(
-                matches!(bad.validate(), Err(PoolError::InvalidOption { option: o, .. }) if o == option),
-                "{bad:?} accepted"
-            );
+            assert_eq!(bad.build().unwrap_err(), refusal);
         }
+        let url = ServiceOptions::builder("http://example.com/ws").build();
+        assert!(
+            matches!(&url, Err(ConfigError::Url { url, .. }) if url == "http://example.com/ws"),
+            "{url:?}"
+        );
         assert!(
             options()
                 .max_message_size(1 << 30)
                 .max_frame_size(1 << 20)
-                .validate()
+                .build()
                 .is_ok()
         );
     }

@@ -10,12 +10,11 @@ use std::{
 };
 
 use http::HeaderMap;
-use serde::Serialize;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use ws_message::Message;
+use ws_message::{Encode, Message};
 
 use crate::{
     PoolError, Reconnect, ServiceOptions, ServiceState, ServiceStatus,
@@ -45,7 +44,7 @@ use crate::{
 /// .await?;
 /// pool.write_message_to_service(
 ///     "notification-service",
-///     serde_json::json!({"title": "New Message"}),
+///     &serde_json::json!({"title": "New Message"}),
 /// )?;
 /// pool.shutdown().await;
 /// # Ok(()) }
@@ -89,13 +88,13 @@ impl WsClientPool {
 
     /// Registers a service and connects to it, with the seed's arguments: handshake
     /// `headers`, `enable_reconnection`, and the fixed `retry_interval` between dials. Other
-    /// settings keep [`ServiceOptions`]' defaults; [`add_service`](Self::add_service) takes
-    /// them all.
+    /// settings keep [`ServiceOptions`]' defaults; [`add_ws_service_with`](Self::add_ws_service_with)
+    /// takes them all.
     ///
     /// Waits for the first dial. If it fails, with reconnection on this still returns `Ok`
     /// and the pool keeps dialling in the background (messages written meanwhile are queued);
     /// with it off, the dial error is returned and the service is not registered. A bad URL,
-    /// a header the handshake sets itself or a zero `retry_interval` are errors at once.
+    /// a header the handshake sets itself or a zero `retry_interval` are [`PoolError::Config`] at once.
     ///
     /// # Cancel safety
     ///
@@ -109,19 +108,22 @@ impl WsClientPool {
         enable_reconnection: bool,
         retry_interval: Duration,
     ) -> Result<(), PoolError> {
-        let options = ServiceOptions::new(url).headers(headers);
+        let options = ServiceOptions::builder(url).headers(headers);
         let options = if enable_reconnection {
             options.reconnect(Reconnect::fixed(retry_interval))
         } else {
             options.no_reconnect()
         };
-        self.add_service(name, options).await
+        self.add_ws_service_with(name, options.build()?).await
     }
 
     /// Registers a service with every setting given; see
     /// [`add_ws_service`](Self::add_ws_service) for what happens on the first dial.
-    pub async fn add_service(&self, name: &str, options: ServiceOptions) -> Result<(), PoolError> {
-        options.validate()?;
+    pub async fn add_ws_service_with(
+        &self,
+        name: &str,
+        options: ServiceOptions,
+    ) -> Result<(), PoolError> {
         if *self.inner.stop.borrow() {
             return Err(PoolError::Closed {
                 name: name.to_owned(),
@@ -173,17 +175,17 @@ impl WsClientPool {
     }
 
     /// Queues a message for the service (GoFr's `WriteMessageToService`), with the same
-    /// encoding as `write_message_to_socket`: strings as text, bytes as binary, other values
-    /// as JSON text; `()`/`None` sends nothing.
+    /// encoding as `write_message_to_socket` ([`ws_message::encode`], the value borrowed):
+    /// strings as text, bytes as binary, other values as JSON text; `()`/`None` sends nothing.
     ///
     /// Returns once the message is queued, without waiting for the network. Messages are sent
     /// in the order they were queued, including those queued while the service is down. A full
     /// queue is [`PoolError::QueueFull`]; an unknown name [`PoolError::ServiceNotFound`]; a
     /// closed service [`PoolError::Closed`].
-    pub fn write_message_to_service<T: Serialize + 'static>(
+    pub fn write_message_to_service<T: Encode + ?Sized>(
         &self,
         name: &str,
-        data: T,
+        data: &T,
     ) -> Result<(), PoolError> {
         let service = self.service(name)?;
         if *self.inner.stop.borrow() {

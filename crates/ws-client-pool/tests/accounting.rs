@@ -72,20 +72,22 @@ async fn a_reset_link_resends_every_message_that_never_left_and_counts_only_thos
     let addr = listener.local_addr().unwrap();
 
     let pool = WsClientPool::new();
-    let options = ServiceOptions::new(format!("ws://{addr}/ws"))
+    let options = ServiceOptions::builder(format!("ws://{addr}/ws"))
         .reconnect(Reconnect::fixed(Duration::from_millis(20)))
         // No ping frames between the messages: the byte arithmetic below stays exact.
-        .ping_interval(Duration::from_secs(600));
+        .ping_interval(Duration::from_secs(600))
+        .build()
+        .expect("valid options");
     let accept = async {
         let (tcp, peer) = listener.accept().await.unwrap();
         (tokio_tungstenite::accept_async(tcp).await.unwrap(), peer)
     };
-    let (added, (first, peer)) = tokio::join!(pool.add_service("svc", options), accept);
+    let (added, (first, peer)) = tokio::join!(pool.add_ws_service_with("svc", options), accept);
     added.unwrap();
     drop(listener);
 
     for i in 0..COUNT {
-        pool.write_message_to_service("svc", message(i)).unwrap();
+        pool.write_message_to_service("svc", &message(i)).unwrap();
     }
     // Wait until the pool is stuck: the kernels' queues and the send queue stop moving.
     let mut last = None;

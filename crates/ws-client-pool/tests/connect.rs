@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use tokio::{io::AsyncReadExt as _, net::TcpListener, sync::mpsc};
-use ws_client_pool::{PoolError, ServiceOptions, ServiceState, WsClientPool};
+use ws_client_pool::{ConfigError, PoolError, ServiceOptions, ServiceState, WsClientPool};
 
 use ws_test::eventually_within;
 
@@ -102,7 +102,7 @@ async fn a_bad_url_is_an_error_with_or_without_reconnection() {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(error, PoolError::InvalidUrl { .. }),
+                matches!(error, PoolError::Config(ConfigError::Url { .. })),
                 "{url}: {error}"
             );
         }
@@ -126,7 +126,10 @@ async fn handshake_headers_and_zero_values_are_refused_up_front() {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, PoolError::ForbiddenHeader { .. }),
+            matches!(
+                error,
+                PoolError::Config(ConfigError::ForbiddenHeader { .. })
+            ),
             "{error}"
         );
         assert!(error.to_string().contains(name), "{error}");
@@ -144,25 +147,23 @@ async fn handshake_headers_and_zero_values_are_refused_up_front() {
     assert!(
         matches!(
             error,
-            PoolError::InvalidOption {
-                option: "retry_interval",
+            PoolError::Config(ConfigError::ZeroDuration {
+                option: "reconnect",
                 ..
-            }
+            })
         ),
         "{error}"
     );
-    let error = pool
-        .add_service(
-            "svc",
-            ServiceOptions::new("ws://127.0.0.1:1/ws").queue_capacity(0),
-        )
-        .await
+    let error = ServiceOptions::builder("ws://127.0.0.1:1/ws")
+        .queue_capacity(0)
+        .build()
         .unwrap_err();
     assert!(
         matches!(
             error,
-            PoolError::InvalidOption {
+            ConfigError::Size {
                 option: "queue_capacity",
+                value: 0,
                 ..
             }
         ),
@@ -213,10 +214,11 @@ async fn wss_urls_speak_tls() {
     // The first bytes a wss:// client sends are a TLS ClientHello.
     let (addr, mut heads) = silent_listener(false).await;
     let pool = WsClientPool::new();
-    let dial = pool.add_service(
-        "secure",
-        ServiceOptions::new(format!("wss://{addr}/ws")).no_reconnect(),
-    );
+    let options = ServiceOptions::builder(format!("wss://{addr}/ws"))
+        .no_reconnect()
+        .build()
+        .unwrap();
+    let dial = pool.add_ws_service_with("secure", options);
     let (dialled, head) = tokio::time::timeout(WAIT, async { tokio::join!(dial, heads.recv()) })
         .await
         .unwrap();
@@ -247,12 +249,14 @@ async fn a_cancelled_first_dial_leaves_the_name_free() {
 #[tokio::test]
 async fn exponential_backoff_reconnects_when_the_service_appears() {
     let addr = free_addr();
-    let pool = pool_of(ServiceOptions::new(format!("ws://{addr}/ws")).reconnect(
-        ws_client_pool::Reconnect::exponential(
-            Duration::from_millis(10),
-            Duration::from_millis(80),
+    let pool = pool_of(
+        ServiceOptions::builder(format!("ws://{addr}/ws")).reconnect(
+            ws_client_pool::Reconnect::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(80),
+            ),
         ),
-    ))
+    )
     .await;
     pool.write_message_to_service("svc", "queued").unwrap();
     let service = Service::restart(addr, Default::default(), Behaviour::default()).await;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message as WireMessage;
 use ws_client_pool::{
-    Message, PoolError, ServiceMessages, ServiceOptions, ServiceState, WsClientPool,
+    Message, PoolError, ServiceMessages, ServiceOptions, ServiceOptionsBuilder, ServiceState,
+    WsClientPool,
 };
 
 use ws_test::eventually_within;
@@ -18,7 +19,7 @@ async fn delivers_1000_messages_in_order() {
     let service = Service::start(Behaviour::default()).await;
     let pool = pool_with(&service.url(), true, Duration::from_millis(50)).await;
     for i in 0..1000 {
-        pool.write_message_to_service("svc", format!("m{i}"))
+        pool.write_message_to_service("svc", &format!("m{i}"))
             .unwrap();
     }
     eventually_within(WAIT, "1000 messages arrive", || service.log.count() >= 1000).await;
@@ -36,13 +37,13 @@ async fn values_are_encoded_like_write_message_to_socket() {
     let service = Service::start(Behaviour::default()).await;
     let pool = pool_with(&service.url(), false, Duration::from_secs(1)).await;
     pool.write_message_to_service("svc", "text").unwrap();
-    pool.write_message_to_service("svc", vec![0u8, 255])
+    pool.write_message_to_service("svc", &vec![0u8, 255])
         .unwrap();
-    pool.write_message_to_service("svc", serde_json::json!({"title": "New Message"}))
+    pool.write_message_to_service("svc", &serde_json::json!({"title": "New Message"}))
         .unwrap();
-    pool.write_message_to_service("svc", ()).unwrap(); // nothing
+    pool.write_message_to_service("svc", &()).unwrap(); // nothing
     let error = pool
-        .write_message_to_service("svc", Message::Ping(Default::default()))
+        .write_message_to_service("svc", &Message::Ping(Default::default()))
         .unwrap_err();
     assert!(
         matches!(error, PoolError::NotData { kind: "ping" }),
@@ -63,20 +64,17 @@ async fn values_are_encoded_like_write_message_to_socket() {
 async fn a_full_queue_is_a_typed_error_and_memory_stays_bounded() {
     let addr = free_addr();
     let pool = pool_of(
-        ServiceOptions::new(format!("ws://{addr}/ws"))
+        ServiceOptions::builder(format!("ws://{addr}/ws"))
             .queue_capacity(10)
             .reconnect(ws_client_pool::Reconnect::fixed(Duration::from_secs(60))),
     )
     .await;
     let payload = "x".repeat(1024);
     for _ in 0..10 {
-        pool.write_message_to_service("svc", payload.clone())
-            .unwrap();
+        pool.write_message_to_service("svc", &payload).unwrap();
     }
     for _ in 0..1000 {
-        let error = pool
-            .write_message_to_service("svc", payload.clone())
-            .unwrap_err();
+        let error = pool.write_message_to_service("svc", &payload).unwrap_err();
         assert!(
             matches!(error, PoolError::QueueFull { capacity: 10, .. }),
             "{error}"
@@ -100,7 +98,7 @@ async fn messages_from_the_service_arrive_through_the_stream() {
     let pool = pool_with(&service.url(), true, Duration::from_millis(50)).await;
     let mut messages = pool.messages("svc").unwrap();
     pool.write_message_to_service("svc", "ping me").unwrap();
-    pool.write_message_to_service("svc", vec![1u8, 2, 3])
+    pool.write_message_to_service("svc", &vec![1u8, 2, 3])
         .unwrap();
     for _ in 0..100 {
         pool.write_message_to_service("svc", "more").unwrap();
@@ -129,17 +127,17 @@ async fn messages_from_the_service_arrive_through_the_stream() {
 /// echoed by the service, none read by the pool's reader yet (returned).
 async fn echoed_unread(
     count: usize,
-    options: impl FnOnce(ServiceOptions) -> ServiceOptions,
+    options: impl FnOnce(ServiceOptionsBuilder) -> ServiceOptionsBuilder,
 ) -> (Service, WsClientPool, ServiceMessages) {
     let service = Service::start(Behaviour {
         echo: true,
         ..Default::default()
     })
     .await;
-    let pool = pool_of(options(ServiceOptions::new(service.url()))).await;
+    let pool = pool_of(options(ServiceOptions::builder(service.url()))).await;
     let messages = pool.messages("svc").unwrap();
     for i in 0..count {
-        pool.write_message_to_service("svc", format!("{i}"))
+        pool.write_message_to_service("svc", &format!("{i}"))
             .unwrap();
     }
     eventually_within(WAIT, "the service echoed everything", || {

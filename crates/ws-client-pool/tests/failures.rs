@@ -24,7 +24,7 @@ async fn five_graceful_restarts_under_a_steady_producer_lose_and_repeat_nothing(
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             for i in 0..1000 {
                 tick.tick().await;
-                pool.write_message_to_service("svc", format!("m{i}"))
+                pool.write_message_to_service("svc", &format!("m{i}"))
                     .unwrap();
             }
         })
@@ -89,19 +89,19 @@ async fn a_hung_service_is_dropped_after_an_unanswered_ping_and_possible_loss_is
     })
     .await;
     let pool = pool_of(
-        ServiceOptions::new(service.url())
+        ServiceOptions::builder(service.url())
             .reconnect(ws_client_pool::Reconnect::fixed(RETRY))
             .ping_interval(ping),
     )
     .await;
     for i in 0..5 {
-        pool.write_message_to_service("svc", format!("read {i}"))
+        pool.write_message_to_service("svc", &format!("read {i}"))
             .unwrap();
     }
     eventually_within(WAIT, "5 messages are read", || service.log.count() == 5).await;
     // These sit in the kernels' buffers of the hung connection.
     for i in 0..20 {
-        pool.write_message_to_service("svc", format!("stuck {i}"))
+        pool.write_message_to_service("svc", &format!("stuck {i}"))
             .unwrap();
     }
     eventually_within(WAIT, "all 25 are written", || {

@@ -68,13 +68,11 @@ async fn oversized_sender() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<u1
 async fn a_service_sending_more_than_the_limits_is_closed_with_1009_and_reconnected() {
     let (addr, mut codes) = oversized_sender().await;
     let pool = WsClientPool::new();
-    pool.add_service(
-        "svc",
-        ServiceOptions::new(format!("ws://{addr}/ws"))
-            .reconnect(Reconnect::fixed(Duration::from_millis(20))),
-    )
-    .await
-    .unwrap();
+    let options = ServiceOptions::builder(format!("ws://{addr}/ws"))
+        .reconnect(Reconnect::fixed(Duration::from_millis(20)))
+        .build()
+        .expect("valid options");
+    pool.add_ws_service_with("svc", options).await.unwrap();
     let mut messages = pool.messages("svc").unwrap();
     let next_code = async |codes: &mut mpsc::UnboundedReceiver<u16>| {
         tokio::time::timeout(WAIT, codes.recv())

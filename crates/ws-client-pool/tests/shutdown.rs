@@ -34,7 +34,8 @@ async fn shutdown_sends_what_is_queued_then_close_1001_and_stops_every_task() {
     .await
     .unwrap();
     for i in 0..100 {
-        pool.write_message_to_service("up", format!("{i}")).unwrap();
+        pool.write_message_to_service("up", &format!("{i}"))
+            .unwrap();
     }
     tokio::time::timeout(WAIT, pool.shutdown())
         .await

@@ -4,15 +4,16 @@
 use std::{net::SocketAddr, time::Duration};
 
 use http::HeaderMap;
-use ws_client_pool::{ServiceOptions, ServiceState, WsClientPool};
+use ws_client_pool::{ServiceOptionsBuilder, ServiceState, WsClientPool};
 
 /// Bounded wait for anything a test awaits.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// A pool with one service, `svc`, as `options` say.
-pub(crate) async fn pool_of(options: ServiceOptions) -> WsClientPool {
+pub(crate) async fn pool_of(options: ServiceOptionsBuilder) -> WsClientPool {
+    let options = options.build().expect("valid service options");
     let pool = WsClientPool::new();
-    pool.add_service("svc", options).await.unwrap();
+    pool.add_ws_service_with("svc", options).await.unwrap();
     pool
 }
 

@@ -16,7 +16,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use ws_context::{CloseFrame, Connection, Context, DEFAULT_QUEUE_CAPACITY, Endpoint, WsUpgrader};
+use ws_context::{CloseFrame, Connection, Context, DEFAULT_QUEUE_MESSAGES, Endpoint, WsUpgrader};
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
@@ -39,8 +39,8 @@ fn setting(name: &str, default: u64) -> u64 {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let queue = usize::try_from(setting("QUEUE_CAPACITY", DEFAULT_QUEUE_CAPACITY as u64))
-        .unwrap_or(DEFAULT_QUEUE_CAPACITY);
+    let queue = usize::try_from(setting("QUEUE_CAPACITY", DEFAULT_QUEUE_MESSAGES as u64))
+        .unwrap_or(DEFAULT_QUEUE_MESSAGES);
     let upgrader = WsUpgrader::builder()
         .message_timeout(Duration::from_millis(setting("MESSAGE_TIMEOUT_MS", 30_000)))
         .build()
@@ -51,7 +51,10 @@ async fn main() -> std::io::Result<()> {
         .queue_capacity(queue)
         .send_timeout(Duration::from_millis(setting("SEND_TIMEOUT_MS", 5000)))
         .close_grace(Duration::from_millis(setting("CLOSE_GRACE_MS", 5000)));
-    let app = axum::Router::new().route("/ws/{room}", endpoint.into_route());
+    let app = axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().map_err(std::io::Error::other)?,
+    );
     let port = u16::try_from(setting("PORT", 3000)).unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on {}", listener.local_addr()?);

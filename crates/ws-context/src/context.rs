@@ -10,8 +10,8 @@ use std::{
 
 use axum::extract::{Query, rejection::QueryRejection};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Uri};
-use serde::{Serialize, de::DeserializeOwned};
-use ws_message::{DecodeError, Message, decode};
+use serde::de::DeserializeOwned;
+use ws_message::{DecodeError, Encode, Message, decode};
 
 use crate::{ConnectionHub, ConnectionId, SocketWriter, WriteError};
 
@@ -256,14 +256,33 @@ impl Context {
         &self.message
     }
 
-    /// Writes a value to this connection (GoFr's `ctx.WriteMessageToSocket`): strings as text,
-    /// bytes as binary, other `Serialize` values as JSON text. Safe from any task at the same
+    /// Writes a value to this connection (GoFr's `ctx.WriteMessageToSocket`) by
+    /// [`encode`](ws_message::encode)'s rules: strings as text, bytes as binary, other
+    /// `Serialize` values as JSON text, `()`/`None` as nothing. The value is borrowed and
+    /// encoded at the call, so the future does not hold it. Safe from any task at the same
     /// time; it goes out before the handler's own return value.
-    pub async fn write_message_to_socket<T: Serialize + 'static>(
+    ///
+    /// ```no_run
+    /// use ws_context::{Context, WriteError};
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct Ack { id: u64 }
+    ///
+    /// async fn ack(ctx: Context) -> Result<Ack, WriteError> {
+    ///     let value = Ack { id: 7 };
+    ///     ctx.write_message_to_socket(&value).await?; // `{"id":7}` now...
+    ///     Ok(value) // ...and again as the reply
+    /// }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`SocketWriter::write`].
+    pub fn write_message_to_socket<T: Encode + ?Sized>(
         &self,
-        data: T,
-    ) -> Result<(), WriteError> {
-        self.conn.0.writer.write(data).await
+        data: &T,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send + '_ {
+        self.conn.0.writer.write(data)
     }
 
     /// The connection this message came on, as lifecycle hooks see it.

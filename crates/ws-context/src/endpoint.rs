@@ -22,7 +22,7 @@ use axum::{
 };
 use http::Uri;
 use ws_message::CloseFrame;
-use ws_upgrader::{RejectionKind, UpgradeRejection, WsUpgrader};
+use ws_upgrader::{ConfigError, RejectionKind, UpgradeRejection, WsUpgrader};
 
 use crate::{
     Connection, ConnectionHub, ConnectionId, Handler, SocketWriter,
@@ -34,13 +34,15 @@ use crate::{
 };
 
 /// Default capacity of each connection's outbound queue, in messages.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+pub const DEFAULT_QUEUE_MESSAGES: usize = 1024;
 /// Default bound of each connection's outbound queue, in payload bytes: 4 MiB, 4 KiB for each
-/// of the [`DEFAULT_QUEUE_CAPACITY`] slots. A peer that stops reading holds at most this much
+/// of the [`DEFAULT_QUEUE_MESSAGES`] slots. A peer that stops reading holds at most this much
 /// of queued messages (plus the engine's write buffer), where a bound in messages alone let it
 /// hold 1024 messages of any size (16 GiB of 16 MiB messages). A message larger than the
 /// bound is still sent, alone: it waits for an empty queue.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest [`Endpoint::queue_bytes`]: the queue counts its bytes in 32 bits.
+pub const MAX_QUEUE_BYTES: usize = u32::MAX as usize;
 /// Default time a writer waits for room in a full queue before giving up.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a running handler gets to finish when its connection is closed, and then
@@ -93,7 +95,9 @@ const RETRY_AFTER_SECONDS: &str = "5";
 /// }
 ///
 /// let hub = ConnectionHub::new();
-/// let app: Router = Router::new().route("/ws", Endpoint::new(echo).hub(hub.clone()).into_route());
+/// let route = Endpoint::new(echo).hub(hub.clone()).into_route()?;
+/// let app: Router = Router::new().route("/ws", route);
+/// # Ok::<(), ws_context::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct Endpoint {
@@ -127,14 +131,16 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// An endpoint for `handler` with the default upgrader, its own hub, a queue of
-    /// [`DEFAULT_QUEUE_CAPACITY`] messages, a [`DEFAULT_SEND_TIMEOUT`], a
-    /// [`DEFAULT_CLOSE_GRACE`], no connection limit and no hooks.
+    /// [`DEFAULT_QUEUE_MESSAGES`] messages and [`DEFAULT_QUEUE_BYTES`], a
+    /// [`DEFAULT_SEND_TIMEOUT`], a [`DEFAULT_CLOSE_GRACE`], no connection limit and no hooks.
+    ///
+    /// Option values are checked by [`into_route`](Endpoint::into_route).
     pub fn new<H: Handler<M>, M>(handler: H) -> Self {
         Endpoint {
             handler: handler.into_boxed().0,
             upgrader: WsUpgrader::new(),
             hub: ConnectionHub::new(),
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: DEFAULT_QUEUE_MESSAGES,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             close_grace: DEFAULT_CLOSE_GRACE,
@@ -156,9 +162,10 @@ impl Endpoint {
         self
     }
 
-    /// Capacity of each connection's outbound queue, in messages (at least 1).
+    /// Capacity of each connection's outbound queue, in messages (default
+    /// [`DEFAULT_QUEUE_MESSAGES`]): at least 1, at most [`queue_bytes`](Self::queue_bytes).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
-        self.queue_capacity = messages.max(1);
+        self.queue_capacity = messages;
         self
     }
 
@@ -167,8 +174,8 @@ impl Endpoint {
     /// up to the send timeout, then [`WriteError::Full`](crate::WriteError::Full) and the
     /// 1008 close. Each message counts its payload, but at least `bytes / queue_capacity` (so
     /// one count bounds both); a message larger than the bound gets into an empty queue only.
-    /// The bound is rounded down to a multiple of the capacity, at least one byte per message,
-    /// at most 4 GiB.
+    /// At least one byte per message of [`queue_capacity`](Self::queue_capacity), at most
+    /// [`MAX_QUEUE_BYTES`]; rounded down to a multiple of the capacity.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.queue_bytes = bytes;
         self
@@ -176,7 +183,8 @@ impl Endpoint {
 
     /// How long a write waits for room in a full queue before it fails with
     /// [`WriteError::Full`](crate::WriteError::Full), and how long a write to the socket may
-    /// make no progress. A peer that stays full that long is closed with
+    /// make no progress (default [`DEFAULT_SEND_TIMEOUT`]; longer than zero). A peer that
+    /// stays full that long is closed with
     /// [`SLOW_PEER_CLOSE_CODE`](crate::SLOW_PEER_CLOSE_CODE) (1008) and its queue dropped.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;
@@ -185,15 +193,16 @@ impl Endpoint {
 
     /// How long a running handler may go on after its connection was asked to close (by
     /// [`ConnectionHub::close`], a shutdown, or [`SocketWriter::close`]), and then how long
-    /// the peer gets to take the close frame before the connection is dropped.
+    /// the peer gets to take the close frame before the connection is dropped (default
+    /// [`DEFAULT_CLOSE_GRACE`]). Zero abandons the handler and drops the connection at once.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
         self
     }
 
     /// At most this many connections open on this route at once (shared by clones of the
-    /// endpoint). Over it, the upgrade is refused with 503, a reason and `Retry-After: 5`.
-    /// Default: no limit.
+    /// endpoint; at least 1). Over it, the upgrade is refused with 503, a reason and
+    /// `Retry-After: 5`. Default: no limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.limit = Some(Arc::new(Limit {
             max: connections,
@@ -252,9 +261,20 @@ impl Endpoint {
         self
     }
 
-    /// The axum route: any method is accepted so that a wrong one gets the upgrader's 405
-    /// with a reason, not an empty answer.
-    pub fn into_route<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
+    /// Checks every option value and gives the axum route: any method is accepted so that a
+    /// wrong one gets the upgrader's 405 with a reason, not an empty answer.
+    ///
+    /// ```
+    /// use ws_context::{ConfigError, Endpoint};
+    /// # async fn handler(ctx: ws_context::Context) -> Result<(), ws_context::BindError> { Ok(()) }
+    ///
+    /// let refused = Endpoint::new(handler).queue_capacity(0).into_route::<()>();
+    /// assert!(matches!(refused, Err(ConfigError::Size { option: "queue_capacity", value: 0, .. })));
+    /// ```
+    pub fn into_route<S: Clone + Send + Sync + 'static>(
+        self,
+    ) -> Result<MethodRouter<S>, ConfigError> {
+        self.check()?;
         let every_method = [
             MethodFilter::POST,
             MethodFilter::PUT,
@@ -266,10 +286,43 @@ impl Endpoint {
         ]
         .into_iter()
         .fold(MethodFilter::GET, MethodFilter::or);
-        on(every_method, move |request: Request| {
+        Ok(on(every_method, move |request: Request| {
             let endpoint = self.clone();
             async move { endpoint.serve(request).await }
-        })
+        }))
+    }
+
+    /// Refuses a value that would not work, rather than changing it or failing later.
+    fn check(&self) -> Result<(), ConfigError> {
+        let size = |option, value, min, max| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Size {
+                    option,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        };
+        size("queue_capacity", self.queue_capacity, 1, MAX_QUEUE_BYTES)?;
+        size(
+            "queue_bytes",
+            self.queue_bytes,
+            self.queue_capacity,
+            MAX_QUEUE_BYTES,
+        )?;
+        if let Some(limit) = &self.limit {
+            size("max_connections", limit.max, 1, usize::MAX)?;
+        }
+        if self.send_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                option: "send_timeout",
+                value: self.send_timeout,
+            });
+        }
+        Ok(())
     }
 
     /// Upgrades one request and runs the connection; the response is the `101` or the refusal.
@@ -364,7 +417,7 @@ impl Endpoint {
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
             // The task keeps the connection through its registration only: every field of
-            // this future is there for the connection's whole life (S5, `cargo xtask bench`).
+            // this future is there for the connection's whole life ([S5](bench/README.md#scenarios), `cargo xtask bench`).
             let registration = Registration::new(conn);
             metrics.opened();
             async move {
@@ -391,8 +444,9 @@ impl Endpoint {
                 }
                 drop(permit);
             }
-            // Not instrumented as a whole: the connection task enters the span once per poll
-            // (see `ConnectionTask::run`) and the hooks are instrumented (`lifecycle.rs`).
+            // No `.instrument()` around this future: the connection task enters the span once
+            // per poll (see `ConnectionTask::run`) and the hooks are instrumented
+            // (`lifecycle.rs`).
         })
     }
 
@@ -420,7 +474,76 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 /// A copy of a request URI that owns its bytes. hyper parses the URI and header values as
 /// slices of the connection's read buffer (8 KiB or more): kept as they are for the life of a
 /// WebSocket, they keep that whole buffer allocated (about 9 KiB per idle connection measured
-/// with `cargo xtask bench`, scenario S5). The headers are copied by `RequestHeaders`.
+/// with `cargo xtask bench`, scenario [S5](bench/README.md#scenarios)). The headers are copied by `RequestHeaders`.
 fn owned_uri(uri: &Uri) -> Uri {
     uri.to_string().parse().unwrap_or_else(|_| uri.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ignore(_ctx: crate::Context) -> Result<(), crate::BindError> {
+        Ok(())
+    }
+
+    #[test]
+    fn every_bad_value_is_refused_with_its_option_and_value() {
+        let endpoint = || Endpoint::new(ignore);
+        assert!(endpoint().into_route::<()>().is_ok());
+        let size = |option, value, min, max| ConfigError::Size {
+            option,
+            value,
+            min,
+            max,
+        };
+        for (bad, refusal) in [
+            (
+                endpoint().queue_capacity(0),
+                size("queue_capacity", 0, 1, MAX_QUEUE_BYTES),
+            ),
+            // One byte per message at least: 8 messages cannot share 4 bytes.
+            (
+                endpoint().queue_capacity(8).queue_bytes(4),
+                size("queue_bytes", 4, 8, MAX_QUEUE_BYTES),
+            ),
+            (
+                endpoint().queue_bytes(MAX_QUEUE_BYTES + 1),
+                size(
+                    "queue_bytes",
+                    MAX_QUEUE_BYTES + 1,
+                    DEFAULT_QUEUE_MESSAGES,
+                    MAX_QUEUE_BYTES,
+                ),
+            ),
+            (
+                endpoint().max_connections(0),
+                size("max_connections", 0, 1, usize::MAX),
+            ),
+            (
+                endpoint().send_timeout(Duration::ZERO),
+                ConfigError::ZeroDuration {
+                    option: "send_timeout",
+                    value: Duration::ZERO,
+                },
+            ),
+        ] {
+            assert_eq!(bad.into_route::<()>().unwrap_err(), refusal);
+        }
+        assert_eq!(
+            endpoint()
+                .send_timeout(Duration::ZERO)
+                .into_route::<()>()
+                .unwrap_err()
+                .to_string(),
+            "send_timeout must be longer than zero, got 0ns"
+        );
+        // Zero grace is a choice (abandon the handler at once), not a mistake.
+        assert!(
+            endpoint()
+                .close_grace(Duration::ZERO)
+                .into_route::<()>()
+                .is_ok()
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use std::{fmt::Display, future::Future, pin::Pin, sync::Arc};
 
 use serde::Serialize;
-use ws_message::{Message, encode};
+use ws_message::{Message, encode_owned};
 
 use crate::Context;
 
@@ -16,7 +16,7 @@ pub(crate) type BoxHandler = Arc<dyn Fn(Context) -> ReplyFuture + Send + Sync>;
 /// An async function that handles one WebSocket message.
 ///
 /// Implemented for every `Fn(Context) -> impl Future<Output = Result<T, E>>` where `T` is
-/// `Serialize` (written back with [`ws_message::encode`]'s rules: `()` and `None` write
+/// `Serialize` (written back with [`ws_message::encode_owned`]'s rules: `()` and `None` write
 /// nothing) and `E` is `Display` (logged and answered with one error frame
 /// `{"error":{"message":"..."}}`; the connection stays open). The marker `M` only tells the
 /// implementations apart, as in axum.
@@ -59,7 +59,7 @@ where
             let future = self(ctx);
             Box::pin(async move {
                 match future.await {
-                    Ok(value) => encode(value).map_err(|error| error.to_string()),
+                    Ok(value) => encode_owned(value).map_err(|error| error.to_string()),
                     Err(error) => Err(error.to_string()),
                 }
             })

@@ -1541,7 +1541,10 @@ mod tests {
                 .upgrader(upgrader);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = axum::Router::new().route("/ws", endpoint.into_route());
+        let router = axum::Router::new().route(
+            "/ws",
+            endpoint.into_route().expect("valid endpoint options"),
+        );
         tokio::spawn(async move { axum::serve(listener, router).await });
         let mut clients = Vec::new();
         for _ in 0..3 {

@@ -22,10 +22,11 @@
 //!     Ok(chat)
 //! }
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let app: Router = Router::new().route("/ws/{room}", Endpoint::new(chat).into_route());
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let app: Router = Router::new().route("/ws/{room}", Endpoint::new(chat).into_route()?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! axum::serve(listener, app).await
+//! axum::serve(listener, app).await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -102,8 +103,8 @@ pub use crate::backplane::{
 };
 pub use crate::context::{BindError, Connection, Context};
 pub use crate::endpoint::{
-    DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEND_TIMEOUT,
-    Endpoint,
+    DEFAULT_CLOSE_GRACE, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES, DEFAULT_SEND_TIMEOUT,
+    Endpoint, MAX_QUEUE_BYTES,
 };
 #[doc(hidden)]
 pub use crate::handler::BoxHandlerFn;
@@ -115,9 +116,9 @@ pub use crate::hub::{
 pub use crate::metrics::describe_metrics;
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
-    Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
+    Bytes, CloseCodeError, CloseFrame, Encode, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };
-pub use ws_upgrader::{PreparedMessage, WsUpgrader};
+pub use ws_upgrader::{ConfigError, PreparedMessage, WsUpgrader};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

@@ -112,7 +112,7 @@ impl ConnMetrics {
 
 /// The handles of each route an endpoint serves, made at the route's first connection and
 /// shared by the next ones: making them allocates, about 450 bytes per connection when each
-/// connection had its own (measured with `cargo xtask bench`, S5).
+/// connection had its own (measured with `cargo xtask bench`, [S5](bench/README.md#scenarios)).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteMetrics(Arc<Mutex<Vec<Arc<ConnMetrics>>>>);
 

@@ -14,7 +14,7 @@ const KEPT_SLOTS: usize = 32;
 
 /// A bounded queue that holds memory only while it holds items. A tokio channel allocates a
 /// block of 32 slots up front, about 1.4 KiB for every connection, most of what the framework
-/// added to an idle connection (`cargo xtask bench`, S5).
+/// added to an idle connection (`cargo xtask bench`, [S5](bench/README.md#scenarios)).
 ///
 /// Bounded in messages and in bytes with one semaphore, so a push costs one atomic, as a
 /// bound in messages alone did: its permits are the byte budget, and each item costs its
@@ -238,18 +238,14 @@ mod tests {
             Ok(Some(2))
         );
         assert!(pusher.await.unwrap().is_ok());
-        let waiting = tokio::spawn({
-            let queue = queue.clone();
-            async move { pop(&queue).await }
-        });
-        tokio::task::yield_now().await;
+        // Polled once, so it is registered and waiting, then the queue is closed.
+        let mut waiting = std::pin::pin!(pop(&queue));
+        let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+        assert_eq!(first, Poll::Pending);
         queue.close();
         assert_eq!(
-            tokio::time::timeout(Duration::from_secs(5), waiting)
-                .await
-                .unwrap()
-                .unwrap(),
-            None,
+            tokio::time::timeout(Duration::from_secs(5), waiting).await,
+            Ok(None),
             "a closed queue ends the wait"
         );
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::Serialize;
-use ws_message::{Bytes, CloseFrame, EncodeError, Message, Utf8Bytes, close_code, encode};
+use ws_message::{Bytes, CloseFrame, Encode, EncodeError, Message, Utf8Bytes, close_code, encode};
 use ws_upgrader::PreparedMessage;
 
 use crate::{
@@ -206,8 +206,8 @@ impl SocketWriter {
     }
 
     /// For the connection task: an urgent close if one is set, else the next queued command,
-    /// else `Closed` once the queue is closed. Both are watched through one waker, so the task
-    /// registers once per turn for everything its writers can give it.
+    /// else `Closed` once the queue is closed. Both are watched through one waker, so one
+    /// registration of the task's waker covers everything its writers can give it.
     pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
         let queue = &self.shared.queue;
         queue.poll_task(cx, || {
@@ -246,16 +246,24 @@ impl SocketWriter {
         self.shared.queue.is_closed()
     }
 
-    /// Writes a value with GoFr's rules (`WriteMessageToSocket`): strings as text, bytes as
-    /// binary, other `Serialize` values as JSON text, `()`/`None` as nothing.
+    /// Writes a value with GoFr's rules (`WriteMessageToSocket`, see
+    /// [`encode`](ws_message::encode)): strings as text, bytes as binary, other `Serialize`
+    /// values as JSON text, `()`/`None` as nothing. The value is borrowed and encoded at the
+    /// call: the future holds the message, not the value.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: if the future is dropped the message was either queued whole or not at all.
-    pub async fn write<T: Serialize + 'static>(&self, data: T) -> Result<(), WriteError> {
-        match encode(data)? {
-            Some(message) => self.send(message).await,
-            None => Ok(()),
+    pub fn write<T: Encode + ?Sized>(
+        &self,
+        data: &T,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send + '_ {
+        let encoded = encode(data);
+        async move {
+            match encoded? {
+                Some(message) => self.send(message).await,
+                None => Ok(()),
+            }
         }
     }
 

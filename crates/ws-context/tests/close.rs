@@ -13,7 +13,10 @@ async fn echo(ctx: Context) -> Result<String, ws_context::BindError> {
 }
 
 async fn echo_server(hub: &ConnectionHub) -> TestServer {
-    let route = Endpoint::new(echo).hub(hub.clone()).into_route();
+    let route = Endpoint::new(echo)
+        .hub(hub.clone())
+        .into_route()
+        .expect("valid endpoint options");
     TestServer::router(axum::Router::new().route("/ws", route)).await
 }
 
@@ -128,7 +131,8 @@ async fn a_close_that_skips_a_full_queue_is_sent_after_the_handler_returns() {
     let route = Endpoint::new(fill_then_close)
         .hub(hub.clone())
         .queue_capacity(4)
-        .into_route();
+        .into_route()
+        .expect("valid endpoint options");
     let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
     let mut client = server.connect("/ws").await;
     client.send_text("go").await;

@@ -18,9 +18,15 @@ async fn double(ctx: Context) -> Result<Order, ws_context::BindError> {
 
 #[tokio::test]
 async fn json_struct_round_trip_and_bad_json_gets_one_error_frame() {
-    let server =
-        TestServer::router(axum::Router::new().route("/ws", Endpoint::new(double).into_route()))
-            .await;
+    let server = TestServer::router(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(double)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = server.connect("/ws").await;
 
     client.send_text(r#"{"item":"tea","qty":2}"#).await;
@@ -58,8 +64,18 @@ async fn raw_bytes(ctx: Context) -> Result<Bytes, ws_context::BindError> {
 #[tokio::test]
 async fn string_binds_raw_text_and_bytes_stay_binary() {
     let router = axum::Router::new()
-        .route("/text", Endpoint::new(raw_text).into_route())
-        .route("/bytes", Endpoint::new(raw_bytes).into_route());
+        .route(
+            "/text",
+            Endpoint::new(raw_text)
+                .into_route()
+                .expect("valid endpoint options"),
+        )
+        .route(
+            "/bytes",
+            Endpoint::new(raw_bytes)
+                .into_route()
+                .expect("valid endpoint options"),
+        );
     let server = TestServer::router(router).await;
 
     let mut client = server.connect("/text").await;
@@ -78,9 +94,15 @@ async fn silent(_ctx: Context) -> Result<(), std::convert::Infallible> {
 
 #[tokio::test]
 async fn unit_writes_nothing() {
-    let server =
-        TestServer::router(axum::Router::new().route("/ws", Endpoint::new(silent).into_route()))
-            .await;
+    let server = TestServer::router(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(silent)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = server.connect("/ws").await;
     client.send_text("one").await;
     // The pong to our ping is the first frame back: the handler wrote nothing (GoFr: "null").
@@ -98,7 +120,10 @@ async fn panics_on_boom(ctx: Context) -> Result<String, ws_context::BindError> {
 #[tokio::test]
 async fn a_panic_closes_only_its_connection_with_1011() {
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(panics_on_boom).hub(hub.clone()).into_route();
+    let route = Endpoint::new(panics_on_boom)
+        .hub(hub.clone())
+        .into_route()
+        .expect("valid endpoint options");
     let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
     let mut victim = server.connect("/ws").await;
     let mut bystander = server.connect("/ws").await;
@@ -127,7 +152,8 @@ async fn a_panic_in_the_synchronous_part_of_a_handler_closes_with_1011() {
     let hub = ConnectionHub::new();
     let route = Endpoint::new(panics_before_its_future)
         .hub(hub.clone())
-        .into_route();
+        .into_route()
+        .expect("valid endpoint options");
     let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
     let mut victim = server.connect("/ws").await;
     let mut bystander = server.connect("/ws").await;
@@ -150,7 +176,12 @@ async fn counts_calls(ctx: Context) -> Result<(), ws_context::WriteError> {
 #[tokio::test]
 async fn a_handler_that_never_binds_is_called_once_per_message() {
     let server = TestServer::router(
-        axum::Router::new().route("/ws", Endpoint::new(counts_calls).into_route()),
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(counts_calls)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
     )
     .await;
     let mut client = server.connect("/ws").await;

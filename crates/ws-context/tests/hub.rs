@@ -38,8 +38,17 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
         .hub(hub.clone())
         .on_connect(join_room);
     let router = axum::Router::new()
-        .route("/ws/{room}", endpoint.into_route())
-        .route("/id", Endpoint::new(whoami).hub(hub.clone()).into_route());
+        .route(
+            "/ws/{room}",
+            endpoint.into_route().expect("valid endpoint options"),
+        )
+        .route(
+            "/id",
+            Endpoint::new(whoami)
+                .hub(hub.clone())
+                .into_route()
+                .expect("valid endpoint options"),
+        );
     let server = TestServer::router(router).await;
 
     let mut clients = Vec::new();
@@ -111,8 +120,11 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
 async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).on_connect(join_room);
-    let server =
-        TestServer::router(axum::Router::new().route("/ws/{room}", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route(
+        "/ws/{room}",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut a = server.connect("/ws/blue").await;
     let mut b = server.connect("/ws/blue").await;
     eventually("both joined", || hub.room_members("blue").len() == 2).await;
@@ -167,7 +179,11 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
             }
         },
     );
-    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
 
     let mut refused = server.connect("/ws").await;
     refused.expect_close(4001).await;
@@ -191,7 +207,11 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
 async fn over_the_connection_limit_the_upgrade_gets_503_with_a_reason() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).max_connections(2);
-    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut first = server.connect("/ws").await;
     let _second = server.connect("/ws").await;
 
@@ -217,7 +237,11 @@ async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
         .hub(hub.clone())
         .queue_capacity(4)
         .send_timeout(Duration::from_millis(300));
-    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut slow = server.connect("/ws").await;
     let fast = server.connect("/ws").await;
     eventually("both connected", || hub.len() == 2).await;
@@ -272,7 +296,10 @@ async fn after_shutdown_new_upgrades_get_503_and_one_already_answered_gets_the_f
     let router = axum::Router::new()
         .route(
             "/ws",
-            Endpoint::new(echo_text).hub(hub.clone()).into_route(),
+            Endpoint::new(echo_text)
+                .hub(hub.clone())
+                .into_route()
+                .expect("valid endpoint options"),
         )
         .layer(axum::middleware::from_fn(hold_the_101));
     let server = TestServer::router(router).await;
@@ -296,7 +323,10 @@ async fn after_shutdown_new_upgrades_get_503_and_one_already_answered_gets_the_f
     let other = ConnectionHub::new();
     let router = axum::Router::new().route(
         "/ws",
-        Endpoint::new(echo_text).hub(other.clone()).into_route(),
+        Endpoint::new(echo_text)
+            .hub(other.clone())
+            .into_route()
+            .expect("valid endpoint options"),
     );
     let server = TestServer::router(router).await;
     other.close_all(CloseFrame::going_away("bye"));
@@ -317,7 +347,11 @@ async fn large_messages_to_a_peer_that_never_reads_stop_at_the_byte_bound() {
         .queue_capacity(1024)
         .queue_bytes(1024 * 1024)
         .send_timeout(Duration::from_millis(300));
-    let server = TestServer::router(axum::Router::new().route("/ws", endpoint.into_route())).await;
+    let server = TestServer::router(axum::Router::new().route(
+        "/ws",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await;
     let mut slow = server.connect("/ws").await;
     eventually("connected", || hub.len() == 1).await;
     let id = hub.list()[0].id.clone();

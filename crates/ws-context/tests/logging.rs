@@ -47,7 +47,10 @@ async fn handler_logs_carry_connection_id_and_route() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(logs).hub(hub.clone()).into_route();
+    let route = Endpoint::new(logs)
+        .hub(hub.clone())
+        .into_route()
+        .expect("valid endpoint options");
     let server = TestServer::router(axum::Router::new().route("/ws/{room}", route)).await;
     let mut client = server.connect("/ws/blue").await;
     client.send_text("hello").await;

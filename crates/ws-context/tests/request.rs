@@ -41,6 +41,7 @@ async fn describe(ctx: Context) -> Result<serde_json::Value, std::convert::Infal
 fn router() -> axum::Router {
     let route = Endpoint::new(describe)
         .into_route()
+        .expect("valid endpoint options")
         .route_layer(middleware::from_fn(require_auth));
     axum::Router::new().route("/ws/{room}", route)
 }
@@ -104,7 +105,12 @@ async fn uri_and_headers_stay_readable_for_the_whole_connection() {
             "original": ctx.extensions().get::<axum::extract::OriginalUri>().map(|u| u.0.to_string()),
         }))
     }
-    let router = axum::Router::new().route("/ws/{room}", Endpoint::new(request_seen).into_route());
+    let router = axum::Router::new().route(
+        "/ws/{room}",
+        Endpoint::new(request_seen)
+            .into_route()
+            .expect("valid endpoint options"),
+    );
     let server = TestServer::router(router).await;
     let mut client = server
         .client("/ws/hall?x=1")

@@ -14,7 +14,12 @@ async fn greet_then_echo(ctx: Context) -> Result<String, anyhow::Error> {
 #[tokio::test]
 async fn written_message_arrives_before_the_returned_value() {
     let server = TestServer::router(
-        axum::Router::new().route("/ws", Endpoint::new(greet_then_echo).into_route()),
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(greet_then_echo)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
     )
     .await;
     let mut client = server.connect("/ws").await;
@@ -29,7 +34,7 @@ async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
         let socket = ctx.socket();
         tasks.push(tokio::spawn(async move {
             for seq in 0..100 {
-                socket.write(format!("{task}:{seq}")).await?;
+                socket.write(&format!("{task}:{seq}")).await?;
             }
             Ok::<_, ws_context::WriteError>(())
         }));
@@ -42,9 +47,15 @@ async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
 
 #[tokio::test]
 async fn concurrent_writers_keep_frames_whole_and_in_order() {
-    let server =
-        TestServer::router(axum::Router::new().route("/ws", Endpoint::new(fan_out).into_route()))
-            .await;
+    let server = TestServer::router(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(fan_out)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
     let mut client = server.connect("/ws").await;
     client.send_text("go").await;
 
@@ -59,4 +70,45 @@ async fn concurrent_writers_keep_frames_whole_and_in_order() {
     }
     assert_eq!(last_seen.len(), 32);
     assert!(last_seen.values().all(|&s| s == 99));
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Score {
+    player: String,
+    points: u32,
+}
+
+/// Borrowed values: a struct written and then returned, a local `String` (text) and a local
+/// `Vec<u8>` (binary) written through a reference.
+async fn write_borrowed(ctx: Context) -> Result<Score, anyhow::Error> {
+    let score = Score {
+        player: ctx.bind()?,
+        points: 10,
+    };
+    ctx.write_message_to_socket(&score).await?;
+    let text = format!("{} scored", score.player);
+    ctx.write_message_to_socket(&text).await?;
+    let bytes = vec![0u8, 0xff];
+    ctx.socket().write(&bytes).await?;
+    Ok(score)
+}
+
+#[tokio::test]
+async fn borrowed_values_are_written_by_the_same_rules() {
+    let server = TestServer::router(
+        axum::Router::new().route(
+            "/ws",
+            Endpoint::new(write_borrowed)
+                .into_route()
+                .expect("valid endpoint options"),
+        ),
+    )
+    .await;
+    let mut client = server.connect("/ws").await;
+    client.send_text("ada").await;
+    let json = r#"{"player":"ada","points":10}"#;
+    assert_eq!(client.recv_text().await, json);
+    assert_eq!(client.recv_text().await, "ada scored");
+    assert_eq!(&client.recv_binary().await[..], &[0u8, 0xff]);
+    assert_eq!(client.recv_text().await, json);
 }

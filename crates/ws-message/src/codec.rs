@@ -1,3 +1,6 @@
+//! GoFr's value rules: [`encode`] (a value into the message it becomes) and [`decode`] (a
+//! message's data into the type asked for), with their errors.
+
 use std::{
     any::{Any, TypeId},
     cell::RefCell,
@@ -54,33 +57,47 @@ impl EncodeError {
 ///
 /// | value | message |
 /// |---|---|
-/// | `String`, `&'static str`, [`Utf8Bytes`] | text frame with the raw text |
-/// | [`Bytes`], `Vec<u8>`, `&'static [u8]` | binary frame with the raw bytes |
+/// | `String`, `str`, `&'static str`, [`Utf8Bytes`] | text frame with the raw text |
+/// | [`Bytes`], `Vec<u8>`, `[u8]`, `&'static [u8]` | binary frame with the raw bytes |
 /// | [`Message`] | itself |
 /// | `()`, `None`, anything that serializes to JSON `null` | nothing (`Ok(None)`) |
 /// | any other `Serialize` value | text frame with its JSON |
 ///
 /// GoFr sends every value as text and writes the literal `null` for a nil result; here bytes
-/// stay binary and "nothing" writes nothing.
+/// stay binary and "nothing" writes nothing. The value is borrowed: its text or bytes are
+/// copied (a [`Message`], [`Bytes`] or [`Utf8Bytes`] is shared, not copied);
+/// [`encode_owned`] moves them instead. See [`Encode`] for which types it takes.
 ///
 /// ```
 /// use ws_message::{encode, Message};
 ///
+/// let reply = String::from("hi");
+/// assert_eq!(encode(&reply).unwrap(), Some(Message::text("hi")));
 /// assert_eq!(encode("hi").unwrap(), Some(Message::text("hi")));
-/// assert_eq!(encode(vec![0u8, 159]).unwrap(), Some(Message::binary(vec![0u8, 159])));
-/// assert_eq!(encode(serde_json::json!({"n": 1})).unwrap(), Some(Message::text(r#"{"n":1}"#)));
-/// assert_eq!(encode(()).unwrap(), None);
+/// assert_eq!(encode(&vec![0u8, 159]).unwrap(), Some(Message::binary(vec![0u8, 159])));
+/// assert_eq!(encode(&serde_json::json!({"n": 1})).unwrap(), Some(Message::text(r#"{"n":1}"#)));
+/// assert_eq!(encode(&()).unwrap(), None);
 /// ```
-pub fn encode<T: Serialize + 'static>(value: T) -> Result<Option<Message>, EncodeError> {
+pub fn encode<T: Encode + ?Sized>(value: &T) -> Result<Option<Message>, EncodeError> {
+    value.to_message()
+}
+
+/// [`encode`] for a value the caller gives up: a `String`, `Vec<u8>`, [`Bytes`],
+/// [`Utf8Bytes`] or [`Message`] moves into the message instead of being copied. Handlers'
+/// return values are written through it.
+///
+/// ```
+/// use ws_message::{encode_owned, Message};
+///
+/// assert_eq!(encode_owned(String::from("hi")).unwrap(), Some(Message::text("hi")));
+/// assert_eq!(encode_owned(42).unwrap(), Some(Message::text("42")));
+/// ```
+pub fn encode_owned<T: Serialize + 'static>(value: T) -> Result<Option<Message>, EncodeError> {
     let value = match cast::<T, Message>(value) {
         Ok(message) => return Ok(Some(message)),
         Err(value) => value,
     };
     let value = match cast::<T, String>(value) {
-        Ok(text) => return Ok(Some(Message::text(text))),
-        Err(value) => value,
-    };
-    let value = match cast::<T, &'static str>(value) {
         Ok(text) => return Ok(Some(Message::text(text))),
         Err(value) => value,
     };
@@ -96,11 +113,61 @@ pub fn encode<T: Serialize + 'static>(value: T) -> Result<Option<Message>, Encod
         Ok(data) => return Ok(Some(Message::binary(data))),
         Err(value) => value,
     };
-    let value = match cast::<T, &'static [u8]>(value) {
-        Ok(data) => return Ok(Some(Message::binary(Bytes::from_static(data)))),
-        Err(value) => value,
-    };
-    to_json_text(&value).map_err(EncodeError::from_json::<T>)
+    // Nothing to move: the borrowed rules give the same message.
+    encode(&value)
+}
+
+/// A value [`encode`] can take by reference: every sized `Serialize + 'static` type, `str`
+/// and `[u8]`.
+///
+/// The rules tell `String` from other values by its type, which safe Rust can only ask of a
+/// `'static` type; behind a reference that costs nothing in practice, since only the
+/// referent must be `'static` (`&value` of a local `String` or struct is fine). A value that
+/// borrows (`Event<'a>`) can be serialized with serde_json and written as text.
+pub trait Encode: Serialize {
+    /// The message this value becomes, by [`encode`]'s rules.
+    #[doc(hidden)]
+    fn to_message(&self) -> Result<Option<Message>, EncodeError>;
+}
+
+impl<T: Serialize + 'static> Encode for T {
+    fn to_message(&self) -> Result<Option<Message>, EncodeError> {
+        let any: &dyn Any = self;
+        if let Some(message) = any.downcast_ref::<Message>() {
+            return Ok(Some(message.clone()));
+        }
+        if let Some(text) = any.downcast_ref::<String>() {
+            return Ok(Some(Message::text(text.clone())));
+        }
+        if let Some(text) = any.downcast_ref::<&'static str>() {
+            return Ok(Some(Message::text(*text)));
+        }
+        if let Some(text) = any.downcast_ref::<Utf8Bytes>() {
+            return Ok(Some(Message::Text(text.clone())));
+        }
+        if let Some(data) = any.downcast_ref::<Bytes>() {
+            return Ok(Some(Message::Binary(data.clone())));
+        }
+        if let Some(data) = any.downcast_ref::<Vec<u8>>() {
+            return Ok(Some(Message::binary(Bytes::copy_from_slice(data))));
+        }
+        if let Some(data) = any.downcast_ref::<&'static [u8]>() {
+            return Ok(Some(Message::binary(Bytes::from_static(data))));
+        }
+        to_json_text(self).map_err(EncodeError::from_json::<T>)
+    }
+}
+
+impl Encode for str {
+    fn to_message(&self) -> Result<Option<Message>, EncodeError> {
+        Ok(Some(Message::text(self.to_owned())))
+    }
+}
+
+impl Encode for [u8] {
+    fn to_message(&self) -> Result<Option<Message>, EncodeError> {
+        Ok(Some(Message::binary(Bytes::copy_from_slice(self))))
+    }
 }
 
 /// The largest scratch buffer a thread keeps between encodes.
@@ -153,7 +220,10 @@ fn json_message<T: Serialize + ?Sized>(
 /// | [`Message`] | the message itself | the message itself |
 /// | any other `DeserializeOwned` | JSON | JSON |
 ///
-/// Decoding is pure: calling it twice gives the same value.
+/// Decoding is pure: calling it twice gives the same value. `T: 'static` because the raw
+/// targets are told apart by their type, which safe Rust asks only of `'static` types; a
+/// `DeserializeOwned` type owns its data, so it is one (a type that borrows, such as
+/// `Cow<'a, str>`, is not, and gains nothing from the message it cannot borrow from).
 ///
 /// ```
 /// use ws_message::{decode, Message};
@@ -241,9 +311,12 @@ mod tests {
 
     #[test]
     fn strings_and_bytes_are_raw() {
-        assert_eq!(encode(String::from("x")).unwrap(), Some(Message::text("x")));
         assert_eq!(
-            encode(Bytes::from_static(b"\x00\xff")).unwrap(),
+            encode(&String::from("x")).unwrap(),
+            Some(Message::text("x"))
+        );
+        assert_eq!(
+            encode(&Bytes::from_static(b"\x00\xff")).unwrap(),
             Some(Message::binary(&b"\x00\xff"[..]))
         );
         assert_eq!(
@@ -252,12 +325,46 @@ mod tests {
         );
     }
 
+    /// Every row of the rules table, borrowed and owned: the same message either way.
+    #[test]
+    fn borrowed_and_owned_values_give_the_same_message() {
+        fn both<T: Serialize + Clone + 'static>(value: T) -> Option<Message> {
+            let borrowed = encode(&value).unwrap();
+            assert_eq!(borrowed, encode_owned(value.clone()).unwrap());
+            borrowed
+        }
+        let text = Some(Message::text("hi"));
+        let binary = Some(Message::binary(&b"\x00\xff"[..]));
+        assert_eq!(both(String::from("hi")), text);
+        assert_eq!(both("hi"), text);
+        assert_eq!(both(Utf8Bytes::from("hi")), text);
+        assert_eq!(both(Message::text("hi")), text);
+        assert_eq!(
+            both(Message::Ping(Bytes::from_static(b"p"))),
+            Some(Message::Ping(Bytes::from_static(b"p")))
+        );
+        assert_eq!(both(Bytes::from_static(b"\x00\xff")), binary);
+        assert_eq!(both(vec![0u8, 0xff]), binary);
+        assert_eq!(both(&b"\x00\xff"[..]), binary);
+        assert_eq!(both(()), None);
+        assert_eq!(both(None::<String>), None);
+        assert_eq!(both(vec![1i32, 2]), Some(Message::text("[1,2]")));
+        assert_eq!(both(Vec::<i32>::new()), Some(Message::text("[]")));
+        assert_eq!(
+            both(serde_json::json!("hi")),
+            Some(Message::text(r#""hi""#))
+        );
+        // Unsized referents: `str` and `[u8]` themselves.
+        assert_eq!(encode("hi").unwrap(), text);
+        assert_eq!(encode(&b"\x00\xff"[..]).unwrap(), binary);
+    }
+
     /// Encodes its inner value while being encoded, as a `Serialize` impl may.
     struct Nested(u32);
 
     impl Serialize for Nested {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let inner = encode(self.0).map_err(serde::ser::Error::custom)?;
+            let inner = encode(&self.0).map_err(serde::ser::Error::custom)?;
             let text = inner.as_ref().map_or("", |m| m.as_text().unwrap_or(""));
             serializer.serialize_str(text)
         }
@@ -266,11 +373,11 @@ mod tests {
     #[test]
     fn an_encode_inside_an_encode_gets_its_own_buffer() {
         assert_eq!(
-            encode(vec![Nested(1), Nested(22)]).unwrap(),
+            encode(&vec![Nested(1), Nested(22)]).unwrap(),
             Some(Message::text(r#"["1","22"]"#))
         );
         // The thread's buffer is still usable afterwards, and holds nothing of the last value.
-        assert_eq!(encode(7).unwrap(), Some(Message::text("7")));
+        assert_eq!(encode(&7).unwrap(), Some(Message::text("7")));
     }
 
     #[test]
@@ -280,19 +387,19 @@ mod tests {
             text: "b".into(),
         };
         assert_eq!(
-            encode(chat).unwrap(),
+            encode(&chat).unwrap(),
             Some(Message::text(r#"{"from":"a","text":"b"}"#))
         );
-        assert_eq!(encode(42).unwrap(), Some(Message::text("42")));
+        assert_eq!(encode(&42).unwrap(), Some(Message::text("42")));
         let map: HashMap<&str, i32> = [("k", 1)].into();
-        assert_eq!(encode(map).unwrap(), Some(Message::text(r#"{"k":1}"#)));
+        assert_eq!(encode(&map).unwrap(), Some(Message::text(r#"{"k":1}"#)));
     }
 
     #[test]
     fn nothing_writes_nothing() {
-        assert_eq!(encode(()).unwrap(), None);
-        assert_eq!(encode(None::<Chat>).unwrap(), None);
-        assert_eq!(encode(serde_json::Value::Null).unwrap(), None);
+        assert_eq!(encode(&()).unwrap(), None);
+        assert_eq!(encode(&None::<Chat>).unwrap(), None);
+        assert_eq!(encode(&serde_json::Value::Null).unwrap(), None);
     }
 
     #[test]

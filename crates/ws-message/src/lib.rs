@@ -6,7 +6,8 @@
 //!
 //! # Encoding: values to frames
 //!
-//! [`encode`] applies GoFr's rule for `WriteMessageToSocket` and handler results, with one fix:
+//! [`encode`] applies GoFr's rule for `WriteMessageToSocket` and handler results (a value
+//! borrowed; [`encode_owned`] moves it), with one fix:
 //! strings go out as text, bytes as **binary** (GoFr sends everything as text), other
 //! `Serialize` values as JSON text, and "nothing" (`()`, `None`) writes nothing where GoFr
 //! writes the literal `null`.
@@ -20,7 +21,7 @@
 //! ```
 //! use ws_message::{decode, encode, Message};
 //!
-//! let reply = encode(serde_json::json!({"ok": true})).unwrap();
+//! let reply = encode(&serde_json::json!({"ok": true})).unwrap();
 //! assert_eq!(reply, Some(Message::text(r#"{"ok":true}"#)));
 //! let back: serde_json::Value = decode(&reply.unwrap()).unwrap();
 //! assert_eq!(back["ok"], true);
@@ -30,7 +31,7 @@
 mod codec;
 mod message;
 
-pub use crate::codec::{DecodeError, EncodeError, decode, encode};
+pub use crate::codec::{DecodeError, Encode, EncodeError, decode, encode, encode_owned};
 pub use crate::message::{
     CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
 };

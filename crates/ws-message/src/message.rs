@@ -1,3 +1,6 @@
+//! [`Message`] and its parts: [`Utf8Bytes`] (text checked once), [`CloseFrame`] (only codes
+//! that may be sent) and the close codes.
+
 use std::fmt;
 
 use bytes::Bytes;

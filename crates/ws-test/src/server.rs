@@ -29,7 +29,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let router = axum::Router::new().route("/ws", Endpoint::new(echo).into_route());
+/// let router = axum::Router::new().route("/ws", Endpoint::new(echo).into_route().expect("valid endpoint options"));
 /// let server = TestServer::router(router).await;
 /// let mut client = server.connect("/ws").await;
 /// client.send_text("hi").await;

@@ -22,7 +22,11 @@ async fn server() -> TestServer {
         .build()
         .expect("valid options");
     let endpoint = Endpoint::new(who).upgrader(upgrader);
-    TestServer::router(axum::Router::new().route("/who", endpoint.into_route())).await
+    TestServer::router(axum::Router::new().route(
+        "/who",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await
 }
 
 #[tokio::test]

@@ -14,7 +14,11 @@ async fn server(compression: bool) -> TestServer {
         upgrader = upgrader.compression();
     }
     let endpoint = Endpoint::new(echo).upgrader(upgrader.build().expect("valid options"));
-    TestServer::router(axum::Router::new().route("/echo", endpoint.into_route())).await
+    TestServer::router(axum::Router::new().route(
+        "/echo",
+        endpoint.into_route().expect("valid endpoint options"),
+    ))
+    .await
 }
 
 #[tokio::test]

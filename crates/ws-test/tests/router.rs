@@ -27,8 +27,17 @@ fn rooms(hub: &ConnectionHub) -> axum::Router {
         .on_connect(join_room)
         .hub(hub.clone());
     axum::Router::new()
-        .route("/echo", Endpoint::new(echo).hub(hub.clone()).into_route())
-        .route("/ws/{room}", endpoint.into_route())
+        .route(
+            "/echo",
+            Endpoint::new(echo)
+                .hub(hub.clone())
+                .into_route()
+                .expect("valid endpoint options"),
+        )
+        .route(
+            "/ws/{room}",
+            endpoint.into_route().expect("valid endpoint options"),
+        )
 }
 
 #[tokio::test]

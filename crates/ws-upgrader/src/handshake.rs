@@ -1,3 +1,7 @@
+//! The HTTP side of the opening handshake: [`WsUpgrader::upgrade`](crate::WsUpgrader::upgrade)
+//! checks a request and gives a [`PendingUpgrade`] or an [`UpgradeRejection`] (a 4xx, its
+//! [`RejectionKind`] kept in the response's extensions for metrics).
+
 use std::{fmt, future::Future};
 
 use axum::{body::Body, response::Response};
@@ -209,7 +213,7 @@ impl PendingUpgrade {
                     // On a task of its own: awaited here, it would carry this task's state
                     // (the callback's captures, the options, the upgrade's result) for the
                     // connection's whole life, 256 bytes per connection with ws-context's
-                    // callback (`cargo xtask bench`, S5).
+                    // callback (`cargo xtask bench`, [S5](bench/README.md#scenarios)).
                     tokio::spawn(callback(socket));
                 }
                 Err(error) => {

@@ -1,3 +1,6 @@
+//! [`WsUpgrader`](crate::WsUpgrader)'s options, their defaults and bounds, and
+//! [`WsUpgraderBuilder::build`], which refuses a value that cannot work with a [`ConfigError`].
+
 use std::{
     fmt,
     sync::{Arc, OnceLock},
@@ -35,12 +38,13 @@ pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 type OriginCheck = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 type ErrorHandler = Arc<dyn Fn(&UpgradeRejection) -> Response + Send + Sync>;
 
-/// An option value that cannot work, found when the upgrader is built.
+/// An option value that cannot work, found when the upgrader is built ([`WsUpgraderBuilder::build`])
+/// or when a `ws-context` endpoint is made into a route (its queue and timeouts).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A size option is zero or otherwise out of range.
-    #[error("{option} must be between {min} and {max} bytes, got {value}")]
+    /// A count or size option is out of range.
+    #[error("{option} must be between {min} and {max}, got {value}")]
     Size {
         /// The option's builder method.
         option: &'static str,
@@ -52,10 +56,12 @@ pub enum ConfigError {
         max: usize,
     },
     /// A duration option is zero.
-    #[error("{option} must be longer than zero")]
+    #[error("{option} must be longer than zero, got {value:?}")]
     ZeroDuration {
         /// The option's builder method.
         option: &'static str,
+        /// The value given.
+        value: Duration,
     },
     /// A subprotocol name is empty or not an HTTP token.
     #[error("subprotocol {0:?} is not a valid token (RFC 6455 §4.1: non-empty, no separators)")]
@@ -436,30 +442,16 @@ impl WsUpgraderBuilder {
                 message: o.max_message_size,
             });
         }
-        if o.handshake_timeout == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroDuration {
-                option: "handshake_timeout",
-            });
-        }
-        if o.ping_interval == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroDuration {
-                option: "ping_interval",
-            });
-        }
-        if o.pong_timeout.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                option: "pong_timeout",
-            });
-        }
-        if o.close_timeout.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                option: "close_timeout",
-            });
-        }
-        if o.message_timeout.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                option: "message_timeout",
-            });
+        for (option, value) in [
+            ("handshake_timeout", o.handshake_timeout),
+            ("ping_interval", o.ping_interval),
+            ("pong_timeout", Some(o.pong_timeout)),
+            ("close_timeout", Some(o.close_timeout)),
+            ("message_timeout", Some(o.message_timeout)),
+        ] {
+            if let Some(value) = value.filter(|value| value.is_zero()) {
+                return Err(ConfigError::ZeroDuration { option, value });
+            }
         }
         if let Some(bad) = o.subprotocols.iter().find(|p| !is_token(p)) {
             return Err(ConfigError::Subprotocol(bad.clone()));
@@ -523,7 +515,8 @@ mod tests {
         assert_eq!(
             zero_timeout.unwrap_err(),
             ConfigError::ZeroDuration {
-                option: "handshake_timeout"
+                option: "handshake_timeout",
+                value: Duration::ZERO,
             }
         );
         let empty = WsUpgrader::builder().subprotocols([""]).build();

@@ -1,3 +1,7 @@
+//! [`serve`]: a `Router` on hyper's HTTP/1.1 connection builder, with the limits `axum::serve`
+//! lacks on by default (request head and body timeouts, header size, idle keep-alive, a
+//! shutdown timeout) and an accept loop that backs off on EMFILE.
+
 use std::{
     fmt,
     future::{Future, IntoFuture},

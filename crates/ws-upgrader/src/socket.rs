@@ -735,7 +735,7 @@ mod tests {
     use super::*;
 
     /// Bounds the size of `WebSocket`: it is held for the life of every connection, so growing
-    /// it grows the memory of every idle connection (`cargo xtask bench`, S5). To measure it,
+    /// it grows the memory of every idle connection (`cargo xtask bench`, [S5](bench/README.md#scenarios)). To measure it,
     /// set `BOUND` to 0 and run `cargo test -p ws-upgrader --lib websocket_size`: the failure
     /// gives the size (592 bytes, 536 once the options were shared rather than copied, 552
     /// with the timer's waker kept; rustc 1.95, x86_64). A change that passes the bound should

@@ -267,7 +267,7 @@ async fn write_buffer_size_is_how_much_is_coalesced_before_a_write() {
 #[tokio::test]
 async fn reading_does_not_write_out_what_was_fed_before_the_flush() {
     // Replies fed while a burst is handled leave together at the flush, not one per read
-    // (S2 of `cargo xtask bench` wrote one per message when reading wrote them).
+    // ([S2](bench/README.md#scenarios) of `cargo xtask bench` wrote one per message when reading wrote them).
     let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let addr = spawn_feed_then_read(read.clone(), release.clone()).await;
     let (mut client, _) = connect(format!("ws://{addr}/ws"), &[]).await.unwrap();

@@ -5,11 +5,18 @@ use ws_context::{BindError, CloseFrame, Connection, ConnectionHub, Context, Endp
 
 /// `/ws/{room}` on `hub`: a connection joins the room of its path, and every text it sends
 /// goes to that room (itself included). `options` adjust the endpoint (limits, hooks).
+///
+/// # Panics
+///
+/// When `options` leave the endpoint with an option it refuses.
 pub fn room_chat(hub: &ConnectionHub, options: impl FnOnce(Endpoint) -> Endpoint) -> Router {
     let endpoint = Endpoint::new(to_room)
         .hub(hub.clone())
         .on_connect(join_room);
-    Router::new().route("/ws/{room}", options(endpoint).into_route())
+    let route = options(endpoint)
+        .into_route()
+        .expect("valid endpoint options");
+    Router::new().route("/ws/{room}", route)
 }
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {

@@ -45,8 +45,8 @@
 //!
 //! # Cost
 //!
-//! The task's future is part of every connection's memory (`cargo xtask bench`, S5) and runs
-//! for every message (callgrind, S1/S2), so: socket operations are tried first with a waker that
+//! The task's future is part of every connection's memory (`cargo xtask bench`, [S5](bench/README.md#scenarios)) and runs
+//! for every message (callgrind, [S1, S2](bench/README.md#scenarios)), so: socket operations are tried first with a waker that
 //! does nothing and awaited only when not ready (`outbound.rs`); rare waits that need a timer
 //! are boxed, so the timer takes no room in the task; [`run`](ConnectionTask::run) is not an
 //! `async fn`; the connection's span is entered once per poll of the task. The test at the end
@@ -128,8 +128,8 @@ impl ConnectionTask {
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps `self` twice in its state, as the argument and as the local \
-                  it is moved into: its future measured 2,696 bytes against 1,832 (S5; see \
-                  `task_future_stays_small`)"
+                  it is moved into: its future measured 2,696 bytes against 1,832 (S5, \
+                  bench/README.md#scenarios; `task_future_stays_small`)"
     )]
     pub(crate) fn run(mut self, rejected: Option<CloseFrame>) -> impl Future<Output = CloseFrame> {
         async move {
@@ -252,8 +252,8 @@ impl ConnectionTask {
         Step::Continue(())
     }
 
-    /// Adds the turn's traffic to the shared counters: once per turn, so a burst costs one
-    /// update per counter, not one per message.
+    /// Adds the turn's traffic to the shared counters at the end of each turn, so a burst
+    /// costs one update per counter, not one per message.
     fn publish_traffic(&mut self) {
         let metrics = &self.metrics;
         self.received
@@ -302,7 +302,7 @@ async fn poll_now<F: Future>(future: F) -> Option<F::Output> {
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         // Boxed, as every rare wait with a timer: a timer is large, and inline it would grow
-        // every connection's task (S5).
+        // every connection's task ([S5](bench/README.md#scenarios)).
         Some(deadline) => Box::pin(tokio::time::sleep_until(deadline)).await,
         None => std::future::pending().await,
     }
@@ -318,7 +318,7 @@ mod tests {
     }
 
     /// Bounds the connection task's future: it is held for the life of every connection, so
-    /// growing it grows the memory of every idle connection (S5). To measure it, set `BOUND`
+    /// growing it grows the memory of every idle connection ([S5](bench/README.md#scenarios)). To measure it, set `BOUND`
     /// to 0 and run `cargo test -p ws-context --lib task_future`: the failure gives the size
     /// (1,848 bytes before the `connection/` reshape, 1,832 after, 1,776 with the socket's
     /// options shared rather than copied, 1,792 with the timer's waker kept (it saves polling

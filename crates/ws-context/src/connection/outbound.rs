@@ -6,7 +6,7 @@
 //!
 //! Every socket operation is tried first with a waker that does nothing ([`no_wake`]): the
 //! socket almost always has room, and the futures of every caller stay small (they are in the
-//! state of each connection's task, S5). Only a full socket is waited for, boxed and bounded
+//! state of each connection's task, [S5](bench/README.md#scenarios)). Only a full socket is waited for, boxed and bounded
 //! by the send timeout ([`bounded_write`]).
 
 use std::{future::Future, pin::Pin, task::Poll, time::Duration};
@@ -133,7 +133,7 @@ impl WriteSide {
 
     /// Queues a frame on the socket. The socket almost always has room: that is tried first
     /// without a future, so the futures of every caller stay small (this one is in the state of
-    /// each connection's task, S5); only a full socket is waited for, boxed and bounded.
+    /// each connection's task, [S5](bench/README.md#scenarios)); only a full socket is waited for, boxed and bounded.
     async fn feed(&mut self, frame: Frame) -> Result<(), WriteFailed> {
         let message = frame.message();
         let data = message.is_data().then(|| super::payload_len(message));
@@ -204,7 +204,7 @@ impl WriteSide {
             self.socket.flush().await
         };
         // Boxed, as every rare wait with a timer: a timer is large, and inline it would grow
-        // every connection's task (S5) and every move of its futures.
+        // every connection's task ([S5](bench/README.md#scenarios)) and every move of its futures.
         match Box::pin(tokio::time::timeout(grace, write)).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
