@@ -411,6 +411,59 @@ impl Inbound {
         }
     }
 
+    /// A connection of another instance's hub `origin` joined `room` with presence key
+    /// `key` (what its app set with `set_presence_info`, or its id): counted for this hub's
+    /// [presence events](crate::ConnectionHub::presence_events). Changes from this hub's own
+    /// origin are ignored (the hub counts its own). A backplane's reader calls this and
+    /// [`presence_left`](Self::presence_left) in the order the other hub made them.
+    ///
+    /// ```
+    /// # fn demo(inbound: &ws_context::Inbound) {
+    /// use ws_context::ConnectionId;
+    /// let id = ConnectionId::from("9f2c-0a1b");
+    /// inbound.presence_joined("9f2c/1", "lobby", &id, "ann");
+    /// inbound.presence_left("9f2c/1", "lobby", &id);
+    /// # }
+    /// ```
+    pub fn presence_joined(&self, origin: &str, room: &str, id: &ConnectionId, key: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.joined(origin, room, id, key);
+        }
+    }
+
+    /// A connection of another instance's hub `origin` left `room` (or closed).
+    pub fn presence_left(&self, origin: &str, room: &str, id: &ConnectionId) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.left(room, id);
+        }
+    }
+
+    /// The hub `origin` of another instance is gone (it missed three heartbeats, say):
+    /// every member of it leaves, without the leave delay.
+    pub fn origin_gone(&self, origin: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.origin_gone(origin);
+        }
+    }
+
+    /// Every membership of this hub's connections, by room, with its presence info: what to
+    /// announce to an instance met for the first time (or again), so that it counts them.
+    pub fn local_presence(&self) -> Vec<(Arc<str>, PresenceMember)> {
+        match self.hub.upgrade() {
+            Some(inner) => crate::hub::ConnectionHub { inner }.local_presence(),
+            None => Vec::new(),
+        }
+    }
+
     /// Delivers one message of a room's shared history (see [`Backplane::shared_history`])
     /// to this instance's members, those of its own origin included, in the history's
     /// order: a message at or before the last one delivered for the room is a duplicate and

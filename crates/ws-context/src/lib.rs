@@ -92,6 +92,7 @@ mod handler;
 mod hub;
 mod lifecycle;
 mod metrics;
+mod presence;
 mod queue;
 mod writer;
 
@@ -113,6 +114,10 @@ pub use crate::hub::{
     PresenceMember, RoomSent, node_id,
 };
 pub use crate::metrics::describe_metrics;
+pub use crate::presence::{
+    DEFAULT_PRESENCE_LEAVE_DELAY, PRESENCE_EVENTS_CAPACITY, PresenceEvent, PresenceEventKind,
+    PresenceEvents,
+};
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
     Bytes, CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
