@@ -618,6 +618,7 @@ impl RedisBackplane {
             tokio::spawn(publish_queued(shared.clone(), manager.clone(), outgoing_rx)),
             tokio::spawn(apply_presence(manager.clone(), presence_rx)),
             tokio::spawn(heartbeat(shared.clone(), inbound.origin().into(), manager)),
+            tokio::spawn(count_out(shared.clone(), inbound.clone())),
         ];
         lock(&self.tasks.0).extend(tasks);
         tracing::info!(redis = %shown, origin = inbound.origin(), "joined the cluster");
@@ -686,42 +687,7 @@ impl Backplane for RedisBackplane {
             target: envelope.target,
             message: envelope.message,
         };
-        let mut numbering = lock(&shared.numbering);
-        let position = numbering.peek(&channel);
-        let frame = match wire::encode(
-            &channel,
-            &envelope.origin,
-            position,
-            now_us(),
-            &body,
-            shared.key(),
-            shared.max_payload,
-        ) {
-            Ok(frame) => frame,
-            Err(error) => {
-                // Not numbered: receivers would drop it, so it is no gap.
-                drop(numbering);
-                shared.publish_failed(1);
-                return Err(BackplaneError::Refused(error.to_string()));
-            }
-        };
-        // Numbered even when it cannot be sent now, so receivers see the gap.
-        numbering.commit(&channel, position);
-        let result = if !shared.up.load(Ordering::Acquire) {
-            Err(BackplaneError::Unavailable(format!(
-                "Redis at {} is unreachable",
-                link.url
-            )))
-        } else {
-            link.outgoing
-                .try_send((channel, frame))
-                .map_err(|_| BackplaneError::Unavailable("publish queue is full".to_owned()))
-        };
-        drop(numbering);
-        if result.is_err() {
-            shared.publish_failed(1);
-        }
-        result
+        shared.send_numbered(link, channel, &envelope.origin, &body)
     }
 
     fn join_interest(&self, room: &str) -> BackplaneFuture<'_> {
@@ -828,6 +794,7 @@ impl Backplane for RedisBackplane {
         if link.presence.try_send(change).is_err() {
             tracing::warn!(room, "presence queue full: a join is not listed");
         }
+        self.shared.announce_presence(room, id, Some(info));
     }
 
     fn presence_remove(&self, room: &str, id: &ConnectionId) {
@@ -841,6 +808,7 @@ impl Backplane for RedisBackplane {
         if link.presence.try_send(change).is_err() {
             tracing::warn!(room, "presence queue full: a leave is not recorded");
         }
+        self.shared.announce_presence(room, id, None);
     }
 
     fn presence(
@@ -1096,6 +1064,77 @@ fn unexpected() -> BackplaneError {
 }
 
 impl Shared {
+    /// Numbers a frame on its channel and queues it for the publisher; never waits.
+    fn send_numbered(
+        &self,
+        link: &Link,
+        channel: String,
+        origin: &str,
+        body: &Body,
+    ) -> Result<(), BackplaneError> {
+        let mut numbering = lock(&self.numbering);
+        let position = numbering.peek(&channel);
+        let frame = match wire::encode(
+            &channel,
+            origin,
+            position,
+            now_us(),
+            body,
+            self.key(),
+            self.max_payload,
+        ) {
+            Ok(frame) => frame,
+            Err(error) => {
+                // Not numbered: receivers would drop it, so it is no gap.
+                drop(numbering);
+                self.publish_failed(1);
+                return Err(BackplaneError::Refused(error.to_string()));
+            }
+        };
+        // Numbered even when it cannot be sent now, so receivers see the gap.
+        numbering.commit(&channel, position);
+        let result = if !self.up.load(Ordering::Acquire) {
+            Err(BackplaneError::Unavailable(format!(
+                "Redis at {} is unreachable",
+                link.url
+            )))
+        } else {
+            link.outgoing
+                .try_send((channel, frame))
+                .map_err(|_| BackplaneError::Unavailable("publish queue is full".to_owned()))
+        };
+        drop(numbering);
+        if result.is_err() {
+            self.publish_failed(1);
+        }
+        result
+    }
+
+    /// Tells every instance that a connection of this hub joined a room with a presence key
+    /// (`Some`) or left it (`None`), on the broadcast channel: every instance counts every
+    /// member for its presence events, whether or not it has members in the room.
+    fn announce_presence(&self, room: &str, id: &ConnectionId, key: Option<&str>) {
+        let (Some(link), Some(inbound)) = (self.link.get(), self.inbound.get()) else {
+            return;
+        };
+        let body = Body::Presence {
+            room: room.into(),
+            id: id.clone(),
+            key: key.map(Arc::from),
+        };
+        if let Err(error) = self.send_numbered(link, self.all_channel(), inbound.origin(), &body) {
+            tracing::warn!(%error, room, "a presence change did not reach the other instances");
+        }
+    }
+
+    /// Tells a hub met for the first time (or again) every member of this one, so that its
+    /// presence events count them; the others take them as what they know already.
+    fn announce_members(&self, inbound: &Inbound) {
+        for (room, member) in inbound.local_presence() {
+            self.announce_presence(&room, &member.id, Some(&member.info));
+        }
+    }
+
     fn all_channel(&self) -> String {
         format!("{}:all", self.prefix)
     }
@@ -1169,6 +1208,7 @@ impl Shared {
     fn on_its_channel(&self, channel: &[u8], body: &Body, own_node: &str) -> bool {
         match body {
             Body::Heartbeat { .. }
+            | Body::Presence { .. }
             | Body::Delivery {
                 target: Target::All,
                 ..
@@ -1189,8 +1229,11 @@ impl Shared {
         }
     }
 
-    fn seen(&self, origin: Arc<str>, interval: Duration) {
-        lock(&self.nodes).insert(origin, (Instant::now(), interval));
+    /// Records a heartbeat; true when the hub was not counted alive before.
+    fn seen(&self, origin: Arc<str>, interval: Duration) -> bool {
+        lock(&self.nodes)
+            .insert(origin, (Instant::now(), interval))
+            .is_none()
     }
 
     /// Live hubs; forgets those that missed three heartbeats.
@@ -1275,12 +1318,14 @@ fn deliver(
         body,
         signed,
     } = frame;
-    let (target, message) = match body {
+    let body = match body {
         Body::Heartbeat { interval } => {
-            shared.seen(origin, interval);
+            if shared.seen(origin, interval) {
+                shared.announce_members(inbound);
+            }
             return;
         }
-        Body::Delivery { target, message } => (target, message),
+        Body::Delivery { .. } | Body::Presence { .. } => body,
         Body::Entry { room, message } => {
             // Numbered by the room's history, not by the sender: ordered and deduplicated
             // by the hub on its offset.
@@ -1319,11 +1364,20 @@ fn deliver(
         }
         Verdict::Take { .. } | Verdict::Restart => {}
     }
-    add(&shared.counters.received, 1);
-    metrics::counter!(m::RECEIVED).increment(1);
-    let latency = now_us().saturating_sub(sent_at_us);
-    metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
-    inbound.deliver_now(Envelope::new(origin, target, message));
+    match body {
+        Body::Presence { room, id, key } => match key {
+            Some(key) => inbound.presence_joined(&origin, &room, &id, &key),
+            None => inbound.presence_left(&origin, &room, &id),
+        },
+        Body::Delivery { target, message } => {
+            add(&shared.counters.received, 1);
+            metrics::counter!(m::RECEIVED).increment(1);
+            let latency = now_us().saturating_sub(sent_at_us);
+            metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
+            inbound.deliver_now(Envelope::new(origin, target, message));
+        }
+        Body::Heartbeat { .. } | Body::Entry { .. } => {}
+    }
 }
 
 /// The single publisher: sends queued deliveries in order, many per round trip.
@@ -1380,6 +1434,25 @@ async fn apply_presence(
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "presence changes not recorded"),
             Err(_) => tracing::warn!("presence changes timed out"),
+        }
+    }
+}
+
+/// Several times per heartbeat interval, while Redis answers: the members of hubs that
+/// missed three heartbeats leave the presence count (within three intervals and a quarter of
+/// their last heartbeat). Only once this instance has been up for three intervals, so that
+/// it has heard every live hub; never while Redis is away, when silence proves nothing.
+async fn count_out(shared: Arc<Shared>, inbound: Inbound) {
+    let mut up_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(shared.heartbeat / 4).await;
+        if !shared.up.load(Ordering::Acquire) {
+            up_since = None;
+            continue;
+        }
+        let since = *up_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > shared.heartbeat * 3 {
+            inbound.presence_origins_alive(&shared.live_nodes());
         }
     }
 }

@@ -56,9 +56,14 @@ impl Instance {
     }
 
     pub(crate) async fn connect(&self, room: &str) -> Client {
+        self.connect_to(&format!("/ws/{room}")).await
+    }
+
+    /// Connects to a path and query, such as `/ws/lobby?name=ann`.
+    pub(crate) async fn connect_to(&self, path: &str) -> Client {
         let (client, _response) = tokio::time::timeout(
             WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{}/ws/{room}", self.addr)),
+            tokio_tungstenite::connect_async(format!("ws://{}{path}", self.addr)),
         )
         .await
         .expect("connect timed out")
@@ -68,6 +73,10 @@ impl Instance {
 }
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    // `?name=` is the member's presence key.
+    if let Some(name) = conn.query_param("name") {
+        conn.hub().set_presence_info(conn.id(), name);
+    }
     conn.hub()
         .join(conn.id(), conn.path_param("room").unwrap_or("lobby"))
         .await;

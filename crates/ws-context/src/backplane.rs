@@ -444,14 +444,12 @@ impl Inbound {
         }
     }
 
-    /// The hub `origin` of another instance is gone (it missed three heartbeats, say):
-    /// every member of it leaves, without the leave delay.
-    pub fn origin_gone(&self, origin: &str) {
-        if origin == &*self.origin {
-            return;
-        }
+    /// The hubs alive now, as a backplane that tracks them knows them (by heartbeats, say):
+    /// every member of another hub not among them leaves at once, without the leave delay
+    /// (they were counted out after missing heartbeats, which took longer than the delay).
+    pub fn presence_origins_alive(&self, live: &[Arc<str>]) {
         if let Some(inner) = self.hub.upgrade() {
-            inner.presence.origin_gone(origin);
+            inner.presence.retain_origins(&self.origin, live);
         }
     }
 

@@ -191,22 +191,18 @@ impl Tracker {
         self.left_locked(&mut state, &room, id, false);
     }
 
-    /// Every member of the hub `origin` is gone (its instance stopped sending heartbeats):
-    /// their keys leave now, without a further delay.
-    pub(crate) fn origin_gone(self: &Arc<Self>, origin: &str) {
+    /// Members of hubs other than `own` that are not in `live` leave now, without a
+    /// further delay (their instance stopped sending heartbeats).
+    pub(crate) fn retain_origins(self: &Arc<Self>, own: &str, live: &[Arc<str>]) {
         let mut state = self.state();
         let gone: Vec<(Arc<str>, ConnectionId)> = state
             .members
             .iter()
-            .filter(|(_, (of, _))| **of == *origin)
+            .filter(|(_, (of, _))| **of != *own && !live.contains(of))
             .map(|(member, _)| member.clone())
             .collect();
         if !gone.is_empty() {
-            tracing::info!(
-                origin,
-                members = gone.len(),
-                "members of a lost instance left"
-            );
+            tracing::info!(members = gone.len(), "members of lost instances left");
         }
         for (room, id) in gone {
             self.left_locked(&mut state, &room, &id, true);
@@ -325,7 +321,7 @@ mod tests {
         tracker.joined("m/1", "lobby", &ConnectionId::from("m-1"), "bob");
         tracker.joined("m/1", "lobby", &ConnectionId::from("m-2"), "ann");
         drain(&mut events);
-        tracker.origin_gone("m/1");
+        tracker.retain_origins("n/1", &["x/1".into()]);
         assert_eq!(
             drain(&mut events),
             [("bob".into(), PresenceEventKind::Left)]
