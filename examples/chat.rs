@@ -22,6 +22,16 @@
 //! at join as above, and the client should reload what it shows. The page does this after
 //! every drop. `WS_HISTORY_LEN` and `WS_HISTORY_AGE` change the 256 and the 5 minutes.
 //!
+//! # Who is online
+//!
+//! When a member arrives in the room or leaves it, on any instance, every member greeted
+//! here gets `{"from": "server", "presence": "joined", "name": ..., "at": ...}` or `"presence":
+//! "left"` (no `pos`: these are not room messages and are not recovered). Presence is per
+//! name (the `name` query parameter, else the connection id): a second tab does not join
+//! again, and a leave comes only once no connection with that name has been in the room for
+//! 3 s (`WS_PRESENCE_LEAVE_DELAY`), so a reconnect makes no leave/join pair. A member gets
+//! these lines only after its join line; it asks `/who` for who was there before it.
+//!
 //! A few commands, answered to the sender only (`/dm` and `/kick` only when they fail):
 //!
 //! - `/me`: your connection id (answered `{"from": "server", "text": "<id>", ...}`);
@@ -52,12 +62,16 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ HTTP_PORT=8002 METRICS_PORT=2123 cargo run --example chat
 //! ```
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use axum::{response::Html, routing::get};
 use gofr_app::{
-    App, CloseFrame, Connection, ConnectionId, Context, Error, Message, RecoveryError,
-    RoomPosition, WsUpgrader,
+    App, CloseFrame, Connection, ConnectionHub, ConnectionId, Context, Error, Message,
+    PresenceEventKind, RecoveryError, RoomPosition, WsUpgrader,
 };
 
 const PAGE: &str = include_str!("chat.html");
@@ -75,9 +89,59 @@ struct ChatMessage<'a> {
     pos: Option<String>,
 }
 
+/// The connections whose first line (the join line, or what they recovered) is queued:
+/// only these get presence lines, so that nothing comes before it.
+#[derive(Clone, Default)]
+struct Greeted(Arc<Mutex<HashSet<ConnectionId>>>);
+
+impl Greeted {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<ConnectionId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Joins the room, then counts the member as greeted (see [`join_room`]).
+async fn join_and_greet(conn: Connection, greeted: Greeted) -> Result<(), CloseFrame> {
+    join_room(&conn).await?;
+    greeted.set().insert(conn.id().clone());
+    Ok(())
+}
+
+/// Tells every greeted member of a room here who arrives and who leaves, on any instance.
+async fn announce_presence(hub: ConnectionHub, greeted: Greeted) {
+    let mut events = hub.presence_events();
+    while let Some(event) = events.recv().await {
+        let what = match event.kind {
+            PresenceEventKind::Joined => "joined",
+            PresenceEventKind::Left => "left",
+            _ => continue,
+        };
+        let line = serde_json::json!({
+            "from": "server",
+            "presence": what,
+            "name": &*event.key,
+            "at": now_ms(),
+        })
+        .to_string();
+        let members: Vec<ConnectionId> = {
+            let greeted = greeted.set();
+            hub.room_members(&event.room)
+                .into_iter()
+                .filter(|id| greeted.contains(id))
+                .collect()
+        };
+        for id in members {
+            // A member whose queue is full misses the line rather than holding up the rest.
+            if let Some(writer) = hub.get(&id) {
+                let _ = writer.try_send(Message::text(line.clone()));
+            }
+        }
+    }
+}
+
 /// Joins the room; with `?since=POS`, recovers what was missed since then first, or says
 /// first that it cannot. Otherwise (or then) the first message is the position at join.
-async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+async fn join_room(conn: &Connection) -> Result<(), CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
     let hub = conn.hub();
     // What `/who` lists for this member, on any instance.
@@ -245,6 +309,8 @@ fn now_ms() -> u128 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut app = App::new();
+    let greeted = Greeted::default();
+    tokio::spawn(announce_presence(app.hub(), greeted.clone()));
     // Each room keeps its last 256 messages (5 minutes at most) for members that come back.
     app.hub().set_history_limits(
         gofr_app::context::DEFAULT_HISTORY_LEN,
@@ -253,7 +319,15 @@ async fn main() -> anyhow::Result<()> {
     // Browsers offer permessage-deflate; chat text compresses well.
     app.override_websocket_upgrader(WsUpgrader::builder().compression().build()?);
     app.merge(axum::Router::new().route("/", get(|| async { Html(PAGE) })));
-    app.websocket_with("/ws/{room}", chat, |route| route.on_connect(join_room));
+    let left = greeted.clone();
+    app.websocket_with("/ws/{room}", chat, move |route| {
+        route
+            .on_connect(move |conn| join_and_greet(conn, greeted.clone()))
+            .on_close(move |conn, _| {
+                left.set().remove(conn.id());
+                std::future::ready(())
+            })
+    });
     app.run().await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Client, Running, WAIT, chat_line, http_get, redis_server::RedisServer};
+use crate::{Client, Running, WAIT, chat_json, chat_line, http_get, redis_server::RedisServer};
 
 /// Two chat instances on one Redis (which the fields' order stops first).
 struct Cluster {
@@ -20,10 +20,16 @@ struct Cluster {
 
 /// None when Redis is not installed (outside CI, see `RedisServer::start`).
 fn cluster() -> Option<Cluster> {
+    cluster_with(&[])
+}
+
+/// [`cluster`] with more environment variables for both instances.
+fn cluster_with(extra: &[(&str, &str)]) -> Option<Cluster> {
     let redis = RedisServer::start()?;
     let url = redis.url();
     // Two instances of one app share APP_NAME, which names their Redis channels.
-    let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    let mut env = vec![("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    env.extend_from_slice(extra);
     let a = Running::start_with("chat", &env);
     let b = Running::start_with("chat", &env);
     Some(Cluster { redis, a, b })
@@ -414,4 +420,137 @@ async fn who(client: &mut Client) -> Vec<String> {
             return names;
         }
     }
+}
+
+/// Connects to `room` as `name` and reads its join line: from then on it gets presence lines.
+async fn greeted(server: &Running, room: &str, name: &str) -> Client {
+    let url = format!("ws://{}/ws/{room}?name={name}", server.addr);
+    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    let joined = chat_json(&mut client).await;
+    assert_eq!(joined["joined"], true, "{joined}");
+    client
+}
+
+/// The next presence line within `wait`, as (name, "joined" or "left"); other lines skipped.
+async fn presence_line(client: &mut Client, wait: Duration) -> Option<(String, String)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let line = tokio::time::timeout_at(deadline, chat_json(client))
+            .await
+            .ok()?;
+        if let (Some(name), Some(what)) = (line["name"].as_str(), line["presence"].as_str()) {
+            return Some((name.to_owned(), what.to_owned()));
+        }
+    }
+}
+
+/// The next `n` presence lines (each within `wait`), sorted.
+async fn presence_lines(client: &mut Client, n: usize, wait: Duration) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        match presence_line(client, wait).await {
+            Some(line) => lines.push(line),
+            None => panic!("{} presence lines, not {n}: {lines:?}", lines.len()),
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn event(name: &str, what: &str) -> (String, String) {
+    (name.to_owned(), what.to_owned())
+}
+
+/// Presence lines on both instances: joins and leaves on either reach both within a second,
+/// `/who` agrees on both, a reconnect within the leave delay makes no lines, a longer absence
+/// makes a leave and a join, and the members of an instance killed with SIGKILL leave on the
+/// survivor within three heartbeats.
+#[tokio::test]
+async fn presence_lines_on_both_instances_with_the_leave_delay_and_a_killed_instance() {
+    let delay = Duration::from_secs(1);
+    let Some(cluster) = cluster_with(&[("WS_PRESENCE_LEAVE_DELAY", "1s")]) else {
+        return;
+    };
+    let Cluster {
+        redis: _redis,
+        a,
+        b,
+    } = cluster;
+    let nodes = |h: &serde_json::Value| h["cluster"]["nodes"].as_array().map_or(0, Vec::len);
+    health_until(&a, WAIT, "two nodes", |h| nodes(h) == 2).await;
+    health_until(&b, WAIT, "two nodes", |h| nodes(h) == 2).await;
+    let second = Duration::from_secs(1);
+    let mut on_a = greeted(&a, "pr", "wa").await;
+    let mut on_b = greeted(&b, "pr", "wb").await;
+    assert_eq!(
+        presence_line(&mut on_a, second).await,
+        Some(event("wb", "joined"))
+    );
+
+    // ann joins on A, bob on B: both watchers see both within a second.
+    let ann = greeted(&a, "pr", "ann").await;
+    let mut bob = greeted(&b, "pr", "bob").await;
+    let joins = vec![event("ann", "joined"), event("bob", "joined")];
+    assert_eq!(presence_lines(&mut on_a, 2, second).await, joins);
+    assert_eq!(presence_lines(&mut on_b, 2, second).await, joins);
+    let everyone = ["ann", "bob", "wa", "wb"];
+    assert_eq!(who(&mut on_a).await, everyone);
+    assert_eq!(who(&mut on_b).await, everyone);
+
+    // ann drops and is back, on the other instance, within the delay: no lines at all.
+    drop(ann);
+    tokio::time::sleep(delay / 4).await;
+    let _ann = greeted(&b, "pr", "ann").await;
+    assert_eq!(presence_line(&mut on_a, delay * 2).await, None);
+    assert_eq!(presence_line(&mut on_b, Duration::ZERO).await, None);
+
+    // bob leaves for longer than the delay: a leave, then a join when he is back.
+    bob.close(None).await.unwrap();
+    drop(bob);
+    let started = Instant::now();
+    assert_eq!(
+        presence_line(&mut on_a, delay * 3).await,
+        Some(event("bob", "left"))
+    );
+    assert!(
+        started.elapsed() >= delay * 3 / 4,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        presence_line(&mut on_b, second).await,
+        Some(event("bob", "left"))
+    );
+    let _bob = greeted(&b, "pr", "bob").await;
+    assert_eq!(
+        presence_line(&mut on_a, second).await,
+        Some(event("bob", "joined"))
+    );
+    assert_eq!(
+        presence_line(&mut on_b, second).await,
+        Some(event("bob", "joined"))
+    );
+
+    // B is killed (SIGKILL, by PID): its members (ann, bob, wb) leave on A within three
+    // heartbeats of 2 s, counted from B's last one (at most 2 s before the kill).
+    drop(on_b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    drop(b);
+    let left = presence_lines(&mut on_a, 3, Duration::from_secs(8)).await;
+    let took = killed.elapsed();
+    assert_eq!(
+        left,
+        [
+            event("ann", "left"),
+            event("bob", "left"),
+            event("wb", "left")
+        ]
+    );
+    assert!(took <= Duration::from_millis(7_000), "{took:?}");
+    assert_eq!(who(&mut on_a).await, ["wa"]);
+    eprintln!("chat presence: a killed instance's 3 members left on the survivor after {took:?}");
 }

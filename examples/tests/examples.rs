@@ -264,11 +264,11 @@ async fn chatter(server: &Running, room: &str, name: &str) -> Client {
     }
 }
 
-/// The next chat line, the position given at join skipped.
+/// The next chat line, the position given at join and presence lines skipped.
 async fn chat_line(client: &mut Client) -> serde_json::Value {
     loop {
         let line = chat_json(client).await;
-        if line["joined"] != true {
+        if line["joined"] != true && line.get("presence").is_none() {
             return line;
         }
     }

@@ -15,6 +15,22 @@ struct Line {
     at: u64,
 }
 
+/// The next line that is not a presence line (someone arriving or leaving).
+async fn chat_json(client: &mut WsClient) -> serde_json::Value {
+    loop {
+        let line: serde_json::Value = client.recv_json().await;
+        if line.get("presence").is_none() {
+            return line;
+        }
+    }
+}
+
+/// The next chat line, presence lines skipped.
+async fn chat_line(client: &mut WsClient) -> Line {
+    let line = chat_json(client).await;
+    serde_json::from_value(line.clone()).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
 #[tokio::test]
 async fn using_web_socket_greets_then_echoes_with_and_without_compression() {
     let server = AppProcess::example("using-web-socket", &[]);
@@ -62,7 +78,7 @@ async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsClient {
     assert_eq!(joined["joined"], true, "{joined}");
     client.send_text(format!("hello from {name}")).await;
     loop {
-        let line: Line = client.recv_json().await;
+        let line = chat_line(&mut client).await;
         if line.from == name {
             assert_eq!(line.text, format!("hello from {name}"));
             return client;
@@ -80,12 +96,12 @@ async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
     let mut carol = chatter(&server, "blue", "carol").await;
     let mut alice = chatter(&server, "red", "alice").await;
     let mut bob = chatter(&server, "red", "bob").await;
-    let line: Line = alice.recv_json().await;
+    let line = chat_line(&mut alice).await;
     assert_eq!(line.text, "hello from bob");
 
     alice.send_text("hi red").await;
     for client in [&mut alice, &mut bob] {
-        let line: Line = client.recv_json().await;
+        let line = chat_line(client).await;
         assert_eq!(
             (line.from.as_str(), line.text.as_str()),
             ("alice", "hi red")
@@ -96,7 +112,7 @@ async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
 
     // A message the handler's bind refuses: GoFr's error envelope, to the sender only.
     bob.send_text("   ").await;
-    let error: serde_json::Value = bob.recv_json().await;
+    let error = chat_json(&mut bob).await;
     assert!(error["error"]["message"].is_string(), "{error}");
     alice.expect_nothing_for(Duration::from_millis(100)).await;
 
@@ -114,21 +130,21 @@ async fn chat_kicks_with_4000_and_the_others_stay() {
     let server = AppProcess::example("chat", &[]);
     let mut alice = chatter(&server, "red", "alice").await;
     let mut bob = chatter(&server, "red", "bob").await;
-    let _ = alice.recv_text().await; // bob's greeting
+    assert_eq!(chat_line(&mut alice).await.text, "hello from bob");
 
     bob.send_text("/me").await;
-    let me: serde_json::Value = bob.recv_json().await;
+    let me = chat_json(&mut bob).await;
     let bob_id = me["text"].as_str().expect("an id").to_owned();
 
     alice.send_text(format!("/kick {bob_id}")).await;
     assert_eq!(bob.expect_close(4000).await, "removed by alice");
     // Alice is still served.
     alice.send_text("still here").await;
-    let line: Line = alice.recv_json().await;
+    let line = chat_line(&mut alice).await;
     assert_eq!(line.text, "still here");
     // An unknown id is answered with an error, not a close.
     alice.send_text("/kick nobody").await;
-    let error: serde_json::Value = alice.recv_json().await;
+    let error = chat_json(&mut alice).await;
     assert!(error["error"]["message"].is_string(), "{error}");
 }
 
