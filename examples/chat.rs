@@ -30,7 +30,8 @@
 //! name (the `name` query parameter, else the connection id): a second tab does not join
 //! again, and a leave comes only once no connection with that name has been in the room for
 //! 3 s (`WS_PRESENCE_LEAVE_DELAY`), so a reconnect makes no leave/join pair. A member gets
-//! these lines only after its join line; it asks `/who` for who was there before it.
+//! these lines only after its join line, and none about its own name; it asks `/who` for who
+//! was there before it.
 //!
 //! A few commands, answered to the sender only (`/dm` and `/kick` only when they fail):
 //!
@@ -63,7 +64,7 @@
 //! ```
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -89,21 +90,21 @@ struct ChatMessage<'a> {
     pos: Option<String>,
 }
 
-/// The connections whose first line (the join line, or what they recovered) is queued:
-/// only these get presence lines, so that nothing comes before it.
+/// The connections whose first line (the join line, or what they recovered) is queued,
+/// with their names: only these get presence lines, so that nothing comes before it.
 #[derive(Clone, Default)]
-struct Greeted(Arc<Mutex<HashSet<ConnectionId>>>);
+struct Greeted(Arc<Mutex<HashMap<ConnectionId, String>>>);
 
 impl Greeted {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<ConnectionId>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, String>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Joins the room, then counts the member as greeted (see [`join_room`]).
 async fn join_and_greet(conn: Connection, greeted: Greeted) -> Result<(), CloseFrame> {
-    join_room(&conn).await?;
-    greeted.set().insert(conn.id().clone());
+    let name = join_room(&conn).await?;
+    greeted.map().insert(conn.id().clone(), name);
     Ok(())
 }
 
@@ -123,11 +124,12 @@ async fn announce_presence(hub: ConnectionHub, greeted: Greeted) {
             "at": now_ms(),
         })
         .to_string();
+        // Not to the member the line is about: it knows it joined.
         let members: Vec<ConnectionId> = {
-            let greeted = greeted.set();
+            let greeted = greeted.map();
             hub.room_members(&event.room)
                 .into_iter()
-                .filter(|id| greeted.contains(id))
+                .filter(|id| greeted.get(id).is_some_and(|name| **name != *event.key))
                 .collect()
         };
         for id in members {
@@ -141,7 +143,8 @@ async fn announce_presence(hub: ConnectionHub, greeted: Greeted) {
 
 /// Joins the room; with `?since=POS`, recovers what was missed since then first, or says
 /// first that it cannot. Otherwise (or then) the first message is the position at join.
-async fn join_room(conn: &Connection) -> Result<(), CloseFrame> {
+/// Returns the member's name.
+async fn join_room(conn: &Connection) -> Result<String, CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
     let hub = conn.hub();
     // What `/who` lists for this member, on any instance.
@@ -149,7 +152,7 @@ async fn join_room(conn: &Connection) -> Result<(), CloseFrame> {
         .query_param("name")
         .filter(|name| !name.trim().is_empty())
         .unwrap_or_else(|| conn.id().to_string());
-    hub.set_presence_info(conn.id(), name);
+    hub.set_presence_info(conn.id(), name.clone());
     if let Some(since) = conn.query_param("since") {
         let recovered = match since.parse::<RoomPosition>() {
             Ok(since) => hub.join_since(conn.id(), &room, &since).await,
@@ -158,9 +161,9 @@ async fn join_room(conn: &Connection) -> Result<(), CloseFrame> {
         match recovered {
             Ok(recovered) => {
                 tracing::info!(room, missed = recovered.count, "rejoined");
-                return Ok(());
+                return Ok(name);
             }
-            Err(RecoveryError::NotOpen) => return Ok(()),
+            Err(RecoveryError::NotOpen) => return Ok(name),
             Err(error) => {
                 let notice = serde_json::json!({
                     "from": "server",
@@ -186,7 +189,7 @@ async fn join_room(conn: &Connection) -> Result<(), CloseFrame> {
     if joined.is_ok() {
         tracing::info!(room, "joined");
     }
-    Ok(())
+    Ok(name)
 }
 
 async fn chat(ctx: Context) -> Result<Option<serde_json::Value>, Error> {
@@ -324,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         route
             .on_connect(move |conn| join_and_greet(conn, greeted.clone()))
             .on_close(move |conn, _| {
-                left.set().remove(conn.id());
+                left.map().remove(conn.id());
                 std::future::ready(())
             })
     });
