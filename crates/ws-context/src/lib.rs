@@ -115,8 +115,8 @@ pub use crate::hub::{
 };
 pub use crate::metrics::describe_metrics;
 pub use crate::presence::{
-    DEFAULT_PRESENCE_LEAVE_DELAY, PRESENCE_EVENTS_CAPACITY, PresenceEvent, PresenceEventKind,
-    PresenceEvents,
+    DEFAULT_PRESENCE_LEAVE_DELAY, MAX_PRESENCE_MEMBERSHIPS, PRESENCE_EVENTS_CAPACITY,
+    PresenceEvent, PresenceEventKind, PresenceEvents,
 };
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{

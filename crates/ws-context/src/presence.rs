@@ -28,6 +28,10 @@ pub const DEFAULT_PRESENCE_LEAVE_DELAY: Duration = Duration::from_secs(3);
 /// Events each [`PresenceEvents`] receiver may fall behind by before it loses the oldest.
 pub const PRESENCE_EVENTS_CAPACITY: usize = 4096;
 
+/// Most memberships counted, across instances: past it a join is not counted (logged), so
+/// a flood of forged joins (without a backplane secret) cannot grow memory without bound.
+pub const MAX_PRESENCE_MEMBERSHIPS: usize = 1 << 20;
+
 const EVENTS_LOST: &str = "ws_presence_events_lost_total";
 
 /// A member arrived in a room or left it, on any instance.
@@ -173,6 +177,10 @@ impl Tracker {
                 return;
             }
             self.left_locked(&mut state, &room, id, false);
+        }
+        if state.members.len() >= MAX_PRESENCE_MEMBERSHIPS {
+            tracing::warn!(%room, "too many memberships counted: a join makes no presence event");
+            return;
         }
         state.members.insert(member, (origin.into(), key.clone()));
         let entry = state.keys.entry((room.clone(), key.clone())).or_default();
