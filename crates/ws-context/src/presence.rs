@@ -119,13 +119,20 @@ pub(crate) struct Tracker {
     events: broadcast::Sender<PresenceEvent>,
 }
 
+/// A membership: (room, connection).
+type Member = (Arc<str>, ConnectionId);
+/// What is known of it: (the hub it is on, its presence key).
+type Of = (Arc<str>, Arc<str>);
+/// A room's presence key: (room, key).
+type RoomKey = (Arc<str>, Arc<str>);
+
 #[derive(Default)]
 struct State {
     leave_delay: Option<Duration>,
     /// Every membership known, on any instance: (room, connection) -> (hub origin, key).
-    members: HashMap<(Arc<str>, ConnectionId), (Arc<str>, Arc<str>)>,
+    members: HashMap<Member, Of>,
     /// Per (room, key): connections present, and the leave waiting for the delay.
-    keys: HashMap<(Arc<str>, Arc<str>), Key>,
+    keys: HashMap<RoomKey, Key>,
     next_leave: u64,
 }
 
@@ -203,7 +210,7 @@ impl Tracker {
     /// further delay (their instance stopped sending heartbeats).
     pub(crate) fn retain_origins(self: &Arc<Self>, own: &str, live: &[Arc<str>]) {
         let mut state = self.state();
-        let gone: Vec<(Arc<str>, ConnectionId)> = state
+        let gone: Vec<Member> = state
             .members
             .iter()
             .filter(|(_, (of, _))| **of != *own && !live.contains(of))
@@ -255,7 +262,7 @@ impl Tracker {
     }
 
     /// The leave numbered `number` is due: reported unless the key came back meanwhile.
-    fn leave_due(&self, index: (Arc<str>, Arc<str>), number: u64) {
+    fn leave_due(&self, index: RoomKey, number: u64) {
         let mut state = self.state();
         let due = state
             .keys
@@ -278,7 +285,7 @@ impl Tracker {
 
 async fn leave_later(
     tracker: Weak<Tracker>,
-    index: (Arc<str>, Arc<str>),
+    index: RoomKey,
     number: u64,
     delay: Duration,
 ) {
