@@ -65,6 +65,69 @@ fn parse(frame: &Message) -> Option<(usize, u64)> {
     Some((seq.parse().ok()?, micros.parse().ok()?))
 }
 
+/// Reads `client` until it has every one of `expected` messages (`slot` numbers each
+/// message's `seq` among them, `None` for another's), or until `done` and DRAIN without any;
+/// returns each message's latency (µs from its send time) and the duplicates.
+async fn timed<S>(
+    mut client: S,
+    start: Instant,
+    done: tokio::sync::watch::Receiver<bool>,
+    expected: usize,
+    slot: impl Fn(usize) -> Option<usize>,
+) -> (Vec<u64>, usize)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut seen = vec![false; expected];
+    let mut latencies = Vec::with_capacity(expected);
+    let mut duplicates = 0usize;
+    while latencies.len() < expected {
+        let frame = match tokio::time::timeout(DRAIN, client.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(_) => break,
+            Err(_) if *done.borrow() => break,
+            Err(_) => continue,
+        };
+        let Some((seq, sent_us)) = parse(&frame) else {
+            continue;
+        };
+        let arrived = start.elapsed().as_micros() as u64;
+        match slot(seq).and_then(|at| seen.get_mut(at)) {
+            Some(true) => duplicates += 1,
+            Some(slot) => {
+                *slot = true;
+                latencies.push(arrived.saturating_sub(sent_us));
+            }
+            None => {}
+        }
+    }
+    (latencies, duplicates)
+}
+
+/// Every reader's latencies (µs), sorted, and the duplicates they counted.
+async fn gather(
+    readers: Vec<tokio::task::JoinHandle<(Vec<u64>, usize)>>,
+) -> anyhow::Result<(Vec<u64>, usize)> {
+    let mut latencies = Vec::new();
+    let mut duplicates = 0;
+    for reader in readers {
+        let (mut got, dup) = reader.await?;
+        latencies.append(&mut got);
+        duplicates += dup;
+    }
+    latencies.sort_unstable();
+    Ok((latencies, duplicates))
+}
+
+/// The `p` quantile of sorted µs, in ms (NaN when empty).
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[at] as f64 / 1000.0
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,37 +149,9 @@ async fn main() -> anyhow::Result<()> {
     let (done_tx, done) = tokio::sync::watch::channel(false);
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let mut client = member(subscribe_url).await?;
+        let client = member(subscribe_url).await?;
         let done = done.clone();
-        readers.push(tokio::spawn(async move {
-            let mut seen = vec![false; total];
-            let mut latencies = Vec::with_capacity(total);
-            let mut duplicates = 0usize;
-            loop {
-                let frame = match tokio::time::timeout(DRAIN, client.next()).await {
-                    Ok(Some(Ok(frame))) => frame,
-                    Ok(_) => break,
-                    Err(_) if *done.borrow() => break,
-                    Err(_) => continue,
-                };
-                let Some((seq, sent_us)) = parse(&frame) else {
-                    continue;
-                };
-                let arrived = start.elapsed().as_micros() as u64;
-                match seen.get_mut(seq) {
-                    Some(true) => duplicates += 1,
-                    Some(slot) => {
-                        *slot = true;
-                        latencies.push(arrived.saturating_sub(sent_us));
-                    }
-                    None => {}
-                }
-                if latencies.len() == total {
-                    break;
-                }
-            }
-            (latencies, duplicates)
-        }));
+        readers.push(tokio::spawn(timed(client, start, done, total, Some)));
     }
     let (mut sink, mut echoes) = member(publish_url).await?.split();
     // The publisher is a member too: drain what comes back to it.
@@ -137,22 +172,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let send_seconds = sending.elapsed().as_secs_f64();
     done_tx.send_replace(true);
-
-    let mut latencies = Vec::new();
-    let mut duplicates = 0;
-    for reader in readers {
-        let (mut got, dup) = reader.await?;
-        latencies.append(&mut got);
-        duplicates += dup;
-    }
-    latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let at = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[at] as f64 / 1000.0
-    };
+    let (latencies, duplicates) = gather(readers).await?;
+    let percentile = |p: f64| percentile(&latencies, p);
     let expected = total * subscribers;
     let report = serde_json::json!({
         "rate": rate,
@@ -181,7 +202,7 @@ mod many {
     use futures_util::{SinkExt as _, StreamExt as _, stream};
     use tokio_tungstenite::tungstenite::Message;
 
-    use super::{Client, DRAIN, WAIT, parse};
+    use super::{Client, WAIT, parse, percentile};
 
     /// Connections opened at once while setting up.
     const CONNECTING: usize = 200;
@@ -246,14 +267,6 @@ mod many {
         opened
     }
 
-    fn percentile(sorted: &[u64], p: f64) -> f64 {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[at] as f64 / 1000.0
-    }
-
     fn hosts_of(list: &str) -> Vec<String> {
         list.split(',').map(str::to_owned).collect()
     }
@@ -281,44 +294,17 @@ mod many {
         for (i, client, _) in opened {
             let room = i % rooms;
             members_of[room] += 1;
-            let (sink, mut client) = client.split();
+            let (sink, client) = client.split();
             // The room's first member sends; dropping the other halves leaves them open.
             if senders[room].is_none() {
                 senders[room] = Some(sink);
             }
             let done = done.clone();
-            readers.push(tokio::spawn(async move {
-                let mut seen = vec![false; per_room];
-                let mut latencies = Vec::new();
-                let mut duplicates = 0usize;
-                loop {
-                    let frame = match tokio::time::timeout(DRAIN, client.next()).await {
-                        Ok(Some(Ok(frame))) => frame,
-                        Ok(_) => break,
-                        Err(_) if *done.borrow() => break,
-                        Err(_) => continue,
-                    };
-                    let Some((seq, sent_us)) = parse(&frame) else {
-                        continue;
-                    };
-                    let arrived = start.elapsed().as_micros() as u64;
-                    if seq % rooms != room {
-                        continue;
-                    }
-                    match seen.get_mut(seq / rooms) {
-                        Some(true) => duplicates += 1,
-                        Some(slot) => {
-                            *slot = true;
-                            latencies.push(arrived.saturating_sub(sent_us));
-                        }
-                        None => {}
-                    }
-                    if *done.borrow() && latencies.len() == per_room {
-                        break;
-                    }
-                }
-                (latencies, duplicates)
-            }));
+            // Message `seq` is for room `seq % rooms`, its `seq / rooms`th.
+            let slot = move |seq: usize| (seq % rooms == room).then_some(seq / rooms);
+            readers.push(tokio::spawn(super::timed(
+                client, start, done, per_room, slot,
+            )));
         }
         let sending = Instant::now();
         let mut ticks = tokio::time::interval(Duration::from_millis(1));
@@ -348,14 +334,7 @@ mod many {
         }
         let send_seconds = sending.elapsed().as_secs_f64();
         done_tx.send_replace(true);
-        let mut latencies = Vec::new();
-        let mut duplicates = 0;
-        for reader in readers {
-            let (mut got, dup) = reader.await?;
-            latencies.append(&mut got);
-            duplicates += dup;
-        }
-        latencies.sort_unstable();
+        let (latencies, duplicates) = super::gather(readers).await?;
         let report = serde_json::json!({
             "connections": reached,
             "setup_s": (setup_seconds * 10.0).round() / 10.0,

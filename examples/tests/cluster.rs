@@ -18,6 +18,11 @@ struct Cluster {
     b: Running,
 }
 
+/// The live hubs an instance's health lists.
+fn nodes(health: &serde_json::Value) -> usize {
+    health["cluster"]["nodes"].as_array().map_or(0, Vec::len)
+}
+
 /// None when Redis is not installed (outside CI, see `RedisServer::start`).
 fn cluster() -> Option<Cluster> {
     cluster_with(&[])
@@ -341,7 +346,6 @@ async fn a_killed_instance_leaves_the_live_nodes_within_three_heartbeats() {
         a,
         b,
     } = cluster;
-    let nodes = |h: &serde_json::Value| h["cluster"]["nodes"].as_array().map_or(0, Vec::len);
     health_until(&a, WAIT, "two nodes", |h| nodes(h) == 2).await;
     drop(b);
     // Three heartbeats of 2 s, counted from the last one B sent (at most 2 s before the kill).
@@ -479,7 +483,6 @@ async fn presence_lines_on_both_instances_with_the_leave_delay_and_a_killed_inst
         a,
         b,
     } = cluster;
-    let nodes = |h: &serde_json::Value| h["cluster"]["nodes"].as_array().map_or(0, Vec::len);
     health_until(&a, WAIT, "two nodes", |h| nodes(h) == 2).await;
     health_until(&b, WAIT, "two nodes", |h| nodes(h) == 2).await;
     let second = Duration::from_secs(1);

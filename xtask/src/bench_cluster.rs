@@ -31,6 +31,16 @@ const ROOMS_RATE: u32 = 5_000;
 const RECOVERING: u32 = 1_000;
 const RECOVERY_ROOMS: u32 = 100;
 const MISSED: u32 = 100;
+/// The columns of a delivery run, as cluster-load reports them.
+const DELIVERY: [&str; 7] = [
+    "achieved_rate",
+    "expected",
+    "ratio",
+    "duplicates",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+];
 
 /// Runs the scenario for `seconds` per rate and returns its section of the report.
 pub(crate) fn section(seconds: f64, nice: bool) -> Result<String, String> {
@@ -94,18 +104,7 @@ pub(crate) fn section(seconds: f64, nice: bool) -> Result<String, String> {
             seconds.to_string(),
             SUBSCRIBERS.to_string(),
         ])?;
-        let field = |name: &str| number(&stdout, name).unwrap_or(f64::NAN);
-        let _ = writeln!(
-            table,
-            "| {rate} | {:.0} | {:.0} | {:.2}% | {:.0} | {:.2} | {:.2} | {:.2} |",
-            field("achieved_rate"),
-            field("expected"),
-            field("ratio") * 100.0,
-            field("duplicates"),
-            field("p50_ms"),
-            field("p99_ms"),
-            field("max_ms"),
-        );
+        let _ = writeln!(table, "| {rate} |{}", cells(&stdout, &DELIVERY));
         // Let queues settle between rates.
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -120,24 +119,14 @@ pub(crate) fn section(seconds: f64, nice: bool) -> Result<String, String> {
         ROOMS_RATE.to_string(),
         seconds.to_string(),
     ])?;
-    let field = |name: &str| number(&stdout, name).unwrap_or(f64::NAN);
-    let _ = write!(
+    let _ = writeln!(
         table,
         "\nThree `chat` instances: {CONNECTIONS} connections asked for (client i on instance \
          i mod 3, in room i mod {ROOMS}), one sender per room, {ROOMS_RATE} msgs/s in all for \
          {seconds} s; every member, the sender too, times every message of its room.\n\n\
-         | connections | setup s | rate (msgs/s) | achieved | deliveries | delivered | duplicates | p50 ms | p99 ms | max ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n\
-         | {:.0} | {:.1} | {ROOMS_RATE} | {:.0} | {:.0} | {:.2}% | {:.0} | {:.2} | {:.2} | {:.2} |\n",
-        field("connections"),
-        field("setup_s"),
-        field("achieved_rate"),
-        field("expected"),
-        field("ratio") * 100.0,
-        field("duplicates"),
-        field("p50_ms"),
-        field("p99_ms"),
-        field("max_ms"),
+         | connections | setup s | achieved (msgs/s) | deliveries | delivered | duplicates | p50 ms | p99 ms | max ms |\n\
+         |---|---|---|---|---|---|---|---|---|\n|{}",
+        cells(&stdout, &["connections", "setup_s"]) + &cells(&stdout, &DELIVERY),
     );
     std::thread::sleep(Duration::from_secs(2));
 
@@ -149,24 +138,43 @@ pub(crate) fn section(seconds: f64, nice: bool) -> Result<String, String> {
         RECOVERY_ROOMS.to_string(),
         MISSED.to_string(),
     ])?;
-    let field = |name: &str| number(&stdout, name).unwrap_or(f64::NAN);
-    let _ = write!(
+    let _ = writeln!(
         table,
         "\n{RECOVERING} clients in {RECOVERY_ROOMS} rooms over the three instances drop; \
          {MISSED} messages go to each room; all reconnect at once, each to another instance, \
          with the position of their join line (`?since=`).\n\n\
          | clients | recovered | refused | incomplete | all recovered after ms | p50 ms | p99 ms |\n\
-         |---|---|---|---|---|---|---|\n\
-         | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
-        field("clients"),
-        field("recovered"),
-        field("refused"),
-        field("incomplete"),
-        field("all_recovered_ms"),
-        field("p50_ms"),
-        field("p99_ms"),
+         |---|---|---|---|---|---|---|\n|{}",
+        cells(
+            &stdout,
+            &[
+                "clients",
+                "recovered",
+                "refused",
+                "incomplete",
+                "all_recovered_ms",
+                "p50_ms",
+                "p99_ms"
+            ]
+        ),
     );
     Ok(table)
+}
+
+/// Table cells (` a | b |`) of number fields of cluster-load's report line: `ratio` as a
+/// percentage, times in ms and the setup in s with decimals, counts without.
+fn cells(json: &str, fields: &[&str]) -> String {
+    let mut row = String::new();
+    for field in fields {
+        let value = number(json, field).unwrap_or(f64::NAN);
+        let _ = match *field {
+            "ratio" => write!(row, " {:.2}% |", value * 100.0),
+            "setup_s" => write!(row, " {value:.1} |"),
+            name if name.ends_with("_ms") => write!(row, " {value:.2} |"),
+            _ => write!(row, " {value:.0} |"),
+        };
+    }
+    row
 }
 
 /// A number field of a one-line JSON object, such as `"p99_ms":1.25`.
@@ -188,5 +196,9 @@ mod tests {
         assert_eq!(number(line, "p99_ms"), Some(1.25));
         assert_eq!(number(line, "ratio"), Some(1.0));
         assert_eq!(number(line, "p50_ms"), None);
+        assert_eq!(
+            cells(line, &["duplicates", "ratio", "p99_ms"]),
+            " 0 | 100.00% | 1.25 |"
+        );
     }
 }

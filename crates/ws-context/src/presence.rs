@@ -283,12 +283,7 @@ impl Tracker {
     }
 }
 
-async fn leave_later(
-    tracker: Weak<Tracker>,
-    index: RoomKey,
-    number: u64,
-    delay: Duration,
-) {
+async fn leave_later(tracker: Weak<Tracker>, index: RoomKey, number: u64, delay: Duration) {
     tokio::time::sleep(delay).await;
     if let Some(tracker) = tracker.upgrade() {
         tracker.leave_due(index, number);
