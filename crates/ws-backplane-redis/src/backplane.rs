@@ -24,7 +24,7 @@ use ws_context::{
 use crate::{
     history::{self, AppendReply, RoomKeys, Script, SinceReply},
     metrics as m,
-    wire::{self, Body, Frame, Key, Position, WireError},
+    wire::{self, Body, Frame, Key, Position, Sync, WireError},
 };
 
 /// Default time between heartbeats; a hub is dropped from [`RedisBackplane::nodes`] after
@@ -61,6 +61,8 @@ pub const DEFAULT_EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
 const TURN: Duration = Duration::from_millis(50);
 /// Most rooms whose last position a backplane remembers to guess the next one.
 const MAX_GUESSED_ROOMS: usize = 65_536;
+/// Most hubs remembered as counted out (forgotten all at once past it).
+const MAX_COUNTED_OUT: usize = 4096;
 
 /// How a [`RedisBackplane`] behaves; every instance of an app should use the same.
 ///
@@ -298,6 +300,9 @@ struct Shared {
     subscribing: tokio::sync::Mutex<HashSet<String>>,
     /// Last heartbeat from each live hub, and the interval it promised.
     nodes: Mutex<HashMap<Arc<str>, (Instant, Duration)>>,
+    /// Hubs dropped from `nodes` for missing heartbeats (at most `MAX_COUNTED_OUT`): one
+    /// heard from again is asked to list its members, which the others dropped.
+    counted_out: Mutex<HashSet<Arc<str>>>,
     /// The hub's history limits: (max messages, max age); no shared history while 0.
     history: Mutex<(usize, Duration)>,
     epoch_ttl: Duration,
@@ -512,6 +517,7 @@ impl RedisBackplane {
                 interests: Mutex::default(),
                 subscribing: tokio::sync::Mutex::new(HashSet::new()),
                 nodes: Mutex::default(),
+                counted_out: Mutex::default(),
                 history: Mutex::new((0, ws_context::DEFAULT_HISTORY_AGE)),
                 epoch_ttl: settings.epoch_ttl,
                 positions: Mutex::default(),
@@ -1127,11 +1133,22 @@ impl Shared {
         }
     }
 
-    /// Tells a hub met for the first time (or again) every member of this one, so that its
-    /// presence events count them; the others take them as what they know already.
+    /// Lists every member of this hub to the others, framed by [`Sync::Begin`] and
+    /// [`Sync::End`]: a hub met for the first time (or again) counts them, and every hub drops
+    /// this one's members it no longer lists (leaves it missed).
     fn announce_members(&self, inbound: &Inbound) {
-        for (room, member) in inbound.local_presence() {
-            self.announce_presence(&room, &member.id, Some(&member.info));
+        self.presence_sync(Sync::Begin);
+        inbound.local_presence(|room, id, info| self.announce_presence(room, id, Some(info)));
+        self.presence_sync(Sync::End);
+    }
+
+    fn presence_sync(&self, step: Sync) {
+        let (Some(link), Some(inbound)) = (self.link.get(), self.inbound.get()) else {
+            return;
+        };
+        let body = Body::PresenceSync(step);
+        if let Err(error) = self.send_numbered(link, self.all_channel(), inbound.origin(), &body) {
+            tracing::warn!(%error, "a presence list did not reach the other instances");
         }
     }
 
@@ -1209,6 +1226,7 @@ impl Shared {
         match body {
             Body::Heartbeat { .. }
             | Body::Presence { .. }
+            | Body::PresenceSync(_)
             | Body::Delivery {
                 target: Target::All,
                 ..
@@ -1239,7 +1257,21 @@ impl Shared {
     /// Live hubs; forgets those that missed three heartbeats.
     fn live_nodes(&self) -> Vec<Arc<str>> {
         let mut nodes = lock(&self.nodes);
-        nodes.retain(|_, (last, interval)| last.elapsed() <= *interval * 3);
+        let mut counted_out = Vec::new();
+        nodes.retain(|origin, (last, interval)| {
+            let live = last.elapsed() <= *interval * 3;
+            if !live {
+                counted_out.push(origin.clone());
+            }
+            live
+        });
+        if !counted_out.is_empty() {
+            let mut set = lock(&self.counted_out);
+            if set.len() + counted_out.len() > MAX_COUNTED_OUT {
+                set.clear();
+            }
+            set.extend(counted_out);
+        }
         metrics::gauge!(m::NODES).set(nodes.len() as f64);
         nodes.keys().cloned().collect()
     }
@@ -1320,12 +1352,17 @@ fn deliver(
     } = frame;
     let body = match body {
         Body::Heartbeat { interval } => {
-            if shared.seen(origin, interval) {
+            if shared.seen(origin.clone(), interval) {
+                // A hub met (again): it learns this one's members; one that was counted out
+                // lists its own, which every hub dropped.
                 shared.announce_members(inbound);
+                if lock(&shared.counted_out).remove(&origin) {
+                    shared.presence_sync(Sync::Request);
+                }
             }
             return;
         }
-        Body::Delivery { .. } | Body::Presence { .. } => body,
+        Body::Delivery { .. } | Body::Presence { .. } | Body::PresenceSync(_) => body,
         Body::Entry { room, message } => {
             // Numbered by the room's history, not by the sender: ordered and deduplicated
             // by the hub on its offset.
@@ -1369,6 +1406,9 @@ fn deliver(
             Some(key) => inbound.presence_joined(&origin, &room, &id, &key),
             None => inbound.presence_left(&origin, &room, &id),
         },
+        Body::PresenceSync(Sync::Request) => shared.announce_members(inbound),
+        Body::PresenceSync(Sync::Begin) => inbound.presence_snapshot_begins(&origin),
+        Body::PresenceSync(Sync::End) => inbound.presence_snapshot_ends(&origin),
         Body::Delivery { target, message } => {
             add(&shared.counters.received, 1);
             metrics::counter!(m::RECEIVED).increment(1);
@@ -1536,6 +1576,12 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
                 };
                 if matches!(resubscribed, Ok(Ok(()))) {
                     shared.up.store(true, Ordering::Release);
+                    // Presence changes may have been lost both ways meanwhile: every hub
+                    // lists its members again, this one too.
+                    shared.presence_sync(Sync::Request);
+                    if let Some(inbound) = shared.inbound.get() {
+                        shared.announce_members(inbound);
+                    }
                     metrics::counter!(m::RECONNECTS).increment(1);
                     tracing::info!("Redis is back: cross-instance delivery resumed");
                     continue;

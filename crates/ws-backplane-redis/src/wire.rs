@@ -5,14 +5,14 @@
 //! |---|---|
 //! | 1 | format version ([`VERSION`]) |
 //! | 1 | flags: bit 0 set when a signature follows the payload |
-//! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection, 4 room history entry, 5 presence join, 6 presence leave |
+//! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection, 4 room history entry, 5 presence join, 6 presence leave, 7 presence sync |
 //! | 1 | opcode: 0 none (heartbeat, presence), 1 text, 2 binary, 8 close, 9 ping, 10 pong |
 //! | 8 | stream: which numbering the sequence number belongs to, big endian (history entry: the room history's epoch) |
 //! | 8 | sequence number per origin and channel within the stream, big endian (history entry: its offset in the room's history) |
 //! | 8 | send time, microseconds since the Unix epoch, big endian |
 //! | 1 + n | origin (the sending hub), length-prefixed UTF-8, 1 to [`MAX_ORIGIN`] bytes |
 //! | 2 + n | target (room name or connection id; empty otherwise), length-prefixed UTF-8, at most [`MAX_TARGET`] bytes |
-//! | 4 + n | payload, length-prefixed (close: code, 2 bytes, then the reason; heartbeat: interval in ms, 4 bytes; presence: the connection id, length-prefixed (2 bytes), then for a join its presence key, UTF-8, 1 to [`MAX_TARGET`] bytes) |
+//! | 4 + n | payload, length-prefixed (close: code, 2 bytes, then the reason; heartbeat: interval in ms, 4 bytes; presence: the connection id, length-prefixed (2 bytes), then for a join its presence key, UTF-8, 1 to [`MAX_TARGET`] bytes; presence sync: 1 byte, 0 "list your members", 1 "my list begins", 2 "my list ends") |
 //! | 32 | when signed: HMAC-SHA256 of the channel name (2-byte length first) and every byte above |
 //!
 //! A frame is refused (and counted by the caller) when any field is outside these rules, when
@@ -20,7 +20,7 @@
 //! reason is longer than 123 bytes, a ping or pong payload longer than 125, or a text payload
 //! not UTF-8, or a presence change names a connection of another node than its origin's.
 //!
-//! Presence kinds (5, 6) came after the first version-2 readers, which drop them as an
+//! Presence kinds (5 to 7) came after the first version-2 readers, which drop them as an
 //! unknown kind (counted) and take everything else: an added kind keeps the version, so
 //! instances of both builds can run side by side during a rolling upgrade; a change to any
 //! existing field's meaning takes a new version.
@@ -51,6 +51,7 @@ const KIND_CONNECTION: u8 = 3;
 const KIND_ENTRY: u8 = 4;
 const KIND_JOIN: u8 = 5;
 const KIND_LEAVE: u8 = 6;
+const KIND_SYNC: u8 = 7;
 
 const OP_NONE: u8 = 0;
 const OP_TEXT: u8 = 1;
@@ -85,6 +86,21 @@ pub(crate) enum Body {
         id: ConnectionId,
         key: Option<Arc<str>>,
     },
+    /// A step of presence synchronisation between hubs.
+    PresenceSync(Sync),
+}
+
+/// A step of presence synchronisation: a hub asks every other to list its members (after it
+/// may have missed changes), or frames its own list, so that receivers drop its members it
+/// no longer lists (changes they may have missed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// "Every hub: list your members."
+    Request,
+    /// "My list of members begins."
+    Begin,
+    /// "My list of members ends."
+    End,
 }
 
 /// Where a frame sits in its sender's numbering of one channel. A sender starts a new stream
@@ -167,6 +183,14 @@ pub(crate) fn encode(
                 Bytes::copy_from_slice(&ms.to_be_bytes()),
             )
         }
+        Body::PresenceSync(step) => {
+            let byte = match step {
+                Sync::Request => 0u8,
+                Sync::Begin => 1,
+                Sync::End => 2,
+            };
+            (KIND_SYNC, "", OP_NONE, Bytes::copy_from_slice(&[byte]))
+        }
         Body::Presence { room, id, key } => {
             if room.is_empty() {
                 return Err(WireError::Invalid("empty target"));
@@ -197,7 +221,7 @@ pub(crate) fn encode(
                 } => (KIND_CONNECTION, id.as_str(), message),
                 // `publish` routes only the three targets it knows; `All` is the rest.
                 Body::Delivery { message, .. } => (KIND_ALL, "", message),
-                Body::Heartbeat { .. } | Body::Presence { .. } => {
+                Body::Heartbeat { .. } | Body::Presence { .. } | Body::PresenceSync(_) => {
                     return Err(WireError::Invalid("not a message"));
                 }
             };
@@ -401,7 +425,19 @@ pub(crate) fn decode(
         (true, None) | (false, None) => {}
     }
     check_payload(opcode, &payload)?;
-    let body = if kind == KIND_JOIN || kind == KIND_LEAVE {
+    let body = if kind == KIND_SYNC {
+        if opcode != OP_NONE || !target.is_empty() {
+            return Err(WireError::Invalid(
+                "presence sync with an opcode or a target",
+            ));
+        }
+        Body::PresenceSync(match payload[..] {
+            [0] => Sync::Request,
+            [1] => Sync::Begin,
+            [2] => Sync::End,
+            _ => return Err(WireError::Invalid("presence sync step")),
+        })
+    } else if kind == KIND_JOIN || kind == KIND_LEAVE {
         if opcode != OP_NONE {
             return Err(WireError::Invalid("presence change with an opcode"));
         }
@@ -553,6 +589,9 @@ mod tests {
                     },
                     key,
                 );
+            }
+            for step in [Sync::Request, Sync::Begin, Sync::End] {
+                round_trip(Body::PresenceSync(step), key);
             }
             for presence_key in [Some("ann".into()), None] {
                 round_trip(
@@ -744,6 +783,21 @@ mod tests {
         let mut with_opcode = good.to_vec();
         with_opcode[3] = OP_TEXT;
         assert!(decode(b"ch", Bytes::from(with_opcode), None, MAX).is_err());
+        // A sync step out of range, or with a target.
+        let sync = encode(
+            "ch",
+            "abc/1",
+            Position { stream: 1, seq: 1 },
+            1,
+            &Body::PresenceSync(Sync::End),
+            None,
+            MAX,
+        )
+        .unwrap();
+        let mut step = sync.to_vec();
+        let last = step.len() - 1;
+        step[last] = 3;
+        assert!(decode(b"ch", Bytes::from(step), None, MAX).is_err());
         let mut bad_key = good.to_vec();
         let last = bad_key.len() - 1;
         bad_key[last] = 0xff;

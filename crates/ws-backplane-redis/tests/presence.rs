@@ -250,3 +250,65 @@ async fn an_instance_started_later_learns_who_is_there() {
         [seen("p", "ann", true)]
     );
 }
+
+#[tokio::test]
+async fn changes_missed_while_redis_was_away_are_caught_up_when_it_is_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let delay = Duration::from_millis(300);
+    let a = Instance::start(&redis.url(), HEARTBEAT).await;
+    let b = Instance::start(&redis.url(), HEARTBEAT).await;
+    for instance in [&a, &b] {
+        instance.hub.set_presence_leave_delay(delay);
+    }
+    let (mut on_a, mut on_b) = (record(&a.hub), record(&b.hub));
+    eventually("both instances alive", Duration::from_secs(2), || {
+        a.hub.nodes().len() == 2 && b.hub.nodes().len() == 2
+    })
+    .await;
+    let ann = a.connect_to("/ws/p?name=ann").await;
+    let bob = b.connect_to("/ws/p?name=bob").await;
+    let joins = vec![seen("p", "ann", true), seen("p", "bob", true)];
+    assert_eq!(
+        events_until(&mut on_a, 2, Duration::from_secs(1)).await,
+        joins
+    );
+    assert_eq!(
+        events_until(&mut on_b, 2, Duration::from_secs(1)).await,
+        joins
+    );
+
+    // Redis goes away; meanwhile ann leaves A, carl joins A and bob leaves B: none of it
+    // reaches the other instance now.
+    redis.kill();
+    eventually("both see Redis down", WAIT, || {
+        a.hub.backplane_status() == ws_context::BackplaneStatus::Down
+            && b.hub.backplane_status() == ws_context::BackplaneStatus::Down
+    })
+    .await;
+    drop(ann);
+    let _carl = a.connect_to("/ws/p?name=carl").await;
+    drop(bob);
+    // Each instance reports its own members' changes at once (and the leaves after the delay).
+    let own_a = vec![seen("p", "ann", false), seen("p", "carl", true)];
+    assert_eq!(events_until(&mut on_a, 2, delay * 4).await, own_a);
+    assert_eq!(
+        events_until(&mut on_b, 1, delay * 4).await,
+        [seen("p", "bob", false)]
+    );
+
+    // Back: every hub lists its members again, and each learns what it missed.
+    redis.restart();
+    let back = Duration::from_secs(5);
+    assert_eq!(
+        events_until(&mut on_a, 1, back).await,
+        [seen("p", "bob", false)]
+    );
+    assert_eq!(
+        events_until(&mut on_b, 2, back).await,
+        [seen("p", "ann", false), seen("p", "carl", true)]
+    );
+    assert!(quiet(&mut on_a, HEARTBEAT * 5).await);
+    assert!(quiet(&mut on_b, Duration::ZERO).await);
+}

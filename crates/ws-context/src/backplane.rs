@@ -453,12 +453,36 @@ impl Inbound {
         }
     }
 
-    /// Every membership of this hub's connections, by room, with its presence info: what to
-    /// announce to an instance met for the first time (or again), so that it counts them.
-    pub fn local_presence(&self) -> Vec<(Arc<str>, PresenceMember)> {
-        match self.hub.upgrade() {
-            Some(inner) => crate::hub::ConnectionHub { inner }.local_presence(),
-            None => Vec::new(),
+    /// Calls `each(room, id, info)` for every membership of this hub's connections, under the
+    /// hub's lock (so joins and leaves made meanwhile come after): what to announce to an
+    /// instance met for the first time, or again, so that it counts them. Must not block.
+    pub fn local_presence(&self, each: impl FnMut(&str, &ConnectionId, &str)) {
+        if let Some(inner) = self.hub.upgrade() {
+            crate::hub::ConnectionHub { inner }.local_presence(each);
+        }
+    }
+
+    /// The hub `origin` of another instance starts listing every member it has
+    /// ([`presence_joined`](Self::presence_joined) for each, then
+    /// [`presence_snapshot_ends`](Self::presence_snapshot_ends)): its members it does not list
+    /// leave, as after a leave this instance missed.
+    pub fn presence_snapshot_begins(&self, origin: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.snapshot_begins(origin);
+        }
+    }
+
+    /// The hub `origin` has listed every member it has (see
+    /// [`presence_snapshot_begins`](Self::presence_snapshot_begins)).
+    pub fn presence_snapshot_ends(&self, origin: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.snapshot_ends(origin);
         }
     }
 

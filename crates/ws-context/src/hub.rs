@@ -515,18 +515,16 @@ impl ConnectionHub {
         self.inner.presence.leave_delay()
     }
 
-    /// Every membership on this instance with its presence info: what a backplane announces
-    /// to an instance it has just met.
-    pub(crate) fn local_presence(&self) -> Vec<(Arc<str>, PresenceMember)> {
+    /// Calls `each(room, id, info)` for every membership on this instance, under the
+    /// registry's lock: what a backplane announces to an instance it has just met.
+    pub(crate) fn local_presence(&self, mut each: impl FnMut(&str, &ConnectionId, &str)) {
         let registry = self.read();
-        let mut members = Vec::new();
         for (id, entry) in &registry.connections {
-            let info = entry.info.clone().unwrap_or_else(|| id.as_str().into());
+            let info = entry.info.as_deref().unwrap_or(id.as_str());
             for room in &entry.rooms {
-                members.push((room.clone(), PresenceMember::new(id.clone(), info.clone())));
+                each(room, id, info);
             }
         }
-        members
     }
 
     /// The rooms that have members on this instance.

@@ -12,7 +12,7 @@
 //! heartbeats have passed already.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
 };
@@ -134,6 +134,8 @@ struct State {
     /// Per (room, key): connections present, and the leave waiting for the delay.
     keys: HashMap<RoomKey, Key>,
     next_leave: u64,
+    /// Per hub whose snapshot is arriving: its members not confirmed by it so far.
+    snapshots: HashMap<Arc<str>, HashSet<Member>>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,9 @@ impl Tracker {
         let room: Arc<str> = room.into();
         let key: Arc<str> = key.into();
         let member = (room.clone(), id.clone());
+        if let Some(unconfirmed) = state.snapshots.get_mut(origin) {
+            unconfirmed.remove(&member);
+        }
         if let Some((_, old)) = state.members.get(&member) {
             if *old == key {
                 return;
@@ -206,10 +211,38 @@ impl Tracker {
         self.left_locked(&mut state, &room, id, false);
     }
 
+    /// The hub `origin` starts listing all its members (after which its members not listed
+    /// are gone: it may have lost the messages saying so).
+    pub(crate) fn snapshot_begins(&self, origin: &str) {
+        let mut state = self.state();
+        let members: HashSet<Member> = state
+            .members
+            .iter()
+            .filter(|(_, (of, _))| **of == *origin)
+            .map(|(member, _)| member.clone())
+            .collect();
+        state.snapshots.insert(origin.into(), members);
+    }
+
+    /// The hub `origin` has listed all its members: those it did not list leave (after the
+    /// delay, as any leave).
+    pub(crate) fn snapshot_ends(self: &Arc<Self>, origin: &str) {
+        let mut state = self.state();
+        let Some(unconfirmed) = state.snapshots.remove(origin) else {
+            return;
+        };
+        for (room, id) in unconfirmed {
+            self.left_locked(&mut state, &room, &id, false);
+        }
+    }
+
     /// Members of hubs other than `own` that are not in `live` leave now, without a
     /// further delay (their instance stopped sending heartbeats).
     pub(crate) fn retain_origins(self: &Arc<Self>, own: &str, live: &[Arc<str>]) {
         let mut state = self.state();
+        state
+            .snapshots
+            .retain(|of, _| **of == *own || live.contains(of));
         let gone: Vec<Member> = state
             .members
             .iter()
@@ -231,9 +264,13 @@ impl Tracker {
         id: &ConnectionId,
         now: bool,
     ) {
-        let Some((_, key)) = state.members.remove(&(room.clone(), id.clone())) else {
+        let member = (room.clone(), id.clone());
+        let Some((origin, key)) = state.members.remove(&member) else {
             return;
         };
+        if let Some(unconfirmed) = state.snapshots.get_mut(&origin) {
+            unconfirmed.remove(&member);
+        }
         let index = (room.clone(), key);
         let Some(entry) = state.keys.get_mut(&index) else {
             return;
@@ -336,6 +373,31 @@ mod tests {
             drain(&mut events),
             [("bob".into(), PresenceEventKind::Left)]
         );
+    }
+
+    #[test]
+    fn a_snapshot_removes_the_members_it_does_not_list() {
+        let tracker = Tracker::new();
+        let mut events = tracker.subscribe();
+        let (a, b) = (ConnectionId::from("m-1"), ConnectionId::from("m-2"));
+        tracker.joined("m/1", "lobby", &a, "ann");
+        tracker.joined("m/1", "lobby", &b, "bob");
+        drain(&mut events);
+        // The leave of bob was lost; the snapshot lists ann only, and carl, new.
+        tracker.snapshot_begins("m/1");
+        tracker.joined("m/1", "lobby", &a, "ann");
+        tracker.joined("m/1", "lobby", &ConnectionId::from("m-3"), "carl");
+        tracker.snapshot_ends("m/1");
+        assert_eq!(
+            drain(&mut events),
+            [
+                ("carl".into(), PresenceEventKind::Joined),
+                ("bob".into(), PresenceEventKind::Left)
+            ]
+        );
+        // An end without a beginning changes nothing.
+        tracker.snapshot_ends("m/1");
+        assert!(drain(&mut events).is_empty());
     }
 
     #[tokio::test]
