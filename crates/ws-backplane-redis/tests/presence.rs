@@ -141,23 +141,37 @@ fn seen(room: &str, key: &str, joined: bool) -> Seen {
     (room.to_owned(), key.to_owned(), joined)
 }
 
+/// Two instances with `STEADY` heartbeats and the leave delay `delay`, each with its events
+/// recorded, once each has heard the other (before anyone joins).
+async fn steady_pair(
+    redis: &RedisServer,
+    delay: Duration,
+) -> (
+    Instance,
+    Instance,
+    tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    tokio::sync::mpsc::UnboundedReceiver<Seen>,
+) {
+    let a = Instance::start(&redis.url(), STEADY).await;
+    let b = Instance::start(&redis.url(), STEADY).await;
+    for instance in [&a, &b] {
+        instance.hub.set_presence_leave_delay(delay);
+    }
+    let (on_a, on_b) = (record(&a.hub), record(&b.hub));
+    eventually("both instances alive", WAIT, || {
+        a.hub.nodes().len() == 2 && b.hub.nodes().len() == 2
+    })
+    .await;
+    (a, b, on_a, on_b)
+}
+
 #[tokio::test]
 async fn join_and_leave_events_reach_both_instances_once_per_key_after_the_leave_delay() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let delay = Duration::from_millis(600);
-    let a = Instance::start(&redis.url(), STEADY).await;
-    let b = Instance::start(&redis.url(), STEADY).await;
-    for instance in [&a, &b] {
-        instance.hub.set_presence_leave_delay(delay);
-    }
-    let (mut on_a, mut on_b) = (record(&a.hub), record(&b.hub));
-    // Each instance has heard the other before anyone joins.
-    eventually("both instances alive", WAIT, || {
-        a.hub.nodes().len() == 2 && b.hub.nodes().len() == 2
-    })
-    .await;
+    let (a, b, mut on_a, mut on_b) = steady_pair(&redis, delay).await;
 
     // ann on A, bob on B, and ann again on B (a second tab): two joins, on both.
     let ann = a.connect_to("/ws/p?name=ann").await;
@@ -260,16 +274,7 @@ async fn changes_missed_while_redis_was_away_are_caught_up_when_it_is_back() {
         return;
     };
     let delay = Duration::from_millis(300);
-    let a = Instance::start(&redis.url(), STEADY).await;
-    let b = Instance::start(&redis.url(), STEADY).await;
-    for instance in [&a, &b] {
-        instance.hub.set_presence_leave_delay(delay);
-    }
-    let (mut on_a, mut on_b) = (record(&a.hub), record(&b.hub));
-    eventually("both instances alive", WAIT, || {
-        a.hub.nodes().len() == 2 && b.hub.nodes().len() == 2
-    })
-    .await;
+    let (a, b, mut on_a, mut on_b) = steady_pair(&redis, delay).await;
     let ann = a.connect_to("/ws/p?name=ann").await;
     let bob = b.connect_to("/ws/p?name=bob").await;
     let joins = vec![seen("p", "ann", true), seen("p", "bob", true)];
