@@ -22,6 +22,17 @@
 //! at join as above, and the client should reload what it shows. The page does this after
 //! every drop. `WS_HISTORY_LEN` and `WS_HISTORY_AGE` change the 256 and the 5 minutes.
 //!
+//! # Who is online
+//!
+//! When a member arrives in the room or leaves it, on any instance, every member greeted
+//! here gets `{"from": "server", "presence": "joined", "name": ..., "at": ...}` or `"presence":
+//! "left"` (no `pos`: these are not room messages and are not recovered). Presence is per
+//! name (the `name` query parameter, else the connection id): a second tab does not join
+//! again, and a leave comes only once no connection with that name has been in the room for
+//! 3 s (`WS_PRESENCE_LEAVE_DELAY`), so a reconnect makes no leave/join pair. A member gets
+//! these lines only after its join line, and none about its own name; it asks `/who` for who
+//! was there before it.
+//!
 //! A few commands, answered to the sender only (`/dm` and `/kick` only when they fail):
 //!
 //! - `/me`: your connection id (answered `{"from": "server", "text": "<id>", ...}`);
@@ -52,12 +63,16 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ HTTP_PORT=8002 METRICS_PORT=2123 cargo run --example chat
 //! ```
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use axum::{response::Html, routing::get};
 use gofr_app::{
-    App, CloseFrame, Connection, ConnectionId, Context, Error, Message, RecoveryError,
-    RoomPosition, WsUpgrader,
+    App, CloseFrame, Connection, ConnectionHub, ConnectionId, Context, Error, Message,
+    PresenceEventKind, RecoveryError, RoomPosition, WsUpgrader,
 };
 
 const PAGE: &str = include_str!("chat.html");
@@ -75,9 +90,61 @@ struct ChatMessage<'a> {
     pos: Option<String>,
 }
 
+/// The connections whose first line (the join line, or what they recovered) is queued,
+/// with their names: only these get presence lines, so that nothing comes before it.
+#[derive(Clone, Default)]
+struct Greeted(Arc<Mutex<HashMap<ConnectionId, String>>>);
+
+impl Greeted {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Joins the room, then counts the member as greeted (see [`join_room`]).
+async fn join_and_greet(conn: Connection, greeted: Greeted) -> Result<(), CloseFrame> {
+    let name = join_room(&conn).await?;
+    greeted.map().insert(conn.id().clone(), name);
+    Ok(())
+}
+
+/// Tells every greeted member of a room here who arrives and who leaves, on any instance.
+async fn announce_presence(hub: ConnectionHub, greeted: Greeted) {
+    let mut events = hub.presence_events();
+    while let Some(event) = events.recv().await {
+        let what = match event.kind {
+            PresenceEventKind::Joined => "joined",
+            PresenceEventKind::Left => "left",
+            _ => continue,
+        };
+        let line = serde_json::json!({
+            "from": "server",
+            "presence": what,
+            "name": &*event.key,
+            "at": now_ms(),
+        })
+        .to_string();
+        // Not to the member the line is about: it knows it joined.
+        let members: Vec<ConnectionId> = {
+            let greeted = greeted.map();
+            hub.room_members(&event.room)
+                .into_iter()
+                .filter(|id| greeted.get(id).is_some_and(|name| **name != *event.key))
+                .collect()
+        };
+        for id in members {
+            // A member whose queue is full misses the line rather than holding up the rest.
+            if let Some(writer) = hub.get(&id) {
+                let _ = writer.try_send(Message::text(line.clone()));
+            }
+        }
+    }
+}
+
 /// Joins the room; with `?since=POS`, recovers what was missed since then first, or says
 /// first that it cannot. Otherwise (or then) the first message is the position at join.
-async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+/// Returns the member's name.
+async fn join_room(conn: &Connection) -> Result<String, CloseFrame> {
     let room = conn.path_param("room").unwrap_or("lobby").to_owned();
     let hub = conn.hub();
     // What `/who` lists for this member, on any instance.
@@ -85,7 +152,7 @@ async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
         .query_param("name")
         .filter(|name| !name.trim().is_empty())
         .unwrap_or_else(|| conn.id().to_string());
-    hub.set_presence_info(conn.id(), name);
+    hub.set_presence_info(conn.id(), name.clone());
     if let Some(since) = conn.query_param("since") {
         let recovered = match since.parse::<RoomPosition>() {
             Ok(since) => hub.join_since(conn.id(), &room, &since).await,
@@ -94,9 +161,9 @@ async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
         match recovered {
             Ok(recovered) => {
                 tracing::info!(room, missed = recovered.count, "rejoined");
-                return Ok(());
+                return Ok(name);
             }
-            Err(RecoveryError::NotOpen) => return Ok(()),
+            Err(RecoveryError::NotOpen) => return Ok(name),
             Err(error) => {
                 let notice = serde_json::json!({
                     "from": "server",
@@ -122,7 +189,7 @@ async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
     if joined.is_ok() {
         tracing::info!(room, "joined");
     }
-    Ok(())
+    Ok(name)
 }
 
 async fn chat(ctx: Context) -> Result<Option<serde_json::Value>, Error> {
@@ -245,6 +312,8 @@ fn now_ms() -> u128 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut app = App::new();
+    let greeted = Greeted::default();
+    tokio::spawn(announce_presence(app.hub(), greeted.clone()));
     // Each room keeps its last 256 messages (5 minutes at most) for members that come back.
     app.hub().set_history_limits(
         gofr_app::context::DEFAULT_HISTORY_LEN,
@@ -253,7 +322,15 @@ async fn main() -> anyhow::Result<()> {
     // Browsers offer permessage-deflate; chat text compresses well.
     app.override_websocket_upgrader(WsUpgrader::builder().compression().build()?);
     app.merge(axum::Router::new().route("/", get(|| async { Html(PAGE) })));
-    app.websocket_with("/ws/{room}", chat, |route| route.on_connect(join_room));
+    let left = greeted.clone();
+    app.websocket_with("/ws/{room}", chat, move |route| {
+        route
+            .on_connect(move |conn| join_and_greet(conn, greeted.clone()))
+            .on_close(move |conn, _| {
+                left.map().remove(conn.id());
+                std::future::ready(())
+            })
+    });
     app.run().await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
 use test_support::RedisServer;
 use ws_test::{AppProcess, DEFAULT_TIMEOUT as WAIT, WsClient, http_get};
 
-use crate::chat_line;
+use crate::{chat::chat_json, chat_line};
 
 /// Two chat instances on one Redis (which the fields' order stops first).
 struct Cluster {
@@ -18,12 +18,23 @@ struct Cluster {
     b: AppProcess,
 }
 
+/// The live hubs an instance's health lists.
+fn nodes(health: &serde_json::Value) -> usize {
+    health["cluster"]["nodes"].as_array().map_or(0, Vec::len)
+}
+
 /// None when Redis is not installed (outside CI, see `RedisServer::start`).
 fn cluster() -> Option<Cluster> {
+    cluster_with(&[])
+}
+
+/// [`cluster`] with more environment variables for both instances.
+fn cluster_with(extra: &[(&str, &str)]) -> Option<Cluster> {
     let redis = RedisServer::start()?;
     let url = redis.url();
     // Two instances of one app share APP_NAME, which names their Redis channels.
-    let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    let mut env = vec![("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    env.extend_from_slice(extra);
     let a = AppProcess::example("chat", &env);
     let b = AppProcess::example("chat", &env);
     Some(Cluster { redis, a, b })
@@ -325,7 +336,6 @@ async fn a_killed_instance_leaves_the_live_nodes_within_three_heartbeats() {
         a,
         b,
     } = cluster;
-    let nodes = |h: &serde_json::Value| h["cluster"]["nodes"].as_array().map_or(0, Vec::len);
     health_until(&a, WAIT, "two nodes", |h| nodes(h) == 2).await;
     drop(b);
     // Three heartbeats of 2 s, counted from the last one B sent (at most 2 s before the kill).
@@ -395,4 +405,135 @@ async fn who(client: &mut WsClient) -> Vec<String> {
             return names;
         }
     }
+}
+
+/// Connects to `room` as `name` and reads its join line: from then on it gets presence lines.
+async fn greeted(server: &AppProcess, room: &str, name: &str) -> WsClient {
+    let mut client = server.connect(&format!("/ws/{room}?name={name}")).await;
+    let joined = chat_json(&mut client).await;
+    assert_eq!(joined["joined"], true, "{joined}");
+    client
+}
+
+/// The next presence line within `wait`, as (name, "joined" or "left"); other lines skipped.
+async fn presence_line(client: &mut WsClient, wait: Duration) -> Option<(String, String)> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ws_test::Message::Text(text) = client.recv_within(left).await? else {
+            continue;
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(text.as_str()).expect("chat lines are JSON");
+        if let (Some(name), Some(what)) = (line["name"].as_str(), line["presence"].as_str()) {
+            return Some((name.to_owned(), what.to_owned()));
+        }
+    }
+}
+
+/// The next `n` presence lines (each within `wait`), sorted.
+async fn presence_lines(client: &mut WsClient, n: usize, wait: Duration) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        match presence_line(client, wait).await {
+            Some(line) => lines.push(line),
+            None => panic!("{} presence lines, not {n}: {lines:?}", lines.len()),
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn event(name: &str, what: &str) -> (String, String) {
+    (name.to_owned(), what.to_owned())
+}
+
+/// Presence lines on both instances: joins and leaves on either reach both within a second,
+/// `/who` agrees on both, a reconnect within the leave delay makes no lines, a longer absence
+/// makes a leave and a join, and the members of an instance killed with SIGKILL leave on the
+/// survivor within three heartbeats.
+#[tokio::test]
+async fn presence_lines_on_both_instances_with_the_leave_delay_and_a_killed_instance() {
+    let delay = Duration::from_secs(1);
+    let Some(cluster) = cluster_with(&[("WS_PRESENCE_LEAVE_DELAY", "1s")]) else {
+        return;
+    };
+    let Cluster {
+        redis: _redis,
+        a,
+        b,
+    } = cluster;
+    health_until(&a, WAIT, "two nodes", |h| nodes(h) == 2).await;
+    health_until(&b, WAIT, "two nodes", |h| nodes(h) == 2).await;
+    let second = Duration::from_secs(1);
+    let mut on_a = greeted(&a, "pr", "wa").await;
+    let mut on_b = greeted(&b, "pr", "wb").await;
+    assert_eq!(
+        presence_line(&mut on_a, second).await,
+        Some(event("wb", "joined"))
+    );
+
+    // ann joins on A, bob on B: both watchers see both within a second.
+    let ann = greeted(&a, "pr", "ann").await;
+    let mut bob = greeted(&b, "pr", "bob").await;
+    let joins = vec![event("ann", "joined"), event("bob", "joined")];
+    assert_eq!(presence_lines(&mut on_a, 2, second).await, joins);
+    assert_eq!(presence_lines(&mut on_b, 2, second).await, joins);
+    let everyone = ["ann", "bob", "wa", "wb"];
+    assert_eq!(who(&mut on_a).await, everyone);
+    assert_eq!(who(&mut on_b).await, everyone);
+
+    // ann drops and is back, on the other instance, within the delay: no lines at all.
+    drop(ann);
+    tokio::time::sleep(delay / 4).await;
+    let _ann = greeted(&b, "pr", "ann").await;
+    assert_eq!(presence_line(&mut on_a, delay * 2).await, None);
+    assert_eq!(presence_line(&mut on_b, Duration::ZERO).await, None);
+
+    // bob leaves for longer than the delay: a leave, then a join when he is back.
+    bob.close(1000, "").await;
+    drop(bob);
+    let started = Instant::now();
+    assert_eq!(
+        presence_line(&mut on_a, delay * 3).await,
+        Some(event("bob", "left"))
+    );
+    assert!(
+        started.elapsed() >= delay * 3 / 4,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        presence_line(&mut on_b, second).await,
+        Some(event("bob", "left"))
+    );
+    let _bob = greeted(&b, "pr", "bob").await;
+    assert_eq!(
+        presence_line(&mut on_a, second).await,
+        Some(event("bob", "joined"))
+    );
+    assert_eq!(
+        presence_line(&mut on_b, second).await,
+        Some(event("bob", "joined"))
+    );
+
+    // B is killed (SIGKILL, by PID): its members (ann, bob, wb) leave on A within three
+    // heartbeats of 2 s, counted from B's last one (at most 2 s before the kill).
+    drop(on_b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    drop(b);
+    let left = presence_lines(&mut on_a, 3, Duration::from_secs(8)).await;
+    let took = killed.elapsed();
+    assert_eq!(
+        left,
+        [
+            event("ann", "left"),
+            event("bob", "left"),
+            event("wb", "left")
+        ]
+    );
+    assert!(took <= Duration::from_millis(7_000), "{took:?}");
+    assert_eq!(who(&mut on_a).await, ["wa"]);
+    eprintln!("chat presence: a killed instance's 3 members left on the survivor after {took:?}");
 }

@@ -55,10 +55,10 @@ async fn sigterm_sends_1001_to_every_client_before_exit() {
     assert!(server.wait_exit(EXIT_WAIT).success());
 }
 
-/// The next chat line, the position given at join skipped.
+/// The next chat line, the position given at join and presence lines skipped.
 async fn chat_line(client: &mut WsClient) -> serde_json::Value {
     loop {
-        let line: serde_json::Value = client.recv_json().await;
+        let line = chat::chat_json(client).await;
         if line["joined"] != true {
             return line;
         }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use ws_test::{AppProcess, TestServer, http_get};
+use ws_test::{AppProcess, TestServer, WsClient, http_get};
 
-use crate::chat::chatter;
+use crate::chat::{chat_json, chatter};
 
 mod chat;
 
@@ -17,6 +17,12 @@ struct Line {
     from: String,
     text: String,
     at: u64,
+}
+
+/// The next chat line, presence lines skipped.
+async fn chat_line(client: &mut WsClient) -> Line {
+    let line = chat_json(client).await;
+    serde_json::from_value(line.clone()).unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
 #[tokio::test]
@@ -69,12 +75,12 @@ async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
     let mut carol = chatter(&server, "blue", "carol").await;
     let mut alice = chatter(&server, "red", "alice").await;
     let mut bob = chatter(&server, "red", "bob").await;
-    let line: Line = alice.recv_json().await;
+    let line = chat_line(&mut alice).await;
     assert_eq!(line.text, "hello from bob");
 
     alice.send_text("hi red").await;
     for client in [&mut alice, &mut bob] {
-        let line: Line = client.recv_json().await;
+        let line = chat_line(client).await;
         assert_eq!(
             (line.from.as_str(), line.text.as_str()),
             ("alice", "hi red")
@@ -85,7 +91,7 @@ async fn chat_keeps_rooms_apart_and_answers_bad_input_with_a_json_error() {
 
     // A message the handler's bind refuses: GoFr's error envelope, to the sender only.
     bob.send_text("   ").await;
-    let error: serde_json::Value = bob.recv_json().await;
+    let error = chat_json(&mut bob).await;
     assert!(error["error"]["message"].is_string(), "{error}");
     alice.expect_nothing_for(Duration::from_millis(100)).await;
 
@@ -103,21 +109,21 @@ async fn chat_kicks_with_4000_and_the_others_stay() {
     let server = AppProcess::example("chat", &[]);
     let mut alice = chatter(&server, "red", "alice").await;
     let mut bob = chatter(&server, "red", "bob").await;
-    let _ = alice.recv_text().await; // bob's greeting
+    assert_eq!(chat_line(&mut alice).await.text, "hello from bob");
 
     bob.send_text("/me").await;
-    let me: serde_json::Value = bob.recv_json().await;
+    let me = chat_json(&mut bob).await;
     let bob_id = me["text"].as_str().expect("an id").to_owned();
 
     alice.send_text(format!("/kick {bob_id}")).await;
     assert_eq!(bob.expect_close(4000).await, "removed by alice");
     // Alice is still served.
     alice.send_text("still here").await;
-    let line: Line = alice.recv_json().await;
+    let line = chat_line(&mut alice).await;
     assert_eq!(line.text, "still here");
     // An unknown id is answered with an error, not a close.
     alice.send_text("/kick nobody").await;
-    let error: serde_json::Value = alice.recv_json().await;
+    let error = chat_json(&mut alice).await;
     assert!(error["error"]["message"].is_string(), "{error}");
 }
 

@@ -87,6 +87,14 @@ async function main() {
     assert.ok(!bobLog.includes(marker), `bob (room red) shows cid's message:\n${bobLog}`);
     console.log("ok: cid (room blue) does not show it, and bob does not show cid's");
 
+    // Who is online: ann's page learned of bob from his presence line, bob's page of ann from
+    // `/who` at join; cid's room has only him.
+    for (const page of [ann, bob]) {
+      await page.locator("#online", { hasText: "online: ann, bob" }).waitFor({ timeout: WAIT_MS });
+    }
+    await cid.locator("#online", { hasText: "online: cid" }).waitFor({ timeout: WAIT_MS });
+    console.log("ok: the pages show who is online");
+
     // permessage-deflate: the page's socket reports it, and the 101 said so.
     for (const page of [ann, bob, cid]) {
       const extensions = await page.evaluate(() => socket.extensions);
@@ -128,8 +136,9 @@ async function main() {
           );
           probe.onmessage = (m) => {
             const line = JSON.parse(m.data);
-            // The server's join line (the room's position) is not a chat line.
-            if (line.joined) return;
+            // The server's join line (the room's position) and presence lines are not chat
+            // lines.
+            if (line.joined || line.presence) return;
             got.push(line.text);
             if (got.length === texts.length) {
               clearTimeout(timer);

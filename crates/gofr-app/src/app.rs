@@ -447,6 +447,9 @@ impl App {
                 config.history_age.unwrap_or(age),
             );
         }
+        if let Some(delay) = config.presence_leave_delay {
+            self.hub.set_presence_leave_delay(delay);
+        }
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis_url {
             self.cluster.connect(url).await?;

@@ -117,6 +117,7 @@ impl LogLevel {
 /// | `REDIS_TLS_CA_CERT` | unset | PEM file of the CA to trust for `rediss://` instead of the webpki roots |
 /// | `WS_HISTORY_LEN` | unset (what the code sets; off unless it sets it) | most messages each room keeps for recovery (0 to 1,000,000; 0 turns history off); with `REDIS_URL`, the `MAXLEN ~` of each room's Redis stream |
 /// | `WS_HISTORY_AGE` | unset (what the code sets; 5 min) | longest a room message is kept for recovery (1 s to 24 h); with `REDIS_URL`, the stream's `MINID ~` bound and time to live |
+/// | `WS_PRESENCE_LEAVE_DELAY` | unset (what the code sets; 3 s) | how long a member's presence key stays in a room after its last connection left (0 to 1 h; 0 reports leaves at once): a reconnect within it makes no leave/join events; give every instance the same |
 ///
 /// Variables already set in the environment win over `configs/.env`. Every number is checked
 /// against its range, and a value out of it is an error naming the variable: durations from
@@ -167,6 +168,8 @@ pub struct Config {
     pub history_len: Option<usize>,
     /// `WS_HISTORY_AGE`: overrides the hub's history age when set.
     pub history_age: Option<Duration>,
+    /// `WS_PRESENCE_LEAVE_DELAY`: overrides the hub's presence leave delay when set.
+    pub presence_leave_delay: Option<Duration>,
 }
 
 impl Config {
@@ -366,9 +369,23 @@ impl Config {
             },
             None => None,
         };
+        let presence_leave_delay = match get("WS_PRESENCE_LEAVE_DELAY") {
+            Some(v) => match parse_duration(v) {
+                Some(d) if d <= Duration::from_secs(3600) => Some(d),
+                _ => {
+                    return Err(bad(
+                        "WS_PRESENCE_LEAVE_DELAY",
+                        v,
+                        "is not a duration from 0 to 1h (such as 3s or 500ms)",
+                    ));
+                }
+            },
+            None => None,
+        };
         Ok(Config {
             history_len,
             history_age,
+            presence_leave_delay,
             redis_url,
             backplane_prefix,
             backplane_secret: get("WS_BACKPLANE_SECRET").map(Secret::new),
@@ -556,11 +573,16 @@ mod tests {
         .unwrap();
         assert_eq!(config.history_len, Some(1000));
         assert_eq!(config.history_age, Some(Duration::from_secs(120)));
+        assert_eq!(config.presence_leave_delay, None);
+        let config = Config::from_vars(&vars(&[("WS_PRESENCE_LEAVE_DELAY", "0")])).unwrap();
+        assert_eq!(config.presence_leave_delay, Some(Duration::ZERO));
         for (name, value) in [
             ("WS_HISTORY_LEN", "-1"),
             ("WS_HISTORY_LEN", "1000001"),
             ("WS_HISTORY_AGE", "500ms"),
             ("WS_HISTORY_AGE", "25h"),
+            ("WS_PRESENCE_LEAVE_DELAY", "2h"),
+            ("WS_PRESENCE_LEAVE_DELAY", "soon"),
         ] {
             let error = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert_eq!(error.name(), name);

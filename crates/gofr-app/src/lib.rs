@@ -103,7 +103,8 @@ pub use ws_client_pool::{
 };
 pub use ws_context::{
     BindError, CloseFrame, Connection, ConnectionHub, ConnectionId, ConnectionInfo, Context,
-    Endpoint, Message, PresenceMember, RecoveryError, RoomPosition, SocketWriter, WriteError,
+    Endpoint, Message, PresenceEvent, PresenceEventKind, PresenceEvents, PresenceMember,
+    RecoveryError, RoomPosition, SocketWriter, WriteError,
 };
 pub use ws_upgrader::WsUpgrader;
 

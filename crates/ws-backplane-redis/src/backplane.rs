@@ -28,7 +28,7 @@ use ws_context::{
 use crate::{
     history::{self, AppendReply, RoomKeys, Script, SinceReply},
     metrics as m,
-    wire::{self, Body, Frame, Key, Position, WireError},
+    wire::{self, Body, Frame, Key, Position, Sync, WireError},
 };
 
 /// Default time between heartbeats; a hub is dropped from [`RedisBackplane::nodes`] after
@@ -69,6 +69,8 @@ pub const DEFAULT_EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
 const TURN: Duration = Duration::from_millis(50);
 /// Most rooms whose last position a backplane remembers to guess the next one.
 const MAX_GUESSED_ROOMS: usize = 65_536;
+/// Most hubs remembered as counted out (forgotten all at once past it).
+const MAX_COUNTED_OUT: usize = 4096;
 
 /// Shortest heartbeat interval accepted.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
@@ -402,6 +404,9 @@ struct Shared {
     subscribing: tokio::sync::Mutex<HashSet<String>>,
     /// Last heartbeat from each live hub, and the interval it promised.
     nodes: Mutex<HashMap<Arc<str>, (Instant, Duration)>>,
+    /// Hubs dropped from `nodes` for missing heartbeats (at most `MAX_COUNTED_OUT`): one
+    /// heard from again is asked to list its members, which the others dropped.
+    counted_out: Mutex<HashSet<Arc<str>>>,
     /// The hub's history limits: (max messages, max age); no shared history while 0.
     history: Mutex<(usize, Duration)>,
     epoch_ttl: Duration,
@@ -616,6 +621,7 @@ impl RedisBackplane {
                 interests: Mutex::default(),
                 subscribing: tokio::sync::Mutex::new(HashSet::new()),
                 nodes: Mutex::default(),
+                counted_out: Mutex::default(),
                 history: Mutex::new((0, ws_context::DEFAULT_HISTORY_AGE)),
                 epoch_ttl: settings.epoch_ttl,
                 positions: Mutex::default(),
@@ -722,6 +728,7 @@ impl RedisBackplane {
             tokio::spawn(publish_queued(shared.clone(), manager.clone(), outgoing_rx)),
             tokio::spawn(apply_presence(manager.clone(), presence_rx)),
             tokio::spawn(heartbeat(shared.clone(), inbound.origin().into(), manager)),
+            tokio::spawn(count_out(shared.clone(), inbound.clone())),
         ];
         lock(&self.tasks.0).extend(tasks);
         tracing::info!(redis = %shown, origin = inbound.origin(), "joined the cluster");
@@ -790,42 +797,7 @@ impl Backplane for RedisBackplane {
             target: envelope.target,
             message: envelope.message,
         };
-        let mut numbering = lock(&shared.numbering);
-        let position = numbering.peek(&channel);
-        let frame = match wire::encode(
-            &channel,
-            &envelope.origin,
-            position,
-            now_us(),
-            &body,
-            shared.key(),
-            shared.max_payload,
-        ) {
-            Ok(frame) => frame,
-            Err(error) => {
-                // Not numbered: receivers would drop it, so it is no gap.
-                drop(numbering);
-                shared.publish_failed(1);
-                return Err(BackplaneError::Refused(error.to_string()));
-            }
-        };
-        // Numbered even when it cannot be sent now, so receivers see the gap.
-        numbering.commit(&channel, position);
-        let result = if !shared.up.load(Ordering::Acquire) {
-            Err(BackplaneError::Unavailable(format!(
-                "Redis at {} is unreachable",
-                link.url
-            )))
-        } else {
-            link.outgoing
-                .try_send((channel, frame))
-                .map_err(|_| BackplaneError::Unavailable("publish queue is full".to_owned()))
-        };
-        drop(numbering);
-        if result.is_err() {
-            shared.publish_failed(1);
-        }
-        result
+        shared.send_numbered(link, channel, &envelope.origin, &body)
     }
 
     fn join_interest(&self, room: &str) -> BackplaneFuture<'_> {
@@ -932,6 +904,7 @@ impl Backplane for RedisBackplane {
         if link.presence.try_send(change).is_err() {
             tracing::warn!(room, "presence queue full: a join is not listed");
         }
+        self.shared.announce_presence(room, id, Some(info));
     }
 
     fn presence_remove(&self, room: &str, id: &ConnectionId) {
@@ -945,6 +918,7 @@ impl Backplane for RedisBackplane {
         if link.presence.try_send(change).is_err() {
             tracing::warn!(room, "presence queue full: a leave is not recorded");
         }
+        self.shared.announce_presence(room, id, None);
     }
 
     fn presence(
@@ -1200,6 +1174,88 @@ fn unexpected() -> BackplaneError {
 }
 
 impl Shared {
+    /// Numbers a frame on its channel and queues it for the publisher; never waits.
+    fn send_numbered(
+        &self,
+        link: &Link,
+        channel: String,
+        origin: &str,
+        body: &Body,
+    ) -> Result<(), BackplaneError> {
+        let mut numbering = lock(&self.numbering);
+        let position = numbering.peek(&channel);
+        let frame = match wire::encode(
+            &channel,
+            origin,
+            position,
+            now_us(),
+            body,
+            self.key(),
+            self.max_payload,
+        ) {
+            Ok(frame) => frame,
+            Err(error) => {
+                // Not numbered: receivers would drop it, so it is no gap.
+                drop(numbering);
+                self.publish_failed(1);
+                return Err(BackplaneError::Refused(error.to_string()));
+            }
+        };
+        // Numbered even when it cannot be sent now, so receivers see the gap.
+        numbering.commit(&channel, position);
+        let result = if !self.up.load(Ordering::Acquire) {
+            Err(BackplaneError::Unavailable(format!(
+                "Redis at {} is unreachable",
+                link.url
+            )))
+        } else {
+            link.outgoing
+                .try_send((channel, frame))
+                .map_err(|_| BackplaneError::Unavailable("publish queue is full".to_owned()))
+        };
+        drop(numbering);
+        if result.is_err() {
+            self.publish_failed(1);
+        }
+        result
+    }
+
+    /// Tells every instance that a connection of this hub joined a room with a presence key
+    /// (`Some`) or left it (`None`), on the broadcast channel: every instance counts every
+    /// member for its presence events, whether or not it has members in the room.
+    fn announce_presence(&self, room: &str, id: &ConnectionId, key: Option<&str>) {
+        let (Some(link), Some(inbound)) = (self.link.get(), self.inbound.get()) else {
+            return;
+        };
+        let body = Body::Presence {
+            room: room.into(),
+            id: id.clone(),
+            key: key.map(Arc::from),
+        };
+        if let Err(error) = self.send_numbered(link, self.all_channel(), inbound.origin(), &body) {
+            tracing::warn!(%error, room, "a presence change did not reach the other instances");
+        }
+    }
+
+    /// Lists every member of this hub to the others, framed by [`Sync::Begin`] and
+    /// [`Sync::End`]: a hub met for the first time (or again) counts them, and every hub drops
+    /// this one's members it no longer lists (leaves it missed).
+    fn announce_members(&self, inbound: &Inbound) {
+        self.presence_sync(Sync::Begin);
+        inbound.local_presence(|room, id, info| self.announce_presence(room, id, Some(info)));
+        self.presence_sync(Sync::End);
+    }
+
+    fn presence_sync(&self, step: Sync) {
+        let (Some(link), Some(inbound)) = (self.link.get(), self.inbound.get()) else {
+            return;
+        };
+        let body = Body::PresenceSync(step);
+        if let Err(error) = self.send_numbered(link, self.all_channel(), inbound.origin(), &body) {
+            tracing::warn!(%error, "a presence list did not reach the other instances");
+        }
+    }
+
     fn all_channel(&self) -> String {
         format!("{}:all", self.prefix)
     }
@@ -1273,6 +1329,8 @@ impl Shared {
     fn on_its_channel(&self, channel: &[u8], body: &Body, own_node: &str) -> bool {
         match body {
             Body::Heartbeat { .. }
+            | Body::Presence { .. }
+            | Body::PresenceSync(_)
             | Body::Delivery {
                 target: Target::All,
                 ..
@@ -1293,14 +1351,31 @@ impl Shared {
         }
     }
 
-    fn seen(&self, origin: Arc<str>, interval: Duration) {
-        lock(&self.nodes).insert(origin, (Instant::now(), interval));
+    /// Records a heartbeat; true when the hub was not counted alive before.
+    fn seen(&self, origin: Arc<str>, interval: Duration) -> bool {
+        lock(&self.nodes)
+            .insert(origin, (Instant::now(), interval))
+            .is_none()
     }
 
     /// Live hubs; forgets those that missed three heartbeats.
     fn live_nodes(&self) -> Vec<Arc<str>> {
         let mut nodes = lock(&self.nodes);
-        nodes.retain(|_, (last, interval)| last.elapsed() <= *interval * 3);
+        let mut counted_out = Vec::new();
+        nodes.retain(|origin, (last, interval)| {
+            let live = last.elapsed() <= *interval * 3;
+            if !live {
+                counted_out.push(origin.clone());
+            }
+            live
+        });
+        if !counted_out.is_empty() {
+            let mut set = lock(&self.counted_out);
+            if set.len() + counted_out.len() > MAX_COUNTED_OUT {
+                set.clear();
+            }
+            set.extend(counted_out);
+        }
         metrics::gauge!(m::NODES).set(nodes.len() as f64);
         nodes.keys().cloned().collect()
     }
@@ -1379,12 +1454,19 @@ fn deliver(
         body,
         signed,
     } = frame;
-    let (target, message) = match body {
+    let body = match body {
         Body::Heartbeat { interval } => {
-            shared.seen(origin, interval);
+            if shared.seen(origin.clone(), interval) {
+                // A hub met (again): it learns this one's members; one that was counted out
+                // lists its own, which every hub dropped.
+                shared.announce_members(inbound);
+                if lock(&shared.counted_out).remove(&origin) {
+                    shared.presence_sync(Sync::Request);
+                }
+            }
             return;
         }
-        Body::Delivery { target, message } => (target, message),
+        Body::Delivery { .. } | Body::Presence { .. } | Body::PresenceSync(_) => body,
         Body::Entry { room, message } => {
             // Numbered by the room's history, not by the sender: ordered and deduplicated
             // by the hub on its offset.
@@ -1423,11 +1505,23 @@ fn deliver(
         }
         Verdict::Take { .. } | Verdict::Restart => {}
     }
-    add(&shared.counters.received, 1);
-    metrics::counter!(m::RECEIVED).increment(1);
-    let latency = now_us().saturating_sub(sent_at_us);
-    metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
-    inbound.deliver_now(Envelope::new(origin, target, message));
+    match body {
+        Body::Presence { room, id, key } => match key {
+            Some(key) => inbound.presence_joined(&origin, &room, &id, &key),
+            None => inbound.presence_left(&origin, &room, &id),
+        },
+        Body::PresenceSync(Sync::Request) => shared.announce_members(inbound),
+        Body::PresenceSync(Sync::Begin) => inbound.presence_snapshot_begins(&origin),
+        Body::PresenceSync(Sync::End) => inbound.presence_snapshot_ends(&origin),
+        Body::Delivery { target, message } => {
+            add(&shared.counters.received, 1);
+            metrics::counter!(m::RECEIVED).increment(1);
+            let latency = now_us().saturating_sub(sent_at_us);
+            metrics::histogram!(m::LATENCY).record(latency as f64 / 1e6);
+            inbound.deliver_now(Envelope::new(origin, target, message));
+        }
+        Body::Heartbeat { .. } | Body::Entry { .. } => {}
+    }
 }
 
 /// The single publisher: sends queued deliveries in order, many per round trip.
@@ -1484,6 +1578,25 @@ async fn apply_presence(
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "presence changes not recorded"),
             Err(_) => tracing::warn!("presence changes timed out"),
+        }
+    }
+}
+
+/// Several times per heartbeat interval, while Redis answers: the members of hubs that
+/// missed three heartbeats leave the presence count (within three intervals and a quarter of
+/// their last heartbeat). Only once this instance has been up for three intervals, so that
+/// it has heard every live hub; never while Redis is away, when silence proves nothing.
+async fn count_out(shared: Arc<Shared>, inbound: Inbound) {
+    let mut up_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(shared.heartbeat / 4).await;
+        if !shared.up.load(Ordering::Acquire) {
+            up_since = None;
+            continue;
+        }
+        let since = *up_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > shared.heartbeat * 3 {
+            inbound.presence_origins_alive(&shared.live_nodes());
         }
     }
 }
@@ -1567,6 +1680,12 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
                 };
                 if matches!(resubscribed, Ok(Ok(()))) {
                     shared.up.store(true, Ordering::Release);
+                    // Presence changes may have been lost both ways meanwhile: every hub
+                    // lists its members again, this one too.
+                    shared.presence_sync(Sync::Request);
+                    if let Some(inbound) = shared.inbound.get() {
+                        shared.announce_members(inbound);
+                    }
                     metrics::counter!(m::RECONNECTS).increment(1);
                     tracing::info!("Redis is back: cross-instance delivery resumed");
                     continue;

@@ -5,20 +5,25 @@
 //! |---|---|
 //! | 1 | format version ([`VERSION`]) |
 //! | 1 | flags: bit 0 set when a signature follows the payload |
-//! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection, 4 room history entry |
-//! | 1 | opcode: 0 none (heartbeat), 1 text, 2 binary, 8 close, 9 ping, 10 pong |
+//! | 1 | kind: 0 heartbeat, 1 all, 2 room, 3 connection, 4 room history entry, 5 presence join, 6 presence leave, 7 presence sync |
+//! | 1 | opcode: 0 none (heartbeat, presence), 1 text, 2 binary, 8 close, 9 ping, 10 pong |
 //! | 8 | stream: which numbering the sequence number belongs to, big endian (history entry: the room history's epoch) |
 //! | 8 | sequence number per origin and channel within the stream, big endian (history entry: its offset in the room's history) |
 //! | 8 | send time, microseconds since the Unix epoch, big endian |
 //! | 1 + n | origin (the sending hub), length-prefixed UTF-8, 1 to [`MAX_ORIGIN`] bytes |
 //! | 2 + n | target (room name or connection id; empty otherwise), length-prefixed UTF-8, at most [`MAX_TARGET`] bytes |
-//! | 4 + n | payload, length-prefixed (close: code, 2 bytes, then the reason; heartbeat: interval in ms, 4 bytes) |
+//! | 4 + n | payload, length-prefixed (close: code, 2 bytes, then the reason; heartbeat: interval in ms, 4 bytes; presence: the connection id, length-prefixed (2 bytes), then for a join its presence key, UTF-8, 1 to [`MAX_TARGET`] bytes; presence sync: 1 byte, 0 "list your members", 1 "my list begins", 2 "my list ends") |
 //! | 32 | when signed: HMAC-SHA256 of the channel name (2-byte length first) and every byte above |
 //!
 //! A frame is refused (and counted by the caller) when any field is outside these rules, when
 //! bytes follow it, when a close code is not one a peer may send (RFC 6455 §7.4), a close
 //! reason is longer than 123 bytes, a ping or pong payload longer than 125, or a text payload
-//! not UTF-8.
+//! not UTF-8, or a presence change names a connection of another node than its origin's.
+//!
+//! Presence kinds (5 to 7) came after the first version-2 readers, which drop them as an
+//! unknown kind (counted) and take everything else: an added kind keeps the version, so
+//! instances of both builds can run side by side during a rolling upgrade; a change to any
+//! existing field's meaning takes a new version.
 
 use std::{sync::Arc, time::Duration};
 
@@ -44,6 +49,9 @@ const KIND_ALL: u8 = 1;
 const KIND_ROOM: u8 = 2;
 const KIND_CONNECTION: u8 = 3;
 const KIND_ENTRY: u8 = 4;
+const KIND_JOIN: u8 = 5;
+const KIND_LEAVE: u8 = 6;
+const KIND_SYNC: u8 = 7;
 
 const OP_NONE: u8 = 0;
 const OP_TEXT: u8 = 1;
@@ -71,6 +79,28 @@ pub(crate) enum Body {
     /// A room message recorded in the room's shared history; the frame's position is its
     /// epoch (`stream`) and offset (`seq`). Published and stored as the same bytes.
     Entry { room: Arc<str>, message: Message },
+    /// A connection of the sender's node joined a room with a presence key (`Some`), or
+    /// left it (`None`).
+    Presence {
+        room: Arc<str>,
+        id: ConnectionId,
+        key: Option<Arc<str>>,
+    },
+    /// A step of presence synchronisation between hubs.
+    PresenceSync(Sync),
+}
+
+/// A step of presence synchronisation: a hub asks every other to list its members (after it
+/// may have missed changes), or frames its own list, so that receivers drop its members it
+/// no longer lists (changes they may have missed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// "Every hub: list your members."
+    Request,
+    /// "My list of members begins."
+    Begin,
+    /// "My list of members ends."
+    End,
 }
 
 /// Where a frame sits in its sender's numbering of one channel. A sender starts a new stream
@@ -153,6 +183,31 @@ pub(crate) fn encode(
                 Bytes::copy_from_slice(&ms.to_be_bytes()),
             )
         }
+        Body::PresenceSync(step) => {
+            let byte = match step {
+                Sync::Request => 0u8,
+                Sync::Begin => 1,
+                Sync::End => 2,
+            };
+            (KIND_SYNC, "", OP_NONE, Bytes::copy_from_slice(&[byte]))
+        }
+        Body::Presence { room, id, key } => {
+            if room.is_empty() {
+                return Err(WireError::Invalid("empty target"));
+            }
+            check_presence(origin, id.as_str(), key.as_deref())?;
+            let key = key.as_deref().unwrap_or("");
+            let mut payload = BytesMut::with_capacity(2 + id.as_str().len() + key.len());
+            payload.put_u16(id.as_str().len() as u16);
+            payload.put_slice(id.as_str().as_bytes());
+            payload.put_slice(key.as_bytes());
+            let kind = if body_is_join(body) {
+                KIND_JOIN
+            } else {
+                KIND_LEAVE
+            };
+            (kind, &**room, OP_NONE, payload.freeze())
+        }
         Body::Delivery { .. } | Body::Entry { .. } => {
             let (kind, target, message) = match body {
                 Body::Entry { room, message } => (KIND_ENTRY, &**room, message),
@@ -166,7 +221,9 @@ pub(crate) fn encode(
                 } => (KIND_CONNECTION, id.as_str(), message),
                 // `publish` routes only the three targets it knows; `All` is the rest.
                 Body::Delivery { message, .. } => (KIND_ALL, "", message),
-                Body::Heartbeat { .. } => return Err(WireError::Invalid("heartbeat")),
+                Body::Heartbeat { .. } | Body::Presence { .. } | Body::PresenceSync(_) => {
+                    return Err(WireError::Invalid("not a message"));
+                }
             };
             if kind == KIND_ENTRY && target.is_empty() {
                 return Err(WireError::Invalid("empty target"));
@@ -215,6 +272,51 @@ pub(crate) fn encode(
         out.put_slice(&tag);
     }
     Ok(out.freeze())
+}
+
+fn body_is_join(body: &Body) -> bool {
+    matches!(body, Body::Presence { key: Some(_), .. })
+}
+
+/// A presence change's fields: an id of the origin's node (a hub speaks only for its own
+/// connections), and a key of 1 to [`MAX_TARGET`] bytes for a join.
+fn check_presence(origin: &str, id: &str, key: Option<&str>) -> Result<(), WireError> {
+    check_len("connection id", id.len(), MAX_TARGET)?;
+    let node = |text: &str| text.split(['-', '/']).next().unwrap_or("").to_owned();
+    if id.is_empty() || node(id).is_empty() || node(id) != node(origin) {
+        return Err(WireError::Invalid("presence of another node's connection"));
+    }
+    if let Some(key) = key {
+        check_len("presence key", key.len(), MAX_TARGET)?;
+        if key.is_empty() {
+            return Err(WireError::Invalid("empty presence key"));
+        }
+    }
+    Ok(())
+}
+
+/// A presence payload: the connection id (2-byte length first), then the key (a join) or
+/// nothing (a leave).
+fn presence(origin: &str, room: String, mut payload: Bytes, join: bool) -> Result<Body, WireError> {
+    if room.is_empty() {
+        return Err(WireError::Invalid("empty target"));
+    }
+    let id = text(&mut payload, "connection id", 2, MAX_TARGET)?;
+    let key = if join {
+        let key =
+            String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8("presence key"))?;
+        Some(Arc::from(key))
+    } else if payload.is_empty() {
+        None
+    } else {
+        return Err(WireError::Trailing(payload.len()));
+    };
+    check_presence(origin, &id, key.as_deref())?;
+    Ok(Body::Presence {
+        room: room.into(),
+        id: ConnectionId::from(id.as_str()),
+        key,
+    })
 }
 
 fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
@@ -323,7 +425,24 @@ pub(crate) fn decode(
         (true, None) | (false, None) => {}
     }
     check_payload(opcode, &payload)?;
-    let body = if kind == KIND_HEARTBEAT {
+    let body = if kind == KIND_SYNC {
+        if opcode != OP_NONE || !target.is_empty() {
+            return Err(WireError::Invalid(
+                "presence sync with an opcode or a target",
+            ));
+        }
+        Body::PresenceSync(match payload[..] {
+            [0] => Sync::Request,
+            [1] => Sync::Begin,
+            [2] => Sync::End,
+            _ => return Err(WireError::Invalid("presence sync step")),
+        })
+    } else if kind == KIND_JOIN || kind == KIND_LEAVE {
+        if opcode != OP_NONE {
+            return Err(WireError::Invalid("presence change with an opcode"));
+        }
+        presence(&origin, target, payload, kind == KIND_JOIN)?
+    } else if kind == KIND_HEARTBEAT {
         if opcode != OP_NONE || !target.is_empty() || payload.len() != 4 {
             return Err(WireError::Invalid(
                 "heartbeat with a target, opcode or odd payload",
@@ -471,6 +590,19 @@ mod tests {
                     key,
                 );
             }
+            for step in [Sync::Request, Sync::Begin, Sync::End] {
+                round_trip(Body::PresenceSync(step), key);
+            }
+            for presence_key in [Some("ann".into()), None] {
+                round_trip(
+                    Body::Presence {
+                        room: "lobby".into(),
+                        id: ConnectionId::from("abc-00ff"),
+                        key: presence_key,
+                    },
+                    key,
+                );
+            }
         }
     }
 
@@ -604,6 +736,75 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn presence_changes_are_checked_both_ways() {
+        let join = |origin: &str, id: &str, key: Option<&str>| {
+            encode(
+                "ch",
+                origin,
+                Position { stream: 1, seq: 1 },
+                1,
+                &Body::Presence {
+                    room: "lobby".into(),
+                    id: ConnectionId::from(id),
+                    key: key.map(Arc::from),
+                },
+                None,
+                MAX,
+            )
+        };
+        // Only the origin's own node's connections, a key of 1 byte or more for a join.
+        assert!(join("abc/1", "abd-1", Some("ann")).is_err());
+        assert!(join("abc/1", "-1", Some("ann")).is_err());
+        assert!(join("abc/1", "abc-1", Some("")).is_err());
+        assert!(join("abc/1", "abc-1", Some(&"k".repeat(MAX_TARGET + 1))).is_err());
+        let good = join("abc/1", "abc-1", Some("ann")).unwrap();
+        for cut in 0..good.len() {
+            assert!(decode(b"ch", good.slice(..cut), None, MAX).is_err());
+        }
+        // Another node's id, written by hand: the id field starts after the header, the
+        // origin, the room and the payload's length.
+        let mut forged = good.to_vec();
+        let id_at = HEADER + 1 + "abc/1".len() + 2 + "lobby".len() + 4 + 2;
+        forged[id_at + 2] = b'd';
+        assert!(matches!(
+            decode(b"ch", Bytes::from(forged), None, MAX),
+            Err(WireError::Invalid(_))
+        ));
+        // A leave with a key, a join with an opcode, a key that is not UTF-8.
+        let leave = join("abc/1", "abc-1", None).unwrap();
+        let mut with_key = leave.to_vec();
+        let len_at = HEADER + 1 + "abc/1".len() + 2 + "lobby".len();
+        with_key[len_at + 3] += 1;
+        with_key.push(b'x');
+        assert!(decode(b"ch", Bytes::from(with_key), None, MAX).is_err());
+        let mut with_opcode = good.to_vec();
+        with_opcode[3] = OP_TEXT;
+        assert!(decode(b"ch", Bytes::from(with_opcode), None, MAX).is_err());
+        // A sync step out of range, or with a target.
+        let sync = encode(
+            "ch",
+            "abc/1",
+            Position { stream: 1, seq: 1 },
+            1,
+            &Body::PresenceSync(Sync::End),
+            None,
+            MAX,
+        )
+        .unwrap();
+        let mut step = sync.to_vec();
+        let last = step.len() - 1;
+        step[last] = 3;
+        assert!(decode(b"ch", Bytes::from(step), None, MAX).is_err());
+        let mut bad_key = good.to_vec();
+        let last = bad_key.len() - 1;
+        bad_key[last] = 0xff;
+        assert!(matches!(
+            decode(b"ch", Bytes::from(bad_key), None, MAX),
+            Err(WireError::Utf8(_))
+        ));
     }
 
     #[test]

@@ -411,6 +411,81 @@ impl Inbound {
         }
     }
 
+    /// A connection of another instance's hub `origin` joined `room` with presence key
+    /// `key` (what its app set with `set_presence_info`, or its id): counted for this hub's
+    /// [presence events](crate::ConnectionHub::presence_events). Changes from this hub's own
+    /// origin are ignored (the hub counts its own). A backplane's reader calls this and
+    /// [`presence_left`](Self::presence_left) in the order the other hub made them.
+    ///
+    /// ```
+    /// # fn demo(inbound: &ws_context::Inbound) {
+    /// use ws_context::ConnectionId;
+    /// let id = ConnectionId::from("9f2c-0a1b");
+    /// inbound.presence_joined("9f2c/1", "lobby", &id, "ann");
+    /// inbound.presence_left("9f2c/1", "lobby", &id);
+    /// # }
+    /// ```
+    pub fn presence_joined(&self, origin: &str, room: &str, id: &ConnectionId, key: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.joined(origin, room, id, key);
+        }
+    }
+
+    /// A connection of another instance's hub `origin` left `room` (or closed).
+    pub fn presence_left(&self, origin: &str, room: &str, id: &ConnectionId) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.left(room, id);
+        }
+    }
+
+    /// The hubs alive now, as a backplane that tracks them knows them (by heartbeats, say):
+    /// every member of another hub not among them leaves at once, without the leave delay
+    /// (they were counted out after missing heartbeats, which took longer than the delay).
+    pub fn presence_origins_alive(&self, live: &[Arc<str>]) {
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.retain_origins(&self.origin, live);
+        }
+    }
+
+    /// Calls `each(room, id, info)` for every membership of this hub's connections, under the
+    /// hub's lock (so joins and leaves made meanwhile come after): what to announce to an
+    /// instance met for the first time, or again, so that it counts them. Must not block.
+    pub fn local_presence(&self, each: impl FnMut(&str, &ConnectionId, &str)) {
+        if let Some(inner) = self.hub.upgrade() {
+            crate::hub::ConnectionHub { inner }.local_presence(each);
+        }
+    }
+
+    /// The hub `origin` of another instance starts listing every member it has
+    /// ([`presence_joined`](Self::presence_joined) for each, then
+    /// [`presence_snapshot_ends`](Self::presence_snapshot_ends)): its members it does not list
+    /// leave, as after a leave this instance missed.
+    pub fn presence_snapshot_begins(&self, origin: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.snapshot_begins(origin);
+        }
+    }
+
+    /// The hub `origin` has listed every member it has (see
+    /// [`presence_snapshot_begins`](Self::presence_snapshot_begins)).
+    pub fn presence_snapshot_ends(&self, origin: &str) {
+        if origin == &*self.origin {
+            return;
+        }
+        if let Some(inner) = self.hub.upgrade() {
+            inner.presence.snapshot_ends(origin);
+        }
+    }
+
     /// Delivers one message of a room's shared history (see [`Backplane::shared_history`])
     /// to this instance's members, those of its own origin included, in the history's
     /// order: a message at or before the last one delivered for the room is a duplicate and

@@ -25,6 +25,7 @@ use crate::{
         Appended, Backplane, BackplaneError, BackplaneStatus, Envelope, HistoryEntry, InProcess,
         Inbound, Recovered, RecoveryError, RoomPosition, Stalled, Target,
     },
+    presence::{PresenceEvents, Tracker},
     writer::{Outbound, SocketWriter, WriteError},
 };
 
@@ -188,6 +189,8 @@ pub(crate) struct HubInner {
     history: Mutex<Histories>,
     /// Where delivery stands in each room whose history the backplane shares.
     shared: Mutex<SharedRooms>,
+    /// Presence per key across instances, and its events.
+    pub(crate) presence: Arc<Tracker>,
 }
 
 /// Which history the hub's rooms have.
@@ -268,6 +271,7 @@ impl ConnectionHub {
                 origin: origin.clone(),
                 history: Mutex::new(Histories::default()),
                 shared: Mutex::new(SharedRooms::default()),
+                presence: Tracker::new(),
             }),
         };
         hub.inner.backplane.attach(Inbound {
@@ -346,6 +350,9 @@ impl ConnectionHub {
             // Under the registry's lock, so the backplane sees joins and leaves in order.
             let info = entry.info.clone().unwrap_or_else(|| id.as_str().into());
             self.inner.backplane.presence_add(&room, id, &info);
+            self.inner
+                .presence
+                .joined(&self.inner.origin, &room, id, &info);
         }
         let members = registry.rooms.entry(room).or_default();
         members.insert(id.clone());
@@ -369,6 +376,7 @@ impl ConnectionHub {
                 .is_some_and(|e| e.rooms.remove(room));
             if was_member {
                 self.inner.backplane.presence_remove(room, id);
+                self.inner.presence.left(room, id);
             }
             let emptied = match registry.rooms.get_mut(room) {
                 Some(members) => {
@@ -456,6 +464,67 @@ impl ConnectionHub {
             .collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         members
+    }
+
+    /// Presence events of every room: a member's presence key (its
+    /// [`set_presence_info`](Self::set_presence_info), or its id) arriving in a room or
+    /// leaving it, on this instance or any other the backplane reaches, each reported once
+    /// per key rather than per connection. A key leaves only when no connection with it has
+    /// been in the room for the [leave delay](Self::set_presence_leave_delay) (3 s by
+    /// default), so a client that reconnects quickly makes no events; members of an instance
+    /// that stopped sending heartbeats leave as soon as it is counted out (three heartbeats).
+    /// Without a backplane the same holds for this instance's members.
+    ///
+    /// The receiver is bounded (see [`PresenceEvents`]): one that falls behind loses the
+    /// oldest events, counted, rather than growing memory.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: ws_context::ConnectionHub) {
+    /// use ws_context::PresenceEventKind;
+    /// let mut events = hub.presence_events();
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = events.recv().await {
+    ///         match event.kind {
+    ///             PresenceEventKind::Joined => tracing::info!(room = %event.room, who = %event.key, "online"),
+    ///             PresenceEventKind::Left => tracing::info!(room = %event.room, who = %event.key, "offline"),
+    ///             _ => {}
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn presence_events(&self) -> PresenceEvents {
+        self.inner.presence.subscribe()
+    }
+
+    /// Sets how long a presence key stays in a room after its last connection left
+    /// (default [`DEFAULT_PRESENCE_LEAVE_DELAY`](crate::DEFAULT_PRESENCE_LEAVE_DELAY), 3 s; zero reports leaves at once). Give
+    /// every instance the same delay, so they report the same events.
+    ///
+    /// ```
+    /// let hub = ws_context::ConnectionHub::new();
+    /// hub.set_presence_leave_delay(std::time::Duration::from_secs(5));
+    /// assert_eq!(hub.presence_leave_delay(), std::time::Duration::from_secs(5));
+    /// ```
+    pub fn set_presence_leave_delay(&self, delay: Duration) {
+        self.inner.presence.set_leave_delay(delay);
+    }
+
+    /// The delay set with [`set_presence_leave_delay`](Self::set_presence_leave_delay).
+    pub fn presence_leave_delay(&self) -> Duration {
+        self.inner.presence.leave_delay()
+    }
+
+    /// Calls `each(room, id, info)` for every membership on this instance, under the
+    /// registry's lock: what a backplane announces to an instance it has just met.
+    pub(crate) fn local_presence(&self, mut each: impl FnMut(&str, &ConnectionId, &str)) {
+        let registry = self.read();
+        for (id, entry) in &registry.connections {
+            let info = entry.info.as_deref().unwrap_or(id.as_str());
+            for room in &entry.rooms {
+                each(room, id, info);
+            }
+        }
     }
 
     /// The rooms that have members on this instance.
@@ -845,6 +914,7 @@ impl ConnectionHub {
                 rooms.extend(entry.rooms.iter().cloned());
                 for room in entry.rooms {
                     self.inner.backplane.presence_remove(&room, id);
+                    self.inner.presence.left(&room, id);
                     if let Some(members) = registry.rooms.get_mut(&room) {
                         members.remove(id);
                         if members.is_empty() {

@@ -93,6 +93,7 @@ mod handler;
 mod hub;
 mod lifecycle;
 mod metrics;
+mod presence;
 mod queue;
 mod writer;
 
@@ -114,6 +115,10 @@ pub use crate::hub::{
     PresenceMember, RoomSent, node_id,
 };
 pub use crate::metrics::describe_metrics;
+pub use crate::presence::{
+    DEFAULT_PRESENCE_LEAVE_DELAY, MAX_PRESENCE_MEMBERSHIPS, PRESENCE_EVENTS_CAPACITY,
+    PresenceEvent, PresenceEventKind, PresenceEvents,
+};
 pub use crate::writer::{SLOW_PEER_CLOSE_CODE, SocketWriter, WriteError};
 pub use ws_message::{
     Bytes, CloseCodeError, CloseFrame, Encode, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,

@@ -4,7 +4,7 @@ use axum::Router;
 use ws_context::{BindError, CloseFrame, Connection, ConnectionHub, Context, Endpoint, Message};
 
 /// `/ws/{room}` on `hub`: a connection joins the room of its path, and every text it sends
-/// goes to that room (itself included). `options` adjust the endpoint (limits, hooks).
+/// goes to that room (itself included); `?name=` is the member's presence key. `options` adjust the endpoint (limits, hooks).
 ///
 /// # Panics
 ///
@@ -20,6 +20,10 @@ pub fn room_chat(hub: &ConnectionHub, options: impl FnOnce(Endpoint) -> Endpoint
 }
 
 async fn join_room(conn: Connection) -> Result<(), CloseFrame> {
+    // `?name=` is the member's presence key.
+    if let Some(name) = conn.query_param("name") {
+        conn.hub().set_presence_info(conn.id(), name);
+    }
     conn.hub()
         .join(conn.id(), conn.path_param("room").unwrap_or("lobby"))
         .await;

@@ -11,10 +11,20 @@ pub(crate) async fn chatter(server: &AppProcess, room: &str, name: &str) -> WsCl
     assert_eq!(joined["joined"], true, "{joined}");
     client.send_text(format!("hello from {name}")).await;
     loop {
-        let line: serde_json::Value = client.recv_json().await;
+        let line = chat_json(&mut client).await;
         if line["from"] == name {
             assert_eq!(line["text"], format!("hello from {name}"));
             return client;
+        }
+    }
+}
+
+/// The next line that is not a presence line (someone arriving or leaving).
+pub(crate) async fn chat_json(client: &mut WsClient) -> serde_json::Value {
+    loop {
+        let line: serde_json::Value = client.recv_json().await;
+        if line.get("presence").is_none() {
+            return line;
         }
     }
 }
