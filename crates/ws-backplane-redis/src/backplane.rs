@@ -13,6 +13,7 @@ use bytes::Bytes;
 use redis::{
     AsyncCommands as _, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use ws_context::{
@@ -22,6 +23,7 @@ use ws_context::{
 };
 
 use crate::{
+    connection::{self, Conn},
     history::{self, AppendReply, RoomKeys, Script, SinceReply},
     metrics as m,
     wire::{self, Body, Frame, Key, Position, WireError},
@@ -287,6 +289,8 @@ struct Shared {
     inbound: OnceLock<Inbound>,
     link: OnceLock<Link>,
     up: AtomicBool,
+    /// On a cluster: some shard does not answer (rooms on it wait for its failover).
+    degraded: AtomicBool,
     /// The numbering of each channel this hub sends on; the lock also keeps queue order equal
     /// to number order.
     numbering: Mutex<Numbering>,
@@ -309,7 +313,7 @@ struct Shared {
 #[derive(Debug)]
 struct Link {
     url: String,
-    manager: ConnectionManager,
+    manager: Conn,
     outgoing: mpsc::Sender<(String, Bytes)>,
     /// Presence changes, applied in order by one task.
     presence: mpsc::Sender<PresenceChange>,
@@ -508,6 +512,7 @@ impl RedisBackplane {
                 inbound: OnceLock::new(),
                 link: OnceLock::new(),
                 up: AtomicBool::new(false),
+                degraded: AtomicBool::new(false),
                 numbering: Mutex::default(),
                 interests: Mutex::default(),
                 subscribing: tokio::sync::Mutex::new(HashSet::new()),
@@ -536,69 +541,84 @@ impl RedisBackplane {
             return Err(RedisBackplaneError::AlreadyConnected);
         }
         let shown = redact(url);
-        let info = url
-            .into_connection_info()
-            .map_err(|source| RedisBackplaneError::Url {
-                url: shown.clone(),
-                source,
-            })?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        // Small frames, sent as they come: Nagle's algorithm would hold them for an ACK.
-        let info = info
-            .set_redis_settings(settings)
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = match &shared.tls_root_ca {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(info),
-        }
-        .map_err(|source| RedisBackplaneError::Url {
-            url: shown.clone(),
-            source,
-        })?;
-
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(shared.queue_capacity);
         let overflow = self.shared.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(move |push: PushInfo| {
-                push_tx.try_send(push).map_err(|_| {
-                    add(&overflow.counters.overflow, 1);
-                    metrics::counter!(m::OVERFLOW).increment(1);
-                })
+        let push_sender = move |push: PushInfo| {
+            push_tx.try_send(push).map_err(|_| {
+                add(&overflow.counters.overflow, 1);
+                metrics::counter!(m::OVERFLOW).increment(1);
             })
-            .set_automatic_resubscription()
-            // Retry quickly while Redis is away, so delivery resumes soon after it answers;
-            // once the retries run out, the next probe starts another round.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(10)
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
+        };
         let connect_error = |reason: String| RedisBackplaneError::Connect {
             url: shown.clone(),
             reason,
         };
-        let mut manager = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        let url_error = |source| RedisBackplaneError::Url {
+            url: shown.clone(),
+            source,
+        };
+        // Small frames, sent as they come: Nagle's algorithm would hold them for an ACK.
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let tls = shared.tls_root_ca.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        });
+        let mut manager = match connection::node_urls(url) {
+            Some(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(push_sender)
+                    .tcp_settings(tcp)
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(Duration::from_secs(1));
+                if let Some(certificates) = tls {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder.build().map_err(url_error)?;
+                let cluster =
+                    tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+                        .await
+                        .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                        .map_err(|e| connect_error(e.to_string()))?;
+                Conn::Cluster(cluster)
+            }
+            None => {
+                let info = url.into_connection_info().map_err(url_error)?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
+                let client = match tls {
+                    Some(certificates) => redis::Client::build_with_tls(info, certificates),
+                    None => redis::Client::open(info),
+                }
+                .map_err(url_error)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_push_sender(push_sender)
+                    .set_automatic_resubscription()
+                    // Retry quickly while Redis is away, so delivery resumes soon after it
+                    // answers; once the retries run out, the next probe starts another round.
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500))
+                    .set_number_of_retries(10)
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)));
+                let manager = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                .map_err(|e| connect_error(e.to_string()))?;
+                Conn::Single(manager)
+            }
+        };
         let own_node = node_of(inbound.origin());
         manager
             .subscribe(&[shared.all_channel(), shared.node_channel(own_node)])
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-
         let (outgoing, outgoing_rx) = mpsc::channel(shared.queue_capacity);
         let (presence, presence_rx) = mpsc::channel(shared.queue_capacity);
         let link = Link {
@@ -613,12 +633,23 @@ impl RedisBackplane {
         }
         shared.up.store(true, Ordering::Release);
         shared.seen(inbound.origin().into(), shared.heartbeat);
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(read(shared.clone(), inbound.clone(), push_rx)),
             tokio::spawn(publish_queued(shared.clone(), manager.clone(), outgoing_rx)),
             tokio::spawn(apply_presence(manager.clone(), presence_rx)),
-            tokio::spawn(heartbeat(shared.clone(), inbound.origin().into(), manager)),
+            tokio::spawn(heartbeat(
+                shared.clone(),
+                inbound.origin().into(),
+                manager.clone(),
+            )),
         ];
+        if manager.is_cluster() {
+            tasks.push(tokio::spawn(watch_shards(
+                shared.clone(),
+                inbound.origin().into(),
+                manager,
+            )));
+        }
         lock(&self.tasks.0).extend(tasks);
         tracing::info!(redis = %shown, origin = inbound.origin(), "joined the cluster");
         Ok(())
@@ -739,7 +770,7 @@ impl Backplane for RedisBackplane {
             let mut manager = link.manager.clone();
             match tokio::time::timeout(
                 COMMAND_TIMEOUT,
-                manager.subscribe(shared.room_channel(&room)),
+                manager.subscribe(&[shared.room_channel(&room)]),
             )
             .await
             {
@@ -799,10 +830,12 @@ impl Backplane for RedisBackplane {
     fn status(&self) -> BackplaneStatus {
         if self.shared.link.get().is_none() {
             BackplaneStatus::Standalone
-        } else if self.shared.up.load(Ordering::Acquire) {
-            BackplaneStatus::Up
-        } else {
+        } else if !self.shared.up.load(Ordering::Acquire) {
             BackplaneStatus::Down
+        } else if self.shared.degraded.load(Ordering::Acquire) {
+            BackplaneStatus::Degraded
+        } else {
+            BackplaneStatus::Up
         }
     }
 
@@ -966,6 +999,7 @@ impl Backplane for RedisBackplane {
                 history::millis(shared.epoch_ttl),
                 origin.into_bytes(),
                 history::millis(TURN),
+                manager.publish_command().as_bytes().to_vec(),
             ];
             let reply = run_script(Script::append(), &mut manager, &keys, &args).await;
             let reply = match reply {
@@ -1068,7 +1102,7 @@ impl Backplane for RedisBackplane {
 /// Runs a history script within [`HISTORY_TIMEOUT`].
 async fn run_script(
     script: &Script,
-    manager: &mut ConnectionManager,
+    manager: &mut Conn,
     keys: &RoomKeys,
     args: &[Vec<u8>],
 ) -> Result<Value, BackplaneError> {
@@ -1133,7 +1167,7 @@ impl Shared {
     /// The connection for history scripts: tried even while the backplane counts as down
     /// (a missed heartbeat on a busy machine is not a lost Redis); the script's own timeout
     /// bounds the wait.
-    fn manager(&self) -> Result<ConnectionManager, BackplaneError> {
+    fn manager(&self) -> Result<Conn, BackplaneError> {
         match self.link.get() {
             Some(link) => Ok(link.manager.clone()),
             None => Err(BackplaneError::Unavailable("not connected".to_owned())),
@@ -1216,7 +1250,8 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
     let fingerprints = std::collections::hash_map::RandomState::new();
     while let Some(push) = pushes.recv().await {
         match push.kind {
-            PushKind::Message => {
+            // `smessage`: a sharded channel's, on a cluster.
+            PushKind::Message | PushKind::SMessage => {
                 let mut data = push.data.into_iter();
                 let (Some(channel), Some(payload)) = (
                     data.next().and_then(bytes_of),
@@ -1247,8 +1282,14 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
                 }
                 deliver(&shared, &inbound, &mut windows, channel, frame, fingerprint);
             }
-            PushKind::Disconnection => shared.set_down(&"connection closed"),
-            PushKind::Unsubscribe => {
+            PushKind::Disconnection => match shared.link.get() {
+                // One node of a cluster: the shard watcher finds out which and for how long.
+                Some(link) if link.manager.is_cluster() => {
+                    shared.degraded.store(true, Ordering::Release);
+                }
+                _ => shared.set_down(&"connection closed"),
+            },
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
                 // Left the channel on purpose: a later join starts its numbering afresh.
                 if let Some(channel) = push.data.into_iter().next().and_then(bytes_of) {
                     windows.retain(|(_, c), _| *c != channel);
@@ -1329,29 +1370,28 @@ fn deliver(
 /// The single publisher: sends queued deliveries in order, many per round trip.
 async fn publish_queued(
     shared: Arc<Shared>,
-    mut manager: ConnectionManager,
+    mut manager: Conn,
     mut queue: mpsc::Receiver<(String, Bytes)>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for (channel, frame) in &batch {
-            pipe.publish(channel, frame.as_ref()).ignore();
-        }
-        let sent = batch.len() as u64;
-        batch.clear();
-        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
-            Ok(Ok(())) => {
-                add(&shared.counters.published, sent);
-                metrics::counter!(m::PUBLISHED).increment(sent);
-            }
-            Ok(Err(error)) => {
-                shared.publish_failed(sent);
+        let sent = batch.len();
+        let commands = batch
+            .drain(..)
+            .map(|(channel, frame)| {
+                let publish = manager.publish(&channel, &frame);
+                (channel, publish)
+            })
+            .collect();
+        let (failed, error) = manager.exec_placed(commands, PIPELINE_TIMEOUT).await;
+        let delivered = (sent - failed) as u64;
+        add(&shared.counters.published, delivered);
+        metrics::counter!(m::PUBLISHED).increment(delivered);
+        if let Some(error) = error {
+            shared.publish_failed(failed as u64);
+            // On a cluster one shard failing is not a lost Redis: the shard watcher judges.
+            if !manager.is_cluster() {
                 shared.set_down(&error);
-            }
-            Err(_) => {
-                shared.publish_failed(sent);
-                shared.set_down(&"PUBLISH timed out");
             }
         }
     }
@@ -1359,40 +1399,39 @@ async fn publish_queued(
 
 /// Applies presence changes in order, many per round trip; failures are logged (the lists
 /// heal as members join and leave, and dead instances' entries are dropped when read).
-async fn apply_presence(
-    mut manager: ConnectionManager,
-    mut changes: mpsc::Receiver<PresenceChange>,
-) {
+async fn apply_presence(mut manager: Conn, mut changes: mpsc::Receiver<PresenceChange>) {
     let mut batch = Vec::with_capacity(BATCH);
     while changes.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for change in batch.drain(..) {
-            match change {
+        let commands = batch
+            .drain(..)
+            .map(|change| match change {
                 PresenceChange::Add { key, id, value } => {
-                    pipe.hset(key, id, value).ignore();
+                    let command = redis::Cmd::hset(&key, id, value);
+                    (key, command)
                 }
                 PresenceChange::Remove { key, id } => {
-                    pipe.hdel(key, id).ignore();
+                    let command = redis::Cmd::hdel(&key, id);
+                    (key, command)
                 }
-            }
-        }
-        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "presence changes not recorded"),
-            Err(_) => tracing::warn!("presence changes timed out"),
+            })
+            .collect();
+        if let (_, Some(error)) = manager.exec_placed(commands, PIPELINE_TIMEOUT).await {
+            tracing::warn!(%error, "presence changes not recorded");
         }
     }
 }
 
 /// Heartbeats while Redis answers; probes it every 200 ms while it does not, and on its
-/// return subscribes the rooms again and counts the reconnect.
-async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: ConnectionManager) {
+/// return subscribes the rooms again and counts the reconnect. On a cluster it only
+/// heartbeats: [`watch_shards`] says whether the cluster answers.
+async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Conn) {
     let all = shared.all_channel();
     let node_channel = shared.node_channel(node_of(&origin));
+    let cluster = manager.is_cluster();
     // Heartbeats in a row that got no answer in time.
     let mut slow = 0u32;
     loop {
-        if shared.up.load(Ordering::Acquire) {
+        if cluster || shared.up.load(Ordering::Acquire) {
             let frame = wire::encode(
                 &all,
                 &origin,
@@ -1406,16 +1445,19 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
             );
             match frame {
                 Ok(frame) => {
-                    let sent: Result<Result<(), _>, _> = tokio::time::timeout(
-                        COMMAND_TIMEOUT,
-                        manager.publish(&all, frame.as_ref()),
-                    )
-                    .await;
+                    let publish = manager.publish(&all, &frame);
+                    let sent =
+                        tokio::time::timeout(COMMAND_TIMEOUT, publish.exec_async(&mut manager))
+                            .await;
                     match sent {
                         Ok(Ok(())) => {
                             slow = 0;
                             shared.seen(origin.clone(), shared.heartbeat);
                         }
+                        Ok(Err(error)) if cluster => {
+                            tracing::debug!(%error, "heartbeat not sent");
+                        }
+                        Err(_) if cluster => tracing::debug!("heartbeat timed out"),
                         Ok(Err(error)) => shared.set_down(&error),
                         // One slow answer on a busy machine is not a lost Redis; two in a
                         // row are.
@@ -1431,7 +1473,7 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
                 Err(error) => tracing::error!(%error, "cannot encode a heartbeat"),
             }
             shared.live_nodes();
-            tokio::time::sleep(if shared.up.load(Ordering::Acquire) {
+            tokio::time::sleep(if cluster || shared.up.load(Ordering::Acquire) {
                 shared.heartbeat
             } else {
                 PROBE_INTERVAL
@@ -1446,22 +1488,7 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
             if matches!(ping, Ok(Ok(_))) {
                 // The manager resubscribed what Redis had confirmed; rooms joined while it
                 // was away are subscribed here (subscribing twice is harmless).
-                let mut channels: Vec<String> = lock(&shared.interests)
-                    .iter()
-                    .map(|room| shared.room_channel(room))
-                    .collect();
-                channels.push(all.clone());
-                channels.push(node_channel.clone());
-                let resubscribed = {
-                    let mut subscribed = shared.subscribing.lock().await;
-                    let result =
-                        tokio::time::timeout(COMMAND_TIMEOUT, manager.subscribe(&channels)).await;
-                    if matches!(result, Ok(Ok(()))) {
-                        subscribed.extend(lock(&shared.interests).iter().cloned());
-                    }
-                    result
-                };
-                if matches!(resubscribed, Ok(Ok(()))) {
+                if resubscribe(&shared, &mut manager, [all.clone(), node_channel.clone()]).await {
                     shared.up.store(true, Ordering::Release);
                     metrics::counter!(m::RECONNECTS).increment(1);
                     tracing::info!("Redis is back: cross-instance delivery resumed");
@@ -1470,6 +1497,79 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
+    }
+}
+
+/// Subscribes again to every room this instance has members in and to `fixed` (the
+/// broadcast and node channels); whether Redis confirmed them all.
+async fn resubscribe(shared: &Shared, manager: &mut Conn, fixed: [String; 2]) -> bool {
+    let mut channels: Vec<String> = lock(&shared.interests)
+        .iter()
+        .map(|room| shared.room_channel(room))
+        .collect();
+    channels.extend(fixed);
+    let mut subscribed = shared.subscribing.lock().await;
+    let result = tokio::time::timeout(COMMAND_TIMEOUT, manager.subscribe(&channels)).await;
+    let done = matches!(result, Ok(Ok(())));
+    if done {
+        subscribed.extend(lock(&shared.interests).iter().cloned());
+    }
+    done
+}
+
+/// On a cluster, probes its shards every 200 ms: `Degraded` while some master does not
+/// answer (the rooms on its slots wait for a replica to take over), `Down` when none does.
+/// When the masters change (a failover) or every shard answers again, the channels are
+/// subscribed again: the subscriptions held by a dead master are gone with it, and the
+/// client moves subscriptions only when it refreshes its slot map, which a failover
+/// without a `MOVED` answer does not make it do.
+async fn watch_shards(shared: Arc<Shared>, origin: Arc<str>, mut manager: Conn) {
+    let fixed = [
+        shared.all_channel(),
+        shared.node_channel(node_of(&origin)),
+    ];
+    let mut masters: Vec<String> = Vec::new();
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let shards = match manager.probe(COMMAND_TIMEOUT).await {
+            Ok(shards) if shards.unreachable < shards.masters.len() => shards,
+            Ok(_) => {
+                shared.set_down(&"no master of the cluster answers");
+                continue;
+            }
+            Err(error) => {
+                shared.set_down(&error);
+                continue;
+            }
+        };
+        let healthy = shards.unreachable == 0;
+        let was_healthy =
+            shared.up.load(Ordering::Acquire) && !shared.degraded.load(Ordering::Acquire);
+        if !healthy && was_healthy {
+            tracing::warn!(
+                unreachable = shards.unreachable,
+                "a Redis Cluster shard does not answer: its rooms wait for its failover"
+            );
+        }
+        if shards.masters == masters && healthy == was_healthy {
+            continue;
+        }
+        // Subscribed wherever the channels' slots are served now (a replica serves sharded
+        // channels too, so this also helps while the failover is under way).
+        let resubscribed = resubscribe(&shared, &mut manager, fixed.clone()).await;
+        let ok = healthy && resubscribed;
+        shared.degraded.store(!ok, Ordering::Release);
+        shared.up.store(true, Ordering::Release);
+        if ok && !was_healthy {
+            metrics::counter!(m::RECONNECTS).increment(1);
+            tracing::info!("every Redis Cluster shard answers: delivery resumed");
+        }
+        // Until every channel is confirmed, subscribed again on the next probe.
+        masters = if resubscribed {
+            shards.masters
+        } else {
+            Vec::new()
+        };
     }
 }
 
@@ -1492,14 +1592,15 @@ fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// The URL without its password, for logs and errors.
+/// The URL (or each of a cluster's) without its password, for logs and errors.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let one = |url: &str| match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
-    }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1588,5 +1689,9 @@ mod tests {
     fn passwords_stay_out_of_logs() {
         assert_eq!(redact("redis://:secret@h:1/"), "redis://***@h:1/");
         assert_eq!(redact("redis://h:1/"), "redis://h:1/");
+        assert_eq!(
+            redact("redis://:a@h:1,redis://:b@h:2"),
+            "redis://***@h:1,redis://***@h:2"
+        );
     }
 }

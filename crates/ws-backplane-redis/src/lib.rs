@@ -105,6 +105,7 @@
 #![deny(missing_docs)]
 
 mod backplane;
+mod connection;
 #[doc(hidden)]
 pub mod fuzzing;
 mod history;
