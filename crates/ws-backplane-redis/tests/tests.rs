@@ -5,6 +5,7 @@ mod fuzz_corpus;
 mod history;
 mod isolation;
 mod presence;
+mod redis_cluster;
 mod redis_server;
 mod slow_member;
 mod support;

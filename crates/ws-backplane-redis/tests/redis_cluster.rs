@@ -1,0 +1,306 @@
+//! A real Redis Cluster (three masters, three replicas): two instances, 1,000 clients in 50
+//! rooms spread over the shards get every room message once, in order; a master killed -9
+//! makes the instances `Degraded` until its replica takes over, then delivery, recovery and
+//! `Up` come back within 5 s, with no duplicate.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt as _;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use ws_backplane_redis::Settings;
+use ws_context::{Backplane as _, BackplaneStatus, Message, RoomPosition};
+
+use crate::{
+    redis_server::RedisCluster,
+    support::{Instance, eventually},
+};
+
+const ROOMS: usize = 50;
+/// Members of each room on each instance.
+const PER_INSTANCE: usize = 10;
+/// Messages per room before and after the failover.
+const BURST: usize = 10;
+/// How soon delivery, recovery and `Up` must be back once the replica took over.
+const RESUME: Duration = Duration::from_secs(5);
+
+fn room(i: usize) -> String {
+    format!("room-{i}")
+}
+
+/// A client that keeps every text it receives.
+struct Reader {
+    texts: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reader {
+    async fn join(instance: &Instance, room: &str) -> Reader {
+        let mut client = instance.connect(room).await;
+        let texts = Arc::new(Mutex::new(Vec::new()));
+        let kept = texts.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = client.next().await {
+                if let WsMessage::Text(text) = message {
+                    kept.lock().unwrap().push(text.to_string());
+                }
+            }
+        });
+        Reader { texts, task }
+    }
+
+    /// What it received, without the probes sent during the failover.
+    fn lines(&self) -> Vec<String> {
+        self.texts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|text| !text.starts_with("probe"))
+            .cloned()
+            .collect()
+    }
+
+    fn got(&self, text: &str) -> bool {
+        self.texts.lock().unwrap().iter().any(|t| t == text)
+    }
+
+    /// Each text at most once (every text sent is distinct).
+    fn no_duplicates(&self) -> bool {
+        let texts = self.texts.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        texts.iter().all(|text| seen.insert(text))
+    }
+}
+
+fn line(room: usize, k: usize) -> String {
+    format!("r{room}-{k}")
+}
+
+/// Sends messages `from..to` to every room (each room's in order, alternating instances,
+/// rooms at once); the position of each room's last.
+async fn burst(instances: &[Instance; 2], from: usize, to: usize) -> Vec<RoomPosition> {
+    let sends = (0..ROOMS).map(|r| async move {
+        let mut last = None;
+        for k in from..to {
+            let sent = instances[k % 2]
+                .hub
+                .send_to_room(&room(r), Message::text(line(r, k)))
+                .await;
+            last = sent.position;
+        }
+        last.unwrap_or_else(|| panic!("room {r}: no position (not in the shared history)"))
+    });
+    futures_util::future::join_all(sends).await
+}
+
+async fn all_lines(readers: &[Vec<Reader>], upto: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let short: Vec<(usize, usize, usize)> = readers
+            .iter()
+            .enumerate()
+            .flat_map(|(r, room)| {
+                room.iter()
+                    .enumerate()
+                    .map(move |(i, reader)| (r, i, reader.lines().len()))
+            })
+            .filter(|(_, _, got)| *got < upto)
+            .collect();
+        if short.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clients short of {upto} lines (room, client, got): {:?}",
+            &short[..short.len().min(40)]
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (r, room) in readers.iter().enumerate() {
+        let expected: Vec<String> = (0..upto).map(|k| line(r, k)).collect();
+        for reader in room {
+            assert_eq!(reader.lines(), expected, "room {r}");
+            assert!(reader.no_duplicates(), "room {r}: a duplicate");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let settings = || {
+        Settings::default()
+            .prefix("clu")
+            .heartbeat(Duration::from_millis(200))
+    };
+    let instances = [
+        Instance::start_with(&url, settings()).await,
+        Instance::start_with(&url, settings()).await,
+    ];
+    for instance in &instances {
+        instance.hub.set_history_limits(1000, Duration::from_secs(300));
+        assert_eq!(instance.hub.backplane_status(), BackplaneStatus::Up);
+    }
+
+    // The rooms' channels spread over the three shards.
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "three masters");
+    let channel = |r: usize| instances[0].backplane.room_channel(&room(r));
+    let shard_of: Vec<u16> = (0..ROOMS)
+        .map(|r| {
+            cluster
+                .master_of(cluster.slot(&channel(r)))
+                .expect("a master")
+        })
+        .collect();
+    for master in &masters {
+        assert!(
+            shard_of.contains(master),
+            "no room on the shard of {master}"
+        );
+    }
+    // A room's channel and its history stream share a slot.
+    assert_eq!(cluster.slot(&channel(0)), cluster.slot("{clu:room-0}:history"));
+
+    // 1,000 clients: 10 per room on each instance.
+    let joins = (0..ROOMS).map(|r| {
+        let instances = &instances;
+        async move {
+            let mut readers = Vec::new();
+            for instance in instances {
+                for _ in 0..PER_INSTANCE {
+                    readers.push(Reader::join(instance, &room(r)).await);
+                }
+            }
+            readers
+        }
+    });
+    let readers: Vec<Vec<Reader>> = futures_util::future::join_all(joins).await;
+    eventually("every member joined", Duration::from_secs(10), || {
+        instances.iter().all(|instance| {
+            (0..ROOMS).all(|r| instance.hub.room_members(&room(r)).len() == PER_INSTANCE)
+        })
+    })
+    .await;
+
+    let started = Instant::now();
+    let positions = burst(&instances, 0, BURST).await;
+    all_lines(&readers, BURST, Duration::from_secs(10)).await;
+    eprintln!(
+        "{} deliveries over the cluster in {:?}",
+        ROOMS * BURST * 2 * PER_INSTANCE,
+        started.elapsed()
+    );
+
+    // Kill the master of room 0's shard.
+    let victim = 0;
+    let slot = cluster.slot(&channel(victim));
+    let dead = cluster.master_of(slot).expect("a master");
+    cluster.kill(dead);
+    let killed_at = Instant::now();
+    eventually("both instances degraded", Duration::from_secs(5), || {
+        instances
+            .iter()
+            .all(|i| i.hub.backplane_status() == BackplaneStatus::Degraded)
+    })
+    .await;
+    // Rooms on the other shards keep working meanwhile.
+    let healthy = (0..ROOMS)
+        .find(|r| shard_of[*r] != dead)
+        .expect("a room on another shard");
+    instances[0]
+        .hub
+        .send_to_room(&room(healthy), Message::text("probe-healthy"))
+        .await;
+    eventually("a healthy shard's room", RESUME, || {
+        readers[healthy].iter().all(|reader| reader.got("probe-healthy"))
+    })
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.master_of(slot).is_none_or(|master| master == dead) {
+        assert!(
+            Instant::now() < deadline,
+            "no replica took over:\n{}",
+            cluster.nodes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed_over = Instant::now();
+    eprintln!("replica took over {:?} after the kill", failed_over - killed_at);
+
+    // Delivery: a message sent on one instance reaches the room's members on the other.
+    let mut n = 0;
+    let delivered = loop {
+        n += 1;
+        let probe = format!("probe-{n}");
+        instances[0]
+            .hub
+            .send_to_room(&room(victim), Message::text(probe.clone()))
+            .await;
+        let wait = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < wait && !readers[victim][PER_INSTANCE].got(&probe) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if readers[victim][PER_INSTANCE].got(&probe) {
+            break failed_over.elapsed();
+        }
+        assert!(failed_over.elapsed() < RESUME, "delivery did not resume");
+    };
+    // Recovery: the history after the last message before the kill.
+    let recovered = loop {
+        match instances[1]
+            .backplane
+            .history_since(&room(victim), &positions[victim])
+            .await
+        {
+            Ok((entries, _)) => {
+                let offsets: Vec<u64> = entries.iter().map(|(p, _)| p.offset()).collect();
+                assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+                assert!(!entries.is_empty(), "the probe that got through is in history");
+                break failed_over.elapsed();
+            }
+            Err(error) => {
+                assert!(
+                    failed_over.elapsed() < RESUME,
+                    "recovery did not resume: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    eventually("both instances up", RESUME, || {
+        instances
+            .iter()
+            .all(|i| i.hub.backplane_status() == BackplaneStatus::Up)
+    })
+    .await;
+    eprintln!(
+        "after the failover: delivery back in {delivered:?}, recovery in {recovered:?}, up in {:?}",
+        failed_over.elapsed()
+    );
+
+    // Every room, the failed-over one included, carries on: once each, in order.
+    burst(&instances, BURST, 2 * BURST).await;
+    all_lines(&readers, 2 * BURST, Duration::from_secs(10)).await;
+    for (r, room) in readers.iter().enumerate() {
+        for reader in room {
+            assert!(reader.no_duplicates(), "room {r}: a duplicate probe");
+        }
+    }
+    for instance in &instances {
+        assert_eq!(instance.backplane.stats().invalid, 0);
+    }
+}
