@@ -195,6 +195,12 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
     })
     .await;
 
+    // A member counts as soon as it joined; its instance's subscription to the room
+    // follows (the first join here waits for it, the connect does not).
+    eventually("both instances subscribed", Duration::from_secs(10), || {
+        (0..ROOMS).all(|r| cluster.subscribers(&channel(r)) >= 2)
+    })
+    .await;
     let started = Instant::now();
     let positions = burst(&instances, 0, BURST).await;
     all_lines(&readers, BURST, Duration::from_secs(10)).await;

@@ -372,6 +372,20 @@ impl RedisCluster {
         masters
     }
 
+    /// How many clients subscribe to a sharded channel, over every live node.
+    pub(crate) fn subscribers(&self, channel: &str) -> usize {
+        self.nodes
+            .iter()
+            .filter(|(_, child)| child.is_some())
+            .filter_map(|(port, _)| {
+                cli(*port, &["PUBSUB", "SHARDNUMSUB", channel])
+                    .lines()
+                    .nth(1)
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+            })
+            .sum()
+    }
+
     /// `CLUSTER NODES` as a live node says it, for failure messages.
     pub(crate) fn nodes(&self) -> String {
         cli(self.live(), &["CLUSTER", "NODES"])
