@@ -310,3 +310,61 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
         assert_eq!(instance.backplane.stats().invalid, 0);
     }
 }
+
+/// Room messages a second through one Redis and through the three-shard cluster: two
+/// instances, 50 rooms, one member per room on the other instance, 50 senders (one per
+/// room, each awaiting its send) on the first, history on (one script per message).
+/// Measures, does not judge: `cargo test -p ws-backplane-redis --release --test tests
+/// throughput -- --ignored --nocapture` prints the figures the guide quotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn throughput_one_redis_and_a_cluster() {
+    const PER_ROOM: usize = 400;
+    let Some(single) = crate::redis_server::RedisServer::start() else {
+        return;
+    };
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    for (name, url) in [("one Redis", single.url()), ("3-shard cluster", cluster.url())] {
+        let settings = || Settings::default().prefix("tput");
+        let a = Instance::start_with(&url, settings()).await;
+        let b = Instance::start_with(&url, settings()).await;
+        for instance in [&a, &b] {
+            instance.hub.set_history_limits(1000, Duration::from_secs(60));
+        }
+        let mut readers = Vec::new();
+        for r in 0..ROOMS {
+            readers.push(Reader::join(&b, &room(r)).await);
+        }
+        eventually("members joined", Duration::from_secs(10), || {
+            (0..ROOMS).all(|r| b.hub.room_members(&room(r)).len() == 1)
+        })
+        .await;
+        // Let every subscription settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let sends = (0..ROOMS).map(|r| {
+            let hub = a.hub.clone();
+            async move {
+                for k in 0..PER_ROOM {
+                    hub.send_to_room(&room(r), Message::text(line(r, k))).await;
+                }
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        let sent = started.elapsed();
+        eventually("every delivery", Duration::from_secs(60), || {
+            readers.iter().all(|reader| reader.lines().len() >= PER_ROOM)
+        })
+        .await;
+        let total = ROOMS * PER_ROOM;
+        eprintln!(
+            "{name}: {total} room messages sent in {sent:?}, all delivered in {:?}: {:.0} msgs/s",
+            started.elapsed(),
+            total as f64 / started.elapsed().as_secs_f64()
+        );
+        a.backplane.disconnect();
+        b.backplane.disconnect();
+    }
+}
