@@ -529,6 +529,10 @@ impl RedisBackplane {
     /// broadcast channel and this node's channel, and starts the reader, publisher and
     /// heartbeat tasks. Waits at most 5 s for Redis.
     ///
+    /// Several URLs separated by commas name a Redis Cluster (Redis 7 or later): any of its
+    /// nodes, the client finds the rest; channels are then sharded (see the crate's
+    /// [Redis Cluster](crate#redis-cluster) section).
+    ///
     /// # Cancel safety
     ///
     /// Not cancel safe: if dropped after connecting, the backplane stays unusable.
@@ -664,7 +668,8 @@ impl RedisBackplane {
         self.shared.up.store(false, Ordering::Release);
     }
 
-    /// The channel a room's deliveries travel on: `<prefix>:room:<room>`.
+    /// The channel a room's deliveries travel on: `{<prefix>:<room>}:room` (the braces are a
+    /// Redis Cluster hash tag, shared with the room's keys, so they all hash to one slot).
     pub fn room_channel(&self, room: &str) -> String {
         self.shared.room_channel(room)
     }
