@@ -563,10 +563,13 @@ impl RedisBackplane {
         };
         // Small frames, sent as they come: Nagle's algorithm would hold them for an ACK.
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
-        let tls = shared.tls_root_ca.as_ref().map(|pem| redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        });
+        let tls = shared
+            .tls_root_ca
+            .as_ref()
+            .map(|pem| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
         let mut manager = match connection::node_urls(url) {
             Some(nodes) => {
                 let mut builder = ClusterClientBuilder::new(nodes)
@@ -579,11 +582,10 @@ impl RedisBackplane {
                     builder = builder.certs(certificates);
                 }
                 let client = builder.build().map_err(url_error)?;
-                let cluster =
-                    tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
-                        .await
-                        .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-                        .map_err(|e| connect_error(e.to_string()))?;
+                let cluster = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| connect_error(e.to_string()))?;
                 Conn::Cluster(cluster)
             }
             None => {
@@ -1529,10 +1531,7 @@ async fn resubscribe(shared: &Shared, manager: &mut Conn, fixed: [String; 2]) ->
 /// client moves subscriptions only when it refreshes its slot map, which a failover
 /// without a `MOVED` answer does not make it do.
 async fn watch_shards(shared: Arc<Shared>, origin: Arc<str>, mut manager: Conn) {
-    let fixed = [
-        shared.all_channel(),
-        shared.node_channel(node_of(&origin)),
-    ];
+    let fixed = [shared.all_channel(), shared.node_channel(node_of(&origin))];
     let mut masters: Vec<String> = Vec::new();
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;

@@ -159,10 +159,12 @@ impl Conn {
                 }
             }
         });
-        futures_util::future::join_all(runs).await.into_iter().fold(
-            (0, None),
-            |(failed, first), (n, error)| (failed + n, first.or(error)),
-        )
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .fold((0, None), |(failed, first), (n, error)| {
+                (failed + n, first.or(error))
+            })
     }
 
     /// On a cluster: its masters, as a node it reaches says, and how many of them answer a

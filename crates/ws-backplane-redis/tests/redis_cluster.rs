@@ -150,7 +150,9 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
         Instance::start_with(&url, settings()).await,
     ];
     for instance in &instances {
-        instance.hub.set_history_limits(1000, Duration::from_secs(300));
+        instance
+            .hub
+            .set_history_limits(1000, Duration::from_secs(300));
         assert_eq!(instance.hub.backplane_status(), BackplaneStatus::Up);
     }
 
@@ -172,7 +174,10 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
         );
     }
     // A room's channel and its history stream share a slot.
-    assert_eq!(cluster.slot(&channel(0)), cluster.slot("{clu:room-0}:history"));
+    assert_eq!(
+        cluster.slot(&channel(0)),
+        cluster.slot("{clu:room-0}:history")
+    );
 
     // 1,000 clients: 10 per room on each instance.
     let joins = (0..ROOMS).map(|r| {
@@ -231,7 +236,9 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
         .send_to_room(&room(healthy), Message::text("probe-healthy"))
         .await;
     eventually("a healthy shard's room", RESUME, || {
-        readers[healthy].iter().all(|reader| reader.got("probe-healthy"))
+        readers[healthy]
+            .iter()
+            .all(|reader| reader.got("probe-healthy"))
     })
     .await;
 
@@ -245,7 +252,10 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let failed_over = Instant::now();
-    eprintln!("replica took over {:?} after the kill", failed_over - killed_at);
+    eprintln!(
+        "replica took over {:?} after the kill",
+        failed_over - killed_at
+    );
 
     // Delivery: a message sent on one instance reaches the room's members on the other.
     let mut n = 0;
@@ -275,7 +285,10 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
             Ok((entries, _)) => {
                 let offsets: Vec<u64> = entries.iter().map(|(p, _)| p.offset()).collect();
                 assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
-                assert!(!entries.is_empty(), "the probe that got through is in history");
+                assert!(
+                    !entries.is_empty(),
+                    "the probe that got through is in history"
+                );
                 break failed_over.elapsed();
             }
             Err(error) => {
@@ -326,12 +339,17 @@ async fn throughput_one_redis_and_a_cluster() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    for (name, url) in [("one Redis", single.url()), ("3-shard cluster", cluster.url())] {
+    for (name, url) in [
+        ("one Redis", single.url()),
+        ("3-shard cluster", cluster.url()),
+    ] {
         let settings = || Settings::default().prefix("tput");
         let a = Instance::start_with(&url, settings()).await;
         let b = Instance::start_with(&url, settings()).await;
         for instance in [&a, &b] {
-            instance.hub.set_history_limits(1000, Duration::from_secs(60));
+            instance
+                .hub
+                .set_history_limits(1000, Duration::from_secs(60));
         }
         let mut readers = Vec::new();
         for r in 0..ROOMS {
@@ -355,7 +373,9 @@ async fn throughput_one_redis_and_a_cluster() {
         futures_util::future::join_all(sends).await;
         let sent = started.elapsed();
         eventually("every delivery", Duration::from_secs(60), || {
-            readers.iter().all(|reader| reader.lines().len() >= PER_ROOM)
+            readers
+                .iter()
+                .all(|reader| reader.lines().len() >= PER_ROOM)
         })
         .await;
         let total = ROOMS * PER_ROOM;

@@ -247,9 +247,9 @@ impl RedisCluster {
             let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
             let port = listener.local_addr().expect("its address").port();
             // The cluster bus listens on port + 10,000.
-            let bus = port.checked_add(10_000).and_then(|bus| {
-                TcpListener::bind(("127.0.0.1", bus)).ok()
-            });
+            let bus = port
+                .checked_add(10_000)
+                .and_then(|bus| TcpListener::bind(("127.0.0.1", bus)).ok());
             if let Some(bus) = bus {
                 ports.push(port);
                 holders.push((listener, bus));
@@ -355,7 +355,10 @@ impl RedisCluster {
             });
             if serves {
                 let address = fields[1].split('@').next().unwrap_or_default();
-                return address.rsplit(':').next().and_then(|port| port.parse().ok());
+                return address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.parse().ok());
             }
         }
         None
