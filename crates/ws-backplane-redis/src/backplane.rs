@@ -14,6 +14,7 @@ use redis::{
     AsyncCommands as _, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use ws_context::{
@@ -649,10 +650,11 @@ impl RedisBackplane {
                 manager.clone(),
             )),
         ];
-        if manager.is_cluster() {
+        if let Conn::Cluster(cluster) = &manager {
             tasks.push(tokio::spawn(watch_shards(
                 shared.clone(),
                 inbound.origin().into(),
+                cluster.clone(),
                 manager,
             )));
         }
@@ -1530,12 +1532,17 @@ async fn resubscribe(shared: &Shared, manager: &mut Conn, fixed: [String; 2]) ->
 /// subscribed again: the subscriptions held by a dead master are gone with it, and the
 /// client moves subscriptions only when it refreshes its slot map, which a failover
 /// without a `MOVED` answer does not make it do.
-async fn watch_shards(shared: Arc<Shared>, origin: Arc<str>, mut manager: Conn) {
+async fn watch_shards(
+    shared: Arc<Shared>,
+    origin: Arc<str>,
+    mut cluster: ClusterConnection,
+    mut manager: Conn,
+) {
     let fixed = [shared.all_channel(), shared.node_channel(node_of(&origin))];
     let mut masters: Vec<String> = Vec::new();
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        let shards = match manager.probe(COMMAND_TIMEOUT).await {
+        let shards = match connection::probe(&mut cluster, COMMAND_TIMEOUT).await {
             Ok(shards) if shards.unreachable < shards.masters.len() => shards,
             Ok(_) => {
                 shared.set_down(&"no master of the cluster answers");

@@ -166,68 +166,54 @@ impl Conn {
                 (failed + n, first.or(error))
             })
     }
+}
 
-    /// On a cluster: its masters, as a node it reaches says, and how many of them answer a
-    /// `PING` within `timeout`. On one server: that server, answering or not.
-    pub(crate) async fn probe(&mut self, timeout: Duration) -> Result<Shards, String> {
-        let cluster = match self {
-            Conn::Single(manager) => {
-                let answered = tokio::time::timeout(
-                    timeout,
-                    redis::cmd("PING").query_async::<String>(manager),
-                )
-                .await;
-                return Ok(Shards {
-                    masters: vec![String::new()],
-                    unreachable: usize::from(!matches!(answered, Ok(Ok(_)))),
-                });
-            }
-            Conn::Cluster(cluster) => cluster,
-        };
-        let slots = tokio::time::timeout(
-            timeout,
-            cluster.route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            ),
-        )
-        .await
-        .map_err(|_| "CLUSTER SLOTS timed out".to_owned())?
-        .map_err(|error: RedisError| error.to_string())?;
-        let mut masters = masters_of(slots);
-        masters.sort();
-        masters.dedup();
-        if masters.is_empty() {
-            return Err("CLUSTER SLOTS named no master".to_owned());
-        }
-        let pings = masters.iter().map(|(host, port)| {
-            let mut cluster = cluster.clone();
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: host.clone(),
-                port: *port,
-            });
-            async move {
-                // The client answers at once for a node it is not connected to (one being
-                // reconnected): that counts as unreachable too.
-                matches!(
-                    tokio::time::timeout(
-                        timeout,
-                        cluster.route_command(redis::cmd("PING"), routing)
-                    )
-                    .await,
-                    Ok(Ok(_))
-                )
-            }
-        });
-        let answered = futures_util::future::join_all(pings).await;
-        Ok(Shards {
-            unreachable: answered.iter().filter(|up| !**up).count(),
-            masters: masters
-                .into_iter()
-                .map(|(host, port)| format!("{host}:{port}"))
-                .collect(),
-        })
+/// A cluster's masters, as a node it reaches says, and how many of them answer a `PING`
+/// within `timeout`.
+pub(crate) async fn probe(
+    cluster: &mut ClusterConnection,
+    timeout: Duration,
+) -> Result<Shards, String> {
+    let slots = tokio::time::timeout(
+        timeout,
+        cluster.route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        ),
+    )
+    .await
+    .map_err(|_| "CLUSTER SLOTS timed out".to_owned())?
+    .map_err(|error: RedisError| error.to_string())?;
+    let mut masters = masters_of(slots);
+    masters.sort();
+    masters.dedup();
+    if masters.is_empty() {
+        return Err("CLUSTER SLOTS named no master".to_owned());
     }
+    let pings = masters.iter().map(|(host, port)| {
+        let mut cluster = cluster.clone();
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        });
+        async move {
+            // The client answers at once for a node it is not connected to (one being
+            // reconnected): that counts as unreachable too.
+            matches!(
+                tokio::time::timeout(timeout, cluster.route_command(redis::cmd("PING"), routing))
+                    .await,
+                Ok(Ok(_))
+            )
+        }
+    });
+    let answered = futures_util::future::join_all(pings).await;
+    Ok(Shards {
+        unreachable: answered.iter().filter(|up| !**up).count(),
+        masters: masters
+            .into_iter()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect(),
+    })
 }
 
 /// The master (host, port) of each slot range in a `CLUSTER SLOTS` answer: ranges are
