@@ -1028,6 +1028,9 @@ impl Backplane for RedisBackplane {
                 }
                 AppendReply::Moved(epoch, offset) => {
                     let position = RoomPosition::new(epoch, offset);
+                    if shared.rolled_back(&room, &position) {
+                        end_epoch(&mut manager, &keys, &position).await;
+                    }
                     shared.saw(&room, &position);
                     Ok(Appended::Moved(position))
                 }
@@ -1133,6 +1136,26 @@ async fn run_script(
     }
 }
 
+/// Ends a room's epoch whose offsets went back (see [`Shared::rolled_back`]), if it is still
+/// the room's: the next append starts a new one, so members here and elsewhere take the
+/// next messages as new rather than as copies of the lost ones, and clients holding
+/// positions of the old epoch are told `EpochChanged`. Best effort: if it fails, the next
+/// append that finds the offsets behind tries again.
+async fn end_epoch(manager: &mut Conn, keys: &RoomKeys, position: &RoomPosition) {
+    const END: &str =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end";
+    tracing::warn!(
+        key = keys.epoch,
+        offset = position.offset(),
+        "the room's offsets went back (a failover lost its last messages): a new epoch starts"
+    );
+    let mut end = redis::cmd("EVAL");
+    end.arg(END).arg(1).arg(&keys.epoch).arg(position.epoch());
+    if let Ok(Err(error)) = tokio::time::timeout(HISTORY_TIMEOUT, end.exec_async(manager)).await {
+        tracing::warn!(%error, "could not end the epoch");
+    }
+}
+
 /// Redis answered a history script with something that is not the script's answer.
 fn unexpected() -> BackplaneError {
     BackplaneError::Unavailable("unexpected answer from a history script".to_owned())
@@ -1171,6 +1194,16 @@ impl Shared {
                 positions.insert(room.to_owned(), position.clone());
             }
         }
+    }
+
+    /// Whether Redis now has a room's history behind what this instance saw of the same
+    /// epoch: a failover to a replica that had not received the last messages (Redis
+    /// replicates asynchronously). Their offsets would be given out again, and every member
+    /// that received the lost ones would drop as many new ones as copies.
+    fn rolled_back(&self, room: &str, now: &RoomPosition) -> bool {
+        lock(&self.positions)
+            .get(room)
+            .is_some_and(|known| known.epoch() == now.epoch() && known.offset() > now.offset())
     }
 
     /// The connection for history scripts: tried even while the backplane counts as down

@@ -388,3 +388,60 @@ async fn throughput_one_redis_and_a_cluster() {
         b.backplane.disconnect();
     }
 }
+
+/// A failover to a replica that had not received the last messages takes a room's offsets
+/// back; simulated on one Redis by setting the offset back and trimming the stream. The
+/// next message starts a new epoch instead of reusing offsets the members saw: it is
+/// delivered, and positions of the old epoch are refused as `EpochChanged`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_that_went_back_start_a_new_epoch() {
+    let Some(redis) = crate::redis_server::RedisServer::start() else {
+        return;
+    };
+    let instance = Instance::start_with(&redis.url(), Settings::default().prefix("back")).await;
+    instance
+        .hub
+        .set_history_limits(100, Duration::from_secs(60));
+    let reader = Reader::join(&instance, "r").await;
+    eventually("joined", Duration::from_secs(5), || {
+        instance.hub.room_members("r").len() == 1
+    })
+    .await;
+    let mut last = None;
+    for k in 0..5 {
+        last = instance
+            .hub
+            .send_to_room("r", Message::text(line(0, k)))
+            .await
+            .position;
+    }
+    let last = last.expect("a position");
+    eventually("five lines", Duration::from_secs(5), || {
+        reader.lines().len() == 5
+    })
+    .await;
+
+    // The last three messages are lost, as a replica that had not received them would.
+    assert_eq!(redis.cli(&["SET", "{back:r}:offset", "2"]), "OK");
+    redis.cli(&["XTRIM", "{back:r}:history", "MAXLEN", "2"]);
+    let after = instance
+        .hub
+        .send_to_room("r", Message::text(line(0, 5)))
+        .await
+        .position
+        .expect("a position");
+    assert_ne!(after.epoch(), last.epoch(), "a new epoch");
+    eventually("the next line", Duration::from_secs(5), || {
+        reader.lines().len() == 6
+    })
+    .await;
+    assert_eq!(
+        reader.lines(),
+        (0..6).map(|k| line(0, k)).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        instance.backplane.history_since("r", &last).await,
+        Err(ws_context::RecoveryError::EpochChanged)
+    ));
+    assert!(instance.backplane.stats().gaps >= 1);
+}
