@@ -1028,8 +1028,23 @@ impl Backplane for RedisBackplane {
                 }
                 AppendReply::Moved(epoch, offset) => {
                     let position = RoomPosition::new(epoch, offset);
-                    if shared.rolled_back(&room, &position) {
-                        end_epoch(&mut manager, &keys, &position).await;
+                    if let Some(seen) = shared.seen_beyond(&room, &position) {
+                        // The answer may just be older than a message of another sender
+                        // received meanwhile: only a fresh read behind what was seen is a loss.
+                        let args = [
+                            history::new_epoch().into_bytes(),
+                            history::millis(shared.epoch_ttl),
+                        ];
+                        let now = run_script(Script::position(), &mut manager, &keys, &args)
+                            .await
+                            .ok()
+                            .and_then(history::position_reply);
+                        if let Some((epoch, offset)) = now
+                            && epoch == position.epoch()
+                            && offset < seen
+                        {
+                            end_epoch(&mut manager, &keys, &position).await;
+                        }
                     }
                     shared.saw(&room, &position);
                     Ok(Appended::Moved(position))
@@ -1136,7 +1151,7 @@ async fn run_script(
     }
 }
 
-/// Ends a room's epoch whose offsets went back (see [`Shared::rolled_back`]), if it is still
+/// Ends a room's epoch whose offsets went back (see [`Shared::seen_beyond`]), if it is still
 /// the room's: the next append starts a new one, so members here and elsewhere take the
 /// next messages as new rather than as copies of the lost ones, and clients holding
 /// positions of the old epoch are told `EpochChanged`. Best effort: if it fails, the next
@@ -1196,14 +1211,16 @@ impl Shared {
         }
     }
 
-    /// Whether Redis now has a room's history behind what this instance saw of the same
-    /// epoch: a failover to a replica that had not received the last messages (Redis
+    /// The offset this instance saw of a room when it is beyond `now` in the same epoch.
+    /// Confirmed by a fresh read, that is Redis with the room's history behind what was
+    /// seen: a failover to a replica that had not received the last messages (Redis
     /// replicates asynchronously). Their offsets would be given out again, and every member
     /// that received the lost ones would drop as many new ones as copies.
-    fn rolled_back(&self, room: &str, now: &RoomPosition) -> bool {
+    fn seen_beyond(&self, room: &str, now: &RoomPosition) -> Option<u64> {
         lock(&self.positions)
             .get(room)
-            .is_some_and(|known| known.epoch() == now.epoch() && known.offset() > now.offset())
+            .filter(|known| known.epoch() == now.epoch() && known.offset() > now.offset())
+            .map(RoomPosition::offset)
     }
 
     /// The connection for history scripts: tried even while the backplane counts as down
@@ -1426,7 +1443,7 @@ async fn publish_queued(
             })
             .collect();
         let (failed, error) = manager.exec_placed(commands, PIPELINE_TIMEOUT).await;
-        let delivered = (sent - failed) as u64;
+        let delivered = sent.saturating_sub(failed) as u64;
         add(&shared.counters.published, delivered);
         metrics::counter!(m::PUBLISHED).increment(delivered);
         if let Some(error) = error {
