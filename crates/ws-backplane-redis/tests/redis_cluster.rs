@@ -361,6 +361,20 @@ async fn throughput_one_redis_and_a_cluster() {
         .await;
         // Let every subscription settle.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let redis_cpu = || -> Vec<f64> {
+            if name == "one Redis" {
+                vec![crate::redis_server::cpu_seconds(
+                    &single.cli(&["INFO", "cpu"]),
+                )]
+            } else {
+                cluster
+                    .master_cpu()
+                    .into_iter()
+                    .map(|(_, cpu)| cpu)
+                    .collect()
+            }
+        };
+        let cpu_before = redis_cpu();
         let started = Instant::now();
         let sends = (0..ROOMS).map(|r| {
             let hub = a.hub.clone();
@@ -379,10 +393,19 @@ async fn throughput_one_redis_and_a_cluster() {
         })
         .await;
         let total = ROOMS * PER_ROOM;
+        let elapsed = started.elapsed();
+        let cpu: Vec<String> = redis_cpu()
+            .iter()
+            .zip(&cpu_before)
+            .map(|(after, before)| {
+                format!("{:.0} %", 100.0 * (after - before) / elapsed.as_secs_f64())
+            })
+            .collect();
         eprintln!(
-            "{name}: {total} room messages sent in {sent:?}, all delivered in {:?}: {:.0} msgs/s",
-            started.elapsed(),
-            total as f64 / started.elapsed().as_secs_f64()
+            "{name}: {total} room messages sent in {sent:?}, all delivered in {elapsed:?}: \
+             {:.0} msgs/s; Redis CPU per master: {}",
+            total as f64 / elapsed.as_secs_f64(),
+            cpu.join(", ")
         );
         a.backplane.disconnect();
         b.backplane.disconnect();

@@ -375,6 +375,14 @@ impl RedisCluster {
         masters
     }
 
+    /// CPU seconds (user and system) each master used so far, by port.
+    pub(crate) fn master_cpu(&self) -> Vec<(u16, f64)> {
+        self.masters()
+            .into_iter()
+            .map(|port| (port, cpu_seconds(&cli(port, &["INFO", "cpu"]))))
+            .collect()
+    }
+
     /// How many clients subscribe to a sharded channel, over every live node.
     pub(crate) fn subscribers(&self, channel: &str) -> usize {
         self.nodes
@@ -443,4 +451,17 @@ fn cli(port: u16, args: &[&str]) -> String {
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// `used_cpu_sys` plus `used_cpu_user` out of an `INFO cpu` answer.
+#[allow(dead_code, reason = "used by the backplane's tests, not the examples'")]
+pub(crate) fn cpu_seconds(info: &str) -> f64 {
+    info.lines()
+        .filter_map(|line| {
+            let (name, value) = line.trim().split_once(':')?;
+            matches!(name, "used_cpu_sys" | "used_cpu_user")
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
