@@ -14,7 +14,6 @@ use redis::{
     AsyncCommands as _, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
-    cluster_async::ClusterConnection,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use ws_context::{
@@ -571,8 +570,10 @@ impl RedisBackplane {
                 client_tls: None,
                 root_cert: Some(pem.clone()),
             });
+        let mut prober = None;
         let mut manager = match connection::node_urls(url) {
             Some(nodes) => {
+                prober = Some(connection::Prober::new(&nodes, tls.clone()).map_err(url_error)?);
                 let mut builder = ClusterClientBuilder::new(nodes)
                     .use_protocol(ProtocolVersion::RESP3)
                     .push_sender(push_sender)
@@ -650,11 +651,11 @@ impl RedisBackplane {
                 manager.clone(),
             )),
         ];
-        if let Conn::Cluster(cluster) = &manager {
+        if let Some(prober) = prober {
             tasks.push(tokio::spawn(watch_shards(
                 shared.clone(),
                 inbound.origin().into(),
-                cluster.clone(),
+                prober,
                 manager,
             )));
         }
@@ -1585,14 +1586,14 @@ async fn resubscribe(shared: &Shared, manager: &mut Conn, fixed: [String; 2]) ->
 async fn watch_shards(
     shared: Arc<Shared>,
     origin: Arc<str>,
-    mut cluster: ClusterConnection,
+    mut prober: connection::Prober,
     mut manager: Conn,
 ) {
     let fixed = [shared.all_channel(), shared.node_channel(node_of(&origin))];
     let mut masters: Vec<String> = Vec::new();
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        let shards = match connection::probe(&mut cluster, COMMAND_TIMEOUT).await {
+        let shards = match prober.probe(COMMAND_TIMEOUT).await {
             Ok(shards) if shards.unreachable < shards.masters.len() => shards,
             Ok(_) => {
                 shared.set_down(&"no master of the cluster answers");

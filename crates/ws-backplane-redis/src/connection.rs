@@ -7,13 +7,13 @@
 //! (`{<prefix>:<room>}:room`) sits next to its history keys, and a publish costs one shard,
 //! not every node of the cluster as plain `PUBLISH` does.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use redis::{
-    Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
-    aio::{ConnectionLike, ConnectionManager},
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo as _, Pipeline, RedisError,
+    RedisFuture, RedisResult, TlsCertificates, Value,
+    aio::{ConnectionLike, ConnectionManager, MultiplexedConnection},
     cluster_async::ClusterConnection,
-    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
 };
 
 /// A connection to one Redis or to a cluster; cloning is cheap and shares it.
@@ -136,7 +136,7 @@ impl Conn {
             Conn::Cluster(_) => {
                 // In order of first appearance, so each key's commands keep their order.
                 let mut groups: Vec<(String, usize, Pipeline)> = Vec::new();
-                let mut index = std::collections::HashMap::new();
+                let mut index = HashMap::new();
                 for (key, cmd) in commands {
                     let at = *index.entry(key.clone()).or_insert_with(|| {
                         groups.push((key, 0, redis::pipe()));
@@ -168,52 +168,144 @@ impl Conn {
     }
 }
 
-/// A cluster's masters, as a node it reaches says, and how many of them answer a `PING`
-/// within `timeout`.
-pub(crate) async fn probe(
-    cluster: &mut ClusterConnection,
-    timeout: Duration,
-) -> Result<Shards, String> {
-    let slots = tokio::time::timeout(
-        timeout,
-        cluster.route_command(
-            redis::cmd("CLUSTER").arg("SLOTS").clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-        ),
-    )
-    .await
-    .map_err(|_| "CLUSTER SLOTS timed out".to_owned())?
-    .map_err(|error: RedisError| error.to_string())?;
-    let mut masters = masters_of(slots);
-    masters.sort();
-    masters.dedup();
-    if masters.is_empty() {
-        return Err("CLUSTER SLOTS named no master".to_owned());
+/// Probes a cluster's masters over connections of its own: asking the cluster client for a
+/// node it holds no connection to (a dead master) makes it reconnect to every initial node,
+/// replacing every connection, and what arrives on the subscriptions meanwhile is lost.
+pub(crate) struct Prober {
+    template: ConnectionInfo,
+    tls: Option<TlsCertificates>,
+    /// The nodes given, then the masters last found: where `CLUSTER SLOTS` is asked.
+    seeds: Vec<(String, u16)>,
+    masters: Vec<(String, u16)>,
+    connections: HashMap<(String, u16), MultiplexedConnection>,
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("masters", &self.masters)
+            .finish_non_exhaustive()
     }
-    let pings = masters.iter().map(|(host, port)| {
-        let mut cluster = cluster.clone();
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-            host: host.clone(),
-            port: *port,
-        });
-        async move {
-            // The client answers at once for a node it is not connected to (one being
-            // reconnected): that counts as unreachable too.
-            matches!(
-                tokio::time::timeout(timeout, cluster.route_command(redis::cmd("PING"), routing))
-                    .await,
-                Ok(Ok(_))
-            )
+}
+
+impl Prober {
+    /// For the cluster whose nodes are `nodes` (URLs; the first one's scheme, credentials and
+    /// TLS settings are used for every node).
+    pub(crate) fn new(nodes: &[&str], tls: Option<TlsCertificates>) -> RedisResult<Prober> {
+        let infos = nodes
+            .iter()
+            .map(|node| node.into_connection_info())
+            .collect::<RedisResult<Vec<_>>>()?;
+        let template = infos
+            .first()
+            .cloned()
+            .ok_or_else(|| RedisError::from((redis::ErrorKind::InvalidClientConfig, "no node")))?;
+        let seeds = infos
+            .iter()
+            .filter_map(|info| match info.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Prober {
+            template,
+            tls,
+            seeds,
+            masters: Vec::new(),
+            connections: HashMap::new(),
+        })
+    }
+
+    /// The cluster's masters, as the first node that answers says, and how many of them
+    /// answer a `PING`; each step within `timeout`.
+    pub(crate) async fn probe(&mut self, timeout: Duration) -> Result<Shards, String> {
+        let mut asked: Vec<(String, u16)> = self.masters.clone();
+        asked.extend(self.seeds.iter().cloned());
+        let mut slots = None;
+        for node in asked {
+            if let Some(answer) = self
+                .ask(&node, redis::cmd("CLUSTER").arg("SLOTS"), timeout)
+                .await
+            {
+                slots = Some(answer);
+                break;
+            }
         }
-    });
-    let answered = futures_util::future::join_all(pings).await;
-    Ok(Shards {
-        unreachable: answered.iter().filter(|up| !**up).count(),
-        masters: masters
-            .into_iter()
-            .map(|(host, port)| format!("{host}:{port}"))
-            .collect(),
-    })
+        let slots = slots.ok_or_else(|| "no node of the cluster answers".to_owned())?;
+        let mut masters = masters_of(slots);
+        masters.sort();
+        masters.dedup();
+        if masters.is_empty() {
+            return Err("CLUSTER SLOTS named no master".to_owned());
+        }
+        let mut unreachable = 0;
+        for master in &masters {
+            if self
+                .ask(master, &redis::cmd("PING"), timeout)
+                .await
+                .is_none()
+            {
+                unreachable += 1;
+            }
+        }
+        // Gone from the cluster: not asked again.
+        self.connections.retain(|node, _| masters.contains(node));
+        self.masters.clone_from(&masters);
+        Ok(Shards {
+            unreachable,
+            masters: masters
+                .into_iter()
+                .map(|(host, port)| format!("{host}:{port}"))
+                .collect(),
+        })
+    }
+
+    /// One command to one node, on a connection kept for the next probe (and dropped when it
+    /// fails); None when the node does not answer in time.
+    async fn ask(&mut self, node: &(String, u16), cmd: &Cmd, timeout: Duration) -> Option<Value> {
+        let mut connection = match self.connections.get(node) {
+            Some(connection) => connection.clone(),
+            None => {
+                let connection = tokio::time::timeout(timeout, self.connect(node))
+                    .await
+                    .ok()?
+                    .ok()?;
+                self.connections.insert(node.clone(), connection.clone());
+                connection
+            }
+        };
+        match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut connection)).await {
+            Ok(Ok(value)) => Some(value),
+            _ => {
+                self.connections.remove(node);
+                None
+            }
+        }
+    }
+
+    async fn connect(&self, (host, port): &(String, u16)) -> RedisResult<MultiplexedConnection> {
+        let addr = match self.template.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.clone(), *port),
+        };
+        let info = self.template.clone().set_addr(addr);
+        let client = match &self.tls {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone())?,
+            None => redis::Client::open(info)?,
+        };
+        client.get_multiplexed_async_connection().await
+    }
 }
 
 /// The master (host, port) of each slot range in a `CLUSTER SLOTS` answer: ranges are

@@ -110,7 +110,9 @@
 //! Publishes and presence changes are pipelined per key (a pipeline stays in one slot), the
 //! shards at once.
 //!
-//! A task probes the shards every 200 ms (`CLUSTER SLOTS`, then a `PING` to each master):
+//! A task probes the shards every 200 ms (`CLUSTER SLOTS`, then a `PING` to each master, on
+//! connections of its own: the cluster client, asked for a node it has no connection to,
+//! reconnects to every node, and messages on the subscriptions are lost meanwhile):
 //! while some master does not answer, [`status`](ws_context::Backplane::status) is
 //! `Degraded` (rooms on the other shards work as usual; those on the missing one fail until
 //! a replica takes over); when none answers, `Down`. When the masters change (a failover) or
