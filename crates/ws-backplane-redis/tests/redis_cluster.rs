@@ -206,6 +206,17 @@ async fn a_redis_cluster_carries_rooms_and_survives_a_master_failover() {
         (0..ROOMS).all(|r| cluster.subscribers(&channel(r)) >= 2)
     })
     .await;
+    // Presence hashes are written in pipelines per key (one slot each): every room lists
+    // its members of both instances.
+    for r in [0, ROOMS / 2, ROOMS - 1] {
+        let hub = &instances[1].hub;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hub.presence(&room(r)).await.len() != 2 * PER_INSTANCE {
+            assert!(Instant::now() < deadline, "room {r}: presence incomplete");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     let started = Instant::now();
     let positions = burst(&instances, 0, BURST).await;
     all_lines(&readers, BURST, Duration::from_secs(10)).await;
