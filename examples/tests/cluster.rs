@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use test_support::RedisServer;
+use test_support::{RedisCluster, RedisServer};
 use ws_test::{AppProcess, DEFAULT_TIMEOUT as WAIT, WsClient, http_get};
 
 use crate::{chat::chat_json, chat_line};
@@ -536,4 +536,82 @@ async fn presence_lines_on_both_instances_with_the_leave_delay_and_a_killed_inst
     assert!(took <= Duration::from_millis(7_000), "{took:?}");
     assert_eq!(who(&mut on_a).await, ["wa"]);
     eprintln!("chat presence: a killed instance's 3 members left on the survivor after {took:?}");
+}
+
+/// `REDIS_URL` naming a Redis Cluster (three masters, three replicas): a room's messages
+/// cross instances; the master of the room's shard killed -9 makes both instances' health
+/// `DEGRADED` until its replica takes over, then `UP` and delivery again within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_master_failover_shows_in_health_and_delivery_resumes() {
+    let Some(mut redis) = RedisCluster::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str()), ("APP_NAME", "chat")];
+    let a = AppProcess::example("chat", &env);
+    let b = AppProcess::example("chat", &env);
+    let (mut say, _) = join(&a, "failover").await;
+    let (mut remote, _) = join(&b, "failover").await;
+    for app in [&a, &b] {
+        health_until(app, WAIT, "UP", |h| h["cluster"]["status"] == "UP").await;
+    }
+    say.send_text("before").await;
+    assert_eq!(said(&mut say).await, "before");
+    assert_eq!(said(&mut remote).await, "before");
+
+    // The room's channel shares the hash tag `{<APP_NAME>:<room>}` with its keys.
+    let slot = redis.slot("{chat:failover}:room");
+    let dead = redis.master_of(slot).expect("a master");
+    redis.kill(dead);
+    for app in [&a, &b] {
+        health_until(app, WAIT, "DEGRADED", |h| {
+            h["status"] == "DEGRADED" && h["cluster"]["status"] == "DEGRADED"
+        })
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.master_of(slot).is_none_or(|master| master == dead) {
+        assert!(Instant::now() < deadline, "no replica took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed_over = Instant::now();
+    let resume = Duration::from_secs(5);
+    for app in [&a, &b] {
+        health_until(app, resume, "UP again", |h| {
+            h["status"] == "UP" && h["cluster"]["status"] == "UP"
+        })
+        .await;
+    }
+    // Delivery across instances resumes.
+    let mut n = 0;
+    loop {
+        let text = format!("after {n}");
+        say.send_text(text.clone()).await;
+        assert_eq!(said(&mut say).await, text);
+        if let Some(ws_test::Message::Text(text)) =
+            remote.recv_within(Duration::from_millis(200)).await
+        {
+            let line: serde_json::Value =
+                serde_json::from_str(text.as_str()).expect("chat lines are JSON");
+            if line.get("presence").is_none() {
+                // This one or an earlier one, late.
+                assert!(
+                    line["text"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("after ")),
+                    "{line}"
+                );
+                break;
+            }
+        }
+        n += 1;
+        assert!(
+            failed_over.elapsed() < resume,
+            "no delivery 5 s after the failover"
+        );
+    }
+    eprintln!(
+        "delivery resumed {:?} after the failover",
+        failed_over.elapsed()
+    );
 }

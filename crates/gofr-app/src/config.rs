@@ -111,7 +111,7 @@ impl LogLevel {
 /// | `WS_MAX_CONNECTIONS_PER_IP` | unset (no limit) | WebSocket connections open at once from one client IP address; more get `503` with `Retry-After` |
 /// | `WS_INBOUND_BUDGET` | `268435456` (256 MiB) | bytes held in unfinished incoming messages across the whole process (1 MiB to 1 TiB); a frame past it closes its connection with 1013 |
 /// | `WS_MESSAGE_TIMEOUT` | `30s` | time an unfinished incoming message may go without a new byte before its connection is closed with 1008 (the app's default upgrader; an upgrader given to `override_websocket_upgrader` carries its own) |
-/// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` or `rediss://` for TLS (needs the `redis` feature) |
+/// | `REDIS_URL` | unset | join the cluster of instances on this Redis, such as `redis://127.0.0.1:6379/` or `rediss://` for TLS; several node URLs separated by commas name a Redis Cluster (Redis 7+, sharded pub/sub) (needs the `redis` feature) |
 /// | `WS_BACKPLANE_PREFIX` | `APP_NAME` | prefix of the app's Redis channels and keys: instances of one app share it, other apps on the same Redis must not (letters, digits, `.`, `_`, `-`, at most 64) |
 /// | `WS_BACKPLANE_SECRET` | unset | shared secret: cross-instance envelopes are signed (HMAC-SHA256) and unsigned or altered ones dropped |
 /// | `REDIS_TLS_CA_CERT` | unset | PEM file of the CA to trust for `rediss://` instead of the webpki roots |
@@ -155,7 +155,7 @@ pub struct Config {
     /// `WS_MESSAGE_TIMEOUT`
     pub ws_message_timeout: Duration,
     /// `REDIS_URL`: with it, rooms, broadcasts and send-to-id span every instance connected
-    /// to this Redis.
+    /// to this Redis (or Redis Cluster: node URLs separated by commas).
     pub redis_url: Option<String>,
     /// `WS_BACKPLANE_PREFIX`, else `APP_NAME` with every character outside letters, digits,
     /// `.`, `_` and `-` replaced by `_`.

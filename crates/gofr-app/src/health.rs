@@ -31,8 +31,14 @@ pub(crate) fn routes(config: &Config, hub: ConnectionHub, services: WsClientPool
                     if !up {
                         status = "DEGRADED";
                     }
+                    let cluster = match backplane {
+                        BackplaneStatus::Up => "UP",
+                        // A Redis Cluster shard is missing until its replica takes over.
+                        BackplaneStatus::Degraded => "DEGRADED",
+                        _ => "DOWN",
+                    };
                     health["cluster"] = serde_json::json!({
-                        "status": if up { "UP" } else { "DOWN" },
+                        "status": cluster,
                         "nodes": hub.nodes().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                     });
                 }

@@ -63,6 +63,8 @@
 //! `"status": "DEGRADED"` with a `cluster` section (status and live nodes), cross-instance
 //! deliveries are dropped and counted, and everything resumes when Redis is back. Without the
 //! feature, nothing Redis-related is compiled and `REDIS_URL` is a configuration error.
+//! Several node URLs separated by commas name a Redis Cluster: rooms spread over its shards,
+//! and while one shard does not answer, health says `DEGRADED` until its replica takes over.
 //!
 //! # Inter-service WebSockets
 //!

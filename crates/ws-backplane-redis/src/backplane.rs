@@ -17,6 +17,7 @@ use bytes::Bytes;
 use redis::{
     AsyncCommands as _, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use ws_context::{
@@ -26,6 +27,7 @@ use ws_context::{
 };
 
 use crate::{
+    connection::{self, Conn},
     history::{self, AppendReply, RoomKeys, Script, SinceReply},
     metrics as m,
     wire::{self, Body, Frame, Key, Position, Sync, WireError},
@@ -393,6 +395,8 @@ struct Shared {
     inbound: OnceLock<Inbound>,
     link: OnceLock<Link>,
     up: AtomicBool,
+    /// On a cluster: some shard does not answer (rooms on it wait for its failover).
+    degraded: AtomicBool,
     /// The numbering of each channel this hub sends on; the lock also keeps queue order equal
     /// to number order.
     numbering: Mutex<Numbering>,
@@ -418,7 +422,7 @@ struct Shared {
 #[derive(Debug)]
 struct Link {
     url: String,
-    manager: ConnectionManager,
+    manager: Conn,
     outgoing: mpsc::Sender<(String, Bytes)>,
     /// Presence changes, applied in order by one task.
     presence: mpsc::Sender<PresenceChange>,
@@ -617,6 +621,7 @@ impl RedisBackplane {
                 inbound: OnceLock::new(),
                 link: OnceLock::new(),
                 up: AtomicBool::new(false),
+                degraded: AtomicBool::new(false),
                 numbering: Mutex::default(),
                 interests: Mutex::default(),
                 subscribing: tokio::sync::Mutex::new(HashSet::new()),
@@ -634,6 +639,10 @@ impl RedisBackplane {
     /// broadcast channel and this node's channel, and starts the reader, publisher and
     /// heartbeat tasks. Waits at most 5 s for Redis.
     ///
+    /// Several URLs separated by commas name a Redis Cluster (Redis 7 or later): any of its
+    /// nodes, the client finds the rest; channels are then sharded (see the crate's
+    /// [Redis Cluster](crate#redis-cluster) section).
+    ///
     /// # Cancel safety
     ///
     /// Not cancel safe: if dropped after connecting, the backplane stays unusable.
@@ -646,69 +655,88 @@ impl RedisBackplane {
             return Err(RedisBackplaneError::AlreadyConnected);
         }
         let shown = redact(url);
-        let info = url
-            .into_connection_info()
-            .map_err(|error| RedisBackplaneError::Url {
-                url: shown.clone(),
-                reason: error.to_string(),
-            })?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        // Small frames, sent as they come: Nagle's algorithm would hold them for an ACK.
-        let info = info
-            .set_redis_settings(settings)
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = match &shared.tls_root_ca {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(info),
-        }
-        .map_err(|error| RedisBackplaneError::Url {
-            url: shown.clone(),
-            reason: error.to_string(),
-        })?;
-
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(shared.queue_capacity);
         let overflow = self.shared.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(move |push: PushInfo| {
-                push_tx.try_send(push).map_err(|_| {
-                    add(&overflow.counters.overflow, 1);
-                    metrics::counter!(m::OVERFLOW).increment(1);
-                })
+        let push_sender = move |push: PushInfo| {
+            push_tx.try_send(push).map_err(|_| {
+                add(&overflow.counters.overflow, 1);
+                metrics::counter!(m::OVERFLOW).increment(1);
             })
-            .set_automatic_resubscription()
-            // Retry quickly while Redis is away, so delivery resumes soon after it answers;
-            // once the retries run out, the next probe starts another round.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(10)
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
+        };
         let connect_error = |reason: String| RedisBackplaneError::Connect {
             url: shown.clone(),
             reason,
         };
-        let mut manager = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        let url_error = |error: redis::RedisError| RedisBackplaneError::Url {
+            url: shown.clone(),
+            reason: error.to_string(),
+        };
+        // Small frames, sent as they come: Nagle's algorithm would hold them for an ACK.
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let tls = shared
+            .tls_root_ca
+            .as_ref()
+            .map(|pem| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        let mut prober = None;
+        let mut manager = match connection::node_urls(url) {
+            Some(nodes) => {
+                prober = Some(connection::Prober::new(&nodes, tls.clone()).map_err(url_error)?);
+                let mut builder = ClusterClientBuilder::new(nodes)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(push_sender)
+                    .tcp_settings(tcp)
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(Duration::from_secs(1));
+                if let Some(certificates) = tls {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder.build().map_err(url_error)?;
+                let cluster = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| connect_error(e.to_string()))?;
+                Conn::Cluster(cluster)
+            }
+            None => {
+                let info = url.into_connection_info().map_err(url_error)?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
+                let client = match tls {
+                    Some(certificates) => redis::Client::build_with_tls(info, certificates),
+                    None => redis::Client::open(info),
+                }
+                .map_err(url_error)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_push_sender(push_sender)
+                    .set_automatic_resubscription()
+                    // Retry quickly while Redis is away, so delivery resumes soon after it
+                    // answers; once the retries run out, the next probe starts another round.
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500))
+                    .set_number_of_retries(10)
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)));
+                let manager = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                .map_err(|e| connect_error(e.to_string()))?;
+                Conn::Single(manager)
+            }
+        };
         let own_node = node_of(inbound.origin());
         manager
             .subscribe(&[shared.all_channel(), shared.node_channel(own_node)])
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-
         let (outgoing, outgoing_rx) = mpsc::channel(shared.queue_capacity);
         let (presence, presence_rx) = mpsc::channel(shared.queue_capacity);
         let link = Link {
@@ -723,13 +751,25 @@ impl RedisBackplane {
         }
         shared.up.store(true, Ordering::Release);
         shared.seen(inbound.origin().into(), shared.heartbeat);
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(read(shared.clone(), inbound.clone(), push_rx)),
             tokio::spawn(publish_queued(shared.clone(), manager.clone(), outgoing_rx)),
             tokio::spawn(apply_presence(manager.clone(), presence_rx)),
-            tokio::spawn(heartbeat(shared.clone(), inbound.origin().into(), manager)),
+            tokio::spawn(heartbeat(
+                shared.clone(),
+                inbound.origin().into(),
+                manager.clone(),
+            )),
             tokio::spawn(count_out(shared.clone(), inbound.clone())),
         ];
+        if let Some(prober) = prober {
+            tasks.push(tokio::spawn(watch_shards(
+                shared.clone(),
+                inbound.origin().into(),
+                prober,
+                manager,
+            )));
+        }
         lock(&self.tasks.0).extend(tasks);
         tracing::info!(redis = %shown, origin = inbound.origin(), "joined the cluster");
         Ok(())
@@ -744,7 +784,8 @@ impl RedisBackplane {
         self.shared.up.store(false, Ordering::Release);
     }
 
-    /// The channel a room's deliveries travel on: `<prefix>:room:<room>`.
+    /// The channel a room's deliveries travel on: `{<prefix>:<room>}:room` (the braces are a
+    /// Redis Cluster hash tag, shared with the room's keys, so they all hash to one slot).
     pub fn room_channel(&self, room: &str) -> String {
         self.shared.room_channel(room)
     }
@@ -815,7 +856,7 @@ impl Backplane for RedisBackplane {
             let mut manager = link.manager.clone();
             match tokio::time::timeout(
                 COMMAND_TIMEOUT,
-                manager.subscribe(shared.room_channel(&room)),
+                manager.subscribe(&[shared.room_channel(&room)]),
             )
             .await
             {
@@ -875,10 +916,12 @@ impl Backplane for RedisBackplane {
     fn status(&self) -> BackplaneStatus {
         if self.shared.link.get().is_none() {
             BackplaneStatus::Standalone
-        } else if self.shared.up.load(Ordering::Acquire) {
-            BackplaneStatus::Up
-        } else {
+        } else if !self.shared.up.load(Ordering::Acquire) {
             BackplaneStatus::Down
+        } else if self.shared.degraded.load(Ordering::Acquire) {
+            BackplaneStatus::Degraded
+        } else {
+            BackplaneStatus::Up
         }
     }
 
@@ -1044,6 +1087,7 @@ impl Backplane for RedisBackplane {
                 history::millis(shared.epoch_ttl),
                 origin.into_bytes(),
                 history::millis(TURN),
+                manager.publish_command().as_bytes().to_vec(),
             ];
             let reply = run_script(Script::append(), &mut manager, &keys, &args).await;
             let reply = match reply {
@@ -1063,6 +1107,24 @@ impl Backplane for RedisBackplane {
                 }
                 AppendReply::Moved(epoch, offset) => {
                     let position = RoomPosition::new(epoch, offset);
+                    if let Some(seen) = shared.seen_beyond(&room, &position) {
+                        // The answer may just be older than a message of another sender
+                        // received meanwhile: only a fresh read behind what was seen is a loss.
+                        let args = [
+                            history::new_epoch().into_bytes(),
+                            history::millis(shared.epoch_ttl),
+                        ];
+                        let now = run_script(Script::position(), &mut manager, &keys, &args)
+                            .await
+                            .ok()
+                            .and_then(history::position_reply);
+                        if let Some((epoch, offset)) = now
+                            && epoch == position.epoch()
+                            && offset < seen
+                        {
+                            end_epoch(&mut manager, &keys, &position).await;
+                        }
+                    }
                     shared.saw(&room, &position);
                     Ok(Appended::Moved(position))
                 }
@@ -1146,7 +1208,7 @@ impl Backplane for RedisBackplane {
 /// Runs a history script within [`HISTORY_TIMEOUT`].
 async fn run_script(
     script: &Script,
-    manager: &mut ConnectionManager,
+    manager: &mut Conn,
     keys: &RoomKeys,
     args: &[Vec<u8>],
 ) -> Result<Value, BackplaneError> {
@@ -1165,6 +1227,26 @@ async fn run_script(
         Err(_) => Err(BackplaneError::TimedOut(format!(
             "no answer within {HISTORY_TIMEOUT:?}"
         ))),
+    }
+}
+
+/// Ends a room's epoch whose offsets went back (see [`Shared::seen_beyond`]), if it is still
+/// the room's: the next append starts a new one, so members here and elsewhere take the
+/// next messages as new rather than as copies of the lost ones, and clients holding
+/// positions of the old epoch are told `EpochChanged`. Best effort: if it fails, the next
+/// append that finds the offsets behind tries again.
+async fn end_epoch(manager: &mut Conn, keys: &RoomKeys, position: &RoomPosition) {
+    const END: &str =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end";
+    tracing::warn!(
+        key = keys.epoch,
+        offset = position.offset(),
+        "the room's offsets went back (a failover lost its last messages): a new epoch starts"
+    );
+    let mut end = redis::cmd("EVAL");
+    end.arg(END).arg(1).arg(&keys.epoch).arg(position.epoch());
+    if let Ok(Err(error)) = tokio::time::timeout(HISTORY_TIMEOUT, end.exec_async(manager)).await {
+        tracing::warn!(%error, "could not end the epoch");
     }
 }
 
@@ -1290,10 +1372,22 @@ impl Shared {
         }
     }
 
+    /// The offset this instance saw of a room when it is beyond `now` in the same epoch.
+    /// Confirmed by a fresh read, that is Redis with the room's history behind what was
+    /// seen: a failover to a replica that had not received the last messages (Redis
+    /// replicates asynchronously). Their offsets would be given out again, and every member
+    /// that received the lost ones would drop as many new ones as copies.
+    fn seen_beyond(&self, room: &str, now: &RoomPosition) -> Option<u64> {
+        lock(&self.positions)
+            .get(room)
+            .filter(|known| known.epoch() == now.epoch() && known.offset() > now.offset())
+            .map(RoomPosition::offset)
+    }
+
     /// The connection for history scripts: tried even while the backplane counts as down
     /// (a missed heartbeat on a busy machine is not a lost Redis); the script's own timeout
     /// bounds the wait.
-    fn manager(&self) -> Result<ConnectionManager, BackplaneError> {
+    fn manager(&self) -> Result<Conn, BackplaneError> {
         match self.link.get() {
             Some(link) => Ok(link.manager.clone()),
             None => Err(BackplaneError::Unavailable("not connected".to_owned())),
@@ -1395,7 +1489,8 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
     let fingerprints = std::collections::hash_map::RandomState::new();
     while let Some(push) = pushes.recv().await {
         match push.kind {
-            PushKind::Message => {
+            // `smessage`: a sharded channel's, on a cluster.
+            PushKind::Message | PushKind::SMessage => {
                 let mut data = push.data.into_iter();
                 let (Some(channel), Some(payload)) = (
                     data.next().and_then(bytes_of),
@@ -1426,8 +1521,14 @@ async fn read(shared: Arc<Shared>, inbound: Inbound, mut pushes: mpsc::Receiver<
                 }
                 deliver(&shared, &inbound, &mut windows, channel, frame, fingerprint);
             }
-            PushKind::Disconnection => shared.set_down(&"connection closed"),
-            PushKind::Unsubscribe => {
+            PushKind::Disconnection => match shared.link.get() {
+                // One node of a cluster: the shard watcher finds out which and for how long.
+                Some(link) if link.manager.is_cluster() => {
+                    shared.degraded.store(true, Ordering::Release);
+                }
+                _ => shared.set_down(&"connection closed"),
+            },
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
                 // Left the channel on purpose: a later join starts its numbering afresh.
                 if let Some(channel) = push.data.into_iter().next().and_then(bytes_of) {
                     windows.retain(|(_, c), _| *c != channel);
@@ -1527,29 +1628,28 @@ fn deliver(
 /// The single publisher: sends queued deliveries in order, many per round trip.
 async fn publish_queued(
     shared: Arc<Shared>,
-    mut manager: ConnectionManager,
+    mut manager: Conn,
     mut queue: mpsc::Receiver<(String, Bytes)>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for (channel, frame) in &batch {
-            pipe.publish(channel, frame.as_ref()).ignore();
-        }
-        let sent = batch.len() as u64;
-        batch.clear();
-        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
-            Ok(Ok(())) => {
-                add(&shared.counters.published, sent);
-                metrics::counter!(m::PUBLISHED).increment(sent);
-            }
-            Ok(Err(error)) => {
-                shared.publish_failed(sent);
+        let sent = batch.len();
+        let commands = batch
+            .drain(..)
+            .map(|(channel, frame)| {
+                let publish = manager.publish(&channel, &frame);
+                (channel, publish)
+            })
+            .collect();
+        let (failed, error) = manager.exec_placed(commands, PIPELINE_TIMEOUT).await;
+        let delivered = sent.saturating_sub(failed) as u64;
+        add(&shared.counters.published, delivered);
+        metrics::counter!(m::PUBLISHED).increment(delivered);
+        if let Some(error) = error {
+            shared.publish_failed(failed as u64);
+            // On a cluster one shard failing is not a lost Redis: the shard watcher judges.
+            if !manager.is_cluster() {
                 shared.set_down(&error);
-            }
-            Err(_) => {
-                shared.publish_failed(sent);
-                shared.set_down(&"PUBLISH timed out");
             }
         }
     }
@@ -1557,27 +1657,24 @@ async fn publish_queued(
 
 /// Applies presence changes in order, many per round trip; failures are logged (the lists
 /// heal as members join and leave, and dead instances' entries are dropped when read).
-async fn apply_presence(
-    mut manager: ConnectionManager,
-    mut changes: mpsc::Receiver<PresenceChange>,
-) {
+async fn apply_presence(mut manager: Conn, mut changes: mpsc::Receiver<PresenceChange>) {
     let mut batch = Vec::with_capacity(BATCH);
     while changes.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for change in batch.drain(..) {
-            match change {
+        let commands = batch
+            .drain(..)
+            .map(|change| match change {
                 PresenceChange::Add { key, id, value } => {
-                    pipe.hset(key, id, value).ignore();
+                    let command = redis::Cmd::hset(&key, id, value);
+                    (key, command)
                 }
                 PresenceChange::Remove { key, id } => {
-                    pipe.hdel(key, id).ignore();
+                    let command = redis::Cmd::hdel(&key, id);
+                    (key, command)
                 }
-            }
-        }
-        match tokio::time::timeout(PIPELINE_TIMEOUT, pipe.exec_async(&mut manager)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "presence changes not recorded"),
-            Err(_) => tracing::warn!("presence changes timed out"),
+            })
+            .collect();
+        if let (_, Some(error)) = manager.exec_placed(commands, PIPELINE_TIMEOUT).await {
+            tracing::warn!(%error, "presence changes not recorded");
         }
     }
 }
@@ -1602,14 +1699,16 @@ async fn count_out(shared: Arc<Shared>, inbound: Inbound) {
 }
 
 /// Heartbeats while Redis answers; probes it every 200 ms while it does not, and on its
-/// return subscribes the rooms again and counts the reconnect.
-async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: ConnectionManager) {
+/// return subscribes the rooms again and counts the reconnect. On a cluster it only
+/// heartbeats: [`watch_shards`] says whether the cluster answers.
+async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Conn) {
     let all = shared.all_channel();
     let node_channel = shared.node_channel(node_of(&origin));
+    let cluster = manager.is_cluster();
     // Heartbeats in a row that got no answer in time.
     let mut slow = 0u32;
     loop {
-        if shared.up.load(Ordering::Acquire) {
+        if cluster || shared.up.load(Ordering::Acquire) {
             let frame = wire::encode(
                 &all,
                 &origin,
@@ -1623,16 +1722,19 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
             );
             match frame {
                 Ok(frame) => {
-                    let sent: Result<Result<(), _>, _> = tokio::time::timeout(
-                        COMMAND_TIMEOUT,
-                        manager.publish(&all, frame.as_ref()),
-                    )
-                    .await;
+                    let publish = manager.publish(&all, &frame);
+                    let sent =
+                        tokio::time::timeout(COMMAND_TIMEOUT, publish.exec_async(&mut manager))
+                            .await;
                     match sent {
                         Ok(Ok(())) => {
                             slow = 0;
                             shared.seen(origin.clone(), shared.heartbeat);
                         }
+                        Ok(Err(error)) if cluster => {
+                            tracing::debug!(%error, "heartbeat not sent");
+                        }
+                        Err(_) if cluster => tracing::debug!("heartbeat timed out"),
                         Ok(Err(error)) => shared.set_down(&error),
                         // One slow answer on a busy machine is not a lost Redis; two in a
                         // row are.
@@ -1648,7 +1750,7 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
                 Err(error) => tracing::error!(%error, "cannot encode a heartbeat"),
             }
             shared.live_nodes();
-            tokio::time::sleep(if shared.up.load(Ordering::Acquire) {
+            tokio::time::sleep(if cluster || shared.up.load(Ordering::Acquire) {
                 shared.heartbeat
             } else {
                 PROBE_INTERVAL
@@ -1663,22 +1765,7 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
             if matches!(ping, Ok(Ok(_))) {
                 // The manager resubscribed what Redis had confirmed; rooms joined while it
                 // was away are subscribed here (subscribing twice is harmless).
-                let mut channels: Vec<String> = lock(&shared.interests)
-                    .iter()
-                    .map(|room| shared.room_channel(room))
-                    .collect();
-                channels.push(all.clone());
-                channels.push(node_channel.clone());
-                let resubscribed = {
-                    let mut subscribed = shared.subscribing.lock().await;
-                    let result =
-                        tokio::time::timeout(COMMAND_TIMEOUT, manager.subscribe(&channels)).await;
-                    if matches!(result, Ok(Ok(()))) {
-                        subscribed.extend(lock(&shared.interests).iter().cloned());
-                    }
-                    result
-                };
-                if matches!(resubscribed, Ok(Ok(()))) {
+                if resubscribe(&shared, &mut manager, [all.clone(), node_channel.clone()]).await {
                     shared.up.store(true, Ordering::Release);
                     // Presence changes may have been lost both ways meanwhile: every hub
                     // lists its members again, this one too.
@@ -1693,6 +1780,81 @@ async fn heartbeat(shared: Arc<Shared>, origin: Arc<str>, mut manager: Connectio
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
+    }
+}
+
+/// Subscribes again to every room this instance has members in and to `fixed` (the
+/// broadcast and node channels); whether Redis confirmed them all.
+async fn resubscribe(shared: &Shared, manager: &mut Conn, fixed: [String; 2]) -> bool {
+    let mut channels: Vec<String> = lock(&shared.interests)
+        .iter()
+        .map(|room| shared.room_channel(room))
+        .collect();
+    channels.extend(fixed);
+    let mut subscribed = shared.subscribing.lock().await;
+    let result = tokio::time::timeout(COMMAND_TIMEOUT, manager.subscribe(&channels)).await;
+    let done = matches!(result, Ok(Ok(())));
+    if done {
+        subscribed.extend(lock(&shared.interests).iter().cloned());
+    }
+    done
+}
+
+/// On a cluster, probes its shards every 200 ms: `Degraded` while some master does not
+/// answer (the rooms on its slots wait for a replica to take over), `Down` when none does.
+/// When the masters change (a failover) or every shard answers again, the channels are
+/// subscribed again: the subscriptions held by a dead master are gone with it, and the
+/// client moves subscriptions only when it refreshes its slot map, which a failover
+/// without a `MOVED` answer does not make it do.
+async fn watch_shards(
+    shared: Arc<Shared>,
+    origin: Arc<str>,
+    mut prober: connection::Prober,
+    mut manager: Conn,
+) {
+    let fixed = [shared.all_channel(), shared.node_channel(node_of(&origin))];
+    let mut masters: Vec<String> = Vec::new();
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let shards = match prober.probe(COMMAND_TIMEOUT).await {
+            Ok(shards) if shards.unreachable < shards.masters.len() => shards,
+            Ok(_) => {
+                shared.set_down(&"no master of the cluster answers");
+                continue;
+            }
+            Err(error) => {
+                shared.set_down(&error);
+                continue;
+            }
+        };
+        let healthy = shards.unreachable == 0;
+        let was_healthy =
+            shared.up.load(Ordering::Acquire) && !shared.degraded.load(Ordering::Acquire);
+        if !healthy && was_healthy {
+            tracing::warn!(
+                unreachable = shards.unreachable,
+                "a Redis Cluster shard does not answer: its rooms wait for its failover"
+            );
+        }
+        if shards.masters == masters && healthy == was_healthy {
+            continue;
+        }
+        // Subscribed wherever the channels' slots are served now (a replica serves sharded
+        // channels too, so this also helps while the failover is under way).
+        let resubscribed = resubscribe(&shared, &mut manager, fixed.clone()).await;
+        let ok = healthy && resubscribed;
+        shared.degraded.store(!ok, Ordering::Release);
+        shared.up.store(true, Ordering::Release);
+        if ok && !was_healthy {
+            metrics::counter!(m::RECONNECTS).increment(1);
+            tracing::info!("every Redis Cluster shard answers: delivery resumed");
+        }
+        // Until every channel is confirmed, subscribed again on the next probe.
+        masters = if resubscribed {
+            shards.masters
+        } else {
+            Vec::new()
+        };
     }
 }
 
@@ -1715,14 +1877,15 @@ fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// The URL without its password, for logs and errors.
+/// The URL (or each of a cluster's) without its password, for logs and errors.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let one = |url: &str| match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
-    }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1853,5 +2016,9 @@ mod tests {
     fn passwords_stay_out_of_logs() {
         assert_eq!(redact("redis://:secret@h:1/"), "redis://***@h:1/");
         assert_eq!(redact("redis://h:1/"), "redis://h:1/");
+        assert_eq!(
+            redact("redis://:a@h:1,redis://:b@h:2"),
+            "redis://***@h:1,redis://***@h:2"
+        );
     }
 }

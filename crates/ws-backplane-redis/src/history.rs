@@ -14,7 +14,8 @@
 //!
 //! - append: if the epoch and the next offset are the ones the sender made its message for,
 //!   `INCR` the offset, `XADD` (`MAXLEN ~`, then an exact `XTRIM MINID` for the age bound) and
-//!   `PUBLISH` the same frame on the room's channel; otherwise say where the history is. Every
+//!   `PUBLISH` (`SPUBLISH` on a cluster) the same frame on the room's channel; otherwise
+//!   say where the history is. Every
 //!   reader therefore receives a room's messages in offset order, and the stream holds
 //!   exactly what was published;
 //! - position: the epoch (created if missing) and the last offset;
@@ -28,13 +29,16 @@
 use std::{sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
-use redis::{Value, aio::ConnectionManager};
+use redis::Value;
 use sha1::Digest as _;
+
+use crate::connection::Conn;
 
 /// Records a message at the expected position and publishes it, or reports the position.
 /// KEYS: epoch, offset, stream, turn. ARGV: expected epoch, expected offset, new epoch if
 /// none, frame, channel, max length, max age (ms), epoch time to live (ms), sender, turn
-/// (ms).
+/// (ms), the publish command (`PUBLISH`, or `SPUBLISH` on a Redis Cluster: the channel
+/// shares the keys' hash tag, so the script stays on one shard).
 ///
 /// A sender that finds its position taken claims the room's next turn (for a few
 /// milliseconds): until it appends, others are refused, so two busy senders alternate
@@ -67,7 +71,7 @@ end
 redis.call('PEXPIRE', KEYS[3], ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-redis.call('PUBLISH', ARGV[5], ARGV[4])
+redis.call(ARGV[11], ARGV[5], ARGV[4])
 return {1, epoch, offset}
 "#;
 
@@ -152,7 +156,7 @@ impl Script {
     /// Runs the script on the three keys of a room with these arguments.
     pub(crate) async fn run(
         &self,
-        manager: &mut ConnectionManager,
+        manager: &mut Conn,
         keys: &RoomKeys,
         args: &[Vec<u8>],
     ) -> redis::RedisResult<Value> {

@@ -43,6 +43,8 @@
 //! The prefix ([`SettingsBuilder::prefix`]; gofr-app takes `APP_NAME`) keeps apps on one Redis
 //! apart: instances of one app share it, and pub/sub ignores database numbers.
 //!
+//! On a Redis Cluster the channels are sharded; see [Redis Cluster](#redis-cluster).
+//!
 //! # Guarantee
 //!
 //! At most once across instances, no duplicates, in order per sender and channel. Local
@@ -94,6 +96,30 @@
 //! `DEGRADED`), and the connection is retried. Once Redis answers, the rooms are subscribed
 //! again and delivery resumes; what was lost meanwhile shows as gaps.
 //!
+//! # Redis Cluster
+//!
+//! [`connect`](RedisBackplane::connect) with several node URLs separated by commas
+//! (`redis://10.0.0.1:7000,redis://10.0.0.2:7000,...`; any of the cluster's nodes, it finds
+//! the rest) uses the redis crate's cluster client, which follows `MOVED` and keeps a
+//! connection per node. The channels are then sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7):
+//! a channel lives on the shard of its slot, hashed as keys are, so a room's channel, history
+//! stream, epoch, offset and presence hash, all under the hash tag `{<prefix>:<room>}`, sit on
+//! one shard, the append script's `SPUBLISH` included, and a room message costs one shard, not
+//! a fan-out to every node as plain `PUBLISH` does on a cluster. The broadcast channel and
+//! each instance's node channel are sharded channels too, each on the shard of its name.
+//! Publishes and presence changes are pipelined per key (a pipeline stays in one slot), the
+//! shards at once.
+//!
+//! A task probes the shards every 200 ms (`CLUSTER SLOTS`, then a `PING` to each master, on
+//! connections of its own: the cluster client, asked for a node it has no connection to,
+//! reconnects to every node, and messages on the subscriptions are lost meanwhile):
+//! while some master does not answer, [`status`](ws_context::Backplane::status) is
+//! `Degraded` (rooms on the other shards work as usual; those on the missing one fail until
+//! a replica takes over); when none answers, `Down`. When the masters change (a failover) or
+//! all answer again, every channel is subscribed again, wherever its slot is served now: the
+//! subscriptions a dead master held are gone with it. Room messages missed meanwhile are
+//! read back from the stream like any gap.
+//!
 //! # Live nodes
 //!
 //! Every hub publishes a heartbeat (every 2 s by default); another hub is dropped from
@@ -105,6 +131,7 @@
 #![deny(missing_docs)]
 
 mod backplane;
+mod connection;
 #[doc(hidden)]
 pub mod fuzzing;
 mod history;

@@ -5,5 +5,6 @@ mod fuzz_corpus;
 mod history;
 mod isolation;
 mod presence;
+mod redis_cluster;
 mod slow_member;
 mod support;

@@ -184,6 +184,10 @@ pub enum BackplaneStatus {
     Standalone,
     /// Connected: deliveries reach the other instances.
     Up,
+    /// Partly connected (a Redis Cluster with a shard that does not answer): deliveries on
+    /// the other shards reach the other instances; those on the missing shard fail until a
+    /// replica takes over.
+    Degraded,
     /// Disconnected: local deliveries go on, cross-instance ones fail until it is back.
     Down,
 }

@@ -25,7 +25,7 @@ pub use crate::raw::{
     Frame, client_frame, closed_within, half_requests, header, raw_exchange, raw_request,
     raw_websocket, read_close_code, read_frame, upgrade_request, write_frame,
 };
-pub use crate::redis::RedisServer;
+pub use crate::redis::{RedisCluster, RedisServer, cpu_seconds};
 #[cfg(feature = "rooms")]
 pub use crate::rooms::room_chat;
 pub use crate::service::{Behaviour, Log, Service};
