@@ -18,7 +18,11 @@ use bytes::Bytes;
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
-    deflate::Codec, mask::MaskKeys, mask::apply_mask, output::Output, prepared::PreparedMessage,
+    deflate::Codec,
+    mask::MaskKeys,
+    mask::apply_mask,
+    output::Output,
+    prepared::{PreparedMessage, shrinks},
 };
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -595,7 +599,11 @@ impl Connection {
                 }
                 Role::Client => {
                     let compressed = message.compressed(key)?;
-                    self.write_frame(opcode, true, &compressed);
+                    if shrinks(&compressed, payload) {
+                        self.write_frame(opcode, true, &compressed);
+                    } else {
+                        self.write_frame(opcode, false, payload);
+                    }
                     Ok(())
                 }
             };
@@ -615,7 +623,14 @@ impl Connection {
             && payload.len() >= codec.params.threshold
         {
             let compressed = Bytes::from(codec.compress(payload).map_err(SendError::Compress)?);
-            self.write_frame(opcode, true, &compressed);
+            // With context takeover the compressor's state already holds this message, so
+            // the peer's must too: it goes out compressed whatever its size.
+            let takeover = codec.shared_key().is_none();
+            if takeover || shrinks(&compressed, payload) {
+                self.write_frame(opcode, true, &compressed);
+            } else {
+                self.write_frame(opcode, false, payload);
+            }
         } else {
             self.write_frame(opcode, false, payload);
         }

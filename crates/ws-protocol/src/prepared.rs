@@ -121,6 +121,9 @@ impl PreparedMessage {
             }
             Some(key) => {
                 let compressed = self.compressed(key)?;
+                if !shrinks(&compressed, &payload) {
+                    return self.server_frame(None);
+                }
                 let mut cache = self.cache();
                 let entry = cache
                     .compressed
@@ -145,4 +148,12 @@ fn frame(first_byte: u8, payload: &[u8]) -> Bytes {
     bytes.extend_from_slice(&header[..len]);
     bytes.extend_from_slice(payload);
     Bytes::from(bytes)
+}
+
+/// Whether sending `compressed` instead of `payload` saves bytes. A message that does not
+/// shrink (short or already compressed data) goes out plain: RFC 7692 lets each message say
+/// whether it is compressed, and without context takeover the peer's inflater has no state
+/// that a plain message would leave behind.
+pub(crate) fn shrinks(compressed: &[u8], payload: &[u8]) -> bool {
+    compressed.len() < payload.len()
 }
