@@ -201,8 +201,13 @@ struct Timers {
     /// into every connection (whose memory this is).
     options: Arc<Options>,
     /// The waker the sleep was last polled with since it was set: the timer wakes it when the
-    /// sleep ends, so polling it again with the same waker is skipped (it is polled on every
-    /// read that finds nothing, ~350 instructions each).
+    /// sleep ends, so while nothing made a deadline earlier, [`poll_timers`] with the same
+    /// waker returns at once (it runs before every read, two or three times a message; the
+    /// full check costs ~95 instructions). Cleared by whatever may make a deadline earlier:
+    /// our close going out, a ping sent, the sleep set again; a message that starts is
+    /// `WebSocket::timer_covers_message`.
+    ///
+    /// [`poll_timers`]: WebSocket::poll_timers
     registered: Option<Waker>,
     /// When bytes last came from the peer.
     last_heard: Instant,
@@ -283,6 +288,15 @@ impl Timers {
         }
     }
 
+    /// Whether the timer will wake the task of `waker` and has not ended yet.
+    #[inline]
+    fn armed(&self, waker: &Waker) -> bool {
+        self.registered
+            .as_ref()
+            .is_some_and(|registered| registered.will_wake(waker))
+            && !self.sleep.is_elapsed()
+    }
+
     /// Bytes came from the peer: it is alive, and an unfinished message may have grown.
     fn heard(&mut self, now: Instant, received: usize) {
         self.last_heard = now;
@@ -318,6 +332,10 @@ pub struct WebSocket {
     /// The core queued an answer of its own (a pong, the echo of a close) that must go out
     /// without waiting for the caller's flush.
     answer_queued: bool,
+    /// Whether the timer's deadline took an unfinished message into account; when a message
+    /// starts after the timer was set, its timeout may be earlier (kept here, not in
+    /// [`Timers`], where it would not fit in padding).
+    timer_covers_message: bool,
     protocol: Option<Box<str>>,
 }
 
@@ -355,6 +373,7 @@ impl WebSocket {
             failure: None,
             ended: false,
             answer_queued: false,
+            timer_covers_message: false,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -644,7 +663,26 @@ impl WebSocket {
 
     /// Drives the deadlines: pings a quiet peer, and ends the stream when one passed. Ready
     /// with the stream's last item, or pending with the timer registered.
+    #[inline]
     fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        suspended: bool,
+    ) -> Poll<Option<Result<Message, WsError>>> {
+        if (self.timer_covers_message || !self.conn.message_in_progress())
+            && self.timers.armed(cx.waker())
+        {
+            // The usual case, before every read: the timer is set no later than every deadline
+            // and will wake this task.
+            return Poll::Pending;
+        }
+        self.poll_deadlines(cx, suspended)
+    }
+
+    /// [`poll_timers`](Self::poll_timers) when the timer is not known to be armed: finds the
+    /// earliest deadline, sets the timer to it, and acts on what is due.
+    #[inline(never)]
+    fn poll_deadlines(
         &mut self,
         cx: &mut Context<'_>,
         suspended: bool,
@@ -652,6 +690,7 @@ impl WebSocket {
         loop {
             let in_message = self.conn.message_in_progress();
             let Some(deadline) = self.timers.next_deadline(in_message) else {
+                self.timers.registered = None;
                 return Poll::Pending;
             };
             if deadline < self.timers.armed_for || self.timers.sleep.is_elapsed() {
@@ -659,12 +698,7 @@ impl WebSocket {
                 self.timers.sleep.as_mut().reset(deadline);
                 self.timers.registered = None;
             }
-            if let Some(waker) = &self.timers.registered
-                && waker.will_wake(cx.waker())
-            {
-                // Set, not elapsed, and it will wake this task when it ends.
-                return Poll::Pending;
-            }
+            self.timer_covers_message = in_message;
             if self.timers.sleep.as_mut().poll(cx).is_pending() {
                 self.timers.registered = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -715,6 +749,8 @@ impl Sink<Message> for WebSocket {
         self.conn.send(message).map_err(send_error)?;
         if closing {
             self.timers.close_sent = Some(Instant::now());
+            // Its deadline may be earlier than the one the timer is set to.
+            self.timers.registered = None;
         }
         Ok(())
     }
