@@ -325,8 +325,11 @@ pub struct WebSocket {
     /// ([`recv_control`](WebSocket::recv_control)); the next [`recv`](WebSocket::recv) gives it.
     held: Option<Message>,
     timers: Timers,
-    /// The error `recv` gave, for [`fail`](WebSocket::fail) to tell the peer.
+    /// The error `recv` gave, for [`fail`](WebSocket::fail) to tell the peer; or, with
+    /// `failure_unreported`, one met in the bytes after the message returned, for the next
+    /// `recv` to give.
     failure: Option<ProtocolError>,
+    failure_unreported: bool,
     /// The stream has ended: the transport is closed or the closing handshake is complete.
     ended: bool,
     /// The core queued an answer of its own (a pong, the echo of a close) that must go out
@@ -371,6 +374,7 @@ impl WebSocket {
             held: None,
             timers: Timers::new(options, Instant::now()),
             failure: None,
+            failure_unreported: false,
             ended: false,
             answer_queued: false,
             timer_covers_message: false,
@@ -519,12 +523,17 @@ impl WebSocket {
     }
 
     /// Reads once from the transport into the thread's scratch buffer and parses what came.
+    /// Bytes read past the message returned are kept (`pending`) only when they complete a
+    /// frame; the start of one (the usual case with large messages) goes into the core at
+    /// once, copied once rather than twice.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         let WebSocket {
             io,
             conn,
             pending,
             timers,
+            failure,
+            failure_unreported,
             ..
         } = self;
         with_scratch(timers.options.read_buffer_size, |scratch| {
@@ -536,7 +545,13 @@ impl WebSocket {
             }
             let parsed = conn.receive(&mut input);
             if !input.is_empty() && matches!(parsed, Ok(Some(_))) {
-                *pending = Some(BytesMut::from(input));
+                if conn.completes_frame(input) {
+                    *pending = Some(BytesMut::from(input));
+                } else if let Err(error) = conn.receive(&mut input) {
+                    // Given after the message, by the next `recv`.
+                    *failure = Some(error);
+                    *failure_unreported = true;
+                }
             }
             Poll::Ready(Ok(Read::Parsed(parsed)))
         })
@@ -609,6 +624,12 @@ impl WebSocket {
                     Poll::Ready(end) => Poll::Ready(end),
                     Poll::Pending => Poll::Pending,
                 };
+            }
+            if self.failure_unreported {
+                self.failure_unreported = false;
+                if let Some(error) = &self.failure {
+                    return Poll::Ready(Some(Err(WsError::from_protocol(error))));
+                }
             }
             let parsed = match self.parse_pending() {
                 Some(parsed) => parsed,
