@@ -21,7 +21,7 @@ use std::{
     task::{Context, Poll, Waker, ready},
 };
 
-use bytes::{Buf as _, BytesMut};
+use bytes::Buf as _;
 use futures_util::{Sink, SinkExt, Stream, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -320,7 +320,7 @@ pub struct WebSocket {
     io: Io,
     conn: Connection,
     /// Bytes read past the last message returned, not parsed yet; `None` once they are.
-    pending: Option<BytesMut>,
+    pending: Option<Bytes>,
     /// A data message read while the caller asked for control frames only
     /// ([`recv_control`](WebSocket::recv_control)); the next [`recv`](WebSocket::recv) gives it.
     held: Option<Message>,
@@ -370,7 +370,7 @@ impl WebSocket {
         WebSocket {
             io,
             conn: Connection::new(config),
-            pending: (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..])),
+            pending: (!leftover.is_empty()).then(|| Bytes::copy_from_slice(&leftover)),
             held: None,
             timers: Timers::new(options, Instant::now()),
             failure: None,
@@ -546,7 +546,7 @@ impl WebSocket {
             let parsed = conn.receive(&mut input);
             if !input.is_empty() && matches!(parsed, Ok(Some(_))) {
                 if conn.completes_frame(input) {
-                    *pending = Some(BytesMut::from(input));
+                    *pending = Some(Bytes::copy_from_slice(input));
                 } else if let Err(error) = conn.receive(&mut input) {
                     // Given after the message, by the next `recv`.
                     *failure = Some(error);
