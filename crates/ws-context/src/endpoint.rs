@@ -109,7 +109,8 @@ pub struct Endpoint {
     send_timeout: Duration,
     close_grace: Duration,
     limit: Option<Arc<Limit>>,
-    hooks: Hooks,
+    /// Shared: each connection's future holds a pointer, not the two hooks.
+    hooks: Arc<Hooks>,
     metrics: RouteMetrics,
 }
 
@@ -145,7 +146,7 @@ impl Endpoint {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             close_grace: DEFAULT_CLOSE_GRACE,
             limit: None,
-            hooks: Hooks::default(),
+            hooks: Arc::default(),
             metrics: RouteMetrics::default(),
         }
     }
@@ -235,7 +236,7 @@ impl Endpoint {
         F: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), CloseFrame>> + Send + 'static,
     {
-        self.hooks.set_on_connect(hook);
+        Arc::make_mut(&mut self.hooks).set_on_connect(hook);
         self
     }
 
@@ -257,7 +258,7 @@ impl Endpoint {
         F: Fn(Connection, CloseFrame) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.set_on_close(hook);
+        Arc::make_mut(&mut self.hooks).set_on_close(hook);
         self
     }
 
@@ -413,40 +414,20 @@ impl Endpoint {
             hub: self.hub.clone(),
             span: span.clone(),
         }));
-        let endpoint = self.clone();
+        let (handler, hooks, close_grace) =
+            (self.handler.clone(), self.hooks.clone(), self.close_grace);
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
-            // The task keeps the connection through its registration only: every field of
-            // this future is there for the connection's whole life ([S5](bench/README.md#scenarios), `cargo xtask bench`).
             let registration = Registration::new(conn);
             metrics.opened();
-            async move {
-                // Scoped so that only the running connection's future stays in this one's
-                // state while it runs, not also the locals that built it.
-                let (accepted, run) = {
-                    let conn = &registration.0;
-                    let rejected = endpoint.hooks.connect(conn).await;
-                    let task = ConnectionTask::new(
-                        socket,
-                        conn.clone(),
-                        endpoint.handler.clone(),
-                        endpoint.close_grace,
-                        metrics.clone(),
-                    );
-                    (rejected.is_none(), task.run(rejected))
-                };
-                let close = run.await;
-                let conn = registration.end();
-                metrics.closed(close.code());
-                tracing::debug!(parent: conn.span(), code = close.code(), reason = %close.reason(), "connection closed");
-                if accepted {
-                    endpoint.hooks.closed(conn, close).await;
-                }
-                drop(permit);
-            }
-            // No `.instrument()` around this future: the connection task enters the span once
-            // per poll (see `ConnectionTask::run`) and the hooks are instrumented
-            // (`lifecycle.rs`).
+            let task = ConnectionTask::new(
+                socket,
+                registration.0.clone(),
+                handler,
+                close_grace,
+                metrics.clone(),
+            );
+            live(task, registration, hooks, permit)
         })
     }
 
@@ -460,6 +441,41 @@ impl Endpoint {
             .entry(http::header::RETRY_AFTER)
             .or_insert(http::HeaderValue::from_static(RETRY_AFTER_SECONDS));
         refusal
+    }
+}
+
+/// A connection's life once upgraded: the connect hook, the task, the close hook. This future
+/// is the connection's tokio task, held for the connection's whole life
+/// ([S5](bench/README.md#scenarios)): it owns the task (socket included) once, captured here
+/// and used in place, and keeps the connection through its registration only. Not an `async
+/// fn`, whose state would hold each argument twice (as the argument and as the local it is
+/// moved into). No `.instrument()` around it: the connection task enters the span once per
+/// poll of the task (see `ConnectionTask::run`) and the hooks are instrumented
+/// (`lifecycle.rs`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state; see `connection_future_stays_small`"
+)]
+fn live(
+    mut task: ConnectionTask,
+    registration: Registration,
+    hooks: Arc<Hooks>,
+    permit: Option<Permit>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let rejected = hooks.connect(&registration.0).await;
+        let accepted = rejected.is_none();
+        let close = task.run(rejected).await;
+        let metrics = task.metrics().clone();
+        // The socket closes and writers see the connection closed before it leaves the hub.
+        drop(task);
+        let conn = registration.end();
+        metrics.closed(close.code());
+        tracing::debug!(parent: conn.span(), code = close.code(), reason = %close.reason(), "connection closed");
+        if accepted {
+            hooks.closed(conn, close).await;
+        }
+        drop(permit);
     }
 }
 
@@ -544,6 +560,31 @@ mod tests {
                 .close_grace(Duration::ZERO)
                 .into_route::<()>()
                 .is_ok()
+        );
+    }
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Bounds a connection's future, its tokio task's state: held for the life of every
+    /// connection, so growing it grows the memory of every idle connection
+    /// ([S5](bench/README.md#scenarios)). To measure
+    /// it, set `BOUND` to 0 and run `cargo test -p ws-context --lib connection_future`: the
+    /// failure gives the size (2,472 bytes when the socket was captured here and moved into
+    /// the task's own future, which kept it twice; 1,928 since; 1,728 with the futures of the
+    /// read and write paths taking their arguments once; 1,664 with the hooks shared and the
+    /// metrics taken from the task; rustc 1.95, x86_64). tokio's task cell adds ~100 bytes and
+    /// rounds up to 128: 1,792 bytes a connection now. A change
+    /// that passes the bound should say why in its commit, and move the bound.
+    #[test]
+    fn connection_future_stays_small() {
+        const BOUND: usize = 1_664;
+        let size = returned_size(live);
+        assert!(
+            size <= BOUND,
+            "a connection's future is {size} bytes, over its bound of {BOUND}"
         );
     }
 }

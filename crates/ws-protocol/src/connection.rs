@@ -684,6 +684,38 @@ impl Connection {
         self.data.capacity() + self.control.capacity()
     }
 
+    /// Whether [`receive`](Self::receive) would complete a frame from `input`. When it would
+    /// not, `receive` takes all of `input` in and returns `Ok(None)` (or an error): the start
+    /// of a frame, kept inside as any unfinished frame is. A driver holding bytes read past the
+    /// message `receive` returned can then hand them over at once rather than keep a copy for
+    /// the next call. Conservative: a header that breaks a rule counts as complete (`receive`
+    /// reports it when called).
+    ///
+    /// ```
+    /// use ws_protocol::{Config, Connection};
+    ///
+    /// let conn = Connection::new(Config::client());
+    /// // An unmasked binary frame of 4 bytes, its header and 2 bytes of its payload so far.
+    /// assert!(!conn.completes_frame(&[0x82, 4, 1, 2]));
+    /// assert!(conn.completes_frame(&[0x82, 4, 1, 2, 3, 4]));
+    /// ```
+    pub fn completes_frame(&self, input: &[u8]) -> bool {
+        if !self.reading {
+            return false;
+        }
+        if let Some(frame) = &self.frame {
+            return input.len() >= frame.remaining;
+        }
+        if self.header_len > 0 {
+            return true;
+        }
+        match self.parse_header(input) {
+            Ok(Some((frame, used))) => input.len() - used >= frame.remaining,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Whether a data message has started and not finished.
     pub fn message_in_progress(&self) -> bool {
         self.message.is_some()

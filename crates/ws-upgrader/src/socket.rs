@@ -21,7 +21,7 @@ use std::{
     task::{Context, Poll, Waker, ready},
 };
 
-use bytes::{Buf as _, BytesMut};
+use bytes::Buf as _;
 use futures_util::{Sink, SinkExt, Stream, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -201,8 +201,13 @@ struct Timers {
     /// into every connection (whose memory this is).
     options: Arc<Options>,
     /// The waker the sleep was last polled with since it was set: the timer wakes it when the
-    /// sleep ends, so polling it again with the same waker is skipped (it is polled on every
-    /// read that finds nothing, ~350 instructions each).
+    /// sleep ends, so while nothing made a deadline earlier, [`poll_timers`] with the same
+    /// waker returns at once (it runs before every read, two or three times a message; the
+    /// full check costs ~95 instructions). Cleared by whatever may make a deadline earlier:
+    /// our close going out, a ping sent, the sleep set again; a message that starts is
+    /// `WebSocket::timer_covers_message`.
+    ///
+    /// [`poll_timers`]: WebSocket::poll_timers
     registered: Option<Waker>,
     /// When bytes last came from the peer.
     last_heard: Instant,
@@ -283,6 +288,15 @@ impl Timers {
         }
     }
 
+    /// Whether the timer will wake the task of `waker` and has not ended yet.
+    #[inline]
+    fn armed(&self, waker: &Waker) -> bool {
+        self.registered
+            .as_ref()
+            .is_some_and(|registered| registered.will_wake(waker))
+            && !self.sleep.is_elapsed()
+    }
+
     /// Bytes came from the peer: it is alive, and an unfinished message may have grown.
     fn heard(&mut self, now: Instant, received: usize) {
         self.last_heard = now;
@@ -306,18 +320,25 @@ pub struct WebSocket {
     io: Io,
     conn: Connection,
     /// Bytes read past the last message returned, not parsed yet; `None` once they are.
-    pending: Option<BytesMut>,
+    pending: Option<Bytes>,
     /// A data message read while the caller asked for control frames only
     /// ([`recv_control`](WebSocket::recv_control)); the next [`recv`](WebSocket::recv) gives it.
     held: Option<Message>,
     timers: Timers,
-    /// The error `recv` gave, for [`fail`](WebSocket::fail) to tell the peer.
+    /// The error `recv` gave, for [`fail`](WebSocket::fail) to tell the peer; or, with
+    /// `failure_unreported`, one met in the bytes after the message returned, for the next
+    /// `recv` to give.
     failure: Option<ProtocolError>,
+    failure_unreported: bool,
     /// The stream has ended: the transport is closed or the closing handshake is complete.
     ended: bool,
     /// The core queued an answer of its own (a pong, the echo of a close) that must go out
     /// without waiting for the caller's flush.
     answer_queued: bool,
+    /// Whether the timer's deadline took an unfinished message into account; when a message
+    /// starts after the timer was set, its timeout may be earlier (kept here, not in
+    /// [`Timers`], where it would not fit in padding).
+    timer_covers_message: bool,
     protocol: Option<Box<str>>,
 }
 
@@ -349,12 +370,14 @@ impl WebSocket {
         WebSocket {
             io,
             conn: Connection::new(config),
-            pending: (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..])),
+            pending: (!leftover.is_empty()).then(|| Bytes::copy_from_slice(&leftover)),
             held: None,
             timers: Timers::new(options, Instant::now()),
             failure: None,
+            failure_unreported: false,
             ended: false,
             answer_queued: false,
+            timer_covers_message: false,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -500,12 +523,17 @@ impl WebSocket {
     }
 
     /// Reads once from the transport into the thread's scratch buffer and parses what came.
+    /// Bytes read past the message returned are kept (`pending`) only when they complete a
+    /// frame; the start of one (the usual case with large messages) goes into the core at
+    /// once, copied once rather than twice.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         let WebSocket {
             io,
             conn,
             pending,
             timers,
+            failure,
+            failure_unreported,
             ..
         } = self;
         with_scratch(timers.options.read_buffer_size, |scratch| {
@@ -517,7 +545,13 @@ impl WebSocket {
             }
             let parsed = conn.receive(&mut input);
             if !input.is_empty() && matches!(parsed, Ok(Some(_))) {
-                *pending = Some(BytesMut::from(input));
+                if conn.completes_frame(input) {
+                    *pending = Some(Bytes::copy_from_slice(input));
+                } else if let Err(error) = conn.receive(&mut input) {
+                    // Given after the message, by the next `recv`.
+                    *failure = Some(error);
+                    *failure_unreported = true;
+                }
             }
             Poll::Ready(Ok(Read::Parsed(parsed)))
         })
@@ -591,6 +625,12 @@ impl WebSocket {
                     Poll::Pending => Poll::Pending,
                 };
             }
+            if self.failure_unreported {
+                self.failure_unreported = false;
+                if let Some(error) = &self.failure {
+                    return Poll::Ready(Some(Err(WsError::from_protocol(error))));
+                }
+            }
             let parsed = match self.parse_pending() {
                 Some(parsed) => parsed,
                 None => {
@@ -644,7 +684,26 @@ impl WebSocket {
 
     /// Drives the deadlines: pings a quiet peer, and ends the stream when one passed. Ready
     /// with the stream's last item, or pending with the timer registered.
+    #[inline]
     fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        suspended: bool,
+    ) -> Poll<Option<Result<Message, WsError>>> {
+        if (self.timer_covers_message || !self.conn.message_in_progress())
+            && self.timers.armed(cx.waker())
+        {
+            // The usual case, before every read: the timer is set no later than every deadline
+            // and will wake this task.
+            return Poll::Pending;
+        }
+        self.poll_deadlines(cx, suspended)
+    }
+
+    /// [`poll_timers`](Self::poll_timers) when the timer is not known to be armed: finds the
+    /// earliest deadline, sets the timer to it, and acts on what is due.
+    #[inline(never)]
+    fn poll_deadlines(
         &mut self,
         cx: &mut Context<'_>,
         suspended: bool,
@@ -652,6 +711,7 @@ impl WebSocket {
         loop {
             let in_message = self.conn.message_in_progress();
             let Some(deadline) = self.timers.next_deadline(in_message) else {
+                self.timers.registered = None;
                 return Poll::Pending;
             };
             if deadline < self.timers.armed_for || self.timers.sleep.is_elapsed() {
@@ -659,12 +719,7 @@ impl WebSocket {
                 self.timers.sleep.as_mut().reset(deadline);
                 self.timers.registered = None;
             }
-            if let Some(waker) = &self.timers.registered
-                && waker.will_wake(cx.waker())
-            {
-                // Set, not elapsed, and it will wake this task when it ends.
-                return Poll::Pending;
-            }
+            self.timer_covers_message = in_message;
             if self.timers.sleep.as_mut().poll(cx).is_pending() {
                 self.timers.registered = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -715,6 +770,8 @@ impl Sink<Message> for WebSocket {
         self.conn.send(message).map_err(send_error)?;
         if closing {
             self.timers.close_sent = Some(Instant::now());
+            // Its deadline may be earlier than the one the timer is set to.
+            self.timers.registered = None;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite;
 use ws_upgrader::WsUpgrader;
 
 use crate::support::spawn_echo;
-use test_support::{WAIT, raw_websocket, read_close_code, read_frame, write_frame};
+use test_support::{WAIT, client_frame, raw_websocket, read_close_code, read_frame, write_frame};
 
 const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
@@ -93,6 +93,46 @@ async fn invalid_utf8_closes_1007() {
     let addr = spawn_echo(WsUpgrader::new()).await;
     let mut stream = raw_websocket(addr, "/ws").await;
     write_frame(&mut stream, true, false, TEXT, b"valid, then \xff\xfe").await;
+    assert_eq!(read_close_code(&mut stream).await, 1007);
+}
+
+/// A message and the start of the next one in one write: the start goes into the protocol
+/// core straight from the read (no copy kept); the next message still completes.
+#[tokio::test]
+async fn a_message_and_the_start_of_the_next_in_one_read_are_both_echoed() {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = spawn_echo(WsUpgrader::new()).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
+    let first: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let second: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let second_frame = client_frame(true, false, BINARY, &second);
+    let mut bytes = client_frame(true, false, BINARY, &first);
+    bytes.extend_from_slice(&second_frame[..1000]);
+    stream.write_all(&bytes).await.unwrap();
+    let frame = read_frame(&mut stream).await;
+    assert_eq!((frame.opcode, frame.payload), (BINARY, first));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    stream.write_all(&second_frame[1000..]).await.unwrap();
+    let frame = read_frame(&mut stream).await;
+    assert_eq!((frame.opcode, frame.payload), (BINARY, second));
+}
+
+/// The start of a text frame that is not UTF-8, read with the message before it: that message
+/// is echoed first, then the connection closes with 1007.
+#[tokio::test]
+async fn invalid_utf8_read_with_the_message_before_it_closes_1007_after_that_message() {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = spawn_echo(WsUpgrader::new()).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
+    let mut bytes = client_frame(true, false, TEXT, b"first");
+    // Header (2 bytes), mask (4), then 3 of the 10 payload bytes: already not UTF-8.
+    bytes.extend_from_slice(&client_frame(true, false, TEXT, b"\xff\xfe\xfdabcdefg")[..9]);
+    stream.write_all(&bytes).await.unwrap();
+    let frame = read_frame(&mut stream).await;
+    assert_eq!(
+        (frame.opcode, frame.payload.as_slice()),
+        (TEXT, &b"first"[..])
+    );
     assert_eq!(read_close_code(&mut stream).await, 1007);
 }
 

@@ -119,24 +119,28 @@ impl ConnectionTask {
         &self.out.conn
     }
 
+    /// The route's metrics, which the task counts its traffic in.
+    pub(crate) fn metrics(&self) -> &Arc<ConnMetrics> {
+        &self.metrics
+    }
+
     /// Runs until the connection ends; returns how it was closed. `rejected` closes at once
     /// (the connect hook refused the connection).
     ///
     /// Each turn waits for one event, handles it with everything else already ready of the
     /// same kind (a burst of parsed messages, a run of queued frames), then flushes once: one
     /// write per turn, and no extra turn of the scheduler before it.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps `self` twice in its state, as the argument and as the local \
-                  it is moved into: its future measured 2,696 bytes against 1,832 (S5, \
-                  bench/README.md#scenarios; `task_future_stays_small`)"
-    )]
-    pub(crate) fn run(mut self, rejected: Option<CloseFrame>) -> impl Future<Output = CloseFrame> {
+    ///
+    /// It borrows the task: the connection's future (`endpoint.rs`) owns the task once and
+    /// awaits this. Taken by value, the task would sit in that future twice, as the value moved
+    /// into this one and as what the outer future captured (552 bytes of socket alone, [S5](bench/README.md#scenarios)).
+    /// `rejected` is taken before the future is made, so that it takes no room in it.
+    pub(crate) fn run(&mut self, rejected: Option<CloseFrame>) -> impl Future<Output = CloseFrame> {
+        tracing::debug!(parent: self.conn().span(), "connection open");
+        if let Some(frame) = rejected {
+            self.request_close(frame, Instant::now());
+        }
         async move {
-            tracing::debug!(parent: self.conn().span(), "connection open");
-            if let Some(frame) = rejected {
-                self.request_close(frame, Instant::now());
-            }
             // The turns run inside the connection's span, so the handler's events carry the
             // connection's fields: one enter per poll of the task, not one per message or turn.
             let conn = self.conn().clone();
@@ -149,7 +153,7 @@ impl ConnectionTask {
                 .await;
             }
             self.publish_traffic();
-            self.closing.ended_by()
+            std::mem::replace(&mut self.closing, Closing::Open).ended_by()
         }
     }
 
@@ -208,48 +212,69 @@ impl ConnectionTask {
 
     /// Calls the handler for a message. Most handlers finish at their first poll: their
     /// reply is written now rather than one turn later.
-    async fn start(&mut self, message: Message) -> Step {
-        self.handling = Handling::Running(handling::call(&self.handler, self.conn(), message));
-        match poll_now(poll_running(&mut self.handling)).await {
-            Some(reply) => self.on_reply(reply).await,
-            None => Step::Continue(()),
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn start(&mut self, message: Message) -> impl Future<Output = Step> + '_ {
+        async move {
+            self.handling = Handling::Running(handling::call(&self.handler, self.conn(), message));
+            match poll_now(poll_running(&mut self.handling)).await {
+                Some(reply) => self.on_reply(reply).await,
+                None => Step::Continue(()),
+            }
         }
     }
 
     /// The call ended: writes its reply, then starts the message read ahead, if any.
-    async fn on_reply(&mut self, reply: std::thread::Result<handling::Reply>) -> Step {
-        let read_ahead = self.handling.end();
-        let (reply, close) = handling::outcome(reply, self.conn(), &self.metrics);
-        // While an urgent close is under way, or once our close is out, nothing is written.
-        if self.closing.may_write() {
-            match self.out.finish(reply, close).await {
-                Ok(Some(frame)) => self.request_close(frame, Instant::now()),
-                Ok(None) => {}
-                Err(WriteFailed::Urgent) => self.take_urgent_close(),
-                Err(WriteFailed::Broken) => return Step::Break(()),
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn on_reply(
+        &mut self,
+        reply: std::thread::Result<handling::Reply>,
+    ) -> impl Future<Output = Step> + '_ {
+        async move {
+            let read_ahead = self.handling.end();
+            let (reply, close) = handling::outcome(reply, self.conn(), &self.metrics);
+            // While an urgent close is under way, or once our close is out, nothing is written.
+            if self.closing.may_write() {
+                match self.out.finish(reply, close).await {
+                    Ok(Some(frame)) => self.request_close(frame, Instant::now()),
+                    Ok(None) => {}
+                    Err(WriteFailed::Urgent) => self.take_urgent_close(),
+                    Err(WriteFailed::Broken) => return Step::Break(()),
+                }
             }
-        }
-        match read_ahead {
-            Some(message) if self.closing.is_open() => {
-                // Boxed: `start` and `on_reply` call each other.
-                Box::pin(self.start(message)).await
+            match read_ahead {
+                Some(message) if self.closing.is_open() => {
+                    // Boxed: `start` and `on_reply` call each other.
+                    Box::pin(self.start(message)).await
+                }
+                _ => Step::Continue(()),
             }
-            _ => Step::Continue(()),
         }
     }
 
     /// Writes a queued command and the rest of the queue, up to `MAX_BATCH` frames.
-    async fn on_command(&mut self, command: Outbound) -> Step {
-        match self.out.write_batch(command).await {
-            Ok(Some(frame)) => {
-                let deadline = Instant::now() + self.close_grace;
-                self.request_close(frame, deadline);
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn on_command(&mut self, command: Outbound) -> impl Future<Output = Step> + '_ {
+        async move {
+            match self.out.write_batch(command).await {
+                Ok(Some(frame)) => {
+                    let deadline = Instant::now() + self.close_grace;
+                    self.request_close(frame, deadline);
+                }
+                Ok(None) => {}
+                Err(WriteFailed::Urgent) => self.take_urgent_close(),
+                Err(WriteFailed::Broken) => return Step::Break(()),
             }
-            Ok(None) => {}
-            Err(WriteFailed::Urgent) => self.take_urgent_close(),
-            Err(WriteFailed::Broken) => return Step::Break(()),
+            Step::Continue(())
         }
-        Step::Continue(())
     }
 
     /// Adds the turn's traffic to the shared counters at the end of each turn, so a burst
@@ -317,17 +342,17 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Bounds the connection task's future: it is held for the life of every connection, so
-    /// growing it grows the memory of every idle connection ([S5](bench/README.md#scenarios)). To measure it, set `BOUND`
-    /// to 0 and run `cargo test -p ws-context --lib task_future`: the failure gives the size
-    /// (1,848 bytes before the `connection/` reshape, 1,832 after, 1,776 with the socket's
-    /// options shared rather than copied, 1,792 with the timer's waker kept (it saves polling
-    /// the timer on every empty read); rustc 1.95, x86_64, debug
-    /// and release builds). A change that passes the bound should say why in its commit, and
-    /// move the bound.
+    /// Bounds the future of the connection task's run: part of every idle connection's
+    /// memory ([S5](bench/README.md#scenarios)), with the task itself, in the connection's future (`endpoint.rs`,
+    /// `connection_future_stays_small`). To measure it, set `BOUND` to 0 and run `cargo test
+    /// -p ws-context --lib task_future`: the failure gives the size (1,792 bytes when `run`
+    /// took the task by value, task included; 1,008 borrowing it; 808 with the futures of the
+    /// read and write paths taking their arguments once; 776 without `rejected`; rustc 1.95,
+    /// x86_64, debug and release builds). A change that passes the bound should say why in its commit, and move
+    /// the bound.
     #[test]
     fn task_future_stays_small() {
-        const BOUND: usize = 1_792;
+        const BOUND: usize = 776;
         let size = returned_size(ConnectionTask::run);
         assert!(
             size <= BOUND,

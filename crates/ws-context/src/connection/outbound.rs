@@ -80,89 +80,107 @@ impl WriteSide {
     /// Writes what a call returned, after everything it queued while running. Returns a close
     /// frame when the connection must close: `close` (the call panicked) or one met in the
     /// queue, which then stops the writing, reply included.
-    pub(super) async fn finish(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    pub(super) fn finish(
         &mut self,
         reply: Option<Message>,
         mut close: Option<CloseFrame>,
-    ) -> Result<Option<CloseFrame>, WriteFailed> {
-        while let Some(command) = self.next_command() {
-            match command {
-                Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
-                Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
-                Outbound::Close(frame) => {
-                    close = Some(frame);
-                    break;
+    ) -> impl Future<Output = Result<Option<CloseFrame>, WriteFailed>> + '_ {
+        async move {
+            while let Some(command) = self.next_command() {
+                match command {
+                    Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
+                    Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
+                    Outbound::Close(frame) => {
+                        close = Some(frame);
+                        break;
+                    }
                 }
             }
+            if let Some(message) = reply {
+                self.feed(Frame::Plain(message)).await?;
+            }
+            if close.is_some() {
+                self.flush().await?;
+            }
+            Ok(close)
         }
-        if let Some(message) = reply {
-            self.feed(Frame::Plain(message)).await?;
-        }
-        if close.is_some() {
-            self.flush().await?;
-        }
-        Ok(close)
     }
 
     /// Writes a queued command and whatever else is ready, up to `MAX_BATCH`, without flushing
     /// (the task flushes once nothing else is ready). Returns a close frame if one was among
     /// them, after flushing what came before it.
-    pub(super) async fn write_batch(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    pub(super) fn write_batch(
         &mut self,
         first: Outbound,
-    ) -> Result<Option<CloseFrame>, WriteFailed> {
-        let mut command = first;
-        let mut written = 0;
-        loop {
-            match command {
-                Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
-                Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
-                Outbound::Close(frame) => return self.flush().await.map(|()| Some(frame)),
+    ) -> impl Future<Output = Result<Option<CloseFrame>, WriteFailed>> + '_ {
+        async move {
+            let mut command = first;
+            let mut written = 0;
+            loop {
+                match command {
+                    Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
+                    Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
+                    Outbound::Close(frame) => return self.flush().await.map(|()| Some(frame)),
+                }
+                written += 1;
+                if written == MAX_BATCH {
+                    break;
+                }
+                match self.next_command() {
+                    Some(more) => command = more,
+                    None => break,
+                }
             }
-            written += 1;
-            if written == MAX_BATCH {
-                break;
-            }
-            match self.next_command() {
-                Some(more) => command = more,
-                None => break,
-            }
+            Ok(None)
         }
-        Ok(None)
     }
 
     /// Queues a frame on the socket. The socket almost always has room: that is tried first
     /// without a future, so the futures of every caller stay small (this one is in the state of
     /// each connection's task, [S5](bench/README.md#scenarios)); only a full socket is waited for, boxed and bounded.
-    async fn feed(&mut self, frame: Frame) -> Result<(), WriteFailed> {
-        let message = frame.message();
-        let data = message.is_data().then(|| super::payload_len(message));
-        let ready = Pin::new(&mut self.socket).poll_ready(&mut no_wake());
-        let waited = match ready {
-            Poll::Ready(Ok(())) => Waited::Done(match frame {
-                Frame::Plain(message) => Pin::new(&mut self.socket).start_send(message),
-                Frame::Prepared(prepared) => self.socket.start_send_prepared(&prepared),
-            }),
-            Poll::Ready(Err(error)) => Waited::Done(Err(error)),
-            Poll::Pending => {
-                let writer = &self.conn.0.writer;
-                let socket = &mut self.socket;
-                let write = async move {
-                    match frame {
-                        Frame::Plain(message) => socket.feed(message).await,
-                        Frame::Prepared(prepared) => socket.feed_prepared(&prepared).await,
-                    }
-                };
-                Box::pin(bounded_write(write, writer)).await
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), WriteFailed>> + '_ {
+        async move {
+            let message = frame.message();
+            let data = message.is_data().then(|| super::payload_len(message));
+            let ready = Pin::new(&mut self.socket).poll_ready(&mut no_wake());
+            let waited = match ready {
+                Poll::Ready(Ok(())) => Waited::Done(match frame {
+                    Frame::Plain(message) => Pin::new(&mut self.socket).start_send(message),
+                    Frame::Prepared(prepared) => self.socket.start_send_prepared(&prepared),
+                }),
+                Poll::Ready(Err(error)) => Waited::Done(Err(error)),
+                Poll::Pending => {
+                    let writer = &self.conn.0.writer;
+                    let socket = &mut self.socket;
+                    let write = async move {
+                        match frame {
+                            Frame::Plain(message) => socket.feed(message).await,
+                            Frame::Prepared(prepared) => socket.feed_prepared(&prepared).await,
+                        }
+                    };
+                    Box::pin(bounded_write(write, writer)).await
+                }
+            };
+            self.settle(waited, "write failed")?;
+            self.unflushed = true;
+            if let Some(bytes) = data {
+                self.sent.messages += 1;
+                self.sent.bytes += bytes;
             }
-        };
-        self.settle(waited, "write failed")?;
-        self.unflushed = true;
-        if let Some(bytes) = data {
-            self.sent.messages += 1;
-            self.sent.bytes += bytes;
+            Ok(())
         }
-        Ok(())
     }
 
     /// Writes what is queued on the socket; tried at once first, as in [`feed`](Self::feed).
