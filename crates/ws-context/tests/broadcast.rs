@@ -77,11 +77,7 @@ async fn broadcast_and_room_messages_reach_compressed_and_plain_receivers() {
     let hub = ConnectionHub::new();
     let upgrader = WsUpgrader::builder().compression().build().unwrap();
     let endpoint = Endpoint::new(ignore).hub(hub.clone()).upgrader(upgrader);
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let mut compressed = Vec::new();
     for _ in 0..3 {
         compressed.push(open_compressed(&server).await);
@@ -132,11 +128,7 @@ async fn a_broadcast_from_another_instance_reaches_compressed_and_plain_receiver
     let hub = ConnectionHub::with_backplane(backplane.clone());
     let upgrader = WsUpgrader::builder().compression().build().unwrap();
     let endpoint = Endpoint::new(ignore).hub(hub.clone()).upgrader(upgrader);
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let mut compressed = vec![
         open_compressed(&server).await,
         open_compressed(&server).await,

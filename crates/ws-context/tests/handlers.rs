@@ -18,15 +18,7 @@ async fn double(ctx: Context) -> Result<Order, ws_context::BindError> {
 
 #[tokio::test]
 async fn json_struct_round_trip_and_bad_json_gets_one_error_frame() {
-    let server = TestServer::router(
-        axum::Router::new().route(
-            "/ws",
-            Endpoint::new(double)
-                .into_route()
-                .expect("valid endpoint options"),
-        ),
-    )
-    .await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(double)).await;
     let mut client = server.connect("/ws").await;
 
     client.send_text(r#"{"item":"tea","qty":2}"#).await;
@@ -94,15 +86,7 @@ async fn silent(_ctx: Context) -> Result<(), std::convert::Infallible> {
 
 #[tokio::test]
 async fn unit_writes_nothing() {
-    let server = TestServer::router(
-        axum::Router::new().route(
-            "/ws",
-            Endpoint::new(silent)
-                .into_route()
-                .expect("valid endpoint options"),
-        ),
-    )
-    .await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(silent)).await;
     let mut client = server.connect("/ws").await;
     client.send_text("one").await;
     // The pong to our ping is the first frame back: the handler wrote nothing (GoFr: "null").
@@ -175,15 +159,7 @@ async fn counts_calls(ctx: Context) -> Result<(), ws_context::WriteError> {
 
 #[tokio::test]
 async fn a_handler_that_never_binds_is_called_once_per_message() {
-    let server = TestServer::router(
-        axum::Router::new().route(
-            "/ws",
-            Endpoint::new(counts_calls)
-                .into_route()
-                .expect("valid endpoint options"),
-        ),
-    )
-    .await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(counts_calls)).await;
     let mut client = server.connect("/ws").await;
     client.send_text("a").await;
     client.send_text("b").await;

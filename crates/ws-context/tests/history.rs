@@ -49,11 +49,7 @@ async fn room_server(hub: &ConnectionHub) -> TestServer {
     let endpoint = Endpoint::new(to_room)
         .hub(hub.clone())
         .on_connect(join_room);
-    TestServer::router(axum::Router::new().route(
-        "/ws/{room}",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await
+    TestServer::endpoint("/ws/{room}", endpoint).await
 }
 
 /// "<pos> <text>" split.
@@ -179,11 +175,7 @@ async fn join_at_greets_with_the_position_before_any_later_message() {
                 assert!(matches!(joined, Ok(Some(_))), "{joined:?}");
                 Ok(())
             });
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws/{room}",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws/{room}", endpoint).await;
     let mut ann = server.connect("/ws/g").await;
     let (at_join, text) = parts(ann.recv_text().await);
     assert_eq!(text, "joined");

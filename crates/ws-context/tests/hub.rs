@@ -120,11 +120,7 @@ async fn two_hundred_clients_in_four_rooms_get_exactly_their_rooms_messages_once
 async fn leaving_a_room_and_closing_take_the_connection_out_of_it() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).on_connect(join_room);
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws/{room}",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws/{room}", endpoint).await;
     let mut a = server.connect("/ws/blue").await;
     let mut b = server.connect("/ws/blue").await;
     eventually("both joined", || hub.room_members("blue").len() == 2).await;
@@ -179,11 +175,7 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
             }
         },
     );
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
 
     let mut refused = server.connect("/ws").await;
     refused.expect_close(4001).await;
@@ -207,11 +199,7 @@ async fn hooks_accept_refuse_and_see_the_close_code_and_reason() {
 async fn over_the_connection_limit_the_upgrade_gets_503_with_a_reason() {
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(whoami).hub(hub.clone()).max_connections(2);
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let mut first = server.connect("/ws").await;
     let _second = server.connect("/ws").await;
 
@@ -237,11 +225,7 @@ async fn a_slow_peer_is_closed_with_1008_and_the_others_get_every_message() {
         .hub(hub.clone())
         .queue_capacity(4)
         .send_timeout(Duration::from_millis(300));
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let mut slow = server.connect("/ws").await;
     let fast = server.connect("/ws").await;
     eventually("both connected", || hub.len() == 2).await;
@@ -347,11 +331,7 @@ async fn large_messages_to_a_peer_that_never_reads_stop_at_the_byte_bound() {
         .queue_capacity(1024)
         .queue_bytes(1024 * 1024)
         .send_timeout(Duration::from_millis(300));
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let mut slow = server.connect("/ws").await;
     eventually("connected", || hub.len() == 1).await;
     let id = hub.list()[0].id.clone();

@@ -84,11 +84,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_within_interval_plus_timeou
         .unwrap();
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
 
     let (mut stream, mut received) = silent_client(&server).await;
     let connected = Instant::now();
@@ -121,11 +117,7 @@ async fn a_peer_that_answers_pings_stays_open() {
         .unwrap();
     let hub = ConnectionHub::new();
     let endpoint = Endpoint::new(ignore).upgrader(upgrader).hub(hub.clone());
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let mut client = ping_counting_client(&server).await;
     // tungstenite answers pings while it reads; three pings, and the connection is still up.
     let mut pings = 0;
@@ -216,11 +208,7 @@ async fn messages_read_together_while_a_handler_runs_are_all_handled_in_order() 
         Ok(text)
     }
     let endpoint = Endpoint::new(slow_echo);
-    let server = TestServer::router(axum::Router::new().route(
-        "/ws",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await;
+    let server = TestServer::endpoint("/ws", endpoint).await;
     let (mut stream, _) = silent_client(&server).await;
     let mut burst = Vec::new();
     for n in 0..20u8 {

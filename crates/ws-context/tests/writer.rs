@@ -13,15 +13,7 @@ async fn greet_then_echo(ctx: Context) -> Result<String, anyhow::Error> {
 
 #[tokio::test]
 async fn written_message_arrives_before_the_returned_value() {
-    let server = TestServer::router(
-        axum::Router::new().route(
-            "/ws",
-            Endpoint::new(greet_then_echo)
-                .into_route()
-                .expect("valid endpoint options"),
-        ),
-    )
-    .await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(greet_then_echo)).await;
     let mut client = server.connect("/ws").await;
     client.send_text("hi").await;
     assert_eq!(client.recv_text().await, "Hello! GoFr");
@@ -47,15 +39,7 @@ async fn fan_out(ctx: Context) -> Result<(), anyhow::Error> {
 
 #[tokio::test]
 async fn concurrent_writers_keep_frames_whole_and_in_order() {
-    let server = TestServer::router(
-        axum::Router::new().route(
-            "/ws",
-            Endpoint::new(fan_out)
-                .into_route()
-                .expect("valid endpoint options"),
-        ),
-    )
-    .await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(fan_out)).await;
     let mut client = server.connect("/ws").await;
     client.send_text("go").await;
 
@@ -95,15 +79,7 @@ async fn write_borrowed(ctx: Context) -> Result<Score, anyhow::Error> {
 
 #[tokio::test]
 async fn borrowed_values_are_written_by_the_same_rules() {
-    let server = TestServer::router(
-        axum::Router::new().route(
-            "/ws",
-            Endpoint::new(write_borrowed)
-                .into_route()
-                .expect("valid endpoint options"),
-        ),
-    )
-    .await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(write_borrowed)).await;
     let mut client = server.connect("/ws").await;
     client.send_text("ada").await;
     let json = r#"{"player":"ada","points":10}"#;

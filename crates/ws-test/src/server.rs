@@ -127,6 +127,42 @@ impl TestServer {
         TestServer::serve_router(router, Some(hub))
     }
 
+    /// Serves one ws-context `Endpoint` at `path`: the shortest way to test a handler.
+    ///
+    /// ```
+    /// use ws_context::{Context, Endpoint};
+    /// use ws_test::TestServer;
+    ///
+    /// async fn echo(ctx: Context) -> Result<String, ws_context::BindError> {
+    ///     ctx.bind()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = TestServer::endpoint("/ws", Endpoint::new(echo)).await;
+    /// let mut client = server.connect("/ws").await;
+    /// client.send_text("hi").await;
+    /// assert_eq!(client.recv_text().await, "hi");
+    /// server.shutdown().await;
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When the endpoint refuses one of its options (the message names it), or no loopback
+    /// port can be bound.
+    #[track_caller]
+    pub fn endpoint(
+        path: &str,
+        endpoint: ws_context::Endpoint,
+    ) -> impl Future<Output = TestServer> {
+        let route = match endpoint.into_route() {
+            Ok(route) => route,
+            Err(error) => panic!("TestServer::endpoint({path:?}): {error}"),
+        };
+        TestServer::router(Router::new().route(path, route))
+    }
+
     #[track_caller]
     fn serve_router(
         router: Router,

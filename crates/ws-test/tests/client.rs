@@ -22,11 +22,7 @@ async fn server() -> TestServer {
         .build()
         .expect("valid options");
     let endpoint = Endpoint::new(who).upgrader(upgrader);
-    TestServer::router(axum::Router::new().route(
-        "/who",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await
+    TestServer::endpoint("/who", endpoint).await
 }
 
 #[tokio::test]

@@ -14,11 +14,7 @@ async fn server(compression: bool) -> TestServer {
         upgrader = upgrader.compression();
     }
     let endpoint = Endpoint::new(echo).upgrader(upgrader.build().expect("valid options"));
-    TestServer::router(axum::Router::new().route(
-        "/echo",
-        endpoint.into_route().expect("valid endpoint options"),
-    ))
-    .await
+    TestServer::endpoint("/echo", endpoint).await
 }
 
 #[tokio::test]
