@@ -8,13 +8,9 @@
 "use strict";
 
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
-const os = require("node:os");
-const path = require("node:path");
-const { chromium } = require("playwright-core");
+const { withBrowser } = require("./browser.js");
 
 const CHAT_URL = process.env.CHAT_URL;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WAIT_MS = 15000;
 
 // Opens the chat page already joined to `room` as `name` (the page joins from its #fragment),
@@ -46,23 +42,7 @@ function shows(page, text) {
 
 async function main() {
   assert.ok(CHAT_URL, "CHAT_URL must be set (cargo xtask browser-test sets it)");
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "chat-browser-test-"));
-  // A fresh profile for every run (playwright passes it as --user-data-dir).
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--headless",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  try {
+  await withBrowser("chat", ["--disable-quic"], async (context) => {
     const handshakes = [];
     const ann = await joined(context, "red", "ann", handshakes);
     const bob = await joined(context, "red", "bob", handshakes);
@@ -157,10 +137,7 @@ async function main() {
     assert.match(trip.extensions, /^permessage-deflate/, `probe's ws.extensions is ${trip.extensions}`);
     assert.deepEqual(trip.got, trip.texts, "messages came back changed or out of order");
     console.log(`ok: compressed messages of ${sizes.join(", ")} characters round-trip`);
-  } finally {
-    await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
-  }
+  });
 }
 
 main().then(

@@ -15,13 +15,11 @@
 
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
-const os = require("node:os");
 const path = require("node:path");
-const { chromium } = require("playwright-core");
+const { withBrowser } = require("./browser.js");
 
 const ECHO_URL = process.env.ECHO_URL;
 const VARIANT = process.env.ECHO_VARIANT || "default";
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCHEDULE = path.join(__dirname, "../interop/schedule.js");
 const WAIT_MS = 60000;
 
@@ -99,22 +97,9 @@ async function inPage({ url, waitMs }) {
 
 async function main() {
   assert.ok(ECHO_URL, "ECHO_URL must be set (cargo xtask browser-test sets it)");
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "echo-browser-test-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--headless",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-sync",
-      // The page below is answered by playwright, not by a loopback server, so Chromium counts
-      // it as public and would block its socket to 127.0.0.1 (local network access checks).
-      "--disable-features=LocalNetworkAccessChecks",
-    ],
-  });
-  try {
+  // The page below is answered by playwright, not by a loopback server, so Chromium counts it
+  // as public and would block its socket to 127.0.0.1 (local network access checks).
+  await withBrowser("echo", ["--disable-features=LocalNetworkAccessChecks"], async (context) => {
     const page = await context.newPage();
     // The page's origin must be the server's: its default origin check refuses others, as
     // gorilla's does. The echo serves no page, so playwright answers for it.
@@ -144,10 +129,7 @@ async function main() {
         `(${(result.total / (1 << 20)).toFixed(1)} MiB) in order, pings answered while idle, ` +
         `closes ${result.codes.join(" ")} answered in kind, ${result.ms} ms`,
     );
-  } finally {
-    await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
-  }
+  });
 }
 
 main().then(

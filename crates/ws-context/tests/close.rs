@@ -128,12 +128,13 @@ async fn fill_then_close(ctx: Context) -> Result<(), ws_context::BindError> {
 #[tokio::test]
 async fn a_close_that_skips_a_full_queue_is_sent_after_the_handler_returns() {
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(fill_then_close)
-        .hub(hub.clone())
-        .queue_capacity(4)
-        .into_route()
-        .expect("valid endpoint options");
-    let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
+    let server = TestServer::endpoint(
+        "/ws",
+        Endpoint::new(fill_then_close)
+            .hub(hub.clone())
+            .queue_capacity(4),
+    )
+    .await;
     let mut client = server.connect("/ws").await;
     client.send_text("go").await;
     // What the handler queued before the close may or may not go out; the close must.

@@ -104,11 +104,7 @@ async fn panics_on_boom(ctx: Context) -> Result<String, ws_context::BindError> {
 #[tokio::test]
 async fn a_panic_closes_only_its_connection_with_1011() {
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(panics_on_boom)
-        .hub(hub.clone())
-        .into_route()
-        .expect("valid endpoint options");
-    let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
+    let server = TestServer::endpoint("/ws", Endpoint::new(panics_on_boom).hub(hub.clone())).await;
     let mut victim = server.connect("/ws").await;
     let mut bystander = server.connect("/ws").await;
 
@@ -134,11 +130,11 @@ fn panics_before_its_future(
 #[tokio::test]
 async fn a_panic_in_the_synchronous_part_of_a_handler_closes_with_1011() {
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(panics_before_its_future)
-        .hub(hub.clone())
-        .into_route()
-        .expect("valid endpoint options");
-    let server = TestServer::router(axum::Router::new().route("/ws", route)).await;
+    let server = TestServer::endpoint(
+        "/ws",
+        Endpoint::new(panics_before_its_future).hub(hub.clone()),
+    )
+    .await;
     let mut victim = server.connect("/ws").await;
     let mut bystander = server.connect("/ws").await;
 

@@ -47,11 +47,7 @@ async fn handler_logs_carry_connection_id_and_route() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let hub = ConnectionHub::new();
-    let route = Endpoint::new(logs)
-        .hub(hub.clone())
-        .into_route()
-        .expect("valid endpoint options");
-    let server = TestServer::router(axum::Router::new().route("/ws/{room}", route)).await;
+    let server = TestServer::endpoint("/ws/{room}", Endpoint::new(logs).hub(hub.clone())).await;
     let mut client = server.connect("/ws/blue").await;
     client.send_text("hello").await;
     assert_eq!(client.recv_text().await, "hello");
