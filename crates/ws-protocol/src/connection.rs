@@ -22,7 +22,7 @@ use crate::{
     mask::MaskKeys,
     mask::apply_mask,
     output::Output,
-    prepared::{PreparedMessage, shrinks},
+    prepared::{PreparedMessage, worth_compressing},
 };
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -591,15 +591,16 @@ impl Connection {
                 self.write_frame(opcode, true, &compressed);
                 return Ok(());
             };
+            let compressed = message.compressed(key)?;
+            let worth = worth_compressing(&compressed, payload, codec.params.threshold);
             return match self.role {
                 Role::Server => {
-                    let frame = message.server_frame(Some(key))?;
+                    let frame = message.server_frame(worth.then_some(key))?;
                     self.output.push_encoded(&frame);
                     Ok(())
                 }
                 Role::Client => {
-                    let compressed = message.compressed(key)?;
-                    if shrinks(&compressed, payload) {
+                    if worth {
                         self.write_frame(opcode, true, &compressed);
                     } else {
                         self.write_frame(opcode, false, payload);
@@ -626,7 +627,7 @@ impl Connection {
             // With context takeover the compressor's state already holds this message, so
             // the peer's must too: it goes out compressed whatever its size.
             let takeover = codec.shared_key().is_none();
-            if takeover || shrinks(&compressed, payload) {
+            if takeover || worth_compressing(&compressed, payload, codec.params.threshold) {
                 self.write_frame(opcode, true, &compressed);
             } else {
                 self.write_frame(opcode, false, payload);

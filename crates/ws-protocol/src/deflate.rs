@@ -40,7 +40,9 @@ use crate::{ProtocolError, Role};
 pub struct DeflatePolicy {
     /// The zlib compression level, 0-9 (default 1: fast, most of the gain on JSON).
     pub level: u32,
-    /// Payloads shorter than this go out uncompressed (default 32 bytes).
+    /// Payloads shorter than this go out uncompressed (default 32 bytes); without context
+    /// takeover, so does a longer one whose compressed form is not smaller. 0 compresses every
+    /// message, even one that grows (what a conformance suite may expect).
     pub threshold: usize,
     /// Whether to keep compression context between messages (default false: ask for
     /// `server_no_context_takeover; client_no_context_takeover`, and keep no zlib state between
@@ -79,7 +81,7 @@ pub struct DeflateParams {
     pub client_max_window_bits: u8,
     /// Compression level of this end, 0-9.
     pub level: u32,
-    /// Payloads shorter than this are sent uncompressed.
+    /// Payloads shorter than this are sent uncompressed (see [`DeflatePolicy::threshold`]).
     pub threshold: usize,
 }
 

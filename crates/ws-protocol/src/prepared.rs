@@ -121,9 +121,6 @@ impl PreparedMessage {
             }
             Some(key) => {
                 let compressed = self.compressed(key)?;
-                if !shrinks(&compressed, &payload) {
-                    return self.server_frame(None);
-                }
                 let mut cache = self.cache();
                 let entry = cache
                     .compressed
@@ -150,10 +147,10 @@ fn frame(first_byte: u8, payload: &[u8]) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Whether sending `compressed` instead of `payload` saves bytes. A message that does not
-/// shrink (short or already compressed data) goes out plain: RFC 7692 lets each message say
-/// whether it is compressed, and without context takeover the peer's inflater has no state
-/// that a plain message would leave behind.
-pub(crate) fn shrinks(compressed: &[u8], payload: &[u8]) -> bool {
-    compressed.len() < payload.len()
+/// Whether a message goes out as `compressed` rather than as `payload`, without context
+/// takeover: only if that saves bytes, unless `threshold` is 0 (compress everything). RFC
+/// 7692 lets each message say whether it is compressed, and without context takeover the
+/// peer's inflater has no state that a plain message would leave behind.
+pub(crate) fn worth_compressing(compressed: &[u8], payload: &[u8], threshold: usize) -> bool {
+    threshold == 0 || compressed.len() < payload.len()
 }

@@ -128,12 +128,15 @@ fn rfc7692_hello_compressed_in_one_and_in_two_frames() {
         assert_eq!(read_all(&mut client, &one), [Message::text("Hello")]);
         assert_eq!(read_all(&mut client, &two), [Message::text("Hello")]);
     }
-    // Our compressor writes the RFC's bytes (with context takeover a message is always
-    // compressed); without takeover, "Hello" does not shrink (7 bytes for 5) and goes plain.
-    let mut server = deflate_server(true, 0);
-    server.send(Message::text("Hello")).unwrap();
-    assert_eq!(take_output(&mut server), one);
-    let mut server = deflate_server(false, 0);
+    // Our compressor writes the RFC's bytes: threshold 0 compresses every message, and with
+    // context takeover every message is compressed too. Otherwise "Hello", which does not
+    // shrink (7 bytes for 5), goes out plain.
+    for (takeover, threshold) in [(false, 0), (true, 1)] {
+        let mut server = deflate_server(takeover, threshold);
+        server.send(Message::text("Hello")).unwrap();
+        assert_eq!(take_output(&mut server), one);
+    }
+    let mut server = deflate_server(false, 1);
     server.send(Message::text("Hello")).unwrap();
     assert_eq!(take_output(&mut server), b"\x81\x05Hello");
 }
@@ -146,7 +149,11 @@ fn rfc7692_context_takeover_example() {
     assert_eq!(read_all(&mut client, &first), [Message::text("Hello")]);
     assert_eq!(read_all(&mut client, &second), [Message::text("Hello")]);
 
-    // With takeover the second refers to the first.
+    // Without takeover both messages compress alike; with it the second refers to the first.
+    let mut server = deflate_server(false, 0);
+    server.send(Message::text("Hello")).unwrap();
+    server.send(Message::text("Hello")).unwrap();
+    assert_eq!(take_output(&mut server), [first, first].concat());
     let mut server = deflate_server(true, 0);
     server.send(Message::text("Hello")).unwrap();
     server.send(Message::text("Hello")).unwrap();

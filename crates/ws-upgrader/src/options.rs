@@ -95,7 +95,9 @@ pub enum ConfigError {
 pub struct Compression {
     /// zlib level, 0-9. Default 1: GoFr's (gorilla's) fast setting.
     pub level: u32,
-    /// Messages shorter than this are sent uncompressed. Default 32 bytes.
+    /// Messages shorter than this are sent uncompressed. Default 32 bytes. Without context
+    /// takeover, a longer message whose compressed form is not smaller goes plain too; 0
+    /// compresses every message, even one that grows.
     pub threshold: usize,
     /// Keep the compression context from one message to the next (both ways), for a better
     /// ratio on similar messages. Default `false`: the server answers
