@@ -19,20 +19,8 @@ async fn kick(ctx: Context) -> Result<(), BindError> {
 async fn server() -> TestServer {
     let hub = ConnectionHub::new();
     let router = axum::Router::new()
-        .route(
-            "/echo",
-            Endpoint::new(echo)
-                .hub(hub.clone())
-                .into_route()
-                .expect("valid endpoint options"),
-        )
-        .route(
-            "/kick",
-            Endpoint::new(kick)
-                .hub(hub.clone())
-                .into_route()
-                .expect("valid endpoint options"),
-        );
+        .route("/echo", crate::route(Endpoint::new(echo).hub(hub.clone())))
+        .route("/kick", crate::route(Endpoint::new(kick).hub(hub.clone())));
     TestServer::router_with_hub(router, hub).await
 }
 
@@ -99,12 +87,7 @@ async fn eventually_names_what_it_awaited() {
 #[tokio::test]
 #[should_panic(expected = "has no hub")]
 async fn a_router_without_a_hub_says_so() {
-    let router = axum::Router::new().route(
-        "/echo",
-        Endpoint::new(echo)
-            .into_route()
-            .expect("valid endpoint options"),
-    );
+    let router = axum::Router::new().route("/echo", crate::route(Endpoint::new(echo)));
     let server = TestServer::router(router).await;
     server.expect_connections(0).await;
 }

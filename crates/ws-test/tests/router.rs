@@ -27,17 +27,8 @@ fn rooms(hub: &ConnectionHub) -> axum::Router {
         .on_connect(join_room)
         .hub(hub.clone());
     axum::Router::new()
-        .route(
-            "/echo",
-            Endpoint::new(echo)
-                .hub(hub.clone())
-                .into_route()
-                .expect("valid endpoint options"),
-        )
-        .route(
-            "/ws/{room}",
-            endpoint.into_route().expect("valid endpoint options"),
-        )
+        .route("/echo", crate::route(Endpoint::new(echo).hub(hub.clone())))
+        .route("/ws/{room}", crate::route(endpoint))
 }
 
 #[tokio::test]

@@ -5,3 +5,8 @@ mod client;
 mod deflate;
 mod failures;
 mod router;
+
+/// `endpoint` as an axum route; the tests' endpoints have valid options.
+fn route(endpoint: ws_context::Endpoint) -> axum::routing::MethodRouter {
+    endpoint.into_route().expect("valid endpoint options")
+}
