@@ -295,18 +295,7 @@ impl Endpoint {
 
     /// Refuses a value that would not work, rather than changing it or failing later.
     fn check(&self) -> Result<(), ConfigError> {
-        let size = |option, value, min, max| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(ConfigError::Size {
-                    option,
-                    value,
-                    min,
-                    max,
-                })
-            }
-        };
+        let size = ConfigError::check_size;
         size("queue_capacity", self.queue_capacity, 1, MAX_QUEUE_BYTES)?;
         size(
             "queue_bytes",

@@ -429,15 +429,15 @@ impl WsUpgraderBuilder {
     /// Checks every value and gives the upgrader.
     pub fn build(self) -> Result<WsUpgrader, ConfigError> {
         let o = &self.options;
-        check_size(
+        ConfigError::check_size(
             "read_buffer_size",
             o.read_buffer_size,
             256,
             MAX_READ_BUFFER_SIZE,
         )?;
-        check_size("write_buffer_size", o.write_buffer_size, 256, 16 << 20)?;
-        check_size("max_message_size", o.max_message_size, 1, 1 << 40)?;
-        check_size("max_frame_size", o.max_frame_size, 1, 1 << 40)?;
+        ConfigError::check_size("write_buffer_size", o.write_buffer_size, 256, 16 << 20)?;
+        ConfigError::check_size("max_message_size", o.max_message_size, 1, 1 << 40)?;
+        ConfigError::check_size("max_frame_size", o.max_frame_size, 1, 1 << 40)?;
         if o.max_frame_size > o.max_message_size {
             return Err(ConfigError::FrameOverMessage {
                 frame: o.max_frame_size,
@@ -472,21 +472,36 @@ impl WsUpgraderBuilder {
     }
 }
 
-fn check_size(
-    option: &'static str,
-    value: usize,
-    min: usize,
-    max: usize,
-) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::Size {
-            option,
-            value,
-            min,
-            max,
-        })
+impl ConfigError {
+    /// `Ok` when `value` is within `min..=max`, else [`ConfigError::Size`] naming `option`:
+    /// the check every size and count option goes through, here and in the crates that
+    /// build on these options (ws-context's `Endpoint`).
+    ///
+    /// ```
+    /// use ws_upgrader::ConfigError;
+    ///
+    /// assert!(ConfigError::check_size("queue_capacity", 8, 1, 1024).is_ok());
+    /// assert_eq!(
+    ///     ConfigError::check_size("queue_capacity", 0, 1, 1024).unwrap_err().to_string(),
+    ///     "queue_capacity must be between 1 and 1024, got 0"
+    /// );
+    /// ```
+    pub fn check_size(
+        option: &'static str,
+        value: usize,
+        min: usize,
+        max: usize,
+    ) -> Result<(), ConfigError> {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::Size {
+                option,
+                value,
+                min,
+                max,
+            })
+        }
     }
 }
 
