@@ -160,19 +160,30 @@ pub fn negotiate(data: &[u8]) {
         if let Some((server, answer)) = deflate::negotiate(text.split('\n'), &policy) {
             assert!((8..=15).contains(&server.server_max_window_bits));
             assert!((8..=15).contains(&server.client_max_window_bits));
-            let client = deflate::accept_response(&answer, &permissive)
-                .unwrap_or_else(|e| panic!("our answer {answer:?} refused: {e}"));
-            assert_eq!(
-                client.server_no_context_takeover,
-                server.server_no_context_takeover
-            );
-            assert_eq!(
-                client.client_no_context_takeover,
-                server.client_no_context_takeover
-            );
-            assert!(client.server_max_window_bits >= server.server_max_window_bits);
+            check_answer(&answer, &server);
         }
     }
+}
+
+/// Checks a server's deflate `answer` (its parameters `server`) as a client allowing
+/// everything takes it: accepted, with the same context takeover both ways and a server
+/// window at least as wide. Shared with the upgrader's handshake target.
+pub fn check_answer(answer: &str, server: &DeflateParams) {
+    let permissive = DeflatePolicy {
+        context_takeover: true,
+        ..DeflatePolicy::default()
+    };
+    let client = deflate::accept_response(answer, &permissive)
+        .unwrap_or_else(|e| panic!("our answer {answer:?} refused: {e}"));
+    assert_eq!(
+        client.server_no_context_takeover,
+        server.server_no_context_takeover
+    );
+    assert_eq!(
+        client.client_no_context_takeover,
+        server.client_no_context_takeover
+    );
+    assert!(client.server_max_window_bits >= server.server_max_window_bits);
 }
 
 /// Runs every input of a fuzz target's corpus and crashes (`fuzz/corpus/<target>/` and

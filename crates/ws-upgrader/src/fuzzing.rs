@@ -100,20 +100,7 @@ pub fn handshake(data: &[u8]) {
             HeaderValue::from_str(answer).is_ok(),
             "answer {answer:?} is not a header value"
         );
-        let client_policy = ws_protocol::deflate::DeflatePolicy {
-            context_takeover: true,
-            ..Default::default()
-        };
-        let client = ws_protocol::deflate::accept_response(answer, &client_policy)
-            .unwrap_or_else(|e| panic!("our answer {answer:?} refused: {e}"));
-        assert_eq!(
-            client.server_no_context_takeover,
-            server.server_no_context_takeover
-        );
-        assert_eq!(
-            client.client_no_context_takeover,
-            server.client_no_context_takeover
-        );
+        ws_protocol::fuzzing::check_answer(answer, server);
         assert!(server.server_max_window_bits <= 9 + (choice >> 4) % 7);
     }
 }
