@@ -18,11 +18,11 @@ use bytes::Bytes;
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
-    deflate::Codec,
+    deflate::{Codec, worth_compressing},
     mask::MaskKeys,
     mask::apply_mask,
     output::Output,
-    prepared::{PreparedMessage, worth_compressing},
+    prepared::PreparedMessage,
 };
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -595,7 +595,7 @@ impl Connection {
             let worth = worth_compressing(&compressed, payload, codec.params.threshold);
             return match self.role {
                 Role::Server => {
-                    let frame = message.server_frame(worth.then_some(key))?;
+                    let frame = message.server_frame(worth.then_some((key, &compressed)));
                     self.output.push_encoded(&frame);
                     Ok(())
                 }
@@ -611,7 +611,7 @@ impl Connection {
         }
         match self.role {
             Role::Server => {
-                let frame = message.server_frame(None)?;
+                let frame = message.server_frame(None);
                 self.output.push_encoded(&frame);
             }
             Role::Client => self.write_frame(opcode, false, payload),

@@ -373,6 +373,14 @@ fn new_decompressor() -> Decompress {
     Decompress::new_with_window_bits(false, INFLATE_BITS)
 }
 
+/// Whether a message goes out as `compressed` rather than as `payload`, without context
+/// takeover: only if that saves bytes, unless `threshold` is 0 (compress everything). RFC
+/// 7692 lets each message say whether it is compressed, and without context takeover the
+/// peer's inflater has no state that a plain message would leave behind.
+pub(crate) fn worth_compressing(compressed: &[u8], payload: &[u8], threshold: usize) -> bool {
+    threshold == 0 || compressed.len() < payload.len()
+}
+
 /// Compresses one message with a pooled compressor (no context takeover): the payload of an
 /// RSV1 frame.
 pub(crate) fn compress_once(payload: &[u8], level: u32, bits: u8) -> Result<Vec<u8>, String> {

@@ -108,31 +108,31 @@ impl PreparedMessage {
         Ok(compressed)
     }
 
-    /// The whole unmasked frame: plain (`None`) or compressed with this level and window.
-    pub(crate) fn server_frame(&self, key: Option<(u32, u8)>) -> Result<Bytes, SendError> {
+    /// The whole unmasked frame: plain (`None`), or around the payload compressed with this
+    /// level and window (from [`compressed`](Self::compressed)).
+    pub(crate) fn server_frame(&self, compressed: Option<((u32, u8), &Bytes)>) -> Bytes {
         let (opcode, payload) = self.opcode_and_payload();
-        match key {
+        match compressed {
             None => {
                 let mut cache = self.cache();
-                Ok(cache
+                cache
                     .plain_frame
                     .get_or_insert_with(|| frame(0x80 | opcode, &payload))
-                    .clone())
+                    .clone()
             }
-            Some(key) => {
-                let compressed = self.compressed(key)?;
+            Some((key, compressed)) => {
                 let mut cache = self.cache();
                 let entry = cache
                     .compressed
                     .iter_mut()
                     .find(|(k, ..)| *k == key)
                     .map(|(_, _, frame)| frame);
-                Ok(match entry {
+                match entry {
                     Some(slot) => slot
-                        .get_or_insert_with(|| frame(0xc0 | opcode, &compressed))
+                        .get_or_insert_with(|| frame(0xc0 | opcode, compressed))
                         .clone(),
-                    None => frame(0xc0 | opcode, &compressed),
-                })
+                    None => frame(0xc0 | opcode, compressed),
+                }
             }
         }
     }
@@ -145,12 +145,4 @@ fn frame(first_byte: u8, payload: &[u8]) -> Bytes {
     bytes.extend_from_slice(&header[..len]);
     bytes.extend_from_slice(payload);
     Bytes::from(bytes)
-}
-
-/// Whether a message goes out as `compressed` rather than as `payload`, without context
-/// takeover: only if that saves bytes, unless `threshold` is 0 (compress everything). RFC
-/// 7692 lets each message say whether it is compressed, and without context takeover the
-/// peer's inflater has no state that a plain message would leave behind.
-pub(crate) fn worth_compressing(compressed: &[u8], payload: &[u8], threshold: usize) -> bool {
-    threshold == 0 || compressed.len() < payload.len()
 }
