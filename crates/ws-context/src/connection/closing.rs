@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 use ws_message::CloseFrame;
 
-use super::{ConnectionTask, Step, handling::Handling};
+use super::{ConnectionTask, Step, Stop, handling::Handling};
 
 /// Where the closing handshake stands.
 pub(super) enum Closing {
@@ -120,7 +120,7 @@ impl ConnectionTask {
         if self.out.write_close(frame, self.close_grace).await {
             Step::Continue(())
         } else {
-            Step::Break(())
+            Step::Break(Stop::Ended)
         }
     }
 

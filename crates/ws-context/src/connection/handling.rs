@@ -1,13 +1,18 @@
 //! The handler side of the task: the call in progress and the message read ahead
 //! ([`Handling`]), making a call, polling it, and what its outcome means.
 
-use std::{future::Future, panic::AssertUnwindSafe, pin::Pin};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use futures_util::FutureExt as _;
 use ws_message::{CloseFrame, Message};
 
 use crate::{
-    Connection, Context,
+    Connection,
     handler::{BoxHandler, ReplyFuture, error_frame},
     lifecycle::panic_message,
     metrics::ConnMetrics,
@@ -63,6 +68,19 @@ impl Handling {
         }
     }
 
+    /// Polls the call in progress, inside its message span when there is one; pending while
+    /// there is none.
+    pub(super) fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<std::thread::Result<Reply>> {
+        match self {
+            Handling::Running(Running { future, span })
+            | Handling::ReadAhead(Running { future, span }, _) => {
+                let _message = span.as_ref().map(tracing::Span::enter);
+                Pin::new(future).poll(cx)
+            }
+            Handling::Idle => Poll::Pending,
+        }
+    }
+
     /// The call ended: `Idle`, and the message read ahead, if any.
     pub(super) fn end(&mut self) -> Option<Message> {
         match std::mem::replace(self, Handling::Idle) {
@@ -72,7 +90,7 @@ impl Handling {
     }
 }
 
-/// Calls the handler for `message`; the call runs when polled (`poll_running`).
+/// Calls the handler for `message`; the call runs when polled ([`Handling::poll_call`]).
 pub(super) fn call(handler: &BoxHandler, conn: &Connection, message: Message) -> Running {
     // Checked first: making a disabled span and dropping it is a cost on every message.
     let span = tracing::level_enabled!(tracing::Level::DEBUG)
@@ -85,7 +103,7 @@ pub(super) fn call(handler: &BoxHandler, conn: &Connection, message: Message) ->
             )
         })
         .filter(|span| !span.is_disabled());
-    let ctx = Context::new(conn.clone(), message);
+    let ctx = crate::Context::new(conn.clone(), message);
     // A panic in the handler's synchronous part (before its future exists) is caught too,
     // and resumed when the future is polled: the same catch then logs it, counts it and
     // closes with 1011, as for a panic in the future. No cost unless it panics.
@@ -93,24 +111,8 @@ pub(super) fn call(handler: &BoxHandler, conn: &Connection, message: Message) ->
         .unwrap_or_else(|panic| Box::pin(async move { std::panic::resume_unwind(panic) }));
     Running {
         future: AssertUnwindSafe(future).catch_unwind(),
-        // `poll_running` enters it inside the connection's span, which the turn is in.
+        // `poll_call` enters it inside the connection's span, which the turn is in.
         span,
-    }
-}
-
-/// Polls the call in progress, inside its message span when there is one; pending while
-/// there is none.
-pub(super) async fn poll_running(handling: &mut Handling) -> std::thread::Result<Reply> {
-    match handling {
-        Handling::Running(Running { future, span })
-        | Handling::ReadAhead(Running { future, span }, _) => {
-            std::future::poll_fn(|cx| {
-                let _message = span.as_ref().map(tracing::Span::enter);
-                Pin::new(&mut *future).poll(cx)
-            })
-            .await
-        }
-        Handling::Idle => std::future::pending().await,
     }
 }
 

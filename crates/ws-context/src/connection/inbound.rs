@@ -1,10 +1,16 @@
 //! The read path: what the task may read now ([`Reading`], derived from the state), bursts of
 //! messages read without waiting, and what each thing the peer sent does.
 
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures_util::Stream as _;
 use ws_message::{CloseFrame, Message};
 use ws_upgrader::{WebSocket, WsError};
 
-use super::{ConnectionTask, MAX_BATCH, Step, closing::Closing, poll_now};
+use super::{ConnectionTask, MAX_BATCH, Step, Stop, closing::Closing};
 
 /// What the task reads this turn.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,73 +39,63 @@ impl ConnectionTask {
 
     /// Handles what the socket gave, then each further message the socket has ready without
     /// waiting (already parsed or already readable), up to `MAX_BATCH`: a burst costs one turn.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
+    /// It ends early when the socket is full: the turn's flush then waits for the peer.
     pub(super) fn on_burst(
         &mut self,
         first: Option<Result<Message, WsError>>,
-    ) -> impl Future<Output = Step> + '_ {
-        async move {
-            let mut incoming = first;
-            for _ in 1..MAX_BATCH {
-                self.on_incoming(incoming).await?;
-                if self.reading() != Reading::Messages {
-                    return Step::Continue(());
-                }
-                match poll_now(self.out.socket.recv()).await {
-                    Some(more) => incoming = more,
-                    None => return Step::Continue(()),
-                }
+        cx: &mut Context<'_>,
+    ) -> Step {
+        let mut incoming = first;
+        for _ in 1..MAX_BATCH {
+            self.on_incoming(incoming, cx)?;
+            if self.reading() != Reading::Messages || self.out.full() {
+                return Step::Continue(());
             }
-            self.on_incoming(incoming).await
+            match Pin::new(&mut self.out.socket).poll_next(cx) {
+                Poll::Ready(more) => incoming = more,
+                Poll::Pending => return Step::Continue(()),
+            }
         }
+        self.on_incoming(incoming, cx)
     }
 
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
     pub(super) fn on_incoming(
         &mut self,
         incoming: Option<Result<Message, WsError>>,
-    ) -> impl Future<Output = Step> + '_ {
-        async move {
-            match incoming {
-                None => Step::Break(()),
-                Some(Err(error)) => {
-                    // The socket has stopped reading; tell the peer why (1002, 1007, 1009, 1013, ...).
-                    tracing::debug!(parent: self.conn().span(), %error, "connection failed");
-                    // Only reported (1006 for a broken transport), so a code that may not be sent
-                    // is kept as "abnormal".
-                    self.failed(
-                        CloseFrame::new(error.close_code(), error.to_string())
-                            .unwrap_or_else(|_| CloseFrame::abnormal(error.to_string())),
-                    );
-                    self.out.fail(&error).await;
-                    Step::Break(())
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    // The socket answers the close; keep reading until it reports the end.
-                    self.peer_closed(frame.unwrap_or_else(CloseFrame::no_status));
-                    Step::Continue(())
-                }
-                Some(Ok(message)) if message.is_data() => {
-                    self.received.add(&message);
-                    match self.closing {
-                        Closing::Open if self.handling.is_running() => {
-                            self.handling.read_ahead(message);
-                            Step::Continue(())
-                        }
-                        Closing::Open => self.start(message).await,
-                        // After a close frame, data is not handled (RFC 6455 §1.4).
-                        _ => Step::Continue(()),
-                    }
-                }
-                // Pings are answered by the socket; any frame feeds its liveness timer.
-                Some(Ok(_)) => Step::Continue(()),
+        cx: &mut Context<'_>,
+    ) -> Step {
+        match incoming {
+            None => Step::Break(Stop::Ended),
+            Some(Err(error)) => {
+                // The socket has stopped reading; tell the peer why (1002, 1007, 1009, 1013, ...).
+                tracing::debug!(parent: self.conn().span(), %error, "connection failed");
+                // Only reported (1006 for a broken transport), so a code that may not be sent
+                // is kept as "abnormal".
+                self.failed(
+                    CloseFrame::new(error.close_code(), error.to_string())
+                        .unwrap_or_else(|_| CloseFrame::abnormal(error.to_string())),
+                );
+                Step::Break(Stop::Failed(error))
             }
+            Some(Ok(Message::Close(frame))) => {
+                // The socket answers the close; keep reading until it reports the end.
+                self.peer_closed(frame.unwrap_or_else(CloseFrame::no_status));
+                Step::Continue(())
+            }
+            Some(Ok(message)) if message.is_data() => {
+                self.received.add(&message);
+                match self.closing {
+                    Closing::Open if self.handling.is_running() => {
+                        self.handling.read_ahead(message);
+                        Step::Continue(())
+                    }
+                    Closing::Open => self.start(message, cx),
+                    // After a close frame, data is not handled (RFC 6455 §1.4).
+                    _ => Step::Continue(()),
+                }
+            }
+            // Pings are answered by the socket; any frame feeds its liveness timer.
+            Some(Ok(_)) => Step::Continue(()),
         }
     }
 }

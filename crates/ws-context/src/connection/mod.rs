@@ -46,26 +46,35 @@
 //! # Cost
 //!
 //! The task's future is part of every connection's memory (`cargo xtask bench`, [S5](bench/README.md#scenarios)) and runs
-//! for every message (callgrind, [S1, S2](bench/README.md#scenarios)), so: socket operations are tried first with a waker that
-//! does nothing and awaited only when not ready (`outbound.rs`); rare waits that need a timer
-//! are boxed, so the timer takes no room in the task; [`run`](ConnectionTask::run) is not an
-//! `async fn`; the connection's span is entered once per poll of the task. The test at the end
-//! of this file bounds the future's size.
+//! for every message (callgrind, [S1, S2](bench/README.md#scenarios)), so: a turn awaits only
+//! its event and its flush; what the event does ([`on_event`](ConnectionTask::on_event) and
+//! everything it calls: handler calls, bursts of reads, writes) is synchronous, polling the
+//! handler and the socket with the task's context, so none of it takes room in the future; the
+//! socket takes frames without waiting and a full one is waited for in the turn's flush
+//! (`outbound.rs`); rare waits that need a timer are boxed; [`run`](ConnectionTask::run) is not
+//! an `async fn`; the connection's span is entered once per poll of the task. The test at the
+//! end of this file bounds the future's size.
 
 mod closing;
 mod handling;
 mod inbound;
 mod outbound;
 
-use std::{future::Future, ops::ControlFlow, sync::Arc, task::Poll, time::Duration};
+use std::{
+    future::{Future, poll_fn},
+    ops::ControlFlow,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use ws_message::{CloseFrame, Message};
-use ws_upgrader::WebSocket;
+use ws_upgrader::{WebSocket, WsError};
 
 use self::{
     closing::Closing,
-    handling::{Handling, poll_running},
+    handling::Handling,
     inbound::{Reading, next_incoming},
     outbound::{WriteFailed, WriteSide},
 };
@@ -94,7 +103,27 @@ pub(crate) struct ConnectionTask {
 }
 
 /// Whether the connection task goes on after a step; `Break` ends it.
-type Step = ControlFlow<()>;
+type Step = ControlFlow<Stop>;
+
+/// Why the task stops.
+enum Stop {
+    /// The stream ended, a write failed or the queue was closed.
+    Ended,
+    /// A read failed: the peer is told why (`WriteSide::fail`), then the task stops.
+    Failed(WsError),
+}
+
+/// What a turn waited for.
+enum Event {
+    /// The call in progress ended.
+    Reply(std::thread::Result<handling::Reply>),
+    /// The socket gave a message (or the end, or an error), read as `Reading` said.
+    Incoming(Option<Result<Message, WsError>>, Reading),
+    /// The queue gave a command or an urgent close.
+    Delivery(Delivery),
+    /// The requested close's deadline passed.
+    Deadline,
+}
 
 impl ConnectionTask {
     pub(crate) fn new(
@@ -146,7 +175,7 @@ impl ConnectionTask {
             let conn = self.conn().clone();
             {
                 let mut turns = std::pin::pin!(async { while self.turn().await.is_continue() {} });
-                std::future::poll_fn(|cx| {
+                poll_fn(|cx| {
                     let _entered = conn.span().enter();
                     turns.as_mut().poll(cx)
                 })
@@ -171,110 +200,105 @@ impl ConnectionTask {
         // Biased: the order is fixed (no random draw per turn); reads cannot starve queued
         // frames because every turn that wrote also takes the queue before its flush, and an
         // urgent close is checked above at every turn.
-        let step = tokio::select! {
+        let event = tokio::select! {
             biased;
-            reply = poll_running(&mut self.handling), if handler_running => self.on_reply(reply).await,
+            reply = poll_fn(|cx| self.handling.poll_call(cx)), if handler_running => Event::Reply(reply),
             incoming = next_incoming(&mut self.out.socket, reading), if reading != Reading::Nothing => {
-                match reading {
-                    Reading::ControlOnly => self.on_incoming(incoming).await,
-                    _ => self.on_burst(incoming).await,
-                }
+                Event::Incoming(incoming, reading)
             }
-            delivery = self.out.conn.0.writer.delivery(), if may_write => match delivery {
-                Delivery::Urgent => {
-                    self.take_urgent_close();
-                    Step::Continue(())
-                }
-                Delivery::Command(command) => self.on_command(command).await,
-                // Only once the queue is closed, which this task does itself after an urgent
-                // close (and then stops polling it); end all the same.
-                Delivery::Closed => Step::Break(()),
-            },
-            () = sleep_until(deadline) => Step::Continue(()),
+            delivery = self.out.conn.0.writer.delivery(), if may_write => Event::Delivery(delivery),
+            () = sleep_until(deadline) => Event::Deadline,
         };
+        let step = in_context(|cx| self.on_event(event, cx)).await;
+        if let Step::Break(Stop::Failed(error)) = &step {
+            self.out.fail(error).await;
+        }
         step?;
         if self.out.unflushed() {
             // Frames other tasks queued meanwhile go out in the same write.
             if self.closing.may_write()
+                && !self.out.full()
                 && let Some(command) = self.out.next_command()
             {
-                self.on_command(command).await?;
+                self.on_command(command)?;
             }
-            match self.out.flush().await {
-                Ok(()) => {}
-                Err(WriteFailed::Urgent) => self.take_urgent_close(),
-                Err(WriteFailed::Broken) => return Step::Break(()),
-            }
+            let flushed = self.out.flush().await;
+            self.after_write(flushed.map(|()| None), Duration::ZERO)?;
         }
         self.publish_traffic();
         Step::Continue(())
     }
 
+    /// What the event of a turn does. Synchronous, as everything it calls: the handler and
+    /// the socket are polled with the task's context, and the socket takes frames without
+    /// waiting ([`WriteSide`]), so the turn's future holds no state of this path: only the
+    /// waits of the turn itself ([S5](bench/README.md#scenarios)).
+    fn on_event(&mut self, event: Event, cx: &mut Context<'_>) -> Step {
+        match event {
+            Event::Reply(reply) => self.on_reply(reply, cx),
+            Event::Incoming(incoming, Reading::ControlOnly) => self.on_incoming(incoming, cx),
+            Event::Incoming(incoming, _) => self.on_burst(incoming, cx),
+            Event::Delivery(Delivery::Urgent) => {
+                self.take_urgent_close();
+                Step::Continue(())
+            }
+            Event::Delivery(Delivery::Command(command)) => self.on_command(command),
+            // Only once the queue is closed, which this task does itself after an urgent
+            // close (and then stops polling it); end all the same.
+            Event::Delivery(Delivery::Closed) => Step::Break(Stop::Ended),
+            Event::Deadline => Step::Continue(()),
+        }
+    }
+
     /// Calls the handler for a message. Most handlers finish at their first poll: their
     /// reply is written now rather than one turn later.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
-    fn start(&mut self, message: Message) -> impl Future<Output = Step> + '_ {
-        async move {
-            self.handling = Handling::Running(handling::call(&self.handler, self.conn(), message));
-            match poll_now(poll_running(&mut self.handling)).await {
-                Some(reply) => self.on_reply(reply).await,
-                None => Step::Continue(()),
-            }
+    fn start(&mut self, message: Message, cx: &mut Context<'_>) -> Step {
+        self.handling = Handling::Running(handling::call(&self.handler, self.conn(), message));
+        match self.handling.poll_call(cx) {
+            Poll::Ready(reply) => self.on_reply(reply, cx),
+            Poll::Pending => Step::Continue(()),
         }
     }
 
     /// The call ended: writes its reply, then starts the message read ahead, if any.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
     fn on_reply(
         &mut self,
         reply: std::thread::Result<handling::Reply>,
-    ) -> impl Future<Output = Step> + '_ {
-        async move {
-            let read_ahead = self.handling.end();
-            let (reply, close) = handling::outcome(reply, self.conn(), &self.metrics);
-            // While an urgent close is under way, or once our close is out, nothing is written.
-            if self.closing.may_write() {
-                match self.out.finish(reply, close).await {
-                    Ok(Some(frame)) => self.request_close(frame, Instant::now()),
-                    Ok(None) => {}
-                    Err(WriteFailed::Urgent) => self.take_urgent_close(),
-                    Err(WriteFailed::Broken) => return Step::Break(()),
-                }
-            }
-            match read_ahead {
-                Some(message) if self.closing.is_open() => {
-                    // Boxed: `start` and `on_reply` call each other.
-                    Box::pin(self.start(message)).await
-                }
-                _ => Step::Continue(()),
-            }
+        cx: &mut Context<'_>,
+    ) -> Step {
+        let read_ahead = self.handling.end();
+        let (reply, close) = handling::outcome(reply, self.conn(), &self.metrics);
+        // While an urgent close is under way, or once our close is out, nothing is written.
+        if self.closing.may_write() {
+            let written = self.out.finish(reply, close);
+            self.after_write(written, Duration::ZERO)?;
+        }
+        match read_ahead {
+            Some(message) if self.closing.is_open() => self.start(message, cx),
+            _ => Step::Continue(()),
         }
     }
 
     /// Writes a queued command and the rest of the queue, up to `MAX_BATCH` frames.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
-    fn on_command(&mut self, command: Outbound) -> impl Future<Output = Step> + '_ {
-        async move {
-            match self.out.write_batch(command).await {
-                Ok(Some(frame)) => {
-                    let deadline = Instant::now() + self.close_grace;
-                    self.request_close(frame, deadline);
-                }
-                Ok(None) => {}
-                Err(WriteFailed::Urgent) => self.take_urgent_close(),
-                Err(WriteFailed::Broken) => return Step::Break(()),
-            }
-            Step::Continue(())
+    fn on_command(&mut self, command: Outbound) -> Step {
+        let written = self.out.write_batch(command);
+        self.after_write(written, self.close_grace)
+    }
+
+    /// What a write means for the task: a close frame met in the queue (or a call's close)
+    /// is requested with `grace` to go out, an urgent close taken, a broken transport ends it.
+    fn after_write(
+        &mut self,
+        written: Result<Option<CloseFrame>, WriteFailed>,
+        grace: Duration,
+    ) -> Step {
+        match written {
+            Ok(Some(frame)) => self.request_close(frame, Instant::now() + grace),
+            Ok(None) => {}
+            Err(WriteFailed::Urgent) => self.take_urgent_close(),
+            Err(WriteFailed::Broken) => return Step::Break(Stop::Ended),
         }
+        Step::Continue(())
     }
 
     /// Adds the turn's traffic to the shared counters at the end of each turn, so a burst
@@ -314,14 +338,14 @@ fn payload_len(message: &Message) -> u64 {
     u64::try_from(message.len()).unwrap_or(u64::MAX)
 }
 
-/// Polls a future once in the task's own context; its output if it was ready.
-async fn poll_now<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
-        Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending => Poll::Ready(None),
+/// Runs `f` once with the task's context.
+fn in_context<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> impl Future<Output = R> {
+    let mut f = Some(f);
+    poll_fn(move |cx| match f.take() {
+        Some(f) => Poll::Ready(f(cx)),
+        // Not polled again once ready.
+        None => Poll::Pending,
     })
-    .await
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -347,12 +371,12 @@ mod tests {
     /// `connection_future_stays_small`). To measure it, set `BOUND` to 0 and run `cargo test
     /// -p ws-context --lib task_future`: the failure gives the size (1,792 bytes when `run`
     /// took the task by value, task included; 1,008 borrowing it; 808 with the futures of the
-    /// read and write paths taking their arguments once; 776 without `rejected`; rustc 1.95,
-    /// x86_64, debug and release builds). A change that passes the bound should say why in its commit, and move
-    /// the bound.
+    /// read and write paths taking their arguments once; 776 without `rejected`; 256 with the
+    /// handling path synchronous; rustc 1.95, x86_64, debug and release builds). A change that
+    /// passes the bound should say why in its commit, and move the bound.
     #[test]
     fn task_future_stays_small() {
-        const BOUND: usize = 776;
+        const BOUND: usize = 256;
         let size = returned_size(ConnectionTask::run);
         assert!(
             size <= BOUND,

@@ -4,10 +4,11 @@
 //! closing state; they tell the task what happened (a close frame met in the queue,
 //! [`WriteFailed`]) and the task makes the transition.
 //!
-//! Every socket operation is tried first with a waker that does nothing ([`no_wake`]): the
-//! socket almost always has room, and the futures of every caller stay small (they are in the
-//! state of each connection's task, [S5](bench/README.md#scenarios)). Only a full socket is waited for, boxed and bounded
-//! by the send timeout ([`bounded_write`]).
+//! Frames are fed without waiting ([`WriteSide::feed`]): the socket almost always has room,
+//! and when it has not, it takes the frame all the same and the task stops taking work until
+//! its flush at the end of the turn has written it. So the task's handling path is synchronous
+//! and holds no write in its future (part of each connection's memory, [S5](bench/README.md#scenarios)). Only that
+//! flush waits for the peer, boxed and bounded by the send timeout ([`bounded_write`]).
 
 use std::{future::Future, pin::Pin, task::Poll, time::Duration};
 
@@ -15,7 +16,7 @@ use futures_util::Sink as _;
 use ws_message::{CloseFrame, Message};
 use ws_upgrader::{PreparedMessage, WebSocket, WsError};
 
-use super::{MAX_BATCH, Traffic, poll_now};
+use super::{MAX_BATCH, Traffic};
 use crate::{Connection, SocketWriter, writer::Outbound};
 
 /// Time allowed to tell a peer that broke the protocol why it is being dropped.
@@ -30,6 +31,8 @@ pub(super) struct WriteSide {
     pub(super) conn: Connection,
     /// Frames are fed but not flushed yet: they go out in one write at the end of the turn.
     unflushed: bool,
+    /// The socket is over its write buffer size (see [`full`](WriteSide::full)).
+    full: bool,
     /// Traffic written and not yet added to the shared counters.
     sent: Traffic,
 }
@@ -56,6 +59,7 @@ impl WriteSide {
             socket,
             conn,
             unflushed: false,
+            full: false,
             sent: Traffic::default(),
         }
     }
@@ -77,115 +81,104 @@ impl WriteSide {
         self.writer().queue().try_pop()
     }
 
+    /// Whether the socket is over its write buffer size: the task takes no more work this
+    /// turn (no further reads of the burst, no further queued frames), and its flush at the end
+    /// of the turn waits for the peer, bounded by the send timeout.
+    pub(super) fn full(&self) -> bool {
+        self.full
+    }
+
     /// Writes what a call returned, after everything it queued while running. Returns a close
     /// frame when the connection must close: `close` (the call panicked) or one met in the
     /// queue, which then stops the writing, reply included.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
+    ///
+    /// Everything the call queued is fed even past the write buffer size, so that the reply
+    /// keeps its place after it: that moves frames from the queue (bounded by its capacity)
+    /// into the socket, and the turn's flush then waits for the peer.
     pub(super) fn finish(
         &mut self,
         reply: Option<Message>,
         mut close: Option<CloseFrame>,
-    ) -> impl Future<Output = Result<Option<CloseFrame>, WriteFailed>> + '_ {
-        async move {
-            while let Some(command) = self.next_command() {
-                match command {
-                    Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
-                    Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
-                    Outbound::Close(frame) => {
-                        close = Some(frame);
-                        break;
-                    }
-                }
+    ) -> Result<Option<CloseFrame>, WriteFailed> {
+        while let Some(command) = self.next_command() {
+            if let Some(frame) = self.feed_command(command)? {
+                close = Some(frame);
+                break;
             }
-            if let Some(message) = reply {
-                self.feed(Frame::Plain(message)).await?;
-            }
-            if close.is_some() {
-                self.flush().await?;
-            }
-            Ok(close)
         }
+        if let Some(message) = reply {
+            self.feed(Frame::Plain(message))?;
+        }
+        Ok(close)
     }
 
-    /// Writes a queued command and whatever else is ready, up to `MAX_BATCH`, without flushing
-    /// (the task flushes once nothing else is ready). Returns a close frame if one was among
-    /// them, after flushing what came before it.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
+    /// Writes a queued command and whatever else is ready, up to `MAX_BATCH` or until the
+    /// socket is [`full`](Self::full), without flushing (the task flushes at the end of the
+    /// turn). Returns a close frame if one was among them: it stops the batch.
     pub(super) fn write_batch(
         &mut self,
         first: Outbound,
-    ) -> impl Future<Output = Result<Option<CloseFrame>, WriteFailed>> + '_ {
-        async move {
-            let mut command = first;
-            let mut written = 0;
-            loop {
-                match command {
-                    Outbound::Message(message) => self.feed(Frame::Plain(message)).await?,
-                    Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared)).await?,
-                    Outbound::Close(frame) => return self.flush().await.map(|()| Some(frame)),
-                }
-                written += 1;
-                if written == MAX_BATCH {
-                    break;
-                }
-                match self.next_command() {
-                    Some(more) => command = more,
-                    None => break,
-                }
+    ) -> Result<Option<CloseFrame>, WriteFailed> {
+        let mut command = first;
+        let mut written = 0;
+        loop {
+            if let Some(frame) = self.feed_command(command)? {
+                return Ok(Some(frame));
             }
-            Ok(None)
+            written += 1;
+            if written == MAX_BATCH || self.full {
+                return Ok(None);
+            }
+            match self.next_command() {
+                Some(more) => command = more,
+                None => return Ok(None),
+            }
         }
     }
 
-    /// Queues a frame on the socket. The socket almost always has room: that is tried first
-    /// without a future, so the futures of every caller stay small (this one is in the state of
-    /// each connection's task, [S5](bench/README.md#scenarios)); only a full socket is waited for, boxed and bounded.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its state"
-    )]
-    fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), WriteFailed>> + '_ {
-        async move {
-            let message = frame.message();
-            let data = message.is_data().then(|| super::payload_len(message));
-            let ready = Pin::new(&mut self.socket).poll_ready(&mut no_wake());
-            let waited = match ready {
-                Poll::Ready(Ok(())) => Waited::Done(match frame {
-                    Frame::Plain(message) => Pin::new(&mut self.socket).start_send(message),
-                    Frame::Prepared(prepared) => self.socket.start_send_prepared(&prepared),
-                }),
-                Poll::Ready(Err(error)) => Waited::Done(Err(error)),
-                Poll::Pending => {
-                    let writer = &self.conn.0.writer;
-                    let socket = &mut self.socket;
-                    let write = async move {
-                        match frame {
-                            Frame::Plain(message) => socket.feed(message).await,
-                            Frame::Prepared(prepared) => socket.feed_prepared(&prepared).await,
-                        }
-                    };
-                    Box::pin(bounded_write(write, writer)).await
-                }
-            };
-            self.settle(waited, "write failed")?;
-            self.unflushed = true;
-            if let Some(bytes) = data {
-                self.sent.messages += 1;
-                self.sent.bytes += bytes;
-            }
-            Ok(())
+    /// Feeds a queued command; a close is not fed but returned.
+    fn feed_command(&mut self, command: Outbound) -> Result<Option<CloseFrame>, WriteFailed> {
+        match command {
+            Outbound::Message(message) => self.feed(Frame::Plain(message))?,
+            Outbound::Prepared(prepared) => self.feed(Frame::Prepared(prepared))?,
+            Outbound::Close(frame) => return Ok(Some(frame)),
         }
+        Ok(None)
+    }
+
+    /// Queues a frame on the socket, without waiting. The socket almost always has room; when
+    /// it has not (the peer reads slower than we write), the frame is queued all the same and
+    /// [`full`](Self::full) tells the task to stop taking work and wait in its flush. Nothing
+    /// here awaits, so no future of the task's handling path holds a write in its state
+    /// ([S5](bench/README.md#scenarios)).
+    fn feed(&mut self, frame: Frame) -> Result<(), WriteFailed> {
+        let message = frame.message();
+        let data = message.is_data().then(|| super::payload_len(message));
+        // Writes what is over the buffer size, if the transport takes it now.
+        match Pin::new(&mut self.socket).poll_ready(&mut no_wake()) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => {
+                return self.settle(Waited::Done(Err(error)), "write failed");
+            }
+            Poll::Pending => self.full = true,
+        }
+        let queued = match frame {
+            Frame::Plain(message) => Pin::new(&mut self.socket).start_send(message),
+            Frame::Prepared(prepared) => self.socket.start_send_prepared(&prepared),
+        };
+        self.settle(Waited::Done(queued), "write failed")?;
+        self.unflushed = true;
+        if let Some(bytes) = data {
+            self.sent.messages += 1;
+            self.sent.bytes += bytes;
+        }
+        Ok(())
     }
 
     /// Writes what is queued on the socket; tried at once first, as in [`feed`](Self::feed).
     pub(super) async fn flush(&mut self) -> Result<(), WriteFailed> {
         self.unflushed = false;
+        self.full = false;
         let flushed = Pin::new(&mut self.socket).poll_flush(&mut no_wake());
         let waited = match flushed {
             Poll::Ready(result) => Waited::Done(result),
@@ -300,4 +293,14 @@ async fn bounded_write(
 /// ready, is then awaited with the task's own waker, which replaces this one.
 fn no_wake() -> std::task::Context<'static> {
     std::task::Context::from_waker(futures_util::task::noop_waker_ref())
+}
+
+/// Polls a future once in the task's own context; its output if it was ready.
+async fn poll_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
