@@ -6,6 +6,7 @@ use std::{
     fmt,
     net::SocketAddr,
     sync::{Arc, OnceLock},
+    time::SystemTime,
 };
 
 use axum::extract::{Query, rejection::QueryRejection};
@@ -24,7 +25,9 @@ pub(crate) struct ConnShared {
     pub(crate) extensions: Extensions,
     pub(crate) path_params: Vec<(Arc<str>, String)>,
     pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) protocol: Option<String>,
+    pub(crate) protocol: Option<Box<str>>,
+    /// When the connection was registered with the hub.
+    pub(crate) connected_at: SystemTime,
     pub(crate) writer: SocketWriter,
     pub(crate) hub: ConnectionHub,
     pub(crate) span: tracing::Span,
@@ -39,7 +42,9 @@ pub(crate) struct RequestHeaders {
     /// its length as a little-endian `u32`. Owned bytes, never slices of hyper's read buffer,
     /// which would keep that buffer allocated.
     packed: Box<[u8]>,
-    map: OnceLock<HeaderMap>,
+    /// Boxed: a `HeaderMap` is 96 bytes, in every connection's shared state whether or not
+    /// anything asks for it.
+    map: OnceLock<Box<HeaderMap>>,
 }
 
 impl RequestHeaders {
@@ -65,7 +70,7 @@ impl RequestHeaders {
     }
 
     pub(crate) fn get(&self) -> &HeaderMap {
-        self.map.get_or_init(|| self.unpack())
+        self.map.get_or_init(|| Box::new(self.unpack()))
     }
 
     fn unpack(&self) -> HeaderMap {
@@ -172,7 +177,10 @@ impl Connection {
     }
 
     /// The upgrade request's extensions: whatever middleware (authentication, for example)
-    /// put there before the upgrade.
+    /// put there before the upgrade (see [`Connection::extensions`]). axum's routing entries are not kept (`MatchedPath`,
+    /// the path parameters, `ConnectInfo`): [`route`](Connection::route),
+    /// [`path_param`](Connection::path_param) and [`remote_addr`](Connection::remote_addr)
+    /// give them.
     pub fn extensions(&self) -> &Extensions {
         &self.0.extensions
     }

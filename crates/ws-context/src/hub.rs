@@ -104,12 +104,38 @@ pub struct ConnectionInfo {
 
 /// A connection as the hub keeps it: a handle on what the connection keeps anyway (id,
 /// route, writer, ...), so an entry is a few words rather than a copy of it all.
+///
+/// The registry holds one per open connection, key included, in a table kept at most 7/8
+/// full: each word here is about two words per idle connection ([S5](bench/README.md#scenarios)).
 struct Entry {
     conn: Connection,
-    connected_at: SystemTime,
-    rooms: HashSet<Arc<str>>,
+    rooms: RoomSet,
     /// What [`ConnectionHub::presence`] shows for it (its id when unset).
     info: Option<Arc<str>>,
+}
+
+/// The rooms a connection is a member of: one word, and no allocation while it is in none.
+#[derive(Default)]
+struct RoomSet(Option<Box<HashSet<Arc<str>>>>);
+
+impl RoomSet {
+    /// Adds a room; false if it was there already.
+    fn insert(&mut self, room: Arc<str>) -> bool {
+        self.0.get_or_insert_default().insert(room)
+    }
+
+    /// Takes a room out; false if it was not there.
+    fn remove(&mut self, room: &str) -> bool {
+        self.0.as_mut().is_some_and(|rooms| rooms.remove(room))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().flat_map(|rooms| rooms.iter())
+    }
+
+    fn into_rooms(self) -> impl Iterator<Item = Arc<str>> {
+        self.0.into_iter().flat_map(|rooms| rooms.into_iter())
+    }
 }
 
 #[derive(Default)]
@@ -521,7 +547,7 @@ impl ConnectionHub {
         let registry = self.read();
         for (id, entry) in &registry.connections {
             let info = entry.info.as_deref().unwrap_or(id.as_str());
-            for room in &entry.rooms {
+            for room in entry.rooms.iter() {
                 each(room, id, info);
             }
         }
@@ -891,8 +917,7 @@ impl ConnectionHub {
                 conn.id().clone(),
                 Entry {
                     conn: conn.clone(),
-                    connected_at: SystemTime::now(),
-                    rooms: HashSet::new(),
+                    rooms: RoomSet::default(),
                     info: None,
                 },
             );
@@ -912,7 +937,7 @@ impl ConnectionHub {
             let mut registry = self.write();
             if let Some(entry) = registry.connections.remove(id) {
                 rooms.extend(entry.rooms.iter().cloned());
-                for room in entry.rooms {
+                for room in entry.rooms.into_rooms() {
                     self.inner.backplane.presence_remove(&room, id);
                     self.inner.presence.left(&room, id);
                     if let Some(members) = registry.rooms.get_mut(&room) {
@@ -1352,8 +1377,8 @@ impl Entry {
             id: self.conn.id().clone(),
             route: self.conn.0.route.clone(),
             remote_addr: self.conn.remote_addr(),
-            connected_at: self.connected_at,
-            protocol: self.conn.0.protocol.clone(),
+            connected_at: self.conn.0.connected_at,
+            protocol: self.conn.protocol().map(str::to_owned),
             rooms: self.rooms.iter().cloned().collect(),
         }
     }
