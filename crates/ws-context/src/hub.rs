@@ -116,6 +116,10 @@ struct Entry {
 
 /// The rooms a connection is a member of: one word, and no allocation while it is in none.
 #[derive(Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "one word in the hub's entry of every connection, where a set is six"
+)]
 struct RoomSet(Option<Box<HashSet<Arc<str>>>>);
 
 impl RoomSet {

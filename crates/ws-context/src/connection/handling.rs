@@ -36,7 +36,9 @@ pub(super) enum Handling {
 /// per-message span when debug logging is on.
 pub(super) struct Running {
     future: futures_util::future::CatchUnwind<AssertUnwindSafe<ReplyFuture>>,
-    span: Option<tracing::Span>,
+    /// Boxed: a span is 40 bytes, in every connection's task while it waits, and exists only
+    /// while debug logging is on.
+    span: Option<Box<tracing::Span>>,
 }
 
 impl Handling {
@@ -74,7 +76,7 @@ impl Handling {
         match self {
             Handling::Running(Running { future, span })
             | Handling::ReadAhead(Running { future, span }, _) => {
-                let _message = span.as_ref().map(tracing::Span::enter);
+                let _message = span.as_deref().map(tracing::Span::enter);
                 Pin::new(future).poll(cx)
             }
             Handling::Idle => Poll::Pending,
@@ -102,7 +104,8 @@ pub(super) fn call(handler: &BoxHandler, conn: &Connection, message: Message) ->
                 bytes = super::payload_len(&message),
             )
         })
-        .filter(|span| !span.is_disabled());
+        .filter(|span| !span.is_disabled())
+        .map(Box::new);
     let ctx = crate::Context::new(conn.clone(), message);
     // A panic in the handler's synchronous part (before its future exists) is caught too,
     // and resumed when the future is polled: the same catch then logs it, counts it and

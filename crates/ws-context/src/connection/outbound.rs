@@ -208,25 +208,31 @@ impl WriteSide {
     }
 
     /// Writes our close frame, giving the peer `grace` to take it. False if it could not be
-    /// written.
-    pub(super) async fn write_close(&mut self, frame: CloseFrame, grace: Duration) -> bool {
-        let write = async {
-            self.socket.feed(Message::Close(Some(frame))).await?;
-            self.socket.flush().await
-        };
-        // Boxed, as every rare wait with a timer: a timer is large, and inline it would grow
-        // every connection's task ([S5](bench/README.md#scenarios)) and every move of its futures.
-        match Box::pin(tokio::time::timeout(grace, write)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::debug!(parent: self.conn.span(), %error, "close frame not written");
-                false
+    /// written. Boxed whole, as every rare wait with a timer: a timer is large, and inline it
+    /// would grow every connection's task ([S5](bench/README.md#scenarios)) and every move of
+    /// its futures.
+    pub(super) fn write_close(
+        &mut self,
+        frame: CloseFrame,
+        grace: Duration,
+    ) -> Pin<Box<impl Future<Output = bool> + '_>> {
+        Box::pin(async move {
+            let write = async {
+                self.socket.feed(Message::Close(Some(frame))).await?;
+                self.socket.flush().await
+            };
+            match tokio::time::timeout(grace, write).await {
+                Ok(Ok(())) => true,
+                Ok(Err(error)) => {
+                    tracing::debug!(parent: self.conn.span(), %error, "close frame not written");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(parent: self.conn.span(), "peer did not take the close frame in time; dropping it");
+                    false
+                }
             }
-            Err(_) => {
-                tracing::debug!(parent: self.conn.span(), "peer did not take the close frame in time; dropping it");
-                false
-            }
-        }
+        })
     }
 
     /// After a read error: tells the peer why with the matching close frame, if it takes it
