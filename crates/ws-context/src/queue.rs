@@ -106,17 +106,31 @@ impl<T> OutboundQueue<T> {
     /// The next item, if one is queued. An empty queue is seen from its free room (one
     /// atomic load), without the lock.
     pub(crate) fn try_pop(&self) -> Option<T> {
+        let (item, cost) = self.try_pop_charged()?;
+        self.release(cost);
+        Some(item)
+    }
+
+    /// The next item and its cost, which stays taken from the budget until
+    /// [`release`](Self::release)d: for an item the task moves into a socket that cannot take
+    /// it yet, so that it still counts against the bound.
+    pub(crate) fn try_pop_charged(&self) -> Option<(T, u32)> {
         if self.room.available_permits() == self.budget {
             return None;
         }
         let mut items = self.lock();
-        let (item, cost) = items.pop_front()?;
+        let popped = items.pop_front()?;
         if items.is_empty() && items.capacity() > KEPT_SLOTS {
             *items = VecDeque::new();
         }
-        drop(items);
-        self.room.add_permits(cost as usize);
-        Some(item)
+        Some(popped)
+    }
+
+    /// Gives back to the budget what items taken with [`try_pop_charged`](Self::try_pop_charged) cost.
+    pub(crate) fn release(&self, cost: u32) {
+        if cost > 0 {
+            self.room.add_permits(cost as usize);
+        }
     }
 
     /// For the connection task: ready with what `ready` finds, which is checked before and

@@ -88,3 +88,30 @@ async fn borrowed_values_are_written_by_the_same_rules() {
     assert_eq!(&client.recv_binary().await[..], &[0u8, 0xff]);
     assert_eq!(client.recv_text().await, json);
 }
+
+/// Writes 200 binary messages of 64 KiB, each starting with its number, then returns "done".
+async fn flood_then_reply(ctx: Context) -> Result<&'static str, anyhow::Error> {
+    for seq in 0..200u32 {
+        let mut payload = vec![0u8; 64 * 1024];
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        ctx.write_message_to_socket(&payload).await?;
+    }
+    Ok("done")
+}
+
+/// 12.5 MiB queued by a call while the peer reads nothing fills the socket: the task stops
+/// taking work until its flush writes, the queue's bound holds the handler's writes back,
+/// and once the peer reads, every frame comes in order and the reply after them.
+#[tokio::test]
+async fn a_reply_waits_behind_what_its_call_queued_while_the_peer_reads_nothing() {
+    let server = TestServer::endpoint("/ws", Endpoint::new(flood_then_reply)).await;
+    let mut client = server.connect("/ws").await;
+    client.send_text("go").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for seq in 0..200u32 {
+        let payload = client.recv_binary().await;
+        assert_eq!(payload.len(), 64 * 1024);
+        assert_eq!(payload[..4], seq.to_be_bytes(), "frame {seq} out of order");
+    }
+    assert_eq!(client.recv_text().await, "done");
+}

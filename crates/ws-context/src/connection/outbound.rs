@@ -33,6 +33,10 @@ pub(super) struct WriteSide {
     unflushed: bool,
     /// The socket is over its write buffer size (see [`full`](WriteSide::full)).
     full: bool,
+    /// What the queued frames fed while the socket was full cost the queue's budget: given
+    /// back once they are written, so that a peer that stops reading holds at most the queue's
+    /// bound plus the write buffer, not both twice.
+    charged: u32,
     /// Traffic written and not yet added to the shared counters.
     sent: Traffic,
 }
@@ -60,6 +64,7 @@ impl WriteSide {
             conn,
             unflushed: false,
             full: false,
+            charged: 0,
             sent: Traffic::default(),
         }
     }
@@ -76,9 +81,17 @@ impl WriteSide {
         &mut self.sent
     }
 
-    /// The next queued command, if one is there now.
-    pub(super) fn next_command(&self) -> Option<Outbound> {
-        self.writer().queue().try_pop()
+    /// The next queued command, if one is there now. Taken while the socket is full, it stays
+    /// charged to the queue's budget until the flush has written it
+    /// ([`charged`](WriteSide::charged)).
+    pub(super) fn next_command(&mut self) -> Option<Outbound> {
+        let queue = self.conn.0.writer.queue();
+        if !self.full {
+            return queue.try_pop();
+        }
+        let (command, cost) = queue.try_pop_charged()?;
+        self.charged = self.charged.saturating_add(cost);
+        Some(command)
     }
 
     /// Whether the socket is over its write buffer size: the task takes no more work this
@@ -93,8 +106,8 @@ impl WriteSide {
     /// queue, which then stops the writing, reply included.
     ///
     /// Everything the call queued is fed even past the write buffer size, so that the reply
-    /// keeps its place after it: that moves frames from the queue (bounded by its capacity)
-    /// into the socket, and the turn's flush then waits for the peer.
+    /// keeps its place after it; what is fed past it stays charged to the queue's budget
+    /// until the turn's flush has written it.
     pub(super) fn finish(
         &mut self,
         reply: Option<Message>,
@@ -178,7 +191,6 @@ impl WriteSide {
     /// Writes what is queued on the socket; tried at once first, as in [`feed`](Self::feed).
     pub(super) async fn flush(&mut self) -> Result<(), WriteFailed> {
         self.unflushed = false;
-        self.full = false;
         let flushed = Pin::new(&mut self.socket).poll_flush(&mut no_wake());
         let waited = match flushed {
             Poll::Ready(result) => Waited::Done(result),
@@ -188,6 +200,9 @@ impl WriteSide {
                 Box::pin(bounded_write(write, writer)).await
             }
         };
+        self.full = false;
+        let charged = std::mem::take(&mut self.charged);
+        self.writer().queue().release(charged);
         self.settle(waited, "flush failed")
     }
 
