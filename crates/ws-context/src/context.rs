@@ -20,10 +20,10 @@ use crate::{ConnectionHub, ConnectionId, SocketWriter, WriteError};
 pub(crate) struct ConnShared {
     pub(crate) id: ConnectionId,
     pub(crate) route: Arc<str>,
-    pub(crate) uri: Uri,
+    pub(crate) uri: RequestUri,
     pub(crate) headers: RequestHeaders,
     pub(crate) extensions: Extensions,
-    pub(crate) path_params: Vec<(Arc<str>, String)>,
+    pub(crate) path_params: Box<[(Arc<str>, String)]>,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) protocol: Option<Box<str>>,
     /// When the connection was registered with the hub.
@@ -31,6 +31,30 @@ pub(crate) struct ConnShared {
     pub(crate) writer: SocketWriter,
     pub(crate) hub: ConnectionHub,
     pub(crate) span: tracing::Span,
+}
+
+/// The upgrade request's URI, kept as its text and parsed the first time it is asked for: a
+/// `Uri` is 88 bytes, in every connection's shared state whether or not anything reads it
+/// ([S5](bench/README.md#scenarios)). The text is the `Uri`'s own rendering, which parses back
+/// to it.
+pub(crate) struct RequestUri {
+    text: Box<str>,
+    parsed: OnceLock<Box<Uri>>,
+}
+
+impl RequestUri {
+    /// An owned copy: never slices of hyper's read buffer, which would keep it allocated.
+    pub(crate) fn new(uri: &Uri) -> Self {
+        RequestUri {
+            text: uri.to_string().into_boxed_str(),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &Uri {
+        self.parsed
+            .get_or_init(|| Box::new(self.text.parse().unwrap_or_default()))
+    }
 }
 
 /// The upgrade request's headers, kept as one buffer and made into a [`HeaderMap`] the first
@@ -154,12 +178,12 @@ impl Connection {
 
     /// The upgrade request's URI.
     pub fn uri(&self) -> &Uri {
-        &self.0.uri
+        self.0.uri.get()
     }
 
     /// The value of a query parameter of the upgrade request (percent-decoded), by name.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&self.0.uri).ok()?;
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(self.uri()).ok()?;
         pairs
             .into_iter()
             .find(|(key, _)| key == name)
@@ -168,7 +192,7 @@ impl Connection {
 
     /// The query string of the upgrade request decoded into `T`.
     pub fn query<T: DeserializeOwned>(&self) -> Result<T, QueryRejection> {
-        Query::<T>::try_from_uri(&self.0.uri).map(|Query(query)| query)
+        Query::<T>::try_from_uri(self.uri()).map(|Query(query)| query)
     }
 
     /// The upgrade request's headers.
@@ -177,8 +201,8 @@ impl Connection {
     }
 
     /// The upgrade request's extensions: whatever middleware (authentication, for example)
-    /// put there before the upgrade (see [`Connection::extensions`]). axum's routing entries are not kept (`MatchedPath`,
-    /// the path parameters, `ConnectInfo`): [`route`](Connection::route),
+    /// put there before the upgrade. axum's routing entries are not kept (`MatchedPath`, the
+    /// path parameters, `ConnectInfo`): [`route`](Connection::route),
     /// [`path_param`](Connection::path_param) and [`remote_addr`](Connection::remote_addr)
     /// give them.
     pub fn extensions(&self) -> &Extensions {
@@ -339,7 +363,7 @@ impl Context {
     }
 
     /// The upgrade request's extensions: whatever middleware (authentication, for example)
-    /// put there before the upgrade.
+    /// put there before the upgrade (see [`Connection::extensions`]).
     pub fn extensions(&self) -> &Extensions {
         self.conn.extensions()
     }
@@ -368,6 +392,20 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uris_come_back_as_they_were() {
+        for text in [
+            "/ws",
+            "/ws/room%201?name=a%20b&x=1",
+            "http://example.com:8080/a?b=c",
+            "ws://[::1]:9000/ws?token=x",
+            "https://user@example.com/",
+        ] {
+            let uri: Uri = text.parse().unwrap();
+            assert_eq!(RequestUri::new(&uri).get(), &uri, "{text}");
+        }
+    }
 
     #[test]
     fn headers_come_back_as_they_were_packed() {

@@ -30,7 +30,7 @@ use ws_upgrader::{ConfigError, RejectionKind, UpgradeRejection, WsUpgrader};
 use crate::{
     Connection, ConnectionHub, ConnectionId, Handler, SocketWriter,
     connection::ConnectionTask,
-    context::{ConnShared, RequestHeaders},
+    context::{ConnShared, RequestHeaders, RequestUri},
     handler::BoxHandler,
     lifecycle::{Hooks, Registration},
     metrics::{RouteMetrics, UNMATCHED_ROUTE, upgrade_failed},
@@ -368,7 +368,7 @@ impl Endpoint {
                 .iter()
                 .map(|(key, value)| (Arc::from(key), value.to_owned()))
                 .collect(),
-            Err(_) => Vec::new(),
+            Err(_) => Box::default(),
         };
         let remote_addr = parts
             .extensions
@@ -401,7 +401,7 @@ impl Endpoint {
         let conn = Connection(Arc::new(ConnShared {
             id,
             route,
-            uri: owned_uri(&parts.uri),
+            uri: RequestUri::new(&parts.uri),
             headers: RequestHeaders::new(&parts.headers),
             extensions: kept_extensions(parts.extensions, has_axum_params),
             path_params,
@@ -508,7 +508,8 @@ fn kept_extensions(mut extensions: Extensions, has_axum_params: bool) -> Extensi
 /// A copy of a request URI that owns its bytes. hyper parses the URI and header values as
 /// slices of the connection's read buffer (8 KiB or more): kept as they are for the life of a
 /// WebSocket, they keep that whole buffer allocated (about 9 KiB per idle connection measured
-/// with `cargo xtask bench`, scenario [S5](bench/README.md#scenarios)). The headers are copied by `RequestHeaders`.
+/// with `cargo xtask bench`, scenario [S5](bench/README.md#scenarios)). For the `OriginalUri`
+/// extension; the connection's own URI is a `RequestUri`, its headers `RequestHeaders`.
 fn owned_uri(uri: &Uri) -> Uri {
     uri.to_string().parse().unwrap_or_else(|_| uri.clone())
 }
