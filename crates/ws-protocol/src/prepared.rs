@@ -87,10 +87,12 @@ impl PreparedMessage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn opcode_and_payload(&self) -> (u8, Bytes) {
+    /// Borrowed, not cloned: it runs once per receiver of a broadcast.
+    fn opcode_and_payload(&self) -> (u8, &[u8]) {
         match &self.inner.message {
-            Message::Text(text) => (0x1, text.as_bytes().clone()),
-            other => (0x2, other.payload()),
+            Message::Text(text) => (0x1, text.as_bytes()),
+            Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => (0x2, data),
+            Message::Close(_) => (0x2, &[]),
         }
     }
 
@@ -124,14 +126,14 @@ impl PreparedMessage {
         } = &mut *cache;
         if let Some(index) = compressed_index {
             let (_, bytes, frame_slot) = &mut compressed[index];
-            if worth(bytes, &payload) {
+            if worth(bytes, payload) {
                 return Ok(frame_slot
                     .get_or_insert_with(|| frame(0xc0 | opcode, bytes))
                     .clone());
             }
         }
         Ok(plain_frame
-            .get_or_insert_with(|| frame(0x80 | opcode, &payload))
+            .get_or_insert_with(|| frame(0x80 | opcode, payload))
             .clone())
     }
 
@@ -142,7 +144,7 @@ impl PreparedMessage {
         }
         let (_, payload) = self.opcode_and_payload();
         let compressed =
-            Bytes::from(compress_once(&payload, key.0, key.1).map_err(SendError::Compress)?);
+            Bytes::from(compress_once(payload, key.0, key.1).map_err(SendError::Compress)?);
         cache.compressed.push((key, compressed, None));
         cache.compressions += 1;
         Ok(cache.compressed.len() - 1)
