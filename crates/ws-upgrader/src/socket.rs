@@ -111,8 +111,8 @@ fn with_scratch<R>(len: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
 
 /// Chunks of the output given to one `writev`. The array is filled on every write, so it is
 /// kept short: a burst of small frames is one chunk, a large or shared frame one or two, and 16
-/// chunks hold at least 8 frames of 8 KiB or more (64 slices cost ~190 instructions per write
-/// to set up, a tenth of a broadcast's user-space cost per receiver, S8 in bench/README.md).
+/// chunks hold at least 8 frames of 8 KiB or more (64 cost ~150 more instructions per write to
+/// set up, per receiver of a broadcast: S8 in bench/README.md).
 const WRITE_SLICES: usize = 16;
 
 /// Reads one poll of a socket may make without completing a message (1 MiB at the default
