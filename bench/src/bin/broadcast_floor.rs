@@ -19,6 +19,7 @@
 use std::{
     io::{self, IoSlice, Read as _, Write as _},
     net::{TcpListener, TcpStream},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -32,6 +33,9 @@ use ws_protocol::{
 
 /// The longest opening handshake read.
 const MAX_HEAD: usize = 16 * 1024;
+/// How long a handshake may take, and a write may wait for a peer that reads nothing: a stuck
+/// client ends its run with an error rather than hanging the program.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One open connection.
 struct Peer {
@@ -143,6 +147,8 @@ fn write_out(peer: &mut Peer) -> io::Result<()> {
 /// `policy`; gives the connection, the request's path and the bytes read past the request.
 fn accept(mut tcp: TcpStream, policy: &DeflatePolicy) -> anyhow::Result<(Peer, String, Vec<u8>)> {
     tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(PEER_TIMEOUT))?;
+    tcp.set_write_timeout(Some(PEER_TIMEOUT))?;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0; 1024];
     let end = loop {
@@ -191,6 +197,8 @@ fn accept(mut tcp: TcpStream, policy: &DeflatePolicy) -> anyhow::Result<(Peer, S
     }
     response.push_str("\r\n");
     tcp.write_all(response.as_bytes())?;
+    // The trigger waits between rounds as long as the load generator likes.
+    tcp.set_read_timeout(None)?;
     let ws = Connection::new(config);
     Ok((Peer { tcp, ws }, path, leftover))
 }
