@@ -172,8 +172,18 @@ fn a_server_that_declines_deflate_fails_the_compressed_connections() {
 
 #[test]
 fn a_compressed_broadcast_reaches_every_receiver_through_both_routes() {
-    // S8: through the hub and sent to each connection; every copy compressed and checked.
-    let (_server, address) = server(env!("CARGO_BIN_EXE_gofr-bench-server"));
+    // S8: through the hub and sent to each connection; every copy compressed and checked. The
+    // floor (the protocol core alone, S8's bound) serves the same routes, one run at a time.
+    for program in [
+        env!("CARGO_BIN_EXE_gofr-bench-server"),
+        env!("CARGO_BIN_EXE_broadcast-floor"),
+    ] {
+        compressed_broadcast_through_both_routes(program);
+    }
+}
+
+fn compressed_broadcast_through_both_routes(program: &str) {
+    let (_server, address) = server(program);
     for route in ["/broadcast", "/broadcast-each"] {
         let result = loadgen(&[
             "broadcast",
@@ -190,16 +200,24 @@ fn a_compressed_broadcast_reaches_every_receiver_through_both_routes() {
             "--size",
             "16384",
         ]);
-        assert_eq!(number(&result, "errors"), 0.0, "{route}: {result:?}");
-        assert_eq!(number(&result, "receivers"), 20.0, "{route}: {result:?}");
+        assert_eq!(
+            number(&result, "errors"),
+            0.0,
+            "{program} {route}: {result:?}"
+        );
+        assert_eq!(
+            number(&result, "receivers"),
+            20.0,
+            "{program} {route}: {result:?}"
+        );
         assert_eq!(
             number(&result, "compressed_copies"),
             60.0,
-            "{route}: {result:?}"
+            "{program} {route}: {result:?}"
         );
         assert!(
             number(&result, "wire_bytes") < 16384.0 / 2.0,
-            "{route}: {result:?}"
+            "{program} {route}: {result:?}"
         );
     }
 }

@@ -41,6 +41,9 @@ const DEFLATE_BROADCAST_ROUNDS: &str = "10";
 const OURS: &str = "gofr (framework)";
 const BASELINE: &str = "sockudo-ws raw";
 const TUNGSTENITE: &str = "tokio-tungstenite raw";
+/// S8 only: `broadcast-floor`, the protocol core with one thread and one `writev` per
+/// connection, no runtime: the least each route costs here.
+const FLOOR: &str = "protocol core alone (S8 floor)";
 
 const USAGE: &str = "\
 usage: cargo xtask bench [--duration SECS] [--best N] [--only S1,S2,...] [--nice]
@@ -378,24 +381,36 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             command: framework_extra.command.clone(),
             env: framework_extra.env.clone(),
         };
+        // The same two routes with nothing but the protocol core: S8's bound on this machine.
+        let floor = Server {
+            path: "/ws",
+            name: FLOOR,
+            command: vec![path_string(&release.join("broadcast-floor"))],
+            env: Vec::new(),
+        };
         // Routes take turns, so that outside load does not hit one of them only.
         for _ in 0..settings.best {
-            for (row, trigger) in [(S8_ONCE, "/broadcast"), (S8_EACH, "/broadcast-each")] {
-                eprintln!("xtask bench: {row} on {OURS}");
-                let figure = deflate_broadcast_run(&broadcast, trigger, &settings);
-                let key = (row.to_owned(), OURS);
-                let figure = match results.remove(&key) {
-                    Some(earlier) => fastest(earlier, figure),
-                    None => figure,
-                };
-                results.insert(key, figure);
+            for server in [&broadcast, &floor] {
+                for (row, trigger) in [(S8_ONCE, "/broadcast"), (S8_EACH, "/broadcast-each")] {
+                    eprintln!("xtask bench: {row} on {}", server.name);
+                    let figure = deflate_broadcast_run(server, trigger, &settings);
+                    let key = (row.to_owned(), server.name);
+                    let figure = match results.remove(&key) {
+                        Some(earlier) => fastest(earlier, figure),
+                        None => figure,
+                    };
+                    results.insert(key, figure);
+                }
             }
         }
         rows.push(S8_ONCE.to_owned());
         rows.push(S8_EACH.to_owned());
     }
 
-    let names: Vec<&'static str> = servers.iter().map(|s| s.name).collect();
+    let mut names: Vec<&'static str> = servers.iter().map(|s| s.name).collect();
+    if wanted("S8") {
+        names.push(FLOOR);
+    }
     let mut report = render(&rows, &names, &results, &conditions, &skipped);
     if wanted("S7") {
         match crate::bench_cluster::section(settings.duration, settings.nice) {
@@ -1091,6 +1106,18 @@ fn targets(rows: &[String], results: &Results) -> Vec<String> {
                             "; server CPU per broadcast {a:.1} against {b:.1} ms ({:.1}×)",
                             b / a
                         );
+                    }
+                    if let (Some(once), Some(each)) = (figure(S8_ONCE, FLOOR), figure(row, FLOOR)) {
+                        let _ = write!(
+                            line,
+                            "; the floor (protocol core alone) {:.1} against {:.1} ms ({:.1}×)",
+                            once.value,
+                            each.value,
+                            each.value / once.value
+                        );
+                        if let (Some(a), Some(b)) = (once.server_cpu_ms, each.server_cpu_ms) {
+                            let _ = write!(line, ", CPU {a:.1} against {b:.1} ms ({:.1}×)", b / a);
+                        }
                     }
                     lines.push(line);
                 }

@@ -715,6 +715,8 @@ async fn broadcast_deflate(args: &Args) -> anyhow::Result<String> {
         bail!("no probe reached all {receiver_count} receivers");
     }
     let mut last_arrivals = Vec::with_capacity(args.rounds);
+    // When the first copy arrived: late, the receiving side started late (S8 breakdown).
+    let mut first_arrivals = Vec::with_capacity(args.rounds);
     let mut wire_bytes = 0;
     let mut compressed_copies = 0u64;
     // Tells whoever watches the server that the rounds start (and, below, end), so that the
@@ -727,6 +729,7 @@ async fn broadcast_deflate(args: &Args) -> anyhow::Result<String> {
             .send(protocol_message(args.kind, sent.clone())?)
             .await?;
         let mut last = Duration::ZERO;
+        let mut first = Duration::MAX;
         let mut reference: Option<Bytes> = None;
         for _ in 0..receiver_count {
             match tokio::time::timeout(REPLY_TIMEOUT, arrived.recv()).await {
@@ -743,6 +746,7 @@ async fn broadcast_deflate(args: &Args) -> anyhow::Result<String> {
                     compressed_copies += u64::from(arrival.compressed);
                     wire_bytes = arrival.payload.len();
                     last = last.max(arrival.at - sent_at);
+                    first = first.min(arrival.at - sent_at);
                 }
                 _ => errors += 1,
             }
@@ -753,16 +757,20 @@ async fn broadcast_deflate(args: &Args) -> anyhow::Result<String> {
             _ => errors += 1,
         }
         last_arrivals.push(last);
+        first_arrivals.push(first);
     }
     println!("measured");
     last_arrivals.sort();
+    first_arrivals.sort();
     let median = last_arrivals[last_arrivals.len() / 2];
     let worst = last_arrivals[last_arrivals.len() - 1];
     Ok(format!(
-        "receivers={receiver_count} last_ms_median={:.2} last_ms_worst={:.2} rounds={} \
-         message_bytes={} wire_bytes={wire_bytes} compressed_copies={compressed_copies} errors={errors}",
+        "receivers={receiver_count} last_ms_median={:.2} last_ms_worst={:.2} \
+         first_ms_median={:.2} rounds={} message_bytes={} wire_bytes={wire_bytes} \
+         compressed_copies={compressed_copies} errors={errors}",
         median.as_secs_f64() * 1e3,
         worst.as_secs_f64() * 1e3,
+        first_arrivals[first_arrivals.len() / 2].as_secs_f64() * 1e3,
         args.rounds,
         args.size,
     ))

@@ -591,16 +591,18 @@ impl Connection {
                 self.write_frame(opcode, true, &compressed);
                 return Ok(());
             };
-            let compressed = message.compressed(key)?;
-            let worth = worth_compressing(&compressed, payload, codec.params.threshold);
+            let threshold = codec.params.threshold;
             return match self.role {
                 Role::Server => {
-                    let frame = message.server_frame(worth.then_some((key, &compressed)));
+                    let frame = message.server_frame(Some(key), |compressed, payload| {
+                        worth_compressing(compressed, payload, threshold)
+                    })?;
                     self.output.push_encoded(&frame);
                     Ok(())
                 }
                 Role::Client => {
-                    if worth {
+                    let compressed = message.compressed(key)?;
+                    if worth_compressing(&compressed, payload, threshold) {
                         self.write_frame(opcode, true, &compressed);
                     } else {
                         self.write_frame(opcode, false, payload);
@@ -611,7 +613,7 @@ impl Connection {
         }
         match self.role {
             Role::Server => {
-                let frame = message.server_frame(None);
+                let frame = message.server_frame(None, |_, _| false)?;
                 self.output.push_encoded(&frame);
             }
             Role::Client => self.write_frame(opcode, false, payload),

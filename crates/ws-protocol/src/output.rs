@@ -17,7 +17,8 @@ const MIN_BUFFER: usize = 512;
 ///
 /// Frames are a queue of chunks: headers and small payloads are coalesced in one buffer, so a
 /// burst of small frames is one chunk and one write; payloads of 8 KiB and more are kept by
-/// reference, not copied, when the role allows it (server frames are unmasked). Read it through
+/// reference, not copied, when the role allows it (server frames are unmasked), and so are
+/// shared frames (a prepared message's) that find nothing else queued. Read it through
 /// [`bytes::Buf`]: [`chunk`](Buf::chunk) / [`chunks_vectored`](Buf::chunks_vectored) for the
 /// next bytes, [`advance`](Buf::advance) past what was written.
 ///
@@ -77,9 +78,12 @@ impl Output {
     }
 
     /// Queues bytes that are already whole frames (a prepared message's): by reference from
-    /// 8 KiB, copied below.
+    /// 8 KiB or when nothing else is queued, copied otherwise (to coalesce with what is there).
+    /// A broadcast reaches most receivers with an empty output: by reference, each costs a
+    /// reference count and a chunk in the queue instead of a buffer of the frame's size and a
+    /// copy of it (S8, bench/README.md).
     pub(crate) fn push_encoded(&mut self, frames: &Bytes) {
-        if frames.len() >= BY_REFERENCE {
+        if frames.len() >= BY_REFERENCE || self.len == 0 {
             if !self.tail.is_empty() {
                 self.queue.push_back(self.tail.split().freeze());
             }
@@ -198,5 +202,29 @@ mod tests {
         assert_eq!(&all[..4], &[0x82, 2, b'h', b'i']);
         assert!(out.is_empty());
         assert_eq!(out.tail.capacity(), 0);
+    }
+
+    /// S8: a shared frame (a prepared message's) that finds the output empty is queued by
+    /// reference whatever its size; behind other bytes, a small one is copied to coalesce.
+    #[test]
+    fn shared_frames_are_queued_by_reference_into_an_empty_output() {
+        let mut out = Output::default();
+        let shared = Bytes::from(vec![0x81; 5 * 1024]);
+        out.push_encoded(&shared);
+        assert_eq!(out.chunk().as_ptr(), shared.as_ptr(), "frame not copied");
+        assert_eq!(out.tail.capacity(), 0, "no buffer allocated for it");
+        let small = Bytes::from_static(b"\x81\x02hi");
+        out.push_encoded(&small);
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(out.chunks_vectored(&mut slices), 2);
+        assert_ne!(
+            slices[1].as_ptr(),
+            small.as_ptr(),
+            "a small frame behind is copied"
+        );
+        assert_eq!(&slices[1][..], &small[..]);
+        out.advance(shared.len() + small.len());
+        assert!(out.is_empty());
+        assert_eq!(out.queue.capacity(), 0, "nothing kept once written");
     }
 }

@@ -87,54 +87,67 @@ impl PreparedMessage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn opcode_and_payload(&self) -> (u8, Bytes) {
+    /// Borrowed, not cloned: it runs once per receiver of a broadcast.
+    fn opcode_and_payload(&self) -> (u8, &[u8]) {
         match &self.inner.message {
-            Message::Text(text) => (0x1, text.as_bytes().clone()),
-            other => (0x2, other.payload()),
+            Message::Text(text) => (0x1, text.as_bytes()),
+            Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => (0x2, data),
+            Message::Close(_) => (0x2, &[]),
         }
     }
 
-    /// The compressed payload for this level and window, made once.
+    /// The compressed payload for this level and window, made once (client connections, which
+    /// mask it themselves).
     pub(crate) fn compressed(&self, key: (u32, u8)) -> Result<Bytes, SendError> {
         let mut cache = self.cache();
-        if let Some((_, payload, _)) = cache.compressed.iter().find(|(k, ..)| *k == key) {
-            return Ok(payload.clone());
+        let index = self.compressed_index(&mut cache, key)?;
+        Ok(cache.compressed[index].1.clone())
+    }
+
+    /// The whole unmasked frame for a server connection: plain (`key` is `None`), or around
+    /// the payload compressed with this level and window, unless `worth` finds that the
+    /// compressed payload is not worth sending (then plain). Each frame is made once and
+    /// shared; one lock per connection, since a broadcast calls this once per receiver.
+    pub(crate) fn server_frame(
+        &self,
+        key: Option<(u32, u8)>,
+        worth: impl FnOnce(&[u8], &[u8]) -> bool,
+    ) -> Result<Bytes, SendError> {
+        let (opcode, payload) = self.opcode_and_payload();
+        let mut cache = self.cache();
+        let compressed_index = match key {
+            Some(key) => Some(self.compressed_index(&mut cache, key)?),
+            None => None,
+        };
+        let Cache {
+            plain_frame,
+            compressed,
+            ..
+        } = &mut *cache;
+        if let Some(index) = compressed_index {
+            let (_, bytes, frame_slot) = &mut compressed[index];
+            if worth(bytes, payload) {
+                return Ok(frame_slot
+                    .get_or_insert_with(|| frame(0xc0 | opcode, bytes))
+                    .clone());
+            }
+        }
+        Ok(plain_frame
+            .get_or_insert_with(|| frame(0x80 | opcode, payload))
+            .clone())
+    }
+
+    /// Where the payload compressed with `key` is in the cache, compressing it the first time.
+    fn compressed_index(&self, cache: &mut Cache, key: (u32, u8)) -> Result<usize, SendError> {
+        if let Some(index) = cache.compressed.iter().position(|(k, ..)| *k == key) {
+            return Ok(index);
         }
         let (_, payload) = self.opcode_and_payload();
         let compressed =
-            Bytes::from(compress_once(&payload, key.0, key.1).map_err(SendError::Compress)?);
-        cache.compressed.push((key, compressed.clone(), None));
+            Bytes::from(compress_once(payload, key.0, key.1).map_err(SendError::Compress)?);
+        cache.compressed.push((key, compressed, None));
         cache.compressions += 1;
-        Ok(compressed)
-    }
-
-    /// The whole unmasked frame: plain (`None`), or around the payload compressed with this
-    /// level and window (from [`compressed`](Self::compressed)).
-    pub(crate) fn server_frame(&self, compressed: Option<((u32, u8), &Bytes)>) -> Bytes {
-        let (opcode, payload) = self.opcode_and_payload();
-        match compressed {
-            None => {
-                let mut cache = self.cache();
-                cache
-                    .plain_frame
-                    .get_or_insert_with(|| frame(0x80 | opcode, &payload))
-                    .clone()
-            }
-            Some((key, compressed)) => {
-                let mut cache = self.cache();
-                let entry = cache
-                    .compressed
-                    .iter_mut()
-                    .find(|(k, ..)| *k == key)
-                    .map(|(_, _, frame)| frame);
-                match entry {
-                    Some(slot) => slot
-                        .get_or_insert_with(|| frame(0xc0 | opcode, compressed))
-                        .clone(),
-                    None => frame(0xc0 | opcode, compressed),
-                }
-            }
-        }
+        Ok(cache.compressed.len() - 1)
     }
 }
 

@@ -109,6 +109,12 @@ fn with_scratch<R>(len: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
+/// Chunks of the output given to one `writev`. The array is filled on every write, so it is
+/// kept short: a burst of small frames is one chunk, a large or shared frame one or two, and 16
+/// chunks hold at least 8 frames of 8 KiB or more (64 cost ~150 more instructions per write to
+/// set up, per receiver of a broadcast: S8 in bench/README.md).
+const WRITE_SLICES: usize = 16;
+
 /// Reads one poll of a socket may make without completing a message (1 MiB at the default
 /// read size) before it lets other tasks run.
 const READS_PER_POLL: usize = 16;
@@ -511,7 +517,7 @@ impl WebSocket {
     fn poll_write_until(&mut self, cx: &mut Context<'_>, keep: usize) -> Poll<io::Result<()>> {
         let output = self.conn.output();
         while output.len() > keep {
-            let mut slices = [IoSlice::new(&[]); 64];
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             let count = output.chunks_vectored(&mut slices);
             let written = ready!(self.io.poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
