@@ -359,7 +359,10 @@ impl Endpoint {
             None => None,
         };
         let raw_params = RawPathParams::from_request_parts(&mut parts, &()).await;
-        let has_axum_params = !matches!(raw_params, Err(RawPathParamsRejection::MissingPathParams(_)));
+        let has_axum_params = !matches!(
+            raw_params,
+            Err(RawPathParamsRejection::MissingPathParams(_))
+        );
         let path_params = match raw_params {
             Ok(params) => params
                 .iter()

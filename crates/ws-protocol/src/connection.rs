@@ -8,13 +8,17 @@
 //! (after the limits are checked). A single-frame message whose bytes are all in the input is
 //! copied once into an exactly sized buffer and returned: nothing is kept.
 //!
+//! [`Connection::receive_direct`] is the other way in, for large payloads: the transport
+//! writes the rest of a data frame straight into that message buffer (never past the frame),
+//! which is then unmasked and checked in place; no copy at all.
+//!
 //! # The closing handshake
 //!
 //! [`CloseState`] changes only in `Connection::transition`, which holds the state table.
 
 use std::mem;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
@@ -73,6 +77,16 @@ struct Frame {
     remaining: usize,
     /// Payload bytes read so far (the mask's rotation).
     offset: usize,
+}
+
+/// What the payload bytes just taken in did to the frame being read.
+enum Progress {
+    /// The frame has more to come.
+    Incomplete,
+    /// A data frame that does not end its message ended.
+    FrameDone,
+    /// A message or control frame completed.
+    Complete(Message),
 }
 
 /// The data message being assembled.
@@ -188,48 +202,155 @@ impl Connection {
                     return Ok(Some(message));
                 }
             }
-            let Some(frame) = self.frame.as_mut() else {
+            let Some(frame) = self.frame.as_ref() else {
                 continue;
             };
             let n = frame.remaining.min(input.len());
             let (chunk, rest) = input.split_at(n);
             *input = rest;
-            let control = frame.opcode >= OP_CLOSE;
-            let buffer = if control {
+            let buffer = if frame.opcode >= OP_CLOSE {
                 &mut self.control
             } else {
                 &mut self.data
             };
             let start = buffer.len();
             buffer.extend_from_slice(chunk);
-            if let Some(key) = frame.mask {
-                apply_mask(&mut buffer[start..], key, frame.offset);
-            }
-            frame.remaining -= n;
-            frame.offset += n;
-            let Frame {
-                opcode,
-                fin,
-                remaining,
-                ..
-            } = *frame;
-            if !control && self.message.is_some_and(|m| m.text && !m.compressed) {
-                self.check_utf8()?;
-            }
-            if remaining > 0 {
-                self.hold()?;
-                return Ok(None);
-            }
-            self.frame = None;
-            if control {
-                let payload = Bytes::from(mem::take(&mut self.control));
-                self.hold()?;
-                return self.on_control(opcode, payload).map(Some);
-            }
-            if fin {
-                return self.finish_message().map(Some);
+            match self.payload_arrived(start)? {
+                Progress::Incomplete => return Ok(None),
+                Progress::FrameDone => {}
+                Progress::Complete(message) => return Ok(Some(message)),
             }
         }
+    }
+
+    /// How many payload bytes of the data frame being read are still to come: 0 between
+    /// frames, inside a control frame, and once reading stopped. This is how many bytes
+    /// [`receive_direct`](Self::receive_direct) can take at most; a driver uses it to choose
+    /// between reading into its own buffer and reading straight into the message's.
+    pub fn payload_remaining(&self) -> usize {
+        match &self.frame {
+            Some(frame) if self.reading && frame.opcode < OP_CLOSE => frame.remaining,
+            _ => 0,
+        }
+    }
+
+    /// Lets `read` write the next payload bytes of the data frame being read straight into the
+    /// message's buffer (at most `max` of them, never past the frame's end), then treats them
+    /// as [`receive`](Self::receive) treats payload: unmasked in place, UTF-8 checked as it
+    /// arrives (uncompressed text), the frame and the message completed when they end. Returns
+    /// what `read` returned with what `receive` would have: `Ok(Some(message))` when the
+    /// message completed, `Ok(None)` when more is to come (or `read` wrote nothing), or an
+    /// error, after which reading stops as with `receive`.
+    ///
+    /// `None`, without calling `read`, when no data frame's payload is being read
+    /// ([`payload_remaining`](Self::payload_remaining) is 0): the next bytes start a frame
+    /// (or finish a control frame) and go to `receive`.
+    ///
+    /// This saves a copy for large messages: `receive` copies from the caller's buffer into
+    /// the message's, while a transport read into the [`BufMut`] lands where the message
+    /// will be returned from. The buffer was sized and counted against the limits and the
+    /// [`InboundBudget`] when the frame's header was read; the `BufMut` is its spare capacity,
+    /// not zeroed, so a reader that fills it safely (`tokio_util::io::poll_read_buf`, or
+    /// [`BufMut::put_slice`]) costs one pass over the bytes.
+    ///
+    /// ```
+    /// use bytes::{Buf, BufMut};
+    /// use ws_protocol::{Config, Connection, Message};
+    ///
+    /// let mut client = Connection::new(Config::client());
+    /// client.send(Message::binary(vec![7u8; 10_000])).unwrap();
+    /// let output = client.output();
+    /// let wire = output.copy_to_bytes(output.remaining());
+    ///
+    /// let mut server = Connection::new(Config::server());
+    /// // The first read: the header and the start of the payload.
+    /// let mut input = &wire[..100];
+    /// assert_eq!(server.receive(&mut input).unwrap(), None);
+    /// assert_eq!(server.payload_remaining(), wire.len() - 100);
+    /// // The rest, written into the message's buffer by the "transport".
+    /// let mut rest = &wire[100..];
+    /// let (written, message) = server
+    ///     .receive_direct(usize::MAX, |buf| {
+    ///         let n = buf.remaining_mut().min(rest.len());
+    ///         buf.put_slice(&rest[..n]);
+    ///         rest = &rest[n..];
+    ///         n
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(written, wire.len() - 100);
+    /// assert_eq!(message.unwrap(), Some(Message::binary(vec![7u8; 10_000])));
+    /// assert!(server.receive_direct(usize::MAX, |_| ()).is_none());
+    /// ```
+    pub fn receive_direct<T>(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut dyn BufMut) -> T,
+    ) -> Option<(T, Result<Option<Message>, ProtocolError>)> {
+        let limit = self.payload_remaining().min(max);
+        if limit == 0 {
+            return None;
+        }
+        let start = self.data.len();
+        // `Limit` keeps the reader inside the frame (the next frame's header must not land in
+        // the payload) and inside the capacity reserved for it (so the `Vec` never grows).
+        let value = read(&mut (&mut self.data).limit(limit));
+        if self.data.len() == start {
+            return Some((value, Ok(None)));
+        }
+        let result = match self.payload_arrived(start) {
+            Ok(Progress::Incomplete) => Ok(None),
+            Ok(Progress::FrameDone) => self.hold().map(|()| None),
+            Ok(Progress::Complete(message)) => Ok(Some(message)),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            self.stop_reading();
+        }
+        Some((value, result))
+    }
+
+    /// Takes in the payload bytes of the current frame appended to its buffer from `start` on:
+    /// unmasks them, checks text, and finishes the frame (and the message) when they end it.
+    fn payload_arrived(&mut self, start: usize) -> Result<Progress, ProtocolError> {
+        let Some(frame) = self.frame.as_mut() else {
+            return Err(ProtocolError::Protocol("payload without a frame"));
+        };
+        let control = frame.opcode >= OP_CLOSE;
+        let buffer = if control {
+            &mut self.control
+        } else {
+            &mut self.data
+        };
+        let n = buffer.len() - start;
+        if let Some(key) = frame.mask {
+            apply_mask(&mut buffer[start..], key, frame.offset);
+        }
+        // Callers append at most `remaining` bytes (`receive` splits, `receive_direct` limits).
+        frame.remaining -= n;
+        frame.offset += n;
+        let Frame {
+            opcode,
+            fin,
+            remaining,
+            ..
+        } = *frame;
+        if !control && self.message.is_some_and(|m| m.text && !m.compressed) {
+            self.check_utf8()?;
+        }
+        if remaining > 0 {
+            self.hold()?;
+            return Ok(Progress::Incomplete);
+        }
+        self.frame = None;
+        if control {
+            let payload = Bytes::from(mem::take(&mut self.control));
+            self.hold()?;
+            return self.on_control(opcode, payload).map(Progress::Complete);
+        }
+        if fin {
+            return self.finish_message().map(Progress::Complete);
+        }
+        Ok(Progress::FrameDone)
     }
 
     /// Reads a frame header from `input`, or keeps what there is of it.
