@@ -46,6 +46,16 @@ enum Io {
     Upgraded(TokioIo<Upgraded>),
 }
 
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Io::poll_read(self.get_mut(), cx, buf)
+    }
+}
+
 impl Io {
     /// The transport, and hyper's read buffer: what it holds past the request are the
     /// client's first frames.
@@ -108,6 +118,15 @@ fn with_scratch<R>(len: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
         Err(_) => read(&mut vec![0; len]),
     })
 }
+
+/// The payload still to come of a data frame from which reads go straight into the message's
+/// buffer rather than the scratch buffer (a copy saved). Such a read ends at the frame's end,
+/// where a read into the scratch buffer could have taken the next frames too: below about this
+/// size, a copy costs less than the extra system call it may take.
+const DIRECT_READ_MIN: usize = 16 << 10;
+
+/// The longest frame header (with its mask): what a read takes between large frames.
+const MAX_HEADER: usize = 14;
 
 /// Reads one poll of a socket may make without completing a message (1 MiB at the default
 /// read size) before it lets other tasks run.
@@ -339,6 +358,9 @@ pub struct WebSocket {
     /// starts after the timer was set, its timeout may be earlier (kept here, not in
     /// [`Timers`], where it would not fit in padding).
     timer_covers_message: bool,
+    /// The last data frame read was large: the next read into the scratch buffer stops at the
+    /// next frame's header, so that a large payload behind it is read directly.
+    large_frames: bool,
     protocol: Option<Box<str>>,
 }
 
@@ -378,6 +400,7 @@ impl WebSocket {
             ended: false,
             answer_queued: false,
             timer_covers_message: false,
+            large_frames: false,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -522,10 +545,13 @@ impl WebSocket {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads once from the transport into the thread's scratch buffer and parses what came.
-    /// Bytes read past the message returned are kept (`pending`) only when they complete a
-    /// frame; the start of one (the usual case with large messages) goes into the core at
-    /// once, copied once rather than twice.
+    /// Reads once from the transport and parses what came. Inside a data frame with at least
+    /// [`DIRECT_READ_MIN`] bytes to come, the read goes straight into the message's buffer
+    /// (`Connection::receive_direct`), at most to the frame's end. Otherwise it goes into the
+    /// thread's scratch buffer; after a large frame only up to the next header (the frame that
+    /// follows is likely large too, and its payload is then read directly rather than copied
+    /// from the scratch buffer). Bytes read past the message returned are kept (`pending`) only
+    /// when they complete a frame; the start of one goes into the core at once.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         let WebSocket {
             io,
@@ -534,9 +560,28 @@ impl WebSocket {
             timers,
             failure,
             failure_unreported,
+            large_frames,
             ..
         } = self;
-        with_scratch(timers.options.read_buffer_size, |scratch| {
+        let read_size = timers.options.read_buffer_size;
+        let remaining = conn.payload_remaining();
+        if remaining >= DIRECT_READ_MIN
+            && let Some((read, parsed)) = conn.receive_direct(read_size, |buf| {
+                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut &mut *buf)
+            })
+        {
+            *large_frames = true;
+            return Poll::Ready(Ok(match ready!(read)? {
+                0 => Read::Eof,
+                _ => Read::Parsed(parsed),
+            }));
+        }
+        let len = if *large_frames {
+            (remaining + MAX_HEADER).min(read_size)
+        } else {
+            read_size
+        };
+        with_scratch(len, |scratch| {
             let mut buf = ReadBuf::new(scratch);
             ready!(io.poll_read(cx, &mut buf))?;
             let mut input = buf.filled();
@@ -553,6 +598,8 @@ impl WebSocket {
                     *failure_unreported = true;
                 }
             }
+            *large_frames = conn.payload_remaining() >= DIRECT_READ_MIN
+                || matches!(&parsed, Ok(Some(message)) if message.len() >= DIRECT_READ_MIN);
             Poll::Ready(Ok(Read::Parsed(parsed)))
         })
     }
