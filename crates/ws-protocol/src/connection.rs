@@ -228,8 +228,9 @@ impl Connection {
     /// [`receive_direct`](Self::receive_direct) can take at most; a driver uses it to choose
     /// between reading into its own buffer and reading straight into the message's.
     pub fn payload_remaining(&self) -> usize {
+        // No frame is kept once reading stops.
         match &self.frame {
-            Some(frame) if self.reading && frame.opcode < OP_CLOSE => frame.remaining,
+            Some(frame) if frame.opcode < OP_CLOSE => frame.remaining,
             _ => 0,
         }
     }

@@ -358,8 +358,9 @@ pub struct WebSocket {
     /// starts after the timer was set, its timeout may be earlier (kept here, not in
     /// [`Timers`], where it would not fit in padding).
     timer_covers_message: bool,
-    /// The last data frame read was large: the next read into the scratch buffer stops at the
-    /// next frame's header, so that a large payload behind it is read directly.
+    /// Large data frames are arriving: the rest of one is read straight into its message's
+    /// buffer, and a read into the scratch buffer stops at the next frame's header, so that a
+    /// large payload behind it is read directly too.
     large_frames: bool,
     protocol: Option<Box<str>>,
 }
@@ -553,34 +554,27 @@ impl WebSocket {
     /// from the scratch buffer). Bytes read past the message returned are kept (`pending`) only
     /// when they complete a frame; the start of one goes into the core at once.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
-        let WebSocket {
-            io,
-            conn,
-            pending,
-            timers,
-            failure,
-            failure_unreported,
-            large_frames,
-            ..
-        } = self;
-        let read_size = timers.options.read_buffer_size;
-        let remaining = conn.payload_remaining();
-        if remaining >= DIRECT_READ_MIN
-            && let Some((read, parsed)) = conn.receive_direct(read_size, |buf| {
-                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut &mut *buf)
-            })
-        {
-            *large_frames = true;
-            return Poll::Ready(Ok(match ready!(read)? {
-                0 => Read::Eof,
-                _ => Read::Parsed(parsed),
-            }));
-        }
-        let len = if *large_frames {
+        let read_size = self.timers.options.read_buffer_size;
+        // Small messages, the usual case, cost one test of the flag here and a few below.
+        let len = if self.large_frames {
+            let remaining = self.conn.payload_remaining();
+            if remaining >= DIRECT_READ_MIN
+                && let Some(read) = self.poll_read_direct(cx)
+            {
+                return read;
+            }
             (remaining + MAX_HEADER).min(read_size)
         } else {
             read_size
         };
+        let WebSocket {
+            io,
+            conn,
+            pending,
+            failure,
+            failure_unreported,
+            ..
+        } = self;
         with_scratch(len, |scratch| {
             let mut buf = ReadBuf::new(scratch);
             ready!(io.poll_read(cx, &mut buf))?;
@@ -598,9 +592,26 @@ impl WebSocket {
                     *failure_unreported = true;
                 }
             }
-            *large_frames = conn.payload_remaining() >= DIRECT_READ_MIN
-                || matches!(&parsed, Ok(Some(message)) if message.len() >= DIRECT_READ_MIN);
             Poll::Ready(Ok(Read::Parsed(parsed)))
+        })
+    }
+
+    /// The read of [`poll_read`](Self::poll_read) straight into the message's buffer; `None`
+    /// when the core has no data frame to read into. Kept out of line: small messages, the
+    /// usual case, never come here.
+    #[inline(never)]
+    fn poll_read_direct(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Read>>> {
+        let WebSocket {
+            io, conn, timers, ..
+        } = self;
+        let (read, parsed) = conn.receive_direct(timers.options.read_buffer_size, |buf| {
+            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut &mut *buf)
+        })?;
+        Some(match read {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(Read::Eof)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Read::Parsed(parsed))),
         })
     }
 
@@ -695,6 +706,12 @@ impl WebSocket {
                         Ok(Read::Parsed(parsed)) => {
                             let received = self.conn.message_received();
                             self.timers.heard(Instant::now(), received);
+                            // Large payloads are flowing when the message read is large or
+                            // the core is inside a large frame.
+                            self.large_frames = match &parsed {
+                                Ok(Some(message)) => message.len() >= DIRECT_READ_MIN,
+                                _ => self.conn.payload_remaining() >= DIRECT_READ_MIN,
+                            };
                             parsed
                         }
                         Ok(Read::Eof) => return self.end_with(None),
