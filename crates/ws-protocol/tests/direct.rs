@@ -108,6 +108,20 @@ fn conversation() -> (Vec<u8>, Vec<Message>) {
     (wire, expected)
 }
 
+/// The close code of the error that the first 100 bytes of `wire` (a frame's header and the
+/// start of its payload) end with; nothing is then held, and nothing can be read directly.
+fn header_error(connection: &mut Connection, wire: &[u8]) -> u16 {
+    let mut input = &wire[..100];
+    let error = connection.receive(&mut input).unwrap_err();
+    assert_eq!(connection.buffered(), 0);
+    assert!(
+        connection
+            .receive_direct(usize::MAX, |_| unreachable!())
+            .is_none()
+    );
+    error.close_code()
+}
+
 #[test]
 fn one_conversation_in_pieces_reads_the_same_through_both_paths() {
     let (wire, expected) = conversation();
@@ -206,15 +220,7 @@ fn a_message_over_the_limit_fails_before_anything_is_allocated() {
     // One frame over the limit: refused at its header.
     let mut connection = Connection::new(config.clone());
     let wire = masked(0x82, KEY, &vec![0; limit + 1]);
-    let mut input = &wire[..100];
-    let error = connection.receive(&mut input).unwrap_err();
-    assert_eq!(error.close_code(), 1009);
-    assert_eq!(connection.buffered(), 0);
-    assert!(
-        connection
-            .receive_direct(usize::MAX, |_| unreachable!())
-            .is_none()
-    );
+    assert_eq!(header_error(&mut connection, &wire), 1009);
 
     // Fragments within the limit one by one, over it together: the second fragment's header
     // fails, after the first was read directly into a buffer no larger than the limit.
@@ -271,13 +277,6 @@ fn a_budget_too_small_for_the_message_fails_with_1013_before_the_direct_read() {
     let budget = InboundBudget::new(1000);
     let mut connection = server_with_budget(&budget);
     let wire = masked(0x82, KEY, &vec![0; 5000]);
-    let mut input = &wire[..100];
-    let error = connection.receive(&mut input).unwrap_err();
-    assert_eq!(error.close_code(), 1013);
+    assert_eq!(header_error(&mut connection, &wire), 1013);
     assert_eq!(budget.in_use(), 0);
-    assert!(
-        connection
-            .receive_direct(usize::MAX, |_| unreachable!())
-            .is_none()
-    );
 }

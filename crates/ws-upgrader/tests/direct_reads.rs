@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use ws_upgrader::{InboundBudget, WsUpgrader};
 
-use crate::support::spawn_echo;
+use crate::support::{spawn_echo, spawn_echo_limited, spawn_echo_with_budget};
 use test_support::{client_frame, raw_websocket, read_close_code, read_frame};
 
 const TEXT: u8 = 0x1;
@@ -35,13 +35,7 @@ async fn write_in_pieces(stream: &mut TcpStream, bytes: &[u8], sizes: &[usize]) 
 #[tokio::test]
 async fn large_messages_in_pieces_are_echoed_byte_for_byte() {
     let budget = InboundBudget::new(16 << 20);
-    let addr = spawn_echo(
-        WsUpgrader::builder()
-            .inbound_budget(budget.clone())
-            .build()
-            .unwrap(),
-    )
-    .await;
+    let addr = spawn_echo_with_budget(&budget).await;
     let mut stream = raw_websocket(addr, "/ws").await;
 
     // A binary message in two fragments with a ping between them.
@@ -88,14 +82,7 @@ async fn invalid_utf8_deep_in_a_large_text_frame_closes_1007() {
 
 #[tokio::test]
 async fn large_fragments_over_the_message_limit_close_1009() {
-    let addr = spawn_echo(
-        WsUpgrader::builder()
-            .max_message_size(64 << 10)
-            .max_frame_size(64 << 10)
-            .build()
-            .unwrap(),
-    )
-    .await;
+    let addr = spawn_echo_limited(64 << 10).await;
     let mut stream = raw_websocket(addr, "/ws").await;
     let wire = [
         client_frame(false, false, BINARY, &[1; 40 << 10]),
