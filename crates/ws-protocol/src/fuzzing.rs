@@ -3,7 +3,7 @@
 //! every crate with fuzz targets uses for that. Not part of the API: each function panics when
 //! an invariant breaks, which is what a fuzzer reports.
 
-use bytes::Buf;
+use bytes::{Buf, BufMut};
 
 use crate::{
     Config, Connection, InboundBudget, Message, Role,
@@ -14,8 +14,9 @@ const MAX_MESSAGE: usize = 64 * 1024;
 const MAX_FRAME: usize = 32 * 1024;
 
 /// Target `frames`: arbitrary bytes into a server connection with small limits, all at once
-/// and cut at points chosen by the first two bytes; both must give the same messages and the
-/// same error, and return their budget.
+/// and cut at points chosen by the first two bytes, and cut so with the payload of data frames
+/// written straight into the message's buffer (`Connection::receive_direct`); all must give
+/// the same messages and the same error, and return their budget.
 pub fn frames(data: &[u8]) {
     run_frames(data, None);
 }
@@ -45,25 +46,52 @@ fn run_frames(data: &[u8], deflate: Option<DeflateParams>) {
         deflate,
         budget: Some(budget.clone()),
     };
-    let whole = feed(Connection::new(config.clone()), bytes, &[usize::MAX]);
+    let whole = feed(Connection::new(config.clone()), bytes, &[usize::MAX], false);
     assert_eq!(budget.in_use(), 0, "budget not returned");
     let steps: Vec<usize> = steps.iter().map(|&s| usize::from(s % 64) + 1).collect();
-    let cut = feed(Connection::new(config), bytes, &steps);
+    let cut = feed(Connection::new(config.clone()), bytes, &steps, false);
     assert_eq!(budget.in_use(), 0, "budget not returned");
     assert_eq!(whole, cut, "cutting the input changed what was read");
+    let direct = feed(Connection::new(config), bytes, &steps, true);
+    assert_eq!(budget.in_use(), 0, "budget not returned");
+    assert_eq!(
+        whole, direct,
+        "reading payload directly changed what was read"
+    );
 }
 
-/// Feeds `bytes` in chunks whose sizes cycle through `steps`; the messages read and the close
-/// code of the error that stopped reading, if any.
+/// Feeds `bytes` in chunks whose sizes cycle through `steps` (with `direct`, those inside a
+/// data frame's payload through `receive_direct`); the messages read and the close code of the
+/// error that stopped reading, if any.
 fn feed(
     mut connection: Connection,
     mut bytes: &[u8],
     steps: &[usize],
+    direct: bool,
 ) -> (Vec<Message>, Option<u16>) {
     let mut messages = Vec::new();
     let mut steps = steps.iter().cycle();
     while !bytes.is_empty() {
         let step = (*steps.next().unwrap_or(&1)).min(bytes.len());
+        if direct
+            && let Some((n, result)) = connection.receive_direct(step, |buf| {
+                let n = buf.remaining_mut().min(bytes.len());
+                buf.put_slice(&bytes[..n]);
+                n
+            })
+        {
+            bytes = &bytes[n..];
+            match result {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => {}
+                Err(error) => {
+                    connection.fail(&error);
+                    return (messages, Some(error.close_code()));
+                }
+            }
+            assert!(connection.buffered() <= MAX_MESSAGE + 125);
+            continue;
+        }
         let (mut chunk, rest) = bytes.split_at(step);
         bytes = rest;
         loop {
