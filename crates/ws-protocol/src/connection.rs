@@ -18,7 +18,7 @@
 
 use std::mem;
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf as _, BufMut, Bytes};
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
@@ -114,8 +114,11 @@ pub struct Connection {
     header_len: u8,
     frame: Option<Frame>,
     message: Option<Assembling>,
-    /// The data message's payload so far (compressed, if it is).
+    /// The data message's payload so far (compressed, if it is), from `data_start` on.
     data: Vec<u8>,
+    /// Where the payload starts in `data`: after the first frame's header (at most 14 bytes)
+    /// when the buffer was the caller's ([`Connection::receive_owned`]), else 0.
+    data_start: u8,
     /// How much of `data` is checked UTF-8 (uncompressed text); the rest, at most 3 bytes, is
     /// the start of a character.
     utf8_checked: usize,
@@ -157,6 +160,7 @@ impl Connection {
             frame: None,
             message: None,
             data: Vec::new(),
+            data_start: 0,
             utf8_checked: 0,
             control: Vec::new(),
             reading: true,
@@ -308,6 +312,99 @@ impl Connection {
             self.stop_reading();
         }
         Some((value, result))
+    }
+
+    /// Whether the next bytes start a frame, no message being assembled: the state in which
+    /// [`receive_owned`](Self::receive_owned) can make the caller's buffer the message's.
+    pub fn between_messages(&self) -> bool {
+        self.reading && self.frame.is_none() && self.header_len == 0 && self.message.is_none()
+    }
+
+    /// [`receive`](Self::receive) for bytes the caller read into a buffer of its own, handed
+    /// over: when they start an uncompressed data message
+    /// ([`between_messages`](Self::between_messages)),
+    /// that buffer becomes the message's, its payload unmasked and checked in place, and the
+    /// message is returned from it without a copy (its header stays in the allocation, before
+    /// the payload). A buffer with the capacity for the whole frame (header included) makes a
+    /// large message cost one transport read and no copy; a shorter one is grown to the size
+    /// the header declares (one copy of what it holds). Anything else (a control frame, a
+    /// header cut short, an error) is read as `receive` reads it.
+    ///
+    /// Returns what `receive` would, and the bytes it did not take in (the start of the next
+    /// frames, to hand over next; empty after an error, when reading stops as with `receive`).
+    ///
+    /// ```
+    /// use bytes::Buf;
+    /// use ws_protocol::{Config, Connection, Message};
+    ///
+    /// let mut client = Connection::new(Config::client());
+    /// client.send(Message::binary(vec![7u8; 10_000])).unwrap();
+    /// client.send(Message::text("next")).unwrap();
+    /// let output = client.output();
+    /// let wire = output.copy_to_bytes(output.remaining());
+    ///
+    /// let mut server = Connection::new(Config::server());
+    /// assert!(server.between_messages());
+    /// // What a transport read into a buffer of the caller's.
+    /// let (message, rest) = server.receive_owned(wire.to_vec());
+    /// assert_eq!(message.unwrap(), Some(Message::binary(vec![7u8; 10_000])));
+    /// let (message, rest) = server.receive_owned(rest.to_vec());
+    /// assert_eq!(message.unwrap(), Some(Message::text("next")));
+    /// assert!(rest.is_empty());
+    /// ```
+    pub fn receive_owned(
+        &mut self,
+        mut buffer: Vec<u8>,
+    ) -> (Result<Option<Message>, ProtocolError>, Bytes) {
+        let header = if self.between_messages() {
+            self.parse_header(&buffer).ok().flatten()
+        } else {
+            None
+        };
+        // Compressed payloads are inflated into a buffer of their own anyway.
+        let Some((frame, used)) =
+            header.filter(|(frame, _)| matches!(frame.opcode, OP_TEXT | OP_BINARY) && !frame.rsv1)
+        else {
+            // Read as `receive` reads it; what is left stays in the buffer, shared.
+            let bytes = Bytes::from(buffer);
+            let mut input = &bytes[..];
+            let result = self.receive(&mut input);
+            if result.is_err() {
+                return (result, Bytes::new());
+            }
+            let consumed = bytes.len() - input.len();
+            return (result, bytes.slice(consumed..));
+        };
+        let end = used + frame.remaining;
+        let rest = match buffer.get(end..) {
+            Some(rest) if !rest.is_empty() => Bytes::copy_from_slice(rest),
+            _ => Bytes::new(),
+        };
+        buffer.truncate(end);
+        if buffer.capacity() < end {
+            // The caller guessed short: the one copy of this path.
+            buffer.reserve_exact(end - buffer.len());
+        }
+        self.message = Some(Assembling {
+            text: frame.opcode == OP_TEXT,
+            compressed: frame.rsv1,
+        });
+        self.data = buffer;
+        // `used` is a header's length, at most 14.
+        self.data_start = used as u8;
+        self.utf8_checked = used;
+        self.frame = Some(frame);
+        let result = match self.payload_arrived(used) {
+            Ok(Progress::Incomplete) => Ok(None),
+            Ok(Progress::FrameDone) => self.hold().map(|()| None),
+            Ok(Progress::Complete(message)) => Ok(Some(message)),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            self.stop_reading();
+            return (result, Bytes::new());
+        }
+        (result, rest)
     }
 
     /// Takes in the payload bytes of the current frame appended to its buffer from `start` on:
@@ -476,7 +573,11 @@ impl Connection {
                     limit: self.max_frame_size,
                 });
             }
-            if len.saturating_add(self.data.len() as u64) > self.max_message_size as u64 {
+            // `data` may hold a header before the payload: checked exactly only when needed.
+            let max = self.max_message_size as u64;
+            if len.saturating_add(self.data.len() as u64) > max
+                && len.saturating_add(self.payload_len() as u64) > max
+            {
                 return Err(ProtocolError::MessageTooBig {
                     limit: self.max_message_size,
                 });
@@ -542,7 +643,7 @@ impl Connection {
             // The first frame's buffer is exactly what its header declares. Later fragments
             // grow it at least twofold (up to the message limit), so that a message in many
             // small fragments is not copied once per fragment.
-            let capacity = if self.data.is_empty() {
+            let capacity = if self.payload_len() == 0 {
                 needed
             } else {
                 needed.max(
@@ -582,12 +683,25 @@ impl Connection {
             return Err(ProtocolError::Protocol("no message to finish"));
         };
         let payload = mem::take(&mut self.data);
+        let start = usize::from(mem::replace(&mut self.data_start, 0));
         let checked = mem::replace(&mut self.utf8_checked, 0);
         self.hold()?;
         if text && !compressed && checked != payload.len() {
             return Err(ProtocolError::InvalidUtf8);
         }
+        if start > 0 {
+            // The buffer was the caller's (`receive_owned`, never compressed): the payload
+            // follows the first frame's header, a pointer move away.
+            let mut payload = Bytes::from(payload);
+            payload.advance(start);
+            return message_from(text, payload);
+        }
         self.complete(text, compressed, payload)
+    }
+
+    /// The data message's payload bytes so far.
+    fn payload_len(&self) -> usize {
+        self.data.len() - usize::from(self.data_start)
     }
 
     /// A whole message's payload: inflated when compressed, checked when text.
@@ -610,14 +724,7 @@ impl Connection {
         } else {
             payload
         };
-        let payload = Bytes::from(payload);
-        if text {
-            Utf8Bytes::try_from_bytes(payload)
-                .map(Message::Text)
-                .map_err(|_| ProtocolError::InvalidUtf8)
-        } else {
-            Ok(Message::Binary(payload))
-        }
+        message_from(text, Bytes::from(payload))
     }
 
     /// A complete control frame: pings answered, closes checked and echoed.
@@ -850,7 +957,7 @@ impl Connection {
     /// capacity, which grows in steps).
     pub fn message_received(&self) -> usize {
         if self.message.is_some() {
-            self.data.len()
+            self.payload_len()
         } else {
             0
         }
@@ -888,6 +995,7 @@ impl Connection {
         self.message = None;
         self.header_len = 0;
         self.data = Vec::new();
+        self.data_start = 0;
         self.control = Vec::new();
         self.utf8_checked = 0;
         let _ = self.reserve_to(0);
@@ -897,6 +1005,17 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.reserve_to(0);
+    }
+}
+
+/// A whole data message from its (inflated) payload; text is checked.
+fn message_from(text: bool, payload: Bytes) -> Result<Message, ProtocolError> {
+    if text {
+        Utf8Bytes::try_from_bytes(payload)
+            .map(Message::Text)
+            .map_err(|_| ProtocolError::InvalidUtf8)
+    } else {
+        Ok(Message::Binary(payload))
     }
 }
 

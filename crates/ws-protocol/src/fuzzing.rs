@@ -14,8 +14,8 @@ const MAX_MESSAGE: usize = 64 * 1024;
 const MAX_FRAME: usize = 32 * 1024;
 
 /// Target `frames`: arbitrary bytes into a server connection with small limits, all at once
-/// and cut at points chosen by the first two bytes, and cut so with the payload of data frames
-/// written straight into the message's buffer (`Connection::receive_direct`); all must give
+/// and cut at points chosen by the first two bytes, read with `receive`, with `receive_direct`
+/// inside data frames' payloads, and as buffers handed over (`receive_owned`); all must give
 /// the same messages and the same error, and return their budget.
 pub fn frames(data: &[u8]) {
     run_frames(data, None);
@@ -46,34 +46,48 @@ fn run_frames(data: &[u8], deflate: Option<DeflateParams>) {
         deflate,
         budget: Some(budget.clone()),
     };
-    let whole = feed(Connection::new(config.clone()), bytes, &[usize::MAX], false);
+    let whole = feed(
+        Connection::new(config.clone()),
+        bytes,
+        &[usize::MAX],
+        Path::Receive,
+    );
     assert_eq!(budget.in_use(), 0, "budget not returned");
     let steps: Vec<usize> = steps.iter().map(|&s| usize::from(s % 64) + 1).collect();
-    let cut = feed(Connection::new(config.clone()), bytes, &steps, false);
-    assert_eq!(budget.in_use(), 0, "budget not returned");
-    assert_eq!(whole, cut, "cutting the input changed what was read");
-    let direct = feed(Connection::new(config), bytes, &steps, true);
-    assert_eq!(budget.in_use(), 0, "budget not returned");
-    assert_eq!(
-        whole, direct,
-        "reading payload directly changed what was read"
-    );
+    for path in [Path::Receive, Path::Direct, Path::Owned] {
+        let cut = feed(Connection::new(config.clone()), bytes, &steps, path);
+        assert_eq!(budget.in_use(), 0, "budget not returned");
+        assert_eq!(
+            whole, cut,
+            "cutting the input changed what was read ({path:?})"
+        );
+    }
 }
 
-/// Feeds `bytes` in chunks whose sizes cycle through `steps` (with `direct`, those inside a
-/// data frame's payload through `receive_direct`); the messages read and the close code of the
-/// error that stopped reading, if any.
+/// How [`feed`] hands the chunks over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// `receive`.
+    Receive,
+    /// `receive_direct` for the chunks inside a data frame's payload, else `receive`.
+    Direct,
+    /// Each chunk as a buffer of its own, `receive_owned`.
+    Owned,
+}
+
+/// Feeds `bytes` in chunks whose sizes cycle through `steps`, along `path`; the messages read
+/// and the close code of the error that stopped reading, if any.
 fn feed(
     mut connection: Connection,
     mut bytes: &[u8],
     steps: &[usize],
-    direct: bool,
+    path: Path,
 ) -> (Vec<Message>, Option<u16>) {
     let mut messages = Vec::new();
     let mut steps = steps.iter().cycle();
     while !bytes.is_empty() {
         let step = (*steps.next().unwrap_or(&1)).min(bytes.len());
-        if direct
+        if path == Path::Direct
             && let Some((n, result)) = connection.receive_direct(step, |buf| {
                 let n = buf.remaining_mut().min(bytes.len());
                 buf.put_slice(&bytes[..n]);
@@ -94,6 +108,28 @@ fn feed(
         }
         let (mut chunk, rest) = bytes.split_at(step);
         bytes = rest;
+        if path == Path::Owned {
+            let mut buffer = chunk.to_vec();
+            loop {
+                let (result, rest) = connection.receive_owned(buffer);
+                match result {
+                    Ok(Some(message)) => messages.push(message),
+                    Ok(None) => {}
+                    Err(error) => {
+                        connection.fail(&error);
+                        return (messages, Some(error.close_code()));
+                    }
+                }
+                assert!(connection.buffered() <= MAX_MESSAGE + 125);
+                if rest.is_empty() {
+                    break;
+                }
+                buffer = rest.to_vec();
+            }
+            let output = connection.output();
+            output.advance(output.remaining());
+            continue;
+        }
         loop {
             match connection.receive(&mut chunk) {
                 Ok(Some(message)) => messages.push(message),

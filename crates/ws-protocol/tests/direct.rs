@@ -280,3 +280,132 @@ fn a_budget_too_small_for_the_message_fails_with_1013_before_the_direct_read() {
     assert_eq!(header_error(&mut connection, &wire), 1013);
     assert_eq!(budget.in_use(), 0);
 }
+
+/// Reads `wire` as a driver between large messages does, `sizes` bytes at a time (cycled):
+/// each read is a buffer of its own handed over with `receive_owned`, and what it returns past
+/// a message is handed over again.
+fn read_owned(
+    connection: &mut Connection,
+    wire: &[u8],
+    sizes: &[usize],
+) -> Result<Vec<Message>, ProtocolError> {
+    let mut messages = Vec::new();
+    let mut pos = 0;
+    for &size in sizes.iter().cycle() {
+        if pos == wire.len() {
+            break;
+        }
+        let end = (pos + size).min(wire.len());
+        let mut buffer = wire[pos..end].to_vec();
+        pos = end;
+        loop {
+            let (result, rest) = connection.receive_owned(buffer);
+            messages.extend(result?);
+            assert!(connection.buffered() <= 1 << 20);
+            if rest.is_empty() {
+                break;
+            }
+            buffer = rest.to_vec();
+        }
+    }
+    Ok(messages)
+}
+
+#[test]
+fn one_conversation_in_buffers_handed_over_reads_the_same() {
+    let (wire, expected) = conversation();
+    for sizes in [
+        vec![1],
+        vec![3, 7, 5],
+        vec![13, 4097, 1, 2],
+        vec![65_536],
+        vec![1 << 20],
+    ] {
+        let budget = InboundBudget::new(1 << 20);
+        let mut connection = server_with_budget(&budget);
+        let received = read_owned(&mut connection, &wire, &sizes).unwrap();
+        assert_eq!(received, expected, "sizes {sizes:?}");
+        assert_eq!(connection.buffered(), 0);
+        assert_eq!(budget.in_use(), 0);
+    }
+}
+
+#[test]
+fn a_handed_over_buffer_becomes_the_message_without_a_copy() {
+    let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = masked(0x82, KEY, &payload);
+    let next = masked(0x81, KEY, b"next");
+    // Sized for the frame, as a driver sizes it after a message of the same length; it also
+    // holds the start of the next frame, which comes back.
+    let mut buffer = Vec::with_capacity(frame.len() + 3);
+    buffer.extend_from_slice(&frame);
+    buffer.extend_from_slice(&next[..3]);
+    let start = buffer.as_ptr() as usize;
+    let mut connection = Connection::new(Config::server());
+    let (result, rest) = connection.receive_owned(buffer);
+    let Some(Message::Binary(received)) = result.unwrap() else {
+        panic!("expected the binary message");
+    };
+    assert!(received == payload);
+    // The payload is where the buffer had it, after the 14-byte header.
+    assert_eq!(received.as_ptr() as usize, start + 14);
+    assert_eq!(&rest[..], &next[..3]);
+
+    // The rest of a frame whose start was in the buffer: read directly, in the same buffer.
+    let mut connection = Connection::new(Config::server());
+    let mut buffer = Vec::with_capacity(frame.len());
+    buffer.extend_from_slice(&frame[..1000]);
+    let start = buffer.as_ptr() as usize;
+    let (result, rest) = connection.receive_owned(buffer);
+    assert_eq!((result.unwrap(), rest.len()), (None, 0));
+    let (_, result) = connection
+        .receive_direct(usize::MAX, |buf| buf.put_slice(&frame[1000..]))
+        .unwrap();
+    let Some(Message::Binary(received)) = result.unwrap() else {
+        panic!("expected the binary message");
+    };
+    assert!(received == payload);
+    assert_eq!(received.as_ptr() as usize, start + 14);
+}
+
+#[test]
+fn invalid_utf8_in_a_handed_over_buffer_fails_with_1007_and_returns_the_budget() {
+    let budget = InboundBudget::new(1 << 20);
+    let mut text = mixed_text(20_000).into_bytes();
+    let bad = text.len() / 2;
+    text[bad] = 0xff;
+    let wire = masked(0x81, KEY, &text);
+    for sizes in [[wire.len()], [100]] {
+        let mut connection = server_with_budget(&budget);
+        let error = read_owned(&mut connection, &wire, &sizes).unwrap_err();
+        assert_eq!(error.close_code(), 1007, "sizes {sizes:?}");
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(connection.buffered(), 0);
+    }
+}
+
+#[test]
+fn a_handed_over_buffer_is_not_kept_for_a_message_over_the_limit_or_the_budget() {
+    let budget = InboundBudget::new(4000);
+    let config = Config {
+        max_message_size: 10_000,
+        budget: Some(budget.clone()),
+        ..Config::server()
+    };
+    let too_big = masked(0x82, KEY, &vec![0; 10_001]);
+    let mut connection = Connection::new(config.clone());
+    let (result, rest) = connection.receive_owned(too_big[..100].to_vec());
+    assert_eq!(result.unwrap_err().close_code(), 1009);
+    assert!(rest.is_empty());
+    assert_eq!(connection.buffered(), 0);
+
+    // Within the limit, over the budget once kept across calls.
+    let wire = masked(0x82, KEY, &vec![0; 5000]);
+    let mut connection = Connection::new(config);
+    let mut buffer = Vec::with_capacity(wire.len());
+    buffer.extend_from_slice(&wire[..100]);
+    let (result, _) = connection.receive_owned(buffer);
+    assert_eq!(result.unwrap_err().close_code(), 1013);
+    assert_eq!(connection.buffered(), 0);
+    assert_eq!(budget.in_use(), 0);
+}

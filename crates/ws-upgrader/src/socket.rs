@@ -358,10 +358,11 @@ pub struct WebSocket {
     /// starts after the timer was set, its timeout may be earlier (kept here, not in
     /// [`Timers`], where it would not fit in padding).
     timer_covers_message: bool,
-    /// Large data frames are arriving: the rest of one is read straight into its message's
-    /// buffer, and a read into the scratch buffer stops at the next frame's header, so that a
-    /// large payload behind it is read directly too.
-    large_frames: bool,
+    /// The length of the last message when it was large (0 otherwise): large messages are
+    /// arriving. The next one is then read into a buffer of about that size, which becomes
+    /// its message's (`Connection::receive_owned`); the rest of a large frame is read straight
+    /// into its message's buffer; a read into the scratch buffer stops at the next header.
+    large_message: u32,
     protocol: Option<Box<str>>,
 }
 
@@ -401,7 +402,7 @@ impl WebSocket {
             ended: false,
             answer_queued: false,
             timer_covers_message: false,
-            large_frames: false,
+            large_message: 0,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -556,7 +557,10 @@ impl WebSocket {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         let read_size = self.timers.options.read_buffer_size;
         // Small messages, the usual case, cost one test of the flag here and a few below.
-        let len = if self.large_frames {
+        let len = if self.large_message > 0 {
+            if self.conn.between_messages() {
+                return self.poll_read_owned(cx);
+            }
             let remaining = self.conn.payload_remaining();
             if remaining >= DIRECT_READ_MIN
                 && let Some(read) = self.poll_read_direct(cx)
@@ -594,6 +598,32 @@ impl WebSocket {
             }
             Poll::Ready(Ok(Read::Parsed(parsed)))
         })
+    }
+
+    /// The read of [`poll_read`](Self::poll_read) between large messages: into a new buffer
+    /// sized for the last one (at most `read_buffer_size`) plus a header, handed to the core,
+    /// which keeps it as the next message's buffer when a data message starts there.
+    #[inline(never)]
+    fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
+        if let Io::Tcp(stream) = &self.io {
+            // No buffer is allocated for a read that would block.
+            ready!(stream.poll_read_ready(cx))?;
+        }
+        let expected = (self.large_message as usize).min(self.timers.options.read_buffer_size);
+        let mut buffer = Vec::with_capacity(expected + MAX_HEADER);
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut buffer
+        ))?;
+        if read == 0 {
+            return Poll::Ready(Ok(Read::Eof));
+        }
+        let (parsed, rest) = self.conn.receive_owned(buffer);
+        if !rest.is_empty() {
+            self.pending = Some(rest);
+        }
+        Poll::Ready(Ok(Read::Parsed(parsed)))
     }
 
     /// The read of [`poll_read`](Self::poll_read) straight into the message's buffer; `None`
@@ -708,9 +738,15 @@ impl WebSocket {
                             self.timers.heard(Instant::now(), received);
                             // Large payloads are flowing when the message read is large or
                             // the core is inside a large frame.
-                            self.large_frames = match &parsed {
-                                Ok(Some(message)) => message.len() >= DIRECT_READ_MIN,
-                                _ => self.conn.payload_remaining() >= DIRECT_READ_MIN,
+                            self.large_message = match &parsed {
+                                Ok(Some(message)) if message.len() >= DIRECT_READ_MIN => {
+                                    u32::try_from(message.len()).unwrap_or(u32::MAX)
+                                }
+                                Ok(Some(_)) => 0,
+                                _ if self.conn.payload_remaining() >= DIRECT_READ_MIN => {
+                                    self.large_message.max(1)
+                                }
+                                _ => 0,
                             };
                             parsed
                         }

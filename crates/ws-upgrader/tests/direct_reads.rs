@@ -92,3 +92,59 @@ async fn large_fragments_over_the_message_limit_close_1009() {
     write_in_pieces(&mut stream, &wire, &[1_000, 39_000]).await;
     assert_eq!(read_close_code(&mut stream).await, 1009);
 }
+
+/// After a large message the socket reads the next one into a buffer of its own that becomes
+/// the message's (`Connection::receive_owned`): messages of every size, one at a time and
+/// several in one write, come back byte for byte and in order.
+#[tokio::test]
+async fn large_and_small_messages_after_a_large_one_are_echoed_in_order() {
+    let budget = InboundBudget::new(16 << 20);
+    let addr = spawn_echo_with_budget(&budget).await;
+    let mut stream = raw_websocket(addr, "/ws").await;
+    let payload = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    };
+    let sizes = [
+        65_536, 65_536, 20_000, 32, 100_000, 65_536, 5, 70_000, 65_536,
+    ];
+    for (round, &len) in sizes.iter().enumerate() {
+        let sent = payload(len, round as u8);
+        stream
+            .write_all(&client_frame(true, false, BINARY, &sent))
+            .await
+            .unwrap();
+        let echo = read_frame(&mut stream).await;
+        assert!(
+            echo.payload == sent,
+            "message {round} of {len} bytes differs"
+        );
+    }
+    // Back to back: the buffer read for the first also holds the others' start.
+    let batch: Vec<Vec<u8>> = [65_536, 65_536, 40, 65_536]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| payload(len, 100 + i as u8))
+        .collect();
+    let wire: Vec<u8> = batch
+        .iter()
+        .flat_map(|sent| client_frame(true, false, BINARY, sent))
+        .collect();
+    stream.write_all(&wire).await.unwrap();
+    for (i, sent) in batch.iter().enumerate() {
+        let echo = read_frame(&mut stream).await;
+        assert!(echo.payload == *sent, "batched message {i} differs");
+    }
+    let text: String = "aé€😀".chars().cycle().take(30_000).collect();
+    stream
+        .write_all(&client_frame(true, false, TEXT, text.as_bytes()))
+        .await
+        .unwrap();
+    let echo = read_frame(&mut stream).await;
+    assert_eq!(
+        (echo.opcode, echo.payload.as_slice()),
+        (TEXT, text.as_bytes())
+    );
+    assert_eq!(budget.in_use(), 0);
+}
