@@ -302,16 +302,7 @@ impl Connection {
         if self.data.len() == start {
             return Some((value, Ok(None)));
         }
-        let result = match self.payload_arrived(start) {
-            Ok(Progress::Incomplete) => Ok(None),
-            Ok(Progress::FrameDone) => self.hold().map(|()| None),
-            Ok(Progress::Complete(message)) => Ok(Some(message)),
-            Err(error) => Err(error),
-        };
-        if result.is_err() {
-            self.stop_reading();
-        }
-        Some((value, result))
+        Some((value, self.take_in(start)))
     }
 
     /// Whether the next bytes start a frame, no message being assembled: the state in which
@@ -394,7 +385,17 @@ impl Connection {
         self.data_start = used as u8;
         self.utf8_checked = used;
         self.frame = Some(frame);
-        let result = match self.payload_arrived(used) {
+        let result = self.take_in(used);
+        if result.is_err() {
+            return (result, Bytes::new());
+        }
+        (result, rest)
+    }
+
+    /// [`payload_arrived`](Self::payload_arrived) for a caller outside `receive`: what
+    /// `receive` would return, reading stopped after an error.
+    fn take_in(&mut self, start: usize) -> Result<Option<Message>, ProtocolError> {
+        let result = match self.payload_arrived(start) {
             Ok(Progress::Incomplete) => Ok(None),
             Ok(Progress::FrameDone) => self.hold().map(|()| None),
             Ok(Progress::Complete(message)) => Ok(Some(message)),
@@ -402,9 +403,8 @@ impl Connection {
         };
         if result.is_err() {
             self.stop_reading();
-            return (result, Bytes::new());
         }
-        (result, rest)
+        result
     }
 
     /// Takes in the payload bytes of the current frame appended to its buffer from `start` on:

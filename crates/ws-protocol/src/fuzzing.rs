@@ -64,6 +64,26 @@ fn run_frames(data: &[u8], deflate: Option<DeflateParams>) {
     }
 }
 
+/// Keeps what one call of [`feed`] read; after an error, fails the connection and gives the
+/// close code.
+fn keep(
+    connection: &mut Connection,
+    messages: &mut Vec<Message>,
+    result: Result<Option<Message>, crate::ProtocolError>,
+) -> Result<(), u16> {
+    match result {
+        Ok(message) => {
+            messages.extend(message);
+            assert!(connection.buffered() <= MAX_MESSAGE + 125);
+            Ok(())
+        }
+        Err(error) => {
+            connection.fail(&error);
+            Err(error.close_code())
+        }
+    }
+}
+
 /// How [`feed`] hands the chunks over.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Path {
@@ -95,15 +115,9 @@ fn feed(
             })
         {
             bytes = &bytes[n..];
-            match result {
-                Ok(Some(message)) => messages.push(message),
-                Ok(None) => {}
-                Err(error) => {
-                    connection.fail(&error);
-                    return (messages, Some(error.close_code()));
-                }
+            if let Err(code) = keep(&mut connection, &mut messages, result) {
+                return (messages, Some(code));
             }
-            assert!(connection.buffered() <= MAX_MESSAGE + 125);
             continue;
         }
         let (mut chunk, rest) = bytes.split_at(step);
@@ -112,15 +126,9 @@ fn feed(
             let mut buffer = chunk.to_vec();
             loop {
                 let (result, rest) = connection.receive_owned(buffer);
-                match result {
-                    Ok(Some(message)) => messages.push(message),
-                    Ok(None) => {}
-                    Err(error) => {
-                        connection.fail(&error);
-                        return (messages, Some(error.close_code()));
-                    }
+                if let Err(code) = keep(&mut connection, &mut messages, result) {
+                    return (messages, Some(code));
                 }
-                assert!(connection.buffered() <= MAX_MESSAGE + 125);
                 if rest.is_empty() {
                     break;
                 }
