@@ -10,7 +10,9 @@
 //!
 //! [`Connection::receive_direct`] is the other way in, for large payloads: the transport
 //! writes the rest of a data frame straight into that message buffer (never past the frame),
-//! which is then unmasked and checked in place; no copy at all.
+//! which is then unmasked and checked in place; no copy at all. [`Connection::receive_owned`]
+//! takes a buffer the transport filled and makes it the message's when a data message starts
+//! there (its payload then starts after the header: `data_start`).
 //!
 //! # The closing handshake
 //!

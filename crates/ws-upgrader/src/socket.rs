@@ -3,8 +3,10 @@
 //! What a connection keeps is what makes idle connections cheap. Reads go into a buffer of the
 //! worker thread (`SCRATCH`), not of the connection; the protocol core keeps only the bytes of a
 //! frame or message that is not complete yet, and bytes read past the message returned are kept
-//! (`pending`) only until they are parsed. The core's output buffer holds frames only until
-//! they are written. An idle connection is its socket, the core's small state and one timer.
+//! (`pending`) only until they are parsed. Large messages skip the scratch buffer: they are read
+//! into a buffer of their own, which the core returns them in (see `poll_read`). The core's
+//! output buffer holds frames only until they are written. An idle connection is its socket,
+//! the core's small state and one timer.
 //!
 //! One timer (`Timers`) serves every deadline of the connection: the next ping on a quiet
 //! connection, the pong that must follow it, an unfinished message that stopped making progress,
@@ -547,13 +549,14 @@ impl WebSocket {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads once from the transport and parses what came. Inside a data frame with at least
-    /// [`DIRECT_READ_MIN`] bytes to come, the read goes straight into the message's buffer
+    /// Reads once from the transport and parses what came. After a large message (at least
+    /// [`DIRECT_READ_MIN`] bytes), between messages, the read goes into a new buffer sized for
+    /// it, which the core keeps as the next message's (`poll_read_owned`). Inside a data frame
+    /// with at least `DIRECT_READ_MIN` bytes to come, it goes straight into the message's buffer
     /// (`Connection::receive_direct`), at most to the frame's end. Otherwise it goes into the
-    /// thread's scratch buffer; after a large frame only up to the next header (the frame that
-    /// follows is likely large too, and its payload is then read directly rather than copied
-    /// from the scratch buffer). Bytes read past the message returned are kept (`pending`) only
-    /// when they complete a frame; the start of one goes into the core at once.
+    /// thread's scratch buffer; after a large message only up to the next header. Small messages
+    /// only ever take that last path. Bytes read past the message returned are kept (`pending`)
+    /// only when they complete a frame; the start of one goes into the core at once.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         let read_size = self.timers.options.read_buffer_size;
         // Small messages, the usual case, cost one test of the flag here and a few below.
