@@ -358,15 +358,14 @@ impl Connection {
         let Some((frame, used)) =
             header.filter(|(frame, _)| matches!(frame.opcode, OP_TEXT | OP_BINARY) && !frame.rsv1)
         else {
-            // Read as `receive` reads it; what is left stays in the buffer, shared.
-            let bytes = Bytes::from(buffer);
-            let mut input = &bytes[..];
+            // Read as `receive` reads it. What is left is copied out rather than shared, so a
+            // few bytes never keep a large buffer alive.
+            let mut input = &buffer[..];
             let result = self.receive(&mut input);
             if result.is_err() {
                 return (result, Bytes::new());
             }
-            let consumed = bytes.len() - input.len();
-            return (result, bytes.slice(consumed..));
+            return (result, Bytes::copy_from_slice(input));
         };
         let end = used + frame.remaining;
         let rest = match buffer.get(end..) {

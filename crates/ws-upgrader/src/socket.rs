@@ -609,7 +609,7 @@ impl WebSocket {
     #[inline(never)]
     fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         if let Io::Tcp(stream) = &self.io {
-            // No buffer is allocated for a read that would block.
+            // On TCP no buffer is allocated for a read that would block.
             ready!(stream.poll_read_ready(cx))?;
         }
         let expected = (self.large_message as usize).min(self.timers.options.read_buffer_size);
