@@ -90,6 +90,7 @@ impl Message {
     }
 
     /// Payload length in bytes, as counted on the wire before compression.
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             Message::Text(text) => text.as_bytes().len(),

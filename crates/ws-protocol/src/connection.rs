@@ -8,13 +8,19 @@
 //! (after the limits are checked). A single-frame message whose bytes are all in the input is
 //! copied once into an exactly sized buffer and returned: nothing is kept.
 //!
+//! [`Connection::receive_direct`] is the other way in, for large payloads: the transport
+//! writes the rest of a data frame straight into that message buffer (never past the frame),
+//! which is then unmasked and checked in place; no copy at all. [`Connection::receive_owned`]
+//! takes a buffer the transport filled and makes it the message's when a data message starts
+//! there (its payload then starts after the header: `data_start`).
+//!
 //! # The closing handshake
 //!
 //! [`CloseState`] changes only in `Connection::transition`, which holds the state table.
 
 use std::mem;
 
-use bytes::Bytes;
+use bytes::{Buf as _, BufMut, Bytes};
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
@@ -75,6 +81,16 @@ struct Frame {
     offset: usize,
 }
 
+/// What the payload bytes just taken in did to the frame being read.
+enum Progress {
+    /// The frame has more to come.
+    Incomplete,
+    /// A data frame that does not end its message ended.
+    FrameDone,
+    /// A message or control frame completed.
+    Complete(Message),
+}
+
 /// The data message being assembled.
 #[derive(Debug, Clone, Copy)]
 struct Assembling {
@@ -100,8 +116,11 @@ pub struct Connection {
     header_len: u8,
     frame: Option<Frame>,
     message: Option<Assembling>,
-    /// The data message's payload so far (compressed, if it is).
+    /// The data message's payload so far (compressed, if it is), from `data_start` on.
     data: Vec<u8>,
+    /// Where the payload starts in `data`: after the first frame's header (at most 14 bytes)
+    /// when the buffer was the caller's ([`Connection::receive_owned`]), else 0.
+    data_start: u8,
     /// How much of `data` is checked UTF-8 (uncompressed text); the rest, at most 3 bytes, is
     /// the start of a character.
     utf8_checked: usize,
@@ -143,6 +162,7 @@ impl Connection {
             frame: None,
             message: None,
             data: Vec::new(),
+            data_start: 0,
             utf8_checked: 0,
             control: Vec::new(),
             reading: true,
@@ -188,48 +208,248 @@ impl Connection {
                     return Ok(Some(message));
                 }
             }
-            let Some(frame) = self.frame.as_mut() else {
+            let Some(frame) = self.frame.as_ref() else {
                 continue;
             };
             let n = frame.remaining.min(input.len());
             let (chunk, rest) = input.split_at(n);
             *input = rest;
-            let control = frame.opcode >= OP_CLOSE;
-            let buffer = if control {
+            let buffer = if frame.opcode >= OP_CLOSE {
                 &mut self.control
             } else {
                 &mut self.data
             };
             let start = buffer.len();
             buffer.extend_from_slice(chunk);
-            if let Some(key) = frame.mask {
-                apply_mask(&mut buffer[start..], key, frame.offset);
-            }
-            frame.remaining -= n;
-            frame.offset += n;
-            let Frame {
-                opcode,
-                fin,
-                remaining,
-                ..
-            } = *frame;
-            if !control && self.message.is_some_and(|m| m.text && !m.compressed) {
-                self.check_utf8()?;
-            }
-            if remaining > 0 {
-                self.hold()?;
-                return Ok(None);
-            }
-            self.frame = None;
-            if control {
-                let payload = Bytes::from(mem::take(&mut self.control));
-                self.hold()?;
-                return self.on_control(opcode, payload).map(Some);
-            }
-            if fin {
-                return self.finish_message().map(Some);
+            match self.payload_arrived(start)? {
+                Progress::Incomplete => return Ok(None),
+                Progress::FrameDone => {}
+                Progress::Complete(message) => return Ok(Some(message)),
             }
         }
+    }
+
+    /// How many payload bytes of the data frame being read are still to come: 0 between
+    /// frames, inside a control frame, and once reading stopped. This is how many bytes
+    /// [`receive_direct`](Self::receive_direct) can take at most; a driver uses it to choose
+    /// between reading into its own buffer and reading straight into the message's.
+    pub fn payload_remaining(&self) -> usize {
+        // No frame is kept once reading stops.
+        match &self.frame {
+            Some(frame) if frame.opcode < OP_CLOSE => frame.remaining,
+            _ => 0,
+        }
+    }
+
+    /// Lets `read` write the next payload bytes of the data frame being read straight into the
+    /// message's buffer (at most `max` of them, never past the frame's end), then treats them
+    /// as [`receive`](Self::receive) treats payload: unmasked in place, UTF-8 checked as it
+    /// arrives (uncompressed text), the frame and the message completed when they end. Returns
+    /// what `read` returned with what `receive` would have: `Ok(Some(message))` when the
+    /// message completed, `Ok(None)` when more is to come (or `read` wrote nothing), or an
+    /// error, after which reading stops as with `receive`.
+    ///
+    /// `None`, without calling `read`, when no data frame's payload is being read
+    /// ([`payload_remaining`](Self::payload_remaining) is 0): the next bytes start a frame
+    /// (or finish a control frame) and go to `receive`.
+    ///
+    /// This saves a copy for large messages: `receive` copies from the caller's buffer into
+    /// the message's, while a transport read into the [`BufMut`] lands where the message
+    /// will be returned from. The buffer was sized and counted against the limits and the
+    /// [`InboundBudget`] when the frame's header was read; the `BufMut` is its spare capacity,
+    /// not zeroed, so a reader that fills it safely (`tokio_util::io::poll_read_buf`, or
+    /// [`BufMut::put_slice`]) costs one pass over the bytes.
+    ///
+    /// ```
+    /// use bytes::{Buf, BufMut};
+    /// use ws_protocol::{Config, Connection, Message};
+    ///
+    /// let mut client = Connection::new(Config::client());
+    /// client.send(Message::binary(vec![7u8; 10_000])).unwrap();
+    /// let output = client.output();
+    /// let wire = output.copy_to_bytes(output.remaining());
+    ///
+    /// let mut server = Connection::new(Config::server());
+    /// // The first read: the header and the start of the payload.
+    /// let mut input = &wire[..100];
+    /// assert_eq!(server.receive(&mut input).unwrap(), None);
+    /// assert_eq!(server.payload_remaining(), wire.len() - 100);
+    /// // The rest, written into the message's buffer by the "transport".
+    /// let mut rest = &wire[100..];
+    /// let (written, message) = server
+    ///     .receive_direct(usize::MAX, |buf| {
+    ///         let n = buf.remaining_mut().min(rest.len());
+    ///         buf.put_slice(&rest[..n]);
+    ///         rest = &rest[n..];
+    ///         n
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(written, wire.len() - 100);
+    /// assert_eq!(message.unwrap(), Some(Message::binary(vec![7u8; 10_000])));
+    /// assert!(server.receive_direct(usize::MAX, |_| ()).is_none());
+    /// ```
+    pub fn receive_direct<T>(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut dyn BufMut) -> T,
+    ) -> Option<(T, Result<Option<Message>, ProtocolError>)> {
+        let limit = self.payload_remaining().min(max);
+        if limit == 0 {
+            return None;
+        }
+        let start = self.data.len();
+        // `Limit` keeps the reader inside the frame (the next frame's header must not land in
+        // the payload) and inside the capacity reserved for it (so the `Vec` never grows).
+        let value = read(&mut (&mut self.data).limit(limit));
+        if self.data.len() == start {
+            return Some((value, Ok(None)));
+        }
+        Some((value, self.take_in(start)))
+    }
+
+    /// Whether the next bytes start a frame, no message being assembled: the state in which
+    /// [`receive_owned`](Self::receive_owned) can make the caller's buffer the message's.
+    pub fn between_messages(&self) -> bool {
+        self.reading && self.frame.is_none() && self.header_len == 0 && self.message.is_none()
+    }
+
+    /// [`receive`](Self::receive) for bytes the caller read into a buffer of its own, handed
+    /// over: when they start an uncompressed data message
+    /// ([`between_messages`](Self::between_messages)),
+    /// that buffer becomes the message's, its payload unmasked and checked in place, and the
+    /// message is returned from it without a copy (its header stays in the allocation, before
+    /// the payload). A buffer with the capacity for the whole frame (header included) makes a
+    /// large message cost one transport read and no copy; a shorter one is grown to the size
+    /// the header declares (one copy of what it holds). Anything else (a control frame, a
+    /// header cut short, an error) is read as `receive` reads it.
+    ///
+    /// Returns what `receive` would, and the bytes it did not take in (the start of the next
+    /// frames, to hand over next; empty after an error, when reading stops as with `receive`).
+    ///
+    /// ```
+    /// use bytes::Buf;
+    /// use ws_protocol::{Config, Connection, Message};
+    ///
+    /// let mut client = Connection::new(Config::client());
+    /// client.send(Message::binary(vec![7u8; 10_000])).unwrap();
+    /// client.send(Message::text("next")).unwrap();
+    /// let output = client.output();
+    /// let wire = output.copy_to_bytes(output.remaining());
+    ///
+    /// let mut server = Connection::new(Config::server());
+    /// assert!(server.between_messages());
+    /// // What a transport read into a buffer of the caller's.
+    /// let (message, rest) = server.receive_owned(wire.to_vec());
+    /// assert_eq!(message.unwrap(), Some(Message::binary(vec![7u8; 10_000])));
+    /// let (message, rest) = server.receive_owned(rest.to_vec());
+    /// assert_eq!(message.unwrap(), Some(Message::text("next")));
+    /// assert!(rest.is_empty());
+    /// ```
+    pub fn receive_owned(
+        &mut self,
+        mut buffer: Vec<u8>,
+    ) -> (Result<Option<Message>, ProtocolError>, Bytes) {
+        let header = if self.between_messages() {
+            self.parse_header(&buffer).ok().flatten()
+        } else {
+            None
+        };
+        // Compressed payloads are inflated into a buffer of their own anyway.
+        let Some((frame, used)) =
+            header.filter(|(frame, _)| matches!(frame.opcode, OP_TEXT | OP_BINARY) && !frame.rsv1)
+        else {
+            // Read as `receive` reads it. What is left is copied out rather than shared, so a
+            // few bytes never keep a large buffer alive.
+            let mut input = &buffer[..];
+            let result = self.receive(&mut input);
+            if result.is_err() {
+                return (result, Bytes::new());
+            }
+            return (result, Bytes::copy_from_slice(input));
+        };
+        let end = used + frame.remaining;
+        let rest = match buffer.get(end..) {
+            Some(rest) if !rest.is_empty() => Bytes::copy_from_slice(rest),
+            _ => Bytes::new(),
+        };
+        buffer.truncate(end);
+        if buffer.capacity() < end {
+            // The caller guessed short: the one copy of this path.
+            buffer.reserve_exact(end - buffer.len());
+        }
+        self.message = Some(Assembling {
+            text: frame.opcode == OP_TEXT,
+            compressed: frame.rsv1,
+        });
+        self.data = buffer;
+        // `used` is a header's length, at most 14.
+        self.data_start = used as u8;
+        self.utf8_checked = used;
+        self.frame = Some(frame);
+        let result = self.take_in(used);
+        if result.is_err() {
+            return (result, Bytes::new());
+        }
+        (result, rest)
+    }
+
+    /// [`payload_arrived`](Self::payload_arrived) for a caller outside `receive`: what
+    /// `receive` would return, reading stopped after an error.
+    fn take_in(&mut self, start: usize) -> Result<Option<Message>, ProtocolError> {
+        let result = match self.payload_arrived(start) {
+            Ok(Progress::Incomplete) => Ok(None),
+            Ok(Progress::FrameDone) => self.hold().map(|()| None),
+            Ok(Progress::Complete(message)) => Ok(Some(message)),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            self.stop_reading();
+        }
+        result
+    }
+
+    /// Takes in the payload bytes of the current frame appended to its buffer from `start` on:
+    /// unmasks them, checks text, and finishes the frame (and the message) when they end it.
+    fn payload_arrived(&mut self, start: usize) -> Result<Progress, ProtocolError> {
+        let Some(frame) = self.frame.as_mut() else {
+            return Err(ProtocolError::Protocol("payload without a frame"));
+        };
+        let control = frame.opcode >= OP_CLOSE;
+        let buffer = if control {
+            &mut self.control
+        } else {
+            &mut self.data
+        };
+        let n = buffer.len() - start;
+        if let Some(key) = frame.mask {
+            apply_mask(&mut buffer[start..], key, frame.offset);
+        }
+        // Callers append at most `remaining` bytes (`receive` splits, `receive_direct` limits).
+        frame.remaining -= n;
+        frame.offset += n;
+        let Frame {
+            opcode,
+            fin,
+            remaining,
+            ..
+        } = *frame;
+        if !control && self.message.is_some_and(|m| m.text && !m.compressed) {
+            self.check_utf8()?;
+        }
+        if remaining > 0 {
+            self.hold()?;
+            return Ok(Progress::Incomplete);
+        }
+        self.frame = None;
+        if control {
+            let payload = Bytes::from(mem::take(&mut self.control));
+            self.hold()?;
+            return self.on_control(opcode, payload).map(Progress::Complete);
+        }
+        if fin {
+            return self.finish_message().map(Progress::Complete);
+        }
+        Ok(Progress::FrameDone)
     }
 
     /// Reads a frame header from `input`, or keeps what there is of it.
@@ -354,7 +574,11 @@ impl Connection {
                     limit: self.max_frame_size,
                 });
             }
-            if len.saturating_add(self.data.len() as u64) > self.max_message_size as u64 {
+            // `data` may hold a header before the payload: checked exactly only when needed.
+            let max = self.max_message_size as u64;
+            if len.saturating_add(self.data.len() as u64) > max
+                && len.saturating_add(self.payload_len() as u64) > max
+            {
                 return Err(ProtocolError::MessageTooBig {
                     limit: self.max_message_size,
                 });
@@ -420,7 +644,7 @@ impl Connection {
             // The first frame's buffer is exactly what its header declares. Later fragments
             // grow it at least twofold (up to the message limit), so that a message in many
             // small fragments is not copied once per fragment.
-            let capacity = if self.data.is_empty() {
+            let capacity = if self.payload_len() == 0 {
                 needed
             } else {
                 needed.max(
@@ -460,12 +684,25 @@ impl Connection {
             return Err(ProtocolError::Protocol("no message to finish"));
         };
         let payload = mem::take(&mut self.data);
+        let start = usize::from(mem::replace(&mut self.data_start, 0));
         let checked = mem::replace(&mut self.utf8_checked, 0);
         self.hold()?;
         if text && !compressed && checked != payload.len() {
             return Err(ProtocolError::InvalidUtf8);
         }
+        if start > 0 {
+            // The buffer was the caller's (`receive_owned`, never compressed): the payload
+            // follows the first frame's header, a pointer move away.
+            let mut payload = Bytes::from(payload);
+            payload.advance(start);
+            return message_from(text, payload);
+        }
         self.complete(text, compressed, payload)
+    }
+
+    /// The data message's payload bytes so far.
+    fn payload_len(&self) -> usize {
+        self.data.len() - usize::from(self.data_start)
     }
 
     /// A whole message's payload: inflated when compressed, checked when text.
@@ -488,14 +725,7 @@ impl Connection {
         } else {
             payload
         };
-        let payload = Bytes::from(payload);
-        if text {
-            Utf8Bytes::try_from_bytes(payload)
-                .map(Message::Text)
-                .map_err(|_| ProtocolError::InvalidUtf8)
-        } else {
-            Ok(Message::Binary(payload))
-        }
+        message_from(text, Bytes::from(payload))
     }
 
     /// A complete control frame: pings answered, closes checked and echoed.
@@ -730,7 +960,7 @@ impl Connection {
     /// capacity, which grows in steps).
     pub fn message_received(&self) -> usize {
         if self.message.is_some() {
-            self.data.len()
+            self.payload_len()
         } else {
             0
         }
@@ -768,6 +998,7 @@ impl Connection {
         self.message = None;
         self.header_len = 0;
         self.data = Vec::new();
+        self.data_start = 0;
         self.control = Vec::new();
         self.utf8_checked = 0;
         let _ = self.reserve_to(0);
@@ -777,6 +1008,17 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.reserve_to(0);
+    }
+}
+
+/// A whole data message from its (inflated) payload; text is checked.
+fn message_from(text: bool, payload: Bytes) -> Result<Message, ProtocolError> {
+    if text {
+        Utf8Bytes::try_from_bytes(payload)
+            .map(Message::Text)
+            .map_err(|_| ProtocolError::InvalidUtf8)
+    } else {
+        Ok(Message::Binary(payload))
     }
 }
 

@@ -3,7 +3,7 @@
 //! every crate with fuzz targets uses for that. Not part of the API: each function panics when
 //! an invariant breaks, which is what a fuzzer reports.
 
-use bytes::Buf;
+use bytes::{Buf, BufMut};
 
 use crate::{
     Config, Connection, InboundBudget, Message, Role,
@@ -14,8 +14,9 @@ const MAX_MESSAGE: usize = 64 * 1024;
 const MAX_FRAME: usize = 32 * 1024;
 
 /// Target `frames`: arbitrary bytes into a server connection with small limits, all at once
-/// and cut at points chosen by the first two bytes; both must give the same messages and the
-/// same error, and return their budget.
+/// and cut at points chosen by the first two bytes, read with `receive`, with `receive_direct`
+/// inside data frames' payloads, and as buffers handed over (`receive_owned`); all must give
+/// the same messages and the same error, and return their budget.
 pub fn frames(data: &[u8]) {
     run_frames(data, None);
 }
@@ -45,27 +46,98 @@ fn run_frames(data: &[u8], deflate: Option<DeflateParams>) {
         deflate,
         budget: Some(budget.clone()),
     };
-    let whole = feed(Connection::new(config.clone()), bytes, &[usize::MAX]);
+    let whole = feed(
+        Connection::new(config.clone()),
+        bytes,
+        &[usize::MAX],
+        Path::Receive,
+    );
     assert_eq!(budget.in_use(), 0, "budget not returned");
     let steps: Vec<usize> = steps.iter().map(|&s| usize::from(s % 64) + 1).collect();
-    let cut = feed(Connection::new(config), bytes, &steps);
-    assert_eq!(budget.in_use(), 0, "budget not returned");
-    assert_eq!(whole, cut, "cutting the input changed what was read");
+    for path in [Path::Receive, Path::Direct, Path::Owned] {
+        let cut = feed(Connection::new(config.clone()), bytes, &steps, path);
+        assert_eq!(budget.in_use(), 0, "budget not returned");
+        assert_eq!(
+            whole, cut,
+            "cutting the input changed what was read ({path:?})"
+        );
+    }
 }
 
-/// Feeds `bytes` in chunks whose sizes cycle through `steps`; the messages read and the close
-/// code of the error that stopped reading, if any.
+/// Keeps what one call of [`feed`] read; after an error, fails the connection and gives the
+/// close code.
+fn keep(
+    connection: &mut Connection,
+    messages: &mut Vec<Message>,
+    result: Result<Option<Message>, crate::ProtocolError>,
+) -> Result<(), u16> {
+    match result {
+        Ok(message) => {
+            messages.extend(message);
+            assert!(connection.buffered() <= MAX_MESSAGE + 125);
+            Ok(())
+        }
+        Err(error) => {
+            connection.fail(&error);
+            Err(error.close_code())
+        }
+    }
+}
+
+/// How [`feed`] hands the chunks over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// `receive`.
+    Receive,
+    /// `receive_direct` for the chunks inside a data frame's payload, else `receive`.
+    Direct,
+    /// Each chunk as a buffer of its own, `receive_owned`.
+    Owned,
+}
+
+/// Feeds `bytes` in chunks whose sizes cycle through `steps`, along `path`; the messages read
+/// and the close code of the error that stopped reading, if any.
 fn feed(
     mut connection: Connection,
     mut bytes: &[u8],
     steps: &[usize],
+    path: Path,
 ) -> (Vec<Message>, Option<u16>) {
     let mut messages = Vec::new();
     let mut steps = steps.iter().cycle();
     while !bytes.is_empty() {
         let step = (*steps.next().unwrap_or(&1)).min(bytes.len());
+        if path == Path::Direct
+            && let Some((n, result)) = connection.receive_direct(step, |buf| {
+                let n = buf.remaining_mut().min(bytes.len());
+                buf.put_slice(&bytes[..n]);
+                n
+            })
+        {
+            bytes = &bytes[n..];
+            if let Err(code) = keep(&mut connection, &mut messages, result) {
+                return (messages, Some(code));
+            }
+            continue;
+        }
         let (mut chunk, rest) = bytes.split_at(step);
         bytes = rest;
+        if path == Path::Owned {
+            let mut buffer = chunk.to_vec();
+            loop {
+                let (result, rest) = connection.receive_owned(buffer);
+                if let Err(code) = keep(&mut connection, &mut messages, result) {
+                    return (messages, Some(code));
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                buffer = rest.to_vec();
+            }
+            let output = connection.output();
+            output.advance(output.remaining());
+            continue;
+        }
         loop {
             match connection.receive(&mut chunk) {
                 Ok(Some(message)) => messages.push(message),

@@ -25,7 +25,8 @@
 //! message or control frame. Between calls a connection keeps only what is unfinished: at most
 //! 14 bytes of a cut header, and the payload of an unfinished message (in a buffer reserved at
 //! the size its frame header declares, after the limits are checked). A message whose bytes are
-//! all in one call is copied once and kept nowhere. Masks are removed eight bytes at a time;
+//! all in one call is copied once and kept nowhere; the rest of a large one can be read by the
+//! transport straight into its buffer ([`Connection::receive_direct`]), not copied at all. Masks are removed eight bytes at a time;
 //! fragmented text is checked for UTF-8 as it arrives, so invalid text fails at the fragment
 //! that breaks it. Pings are answered, close frames echoed.
 //!

@@ -3,8 +3,10 @@
 //! What a connection keeps is what makes idle connections cheap. Reads go into a buffer of the
 //! worker thread (`SCRATCH`), not of the connection; the protocol core keeps only the bytes of a
 //! frame or message that is not complete yet, and bytes read past the message returned are kept
-//! (`pending`) only until they are parsed. The core's output buffer holds frames only until
-//! they are written. An idle connection is its socket, the core's small state and one timer.
+//! (`pending`) only until they are parsed. Large messages skip the scratch buffer: they are read
+//! into a buffer of their own, which the core returns them in (see `poll_read`). The core's
+//! output buffer holds frames only until they are written. An idle connection is its socket,
+//! the core's small state and one timer.
 //!
 //! One timer (`Timers`) serves every deadline of the connection: the next ping on a quiet
 //! connection, the pong that must follow it, an unfinished message that stopped making progress,
@@ -44,6 +46,16 @@ use crate::options::Options;
 enum Io {
     Tcp(TcpStream),
     Upgraded(TokioIo<Upgraded>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Io::poll_read(self.get_mut(), cx, buf)
+    }
 }
 
 impl Io {
@@ -114,6 +126,15 @@ fn with_scratch<R>(len: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
 /// chunks hold at least 8 frames of 8 KiB or more (64 cost ~150 more instructions per write to
 /// set up, per receiver of a broadcast: S8 in bench/README.md).
 const WRITE_SLICES: usize = 16;
+
+/// The payload still to come of a data frame from which reads go straight into the message's
+/// buffer rather than the scratch buffer (a copy saved). Such a read ends at the frame's end,
+/// where a read into the scratch buffer could have taken the next frames too: below about this
+/// size, a copy costs less than the extra system call it may take.
+const DIRECT_READ_MIN: usize = 16 << 10;
+
+/// The longest frame header (with its mask): what a read takes between large frames.
+const MAX_HEADER: usize = 14;
 
 /// Reads one poll of a socket may make without completing a message (1 MiB at the default
 /// read size) before it lets other tasks run.
@@ -345,6 +366,11 @@ pub struct WebSocket {
     /// starts after the timer was set, its timeout may be earlier (kept here, not in
     /// [`Timers`], where it would not fit in padding).
     timer_covers_message: bool,
+    /// The length of the last message when it was large (0 otherwise): large messages are
+    /// arriving. The next one is then read into a buffer of about that size, which becomes
+    /// its message's (`Connection::receive_owned`); the rest of a large frame is read straight
+    /// into its message's buffer; a read into the scratch buffer stops at the next header.
+    large_message: u32,
     protocol: Option<Box<str>>,
 }
 
@@ -384,6 +410,7 @@ impl WebSocket {
             ended: false,
             answer_queued: false,
             timer_covers_message: false,
+            large_message: 0,
             protocol: protocol.map(String::into_boxed_str),
         }
     }
@@ -528,21 +555,40 @@ impl WebSocket {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads once from the transport into the thread's scratch buffer and parses what came.
-    /// Bytes read past the message returned are kept (`pending`) only when they complete a
-    /// frame; the start of one (the usual case with large messages) goes into the core at
-    /// once, copied once rather than twice.
+    /// Reads once from the transport and parses what came. After a large message (at least
+    /// [`DIRECT_READ_MIN`] bytes), between messages, the read goes into a new buffer sized for
+    /// it, which the core keeps as the next message's (`poll_read_owned`). Inside a data frame
+    /// with at least `DIRECT_READ_MIN` bytes to come, it goes straight into the message's buffer
+    /// (`Connection::receive_direct`), at most to the frame's end. Otherwise it goes into the
+    /// thread's scratch buffer; after a large message only up to the next header. Small messages
+    /// only ever take that last path. Bytes read past the message returned are kept (`pending`)
+    /// only when they complete a frame; the start of one goes into the core at once.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
+        let read_size = self.timers.options.read_buffer_size;
+        // Small messages, the usual case, cost one test of the flag here and a few below.
+        let len = if self.large_message > 0 {
+            if self.conn.between_messages() {
+                return self.poll_read_owned(cx);
+            }
+            let remaining = self.conn.payload_remaining();
+            if remaining >= DIRECT_READ_MIN
+                && let Some(read) = self.poll_read_direct(cx)
+            {
+                return read;
+            }
+            (remaining + MAX_HEADER).min(read_size)
+        } else {
+            read_size
+        };
         let WebSocket {
             io,
             conn,
             pending,
-            timers,
             failure,
             failure_unreported,
             ..
         } = self;
-        with_scratch(timers.options.read_buffer_size, |scratch| {
+        with_scratch(len, |scratch| {
             let mut buf = ReadBuf::new(scratch);
             ready!(io.poll_read(cx, &mut buf))?;
             let mut input = buf.filled();
@@ -560,6 +606,51 @@ impl WebSocket {
                 }
             }
             Poll::Ready(Ok(Read::Parsed(parsed)))
+        })
+    }
+
+    /// The read of [`poll_read`](Self::poll_read) between large messages: into a new buffer
+    /// sized for the last one (at most `read_buffer_size`) plus a header, handed to the core,
+    /// which keeps it as the next message's buffer when a data message starts there.
+    #[inline(never)]
+    fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
+        if let Io::Tcp(stream) = &self.io {
+            // On TCP no buffer is allocated for a read that would block.
+            ready!(stream.poll_read_ready(cx))?;
+        }
+        let expected = (self.large_message as usize).min(self.timers.options.read_buffer_size);
+        let mut buffer = Vec::with_capacity(expected + MAX_HEADER);
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut buffer
+        ))?;
+        if read == 0 {
+            return Poll::Ready(Ok(Read::Eof));
+        }
+        let (parsed, rest) = self.conn.receive_owned(buffer);
+        if !rest.is_empty() {
+            self.pending = Some(rest);
+        }
+        Poll::Ready(Ok(Read::Parsed(parsed)))
+    }
+
+    /// The read of [`poll_read`](Self::poll_read) straight into the message's buffer; `None`
+    /// when the core has no data frame to read into. Kept out of line: small messages, the
+    /// usual case, never come here.
+    #[inline(never)]
+    fn poll_read_direct(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Read>>> {
+        let WebSocket {
+            io, conn, timers, ..
+        } = self;
+        let (read, parsed) = conn.receive_direct(timers.options.read_buffer_size, |buf| {
+            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut &mut *buf)
+        })?;
+        Some(match read {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(Read::Eof)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Read::Parsed(parsed))),
         })
     }
 
@@ -654,6 +745,18 @@ impl WebSocket {
                         Ok(Read::Parsed(parsed)) => {
                             let received = self.conn.message_received();
                             self.timers.heard(Instant::now(), received);
+                            // Large payloads are flowing when the message read is large or
+                            // the core is inside a large frame.
+                            self.large_message = match &parsed {
+                                Ok(Some(message)) if message.len() >= DIRECT_READ_MIN => {
+                                    u32::try_from(message.len()).unwrap_or(u32::MAX)
+                                }
+                                Ok(Some(_)) => 0,
+                                _ if self.conn.payload_remaining() >= DIRECT_READ_MIN => {
+                                    self.large_message.max(1)
+                                }
+                                _ => 0,
+                            };
                             parsed
                         }
                         Ok(Read::Eof) => return self.end_with(None),

@@ -5,7 +5,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use ws_upgrader::WsUpgrader;
 
-use crate::support::spawn_echo;
+use crate::support::{spawn_echo, spawn_echo_limited, spawn_echo_with_budget};
 use test_support::{WAIT, client_frame, raw_websocket, read_close_code, read_frame, write_frame};
 
 const TEXT: u8 = 0x1;
@@ -65,14 +65,7 @@ async fn a_message_over_max_message_size_closes_1009_even_in_small_frames() {
 
 #[tokio::test]
 async fn an_oversized_message_from_a_real_client_gets_1009() {
-    let addr = spawn_echo(
-        WsUpgrader::builder()
-            .max_message_size(64 << 10)
-            .max_frame_size(64 << 10)
-            .build()
-            .unwrap(),
-    )
-    .await;
+    let addr = spawn_echo_limited(64 << 10).await;
     let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
@@ -213,13 +206,7 @@ async fn a_message_that_keeps_growing_is_not_timed_out() {
 #[tokio::test]
 async fn unfinished_messages_past_the_inbound_budget_close_1013_and_give_it_back() {
     let budget = ws_upgrader::InboundBudget::new(64 << 10);
-    let addr = spawn_echo(
-        WsUpgrader::builder()
-            .inbound_budget(budget.clone())
-            .build()
-            .unwrap(),
-    )
-    .await;
+    let addr = spawn_echo_with_budget(&budget).await;
     // The first peer holds 40 KiB of an unfinished message; the second one's 40 KiB would pass
     // the 64 KiB budget.
     let mut first = raw_websocket(addr, "/ws").await;

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{Router, extract::Request, response::Response, routing::any};
 use test_support::WAIT;
 use tokio::{net::TcpListener, sync::Notify};
-use ws_upgrader::{Message, WebSocket, WsUpgrader};
+use ws_upgrader::{InboundBudget, Message, WebSocket, WsUpgrader};
 
 /// Serves, with `upgrader` and `ws_upgrader::serve` (its handshake timeout applied):
 /// `/ws` echoes every data message; `/protocol` first sends `protocol=<selected or none>`,
@@ -31,6 +31,29 @@ pub(crate) async fn spawn_echo(upgrader: WsUpgrader) -> SocketAddr {
             .into_future(),
     );
     addr
+}
+
+/// [`spawn_echo`] with messages and frames limited to `limit` bytes.
+pub(crate) async fn spawn_echo_limited(limit: usize) -> SocketAddr {
+    spawn_echo(
+        WsUpgrader::builder()
+            .max_message_size(limit)
+            .max_frame_size(limit)
+            .build()
+            .unwrap(),
+    )
+    .await
+}
+
+/// [`spawn_echo`] with its own inbound budget.
+pub(crate) async fn spawn_echo_with_budget(budget: &InboundBudget) -> SocketAddr {
+    spawn_echo(
+        WsUpgrader::builder()
+            .inbound_budget(budget.clone())
+            .build()
+            .unwrap(),
+    )
+    .await
 }
 
 /// Frames the server of [`spawn_burst`] queues before its flush.

@@ -3,6 +3,7 @@
 mod support;
 
 mod deflate;
+mod direct_reads;
 mod fuzz_corpus;
 mod handshake_timeout;
 mod limits;
