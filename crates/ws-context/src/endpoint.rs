@@ -597,8 +597,8 @@ mod tests {
     /// metrics taken from the task; 1,144 with the task's handling path synchronous; 1,048
     /// with the message span boxed, `rejected` scoped and the close write boxed; rustc 1.95,
     /// x86_64). tokio's task cell adds 96 bytes and rounds up to 128: 1,152 bytes a connection
-    /// now, and 1,280 from 1,057 bytes. A change that passes the bound should say why in its commit, and move
-    /// the bound.
+    /// now, and 1,280 from 1,057 bytes. A change that passes the bound should say why in its
+    /// commit, and move the bound.
     #[test]
     fn connection_future_stays_small() {
         const BOUND: usize = 1_048;
