@@ -1527,7 +1527,9 @@ impl Histories {
         let history = self.room(room);
         history.last = offset;
         history.touched = Instant::now();
-        history.entries.push_back((offset, Instant::now(), message));
+        history
+            .entries
+            .push_back((offset, Instant::now(), crate::detached(message)));
         history.prune(max_len, max_age);
     }
 
@@ -1682,6 +1684,36 @@ mod tests {
             1,
             "compressed once for three connections"
         );
+    }
+
+    /// A small payload kept in a room's history has its own bytes: it does not keep alive the
+    /// block it was read into (`ws_protocol` cuts small payloads from per-thread blocks).
+    #[test]
+    fn history_entries_do_not_hold_the_block_a_small_payload_came_in() {
+        let block = ws_message::Bytes::from(vec![b'a'; 4096]);
+        let within = |payload: &[u8]| {
+            let start = block.as_ptr() as usize;
+            (start..start + block.len()).contains(&(payload.as_ptr() as usize))
+        };
+        let text = Message::Text(ws_message::Utf8Bytes::try_from_bytes(block.slice(..32)).unwrap());
+        let mut histories = Histories {
+            max_len: 8,
+            ..Histories::default()
+        };
+        histories.record("room", 1, text);
+        histories.record("room", 2, Message::Binary(block.slice(32..64)));
+        histories.record("room", 3, Message::Binary(block.slice(..1024)));
+        let kept: Vec<ws_message::Bytes> = histories.rooms["room"]
+            .entries
+            .iter()
+            .map(|(_, _, message)| message.payload())
+            .collect();
+        assert_eq!(&kept[0][..], &[b'a'; 32][..]);
+        assert!(
+            !within(&kept[0]) && !within(&kept[1]),
+            "small payloads copied"
+        );
+        assert!(within(&kept[2]), "a large payload is kept as it is");
     }
 
     /// Issue 12: the per-connection part is random (no counter), so ids cannot be guessed.

@@ -125,6 +125,23 @@ pub use ws_message::{
 };
 pub use ws_upgrader::{ConfigError, PreparedMessage, WsUpgrader};
 
+/// `message` with a payload of its own when it is small. A small payload read from a peer is
+/// a slice of a 4 KiB block it shares with other messages (`ws_protocol`'s per-thread blocks):
+/// what is kept past its handler call (a room's history, a message read ahead while a slow
+/// handler runs) is copied, so as not to keep a whole block per message.
+pub(crate) fn detached(message: Message) -> Message {
+    const SMALL: usize = 256;
+    match message {
+        Message::Text(text) if text.as_str().len() <= SMALL => {
+            Message::text(text.as_str().to_owned())
+        }
+        Message::Binary(data) if data.len() <= SMALL => {
+            Message::Binary(Bytes::copy_from_slice(&data))
+        }
+        other => other,
+    }
+}
+
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -6,7 +6,8 @@
 //! (at most 14 bytes) when it is cut by the end of the input; the payload is unmasked while it
 //! is copied into the message's buffer, which is reserved once at the size the header declares
 //! (after the limits are checked). A single-frame message whose bytes are all in the input is
-//! copied once into an exactly sized buffer and returned: nothing is kept.
+//! copied once into an exactly sized buffer (a small one into the thread's block: `block`) and
+//! returned: nothing is kept.
 //!
 //! [`Connection::receive_direct`] is the other way in, for large payloads: the transport
 //! writes the rest of a data frame straight into that message buffer (never past the frame),
@@ -24,6 +25,7 @@ use bytes::{Buf as _, BufMut, Bytes};
 
 use crate::{
     CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
+    block::{SMALL_PAYLOAD_MAX, small_payload},
     deflate::{Codec, worth_compressing},
     mask::MaskKeys,
     mask::apply_mask,
@@ -630,7 +632,13 @@ impl Connection {
         if frame.opcode != OP_CONTINUATION {
             let text = frame.opcode == OP_TEXT;
             if frame.fin && whole {
-                // The fast path: copied once, exactly sized, nothing kept.
+                // The fast path: copied once, nothing kept; a small payload into the thread's
+                // block, a larger one into a buffer of its exact size.
+                if len <= SMALL_PAYLOAD_MAX && !frame.rsv1 {
+                    let (payload, rest) = input.split_at(len);
+                    *input = rest;
+                    return message_from(text, small_payload(payload, frame.mask)).map(Some);
+                }
                 let payload = take_payload(input, len, frame.mask);
                 return self.complete(text, frame.rsv1, payload).map(Some);
             }

@@ -55,6 +55,7 @@
 //! keeps no compression state between messages.
 #![deny(missing_docs)]
 
+mod block;
 mod config;
 mod connection;
 pub mod deflate;

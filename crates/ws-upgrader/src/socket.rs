@@ -75,14 +75,18 @@ impl Io {
         }
     }
 
+    /// One chunk is written with `send`, more with `writev`: on a socket `writev` costs
+    /// ~230 ns more per call (bench/README.md "send, not writev"), and most writes are one
+    /// chunk (a reply, or a burst of small frames).
     fn poll_write_vectored(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self {
-            Io::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        match (self, bufs) {
+            (Io::Tcp(io), [one]) => Pin::new(io).poll_write(cx, one),
+            (Io::Tcp(io), _) => Pin::new(io).poll_write_vectored(cx, bufs),
+            (Io::Upgraded(io), _) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 

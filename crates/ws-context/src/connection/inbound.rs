@@ -86,7 +86,7 @@ impl ConnectionTask {
                 self.received.add(&message);
                 match self.closing {
                     Closing::Open if self.handling.is_running() => {
-                        self.handling.read_ahead(message);
+                        self.handling.read_ahead(crate::detached(message));
                         Step::Continue(())
                     }
                     Closing::Open => self.start(message, cx),
