@@ -1,6 +1,6 @@
 //! The bytes a connection has to write: [`Output`].
 
-use std::{collections::VecDeque, io::IoSlice};
+use std::{cell::Cell, collections::VecDeque, io::IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -12,6 +12,17 @@ pub(crate) const BY_REFERENCE: usize = 8 * 1024;
 
 /// The smallest coalescing buffer allocated: room for a few small frames.
 const MIN_BUFFER: usize = 512;
+
+/// The largest coalescing buffer kept for reuse ([`SPARE`]).
+const SPARE_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// A coalescing buffer an output gave back when it was written out, for the next output on
+    /// this thread that needs one: most outputs are written out at once (a reply, a burst), so
+    /// one buffer per thread serves them instead of an allocation and a free per write, and an
+    /// idle connection still holds none.
+    static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
 
 /// The bytes a connection has to write, in order.
 ///
@@ -46,6 +57,11 @@ impl Output {
 
     fn reserve_tail(&mut self, additional: usize) {
         if self.tail.capacity() - self.tail.len() < additional {
+            if self.tail.capacity() == 0
+                && let Some(spare) = SPARE.take()
+            {
+                self.tail = spare;
+            }
             self.tail.reserve(additional.max(MIN_BUFFER));
         }
     }
@@ -94,6 +110,17 @@ impl Output {
         }
         self.len += frames.len();
     }
+}
+
+/// Keeps a written-out coalescing buffer as the thread's spare, unless it is larger than
+/// [`SPARE_MAX`] or still shared (`try_reclaim` makes its whole allocation available again,
+/// and fails for both).
+fn give_back(mut tail: BytesMut) {
+    tail.clear();
+    if tail.try_reclaim(SPARE_MAX + 1) || !tail.try_reclaim(MIN_BUFFER) {
+        return;
+    }
+    SPARE.set(Some(tail));
 }
 
 /// Writes a frame header into `out` and returns its length (2 to 14 bytes).
@@ -158,7 +185,7 @@ impl Buf for Output {
         if self.len == 0 {
             // Written out: hold no memory while idle.
             self.queue = VecDeque::new();
-            self.tail = BytesMut::new();
+            give_back(std::mem::take(&mut self.tail));
         }
     }
 
@@ -226,5 +253,32 @@ mod tests {
         out.advance(shared.len() + small.len());
         assert!(out.is_empty());
         assert_eq!(out.queue.capacity(), 0, "nothing kept once written");
+    }
+
+    /// A written-out output gives its buffer to the next one on the thread (no allocation per
+    /// reply) and keeps none itself; a buffer grown past `SPARE_MAX` is freed instead.
+    #[test]
+    fn a_written_out_buffer_serves_the_next_output_on_the_thread() {
+        let mut first = Output::default();
+        first.push_frame(0x81, None, &Bytes::from_static(b"one"));
+        let buffer = first.chunk().as_ptr();
+        first.advance(first.len());
+        assert_eq!(first.tail.capacity(), 0, "an idle output holds no buffer");
+
+        let mut second = Output::default();
+        second.push_frame(0x81, None, &Bytes::from_static(b"two"));
+        assert_eq!(
+            second.chunk().as_ptr(),
+            buffer,
+            "the same buffer, from its start"
+        );
+        assert_eq!(second.chunk(), b"\x81\x03two");
+
+        // Grown past the bound: not kept.
+        second.push_frame(0x82, Some([1, 2, 3, 4]), &Bytes::from(vec![0; SPARE_MAX]));
+        second.advance(second.len());
+        let mut third = Output::default();
+        third.push_frame(0x81, None, &Bytes::from_static(b"3"));
+        assert!(third.tail.capacity() < SPARE_MAX, "a fresh, small buffer");
     }
 }
