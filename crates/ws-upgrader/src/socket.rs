@@ -361,8 +361,8 @@ pub struct WebSocket {
     /// `recv` to give.
     failure: Option<ProtocolError>,
     failure_unreported: bool,
-    /// The stream has ended: the transport is closed or the closing handshake is complete.
-    ended: bool,
+    /// What the read side is known to be at, the end included.
+    input: Input,
     /// The core queued an answer of its own (a pong, the echo of a close) that must go out
     /// without waiting for the caller's flush.
     answer_queued: bool,
@@ -376,6 +376,18 @@ pub struct WebSocket {
     /// into its message's buffer; a read into the scratch buffer stops at the next header.
     large_message: u32,
     protocol: Option<Box<str>>,
+}
+
+/// What a [`WebSocket`]'s read side is known to be at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Nothing in particular: the last read filled what it asked for, or none was made yet.
+    Open,
+    /// The last read into the scratch buffer took less than it asked for: nothing more had
+    /// arrived then ([`WebSocket::drained`]).
+    Drained,
+    /// The stream has ended: the transport is closed or the closing handshake is complete.
+    Ended,
 }
 
 impl fmt::Debug for WebSocket {
@@ -411,7 +423,7 @@ impl WebSocket {
             timers: Timers::new(options, Instant::now()),
             failure: None,
             failure_unreported: false,
-            ended: false,
+            input: Input::Open,
             answer_queued: false,
             timer_covers_message: false,
             large_message: 0,
@@ -434,6 +446,22 @@ impl WebSocket {
     /// Whether permessage-deflate is on for this connection.
     pub fn compression(&self) -> bool {
         self.conn.compression()
+    }
+
+    /// Whether the next [`recv`](WebSocket::recv) would most likely wait: the last read from
+    /// the transport took less than it asked for (nothing more had arrived) and all it brought
+    /// was given out, with nothing else to do first (an answer to write, an error to report,
+    /// the end). A caller handling a burst of messages stops there: one more poll would only
+    /// find nothing and register the task for the socket's readiness, which the caller's next
+    /// wait on [`recv`](WebSocket::recv) does anyway. A hint: new bytes may have arrived since,
+    /// and that next wait reads them.
+    pub fn drained(&self) -> bool {
+        self.input == Input::Drained
+            && self.pending.is_none()
+            && self.held.is_none()
+            && !self.failure_unreported
+            && !self.answer_queued
+            && self.conn.close_state() != CloseState::Closed
     }
 
     /// The next message; `None` once the connection is closed.
@@ -535,7 +563,7 @@ impl WebSocket {
         if !matches!(error, WsError::Io(_)) {
             poll_fn(|cx| self.poll_write_output(cx)).await?;
         }
-        self.ended = true;
+        self.input = Input::Ended;
         poll_fn(|cx| self.io.poll_shutdown(cx)).await
     }
 
@@ -571,6 +599,8 @@ impl WebSocket {
         let read_size = self.timers.options.read_buffer_size;
         // Small messages, the usual case, cost one test of the flag here and a few below.
         let len = if self.large_message > 0 {
+            // Reads of large messages are not said to drain the transport (`drained`).
+            self.input = Input::Open;
             if self.conn.between_messages() {
                 return self.poll_read_owned(cx);
             }
@@ -590,6 +620,7 @@ impl WebSocket {
             pending,
             failure,
             failure_unreported,
+            input: read_side,
             ..
         } = self;
         with_scratch(len, |scratch| {
@@ -599,6 +630,11 @@ impl WebSocket {
             if input.is_empty() {
                 return Poll::Ready(Ok(Read::Eof));
             }
+            *read_side = if input.len() < len {
+                Input::Drained
+            } else {
+                Input::Open
+            };
             let parsed = conn.receive(&mut input);
             if !input.is_empty() && matches!(parsed, Ok(Some(_))) {
                 if conn.completes_frame(input) {
@@ -684,7 +720,7 @@ impl WebSocket {
         }
         let mut reads = 0;
         loop {
-            if self.ended {
+            if self.input == Input::Ended {
                 return Poll::Ready(None);
             }
             // Pongs and the echo of a close go out without waiting for the caller's flush.
@@ -791,7 +827,7 @@ impl WebSocket {
         &mut self,
         last: Option<Result<Message, WsError>>,
     ) -> Poll<Option<Result<Message, WsError>>> {
-        self.ended = true;
+        self.input = Input::Ended;
         Poll::Ready(last)
     }
 

@@ -104,7 +104,7 @@ pub(crate) async fn spawn_feed_then_read(read: Arc<Notify>, release: Arc<Notify>
 }
 
 /// Serves `/ws` with `upgrader`, handing each upgraded socket to `run`.
-async fn spawn_holding<F, Fut>(upgrader: WsUpgrader, run: F) -> SocketAddr
+pub(crate) async fn spawn_holding<F, Fut>(upgrader: WsUpgrader, run: F) -> SocketAddr
 where
     F: Fn(WebSocket) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,

@@ -39,7 +39,8 @@ impl ConnectionTask {
 
     /// Handles what the socket gave, then each further message the socket has ready without
     /// waiting (already parsed or already readable), up to `MAX_BATCH`: a burst costs one turn.
-    /// It ends early when the socket is full: the turn's flush then waits for the peer.
+    /// It ends early when the socket is full (the turn's flush then waits for the peer) or
+    /// drained.
     pub(super) fn on_burst(
         &mut self,
         first: Option<Result<Message, WsError>>,
@@ -48,7 +49,9 @@ impl ConnectionTask {
         let mut incoming = first;
         for _ in 1..MAX_BATCH {
             self.on_incoming(incoming, cx)?;
-            if self.reading() != Reading::Messages || self.out.full() {
+            // A drained socket ends the burst without one more poll, which would find nothing:
+            // the next turn waits on the socket anyway (S1 in bench/README.md).
+            if self.reading() != Reading::Messages || self.out.full() || self.out.socket.drained() {
                 return Step::Continue(());
             }
             match Pin::new(&mut self.out.socket).poll_next(cx) {
