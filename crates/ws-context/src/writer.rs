@@ -221,11 +221,6 @@ impl SocketWriter {
         })
     }
 
-    /// Waits for what [`poll_delivery`](Self::poll_delivery) gives.
-    pub(crate) async fn delivery(&self) -> Delivery {
-        std::future::poll_fn(|cx| self.poll_delivery(cx)).await
-    }
-
     /// Waits until an urgent close is set (and not yet taken).
     pub(crate) async fn urgent_close(&self) {
         std::future::poll_fn(|cx| {

@@ -485,7 +485,16 @@ impl WebSocket {
     ///
     /// Cancel safe, as [`recv`](WebSocket::recv).
     pub async fn recv_control(&mut self) -> Option<Result<Message, WsError>> {
-        poll_fn(|cx| self.poll_incoming(cx, true)).await
+        poll_fn(|cx| self.poll_recv_control(cx)).await
+    }
+
+    /// [`recv_control`](WebSocket::recv_control) as a poll, for a caller that polls the
+    /// socket among other sources by hand (as `Stream::poll_next` is to `recv`).
+    pub fn poll_recv_control(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, WsError>>> {
+        self.poll_incoming(cx, true)
     }
 
     /// Queues a message without waiting for it to reach the network. It goes out at the next

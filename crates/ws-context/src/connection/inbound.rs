@@ -8,7 +8,7 @@ use std::{
 
 use futures_util::Stream as _;
 use ws_message::{CloseFrame, Message};
-use ws_upgrader::{WebSocket, WsError};
+use ws_upgrader::WsError;
 
 use super::{ConnectionTask, MAX_BATCH, Step, Stop, closing::Closing};
 
@@ -100,18 +100,5 @@ impl ConnectionTask {
             // Pings are answered by the socket; any frame feeds its liveness timer.
             Some(Ok(_)) => Step::Continue(()),
         }
-    }
-}
-
-/// The next message, or with `ControlOnly` the next control frame (a data message read ahead
-/// is kept by the socket).
-pub(super) async fn next_incoming(
-    socket: &mut WebSocket,
-    reading: Reading,
-) -> Option<Result<Message, WsError>> {
-    if reading == Reading::ControlOnly {
-        socket.recv_control().await
-    } else {
-        socket.recv().await
     }
 }
