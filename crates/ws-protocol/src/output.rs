@@ -112,15 +112,14 @@ impl Output {
     }
 }
 
-/// Keeps a written-out coalescing buffer as the thread's spare, unless it is larger than
-/// [`SPARE_MAX`] or still shared (`try_reclaim` makes its whole allocation available again,
-/// and fails for both).
+/// Keeps a written-out coalescing buffer as the thread's spare, unless it is still shared or
+/// larger than [`SPARE_MAX`] (`try_reclaim` makes its whole allocation available again, and
+/// fails for a shared one).
 fn give_back(mut tail: BytesMut) {
     tail.clear();
-    if tail.try_reclaim(SPARE_MAX + 1) || !tail.try_reclaim(MIN_BUFFER) {
-        return;
+    if tail.try_reclaim(MIN_BUFFER) && tail.capacity() <= SPARE_MAX {
+        SPARE.set(Some(tail));
     }
-    SPARE.set(Some(tail));
 }
 
 /// Writes a frame header into `out` and returns its length (2 to 14 bytes).
