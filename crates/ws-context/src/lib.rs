@@ -125,23 +125,6 @@ pub use ws_message::{
 };
 pub use ws_upgrader::{ConfigError, PreparedMessage, WsUpgrader};
 
-/// `message` with a payload of its own when it is small. A small payload read from a peer is
-/// a slice of a 4 KiB block it shares with other messages (`ws_upgrader::SMALL_PAYLOAD_MAX`):
-/// what is kept past its handler call (a room's history, a message read ahead while a slow
-/// handler runs) is copied, so as not to keep a whole block per message.
-pub(crate) fn detached(message: Message) -> Message {
-    use ws_upgrader::SMALL_PAYLOAD_MAX;
-    match message {
-        Message::Text(text) if text.as_str().len() <= SMALL_PAYLOAD_MAX => {
-            Message::text(text.as_str().to_owned())
-        }
-        Message::Binary(data) if data.len() <= SMALL_PAYLOAD_MAX => {
-            Message::Binary(Bytes::copy_from_slice(&data))
-        }
-        other => other,
-    }
-}
-
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

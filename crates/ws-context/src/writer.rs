@@ -47,6 +47,14 @@ pub(crate) enum Outbound {
 }
 
 impl Outbound {
+    /// A message to queue, with a payload of its own when it is small
+    /// ([`detach`](ws_upgrader::detach)): it may wait in the queue for the send timeout, and a
+    /// payload read from a peer may be a slice of a 4 KiB block, which the queue's byte bound
+    /// would not count.
+    fn message(message: Message) -> Self {
+        Outbound::Message(ws_upgrader::detach(message))
+    }
+
     /// What it weighs in the queue's byte bound: a message's payload (a close costs the
     /// least an item costs).
     fn bytes(&self) -> usize {
@@ -270,7 +278,7 @@ impl SocketWriter {
     ///
     /// Cancel safe, as [`write`](Self::write).
     pub async fn send(&self, message: Message) -> Result<(), WriteError> {
-        self.send_item(Outbound::Message(message)).await
+        self.send_item(Outbound::message(message)).await
     }
 
     /// [`send`](Self::send) for any item of the queue.
@@ -326,7 +334,7 @@ impl SocketWriter {
 
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
-        self.try_send_item(Outbound::Message(message))
+        self.try_send_item(Outbound::message(message))
     }
 
     /// [`try_send`](Self::try_send) for any item of the queue.

@@ -11,11 +11,11 @@ use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::mask::apply_mask;
+use crate::{Message, mask::apply_mask};
 
 /// The largest payload of a single-frame message that is cut from its thread's 4 KiB block
 /// rather than given a buffer of its own (crate docs, "Reading"). Keeping such a payload keeps
-/// its block: copy a small payload kept for long.
+/// its block: copy a small payload kept for long ([`detach`]).
 pub const SMALL_PAYLOAD_MAX: usize = 256;
 
 /// A block's size: what one kept small payload can hold alive at most.
@@ -25,6 +25,28 @@ thread_local! {
     /// What is left of this thread's current block; payloads already cut from it hold the
     /// rest, and the block is freed with the last of them.
     static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `message` with a payload of its own when it is small (at most [`SMALL_PAYLOAD_MAX`] bytes:
+/// copied, since it may be a slice of a block), else as it is. For what is kept for long: a
+/// small payload cut from a block keeps the whole block alive.
+///
+/// ```
+/// use ws_protocol::{Message, detach};
+///
+/// let kept = detach(Message::text("a small message read from a peer"));
+/// assert_eq!(kept, Message::text("a small message read from a peer"));
+/// ```
+pub fn detach(message: Message) -> Message {
+    match message {
+        Message::Text(text) if text.as_str().len() <= SMALL_PAYLOAD_MAX => {
+            Message::text(text.as_str().to_owned())
+        }
+        Message::Binary(data) if data.len() <= SMALL_PAYLOAD_MAX => {
+            Message::Binary(Bytes::copy_from_slice(&data))
+        }
+        other => other,
+    }
 }
 
 /// `payload` (at most [`SMALL_PAYLOAD_MAX`] bytes), unmasked with `mask`, in the thread's block.
@@ -79,6 +101,33 @@ mod tests {
         }
         let clone = second.clone();
         assert_eq!(clone.as_ptr(), second.as_ptr(), "a clone shares the bytes");
+    }
+
+    /// What is kept (by `detach`, and so in a prepared message) has its own bytes when small.
+    #[test]
+    fn detached_and_prepared_small_payloads_leave_their_block() {
+        // A fresh block: `read` is at its start, so the block is `BLOCK_SIZE` bytes from there.
+        BLOCK.with(|block| *block.borrow_mut() = BytesMut::new());
+        let read = small_payload(b"kept for long", None);
+        let block = read.as_ptr() as usize;
+        let within = |message: &Message| {
+            let at = message.payload().as_ptr() as usize;
+            (block..block + BLOCK_SIZE).contains(&at)
+        };
+        let message = Message::Binary(read.clone());
+        assert!(within(&message));
+        assert!(!within(&detach(message.clone())));
+        let prepared = crate::PreparedMessage::new(message);
+        assert!(!within(prepared.message()));
+        assert_eq!(prepared.message().payload(), read);
+
+        let large = Bytes::from(vec![1; SMALL_PAYLOAD_MAX + 1]);
+        let kept = detach(Message::Binary(large.clone()));
+        assert_eq!(
+            kept.payload().as_ptr(),
+            large.as_ptr(),
+            "a large payload is not copied"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ mod mask;
 mod output;
 mod prepared;
 
-pub use crate::block::SMALL_PAYLOAD_MAX;
+pub use crate::block::{SMALL_PAYLOAD_MAX, detach};
 pub use crate::config::{Config, DEFAULT_MAX_SIZE, InboundBudget, Role};
 pub use crate::connection::{CloseState, Connection};
 pub use crate::error::{ProtocolError, SendError};
