@@ -33,13 +33,15 @@ impl SendQueue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends a message; gives it back when the queue is full. Returns the new depth.
+    /// Appends a message; gives it back when the queue is full. Returns the new depth. A small
+    /// payload is queued as a copy ([`Message::detach`]): one read by a server from a peer may
+    /// be a slice of a block that it would keep whole while it waits here.
     pub(crate) fn push_back(&self, message: Message) -> Result<usize, Message> {
         let mut messages = self.lock();
         if messages.len() >= self.capacity {
             return Err(message);
         }
-        messages.push_back(message);
+        messages.push_back(message.detach());
         let depth = messages.len();
         drop(messages);
         self.ready.notify_one();

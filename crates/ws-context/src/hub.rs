@@ -1529,7 +1529,7 @@ impl Histories {
         history.touched = Instant::now();
         history
             .entries
-            .push_back((offset, Instant::now(), ws_upgrader::detach(message)));
+            .push_back((offset, Instant::now(), message.detach()));
         history.prune(max_len, max_age);
     }
 

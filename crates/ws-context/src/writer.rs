@@ -48,11 +48,11 @@ pub(crate) enum Outbound {
 
 impl Outbound {
     /// A message to queue, with a payload of its own when it is small
-    /// ([`detach`](ws_upgrader::detach)): it may wait in the queue for the send timeout, and a
+    /// ([`Message::detach`]): it may wait in the queue for the send timeout, and a
     /// payload read from a peer may be a slice of a 4 KiB block, which the queue's byte bound
     /// would not count.
     fn message(message: Message) -> Self {
-        Outbound::Message(ws_upgrader::detach(message))
+        Outbound::Message(message.detach())
     }
 
     /// What it weighs in the queue's byte bound: a message's payload (a close costs the

@@ -33,7 +33,7 @@ mod message;
 
 pub use crate::codec::{DecodeError, Encode, EncodeError, decode, encode, encode_owned};
 pub use crate::message::{
-    CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, Utf8Bytes, close_code,
+    CloseCodeError, CloseFrame, MAX_CLOSE_REASON, Message, SMALL_PAYLOAD_MAX, Utf8Bytes, close_code,
 };
 pub use bytes::Bytes;
 

@@ -108,7 +108,35 @@ impl Message {
     pub fn is_data(&self) -> bool {
         matches!(self, Message::Text(_) | Message::Binary(_))
     }
+
+    /// This message with a payload of its own when it is small (at most
+    /// [`SMALL_PAYLOAD_MAX`] bytes, copied), else as it is. A small payload read from a peer
+    /// is a slice of a 4 KiB block its thread shares with other small messages (ws-protocol),
+    /// which it keeps alive: detach what you keep for long or queue.
+    ///
+    /// ```
+    /// use ws_message::Message;
+    ///
+    /// let kept = Message::text("a small message read from a peer").detach();
+    /// assert_eq!(kept, Message::text("a small message read from a peer"));
+    /// ```
+    pub fn detach(self) -> Message {
+        match self {
+            Message::Text(text) if text.as_str().len() <= SMALL_PAYLOAD_MAX => {
+                Message::text(text.as_str().to_owned())
+            }
+            Message::Binary(data) if data.len() <= SMALL_PAYLOAD_MAX => {
+                Message::Binary(Bytes::copy_from_slice(&data))
+            }
+            other => other,
+        }
+    }
 }
+
+/// The largest payload of a single-frame message that ws-protocol cuts from its thread's
+/// shared 4 KiB block rather than giving it a buffer of its own; [`Message::detach`] copies
+/// payloads up to this size.
+pub const SMALL_PAYLOAD_MAX: usize = 256;
 
 /// The code and reason of a close frame.
 ///

@@ -11,12 +11,7 @@ use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::{Message, mask::apply_mask};
-
-/// The largest payload of a single-frame message that is cut from its thread's 4 KiB block
-/// rather than given a buffer of its own (crate docs, "Reading"). Keeping such a payload keeps
-/// its block: copy a small payload kept for long ([`detach`]).
-pub const SMALL_PAYLOAD_MAX: usize = 256;
+use crate::{SMALL_PAYLOAD_MAX, mask::apply_mask};
 
 /// A block's size: what one kept small payload can hold alive at most.
 const BLOCK_SIZE: usize = 4096;
@@ -25,28 +20,6 @@ thread_local! {
     /// What is left of this thread's current block; payloads already cut from it hold the
     /// rest, and the block is freed with the last of them.
     static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// `message` with a payload of its own when it is small (at most [`SMALL_PAYLOAD_MAX`] bytes:
-/// copied, since it may be a slice of a block), else as it is. For what is kept for long: a
-/// small payload cut from a block keeps the whole block alive.
-///
-/// ```
-/// use ws_protocol::{Message, detach};
-///
-/// let kept = detach(Message::text("a small message read from a peer"));
-/// assert_eq!(kept, Message::text("a small message read from a peer"));
-/// ```
-pub fn detach(message: Message) -> Message {
-    match message {
-        Message::Text(text) if text.as_str().len() <= SMALL_PAYLOAD_MAX => {
-            Message::text(text.as_str().to_owned())
-        }
-        Message::Binary(data) if data.len() <= SMALL_PAYLOAD_MAX => {
-            Message::Binary(Bytes::copy_from_slice(&data))
-        }
-        other => other,
-    }
 }
 
 /// `payload` (at most [`SMALL_PAYLOAD_MAX`] bytes), unmasked with `mask`, in the thread's block.
@@ -79,6 +52,7 @@ fn cut(block: &mut BytesMut, payload: &[u8], mask: Option<[u8; 4]>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Message;
 
     #[test]
     fn payloads_share_a_block_until_it_is_full_and_outlive_it() {
@@ -116,13 +90,13 @@ mod tests {
         };
         let message = Message::Binary(read.clone());
         assert!(within(&message));
-        assert!(!within(&detach(message.clone())));
+        assert!(!within(&message.clone().detach()));
         let prepared = crate::PreparedMessage::new(message);
         assert!(!within(prepared.message()));
         assert_eq!(prepared.message().payload(), read);
 
         let large = Bytes::from(vec![1; SMALL_PAYLOAD_MAX + 1]);
-        let kept = detach(Message::Binary(large.clone()));
+        let kept = Message::Binary(large.clone()).detach();
         assert_eq!(
             kept.payload().as_ptr(),
             large.as_ptr(),

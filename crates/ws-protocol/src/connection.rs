@@ -24,8 +24,9 @@ use std::mem;
 use bytes::{Buf as _, BufMut, Bytes};
 
 use crate::{
-    CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SendError, Utf8Bytes,
-    block::{SMALL_PAYLOAD_MAX, small_payload},
+    CloseFrame, Config, InboundBudget, Message, ProtocolError, Role, SMALL_PAYLOAD_MAX, SendError,
+    Utf8Bytes,
+    block::small_payload,
     deflate::{Codec, worth_compressing},
     mask::MaskKeys,
     mask::apply_mask,

@@ -69,13 +69,12 @@ mod mask;
 mod output;
 mod prepared;
 
-pub use crate::block::{SMALL_PAYLOAD_MAX, detach};
 pub use crate::config::{Config, DEFAULT_MAX_SIZE, InboundBudget, Role};
 pub use crate::connection::{CloseState, Connection};
 pub use crate::error::{ProtocolError, SendError};
 pub use crate::output::Output;
 pub use crate::prepared::PreparedMessage;
-pub use ws_message::{Bytes, CloseFrame, Message, Utf8Bytes, close_code};
+pub use ws_message::{Bytes, CloseFrame, Message, SMALL_PAYLOAD_MAX, Utf8Bytes, close_code};
 
 /// The README's examples, compiled by `cargo test --doc`.
 #[cfg(doctest)]

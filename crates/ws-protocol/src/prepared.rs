@@ -58,12 +58,12 @@ impl std::fmt::Debug for PreparedMessage {
 
 impl PreparedMessage {
     /// Prepares `message`; nothing is encoded until a connection sends it. A small payload is
-    /// copied ([`detach`](crate::detach)): a prepared message may wait in many queues, and a
-    /// payload read from a peer may be a slice of a block that it would keep whole.
+    /// copied ([`Message::detach`]): a prepared message may wait in many queues, and a payload
+    /// read from a peer may be a slice of a block that it would keep whole.
     pub fn new(message: Message) -> Self {
         PreparedMessage {
             inner: Arc::new(Inner {
-                message: crate::detach(message),
+                message: message.detach(),
                 cache: Mutex::new(Cache::default()),
             }),
         }

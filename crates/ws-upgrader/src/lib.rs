@@ -99,7 +99,7 @@ pub use crate::serve::{
 };
 pub use crate::socket::{WebSocket, WsError};
 pub use ws_message::{CloseFrame, Message, close_code};
-pub use ws_protocol::{InboundBudget, PreparedMessage, SMALL_PAYLOAD_MAX, detach};
+pub use ws_protocol::{InboundBudget, PreparedMessage};
 
 /// The README's examples, compiled (and run unless marked `no_run`) by `cargo test --doc`.
 #[cfg(doctest)]

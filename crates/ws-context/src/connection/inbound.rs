@@ -89,7 +89,7 @@ impl ConnectionTask {
                 self.received.add(&message);
                 match self.closing {
                     Closing::Open if self.handling.is_running() => {
-                        self.handling.read_ahead(ws_upgrader::detach(message));
+                        self.handling.read_ahead(message.detach());
                         Step::Continue(())
                     }
                     Closing::Open => self.start(message, cx),
