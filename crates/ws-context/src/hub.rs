@@ -638,9 +638,8 @@ impl ConnectionHub {
             // member recovering at the same time gets it once: from the history or live.
             let mut histories = self.history();
             let position = histories.append_position(room);
-            let message = make(Some(&position));
-            histories.record(room, position.offset(), message.clone());
-            let prepared = PreparedMessage::new(message);
+            let prepared = PreparedMessage::new(make(Some(&position)));
+            histories.record(room, position.offset(), &prepared);
             let (delivered, full) = self.try_deliver(&target, &prepared);
             drop(histories);
             (Some(position), prepared, delivered, full)
@@ -1522,14 +1521,17 @@ impl Histories {
         RoomPosition::new(history.epoch.clone(), history.last + 1)
     }
 
-    fn record(&mut self, room: &str, offset: u64, message: Message) {
+    /// Keeps the message `prepared` sends to the room: its payload is shared with the
+    /// broadcast, and a small one is already a copy of its own (`PreparedMessage::new`), not a
+    /// slice of the block it was read into.
+    fn record(&mut self, room: &str, offset: u64, prepared: &PreparedMessage) {
         let (max_len, max_age) = (self.max_len, self.max_age);
         let history = self.room(room);
         history.last = offset;
         history.touched = Instant::now();
         history
             .entries
-            .push_back((offset, Instant::now(), message.detach()));
+            .push_back((offset, Instant::now(), prepared.message().clone()));
         history.prune(max_len, max_age);
     }
 
@@ -1700,9 +1702,11 @@ mod tests {
             max_len: 8,
             ..Histories::default()
         };
-        histories.record("room", 1, text);
-        histories.record("room", 2, Message::Binary(block.slice(32..64)));
-        histories.record("room", 3, Message::Binary(block.slice(..1024)));
+        histories.record("room", 1, &PreparedMessage::new(text));
+        let binary = Message::Binary(block.slice(32..64));
+        histories.record("room", 2, &PreparedMessage::new(binary));
+        let large = Message::Binary(block.slice(..1024));
+        histories.record("room", 3, &PreparedMessage::new(large));
         let kept: Vec<ws_message::Bytes> = histories.rooms["room"]
             .entries
             .iter()
