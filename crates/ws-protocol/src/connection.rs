@@ -44,8 +44,9 @@ const OP_PONG: u8 = 0xa;
 const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
 
-/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
-const MAX_HEADER: usize = 14;
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask. A transport that
+/// reads up to the next frame's header reads at most this many bytes past a payload.
+pub const MAX_HEADER: usize = 14;
 
 /// Where the closing handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

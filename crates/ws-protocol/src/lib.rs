@@ -70,7 +70,7 @@ mod output;
 mod prepared;
 
 pub use crate::config::{Config, DEFAULT_MAX_SIZE, InboundBudget, Role};
-pub use crate::connection::{CloseState, Connection};
+pub use crate::connection::{CloseState, Connection, MAX_HEADER};
 pub use crate::error::{ProtocolError, SendError};
 pub use crate::output::Output;
 pub use crate::prepared::PreparedMessage;

@@ -4,7 +4,7 @@ use std::{cell::Cell, collections::VecDeque, io::IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::mask::apply_mask;
+use crate::{MAX_HEADER, mask::apply_mask};
 
 /// Payloads this long or longer are queued by reference (a `Bytes` clone), not copied, when
 /// they go out unmasked (server frames).
@@ -68,7 +68,7 @@ impl Output {
 
     /// Queues one frame: `first_byte` (FIN, RSV1, opcode), masked with `mask` when given.
     pub(crate) fn push_frame(&mut self, first_byte: u8, mask: Option<[u8; 4]>, payload: &Bytes) {
-        let mut header = [0u8; 14];
+        let mut header = [0u8; MAX_HEADER];
         let header_len = encode_header(&mut header, first_byte, mask, payload.len());
         match mask {
             Some(key) => {
@@ -124,7 +124,7 @@ fn give_back(mut tail: BytesMut) {
 
 /// Writes a frame header into `out` and returns its length (2 to 14 bytes).
 pub(crate) fn encode_header(
-    out: &mut [u8; 14],
+    out: &mut [u8; MAX_HEADER],
     first_byte: u8,
     mask: Option<[u8; 4]>,
     len: usize,

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::{Message, SendError, deflate::compress_once, output::encode_header};
+use crate::{MAX_HEADER, Message, SendError, deflate::compress_once, output::encode_header};
 
 /// A message encoded once and sent to many connections (gorilla/websocket's `PreparedMessage`
 /// idea), with [`Connection::send_prepared`](crate::Connection::send_prepared).
@@ -154,7 +154,7 @@ impl PreparedMessage {
 }
 
 fn frame(first_byte: u8, payload: &[u8]) -> Bytes {
-    let mut header = [0u8; 14];
+    let mut header = [0u8; MAX_HEADER];
     let len = encode_header(&mut header, first_byte, None, payload.len());
     let mut bytes = Vec::with_capacity(len + payload.len());
     bytes.extend_from_slice(&header[..len]);

@@ -34,7 +34,7 @@ use tokio::{
 };
 use ws_message::{Bytes, CloseFrame, Message, close_code};
 use ws_protocol::{
-    CloseState, Config, Connection, PreparedMessage, ProtocolError, Role, SendError,
+    CloseState, Config, Connection, MAX_HEADER, PreparedMessage, ProtocolError, Role, SendError,
 };
 
 use crate::options::Options;
@@ -136,9 +136,6 @@ const WRITE_SLICES: usize = 16;
 /// where a read into the scratch buffer could have taken the next frames too: below about this
 /// size, a copy costs less than the extra system call it may take.
 const DIRECT_READ_MIN: usize = 16 << 10;
-
-/// The longest frame header (with its mask): what a read takes between large frames.
-const MAX_HEADER: usize = 14;
 
 /// Reads one poll of a socket may make without completing a message (1 MiB at the default
 /// read size) before it lets other tasks run.
