@@ -303,7 +303,8 @@ impl SocketWriter {
     /// Sends any `Serialize` value as JSON text, strings included (`"hi"` becomes `"\"hi\""`).
     pub async fn json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), WriteError> {
         let json = serde_json::to_string(value).map_err(EncodeError::from_json::<T>)?;
-        self.text(json).await
+        // A buffer of its own already: nothing to detach.
+        self.send_item(Outbound::Message(Message::text(json))).await
     }
 
     /// Sends a ping; the peer's pong shows up as [`Message::Pong`] to nobody but the
