@@ -1,7 +1,14 @@
 //! The [`Handler`] trait: async functions of a [`Context`] returning
-//! `Result<T, E>`, boxed once per endpoint (`BoxHandler`), and the error frame an `E` becomes.
+//! `Result<T, E>`, erased once per endpoint (`BoxHandler`), the place a connection's calls
+//! run in ([`CallSlot`]), and the error frame an `E` becomes.
 
-use std::{fmt::Display, future::Future, pin::Pin, sync::Arc};
+use std::{
+    fmt::Display,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{self, Poll},
+};
 
 use serde::Serialize;
 use ws_message::{Message, encode_owned};
@@ -10,8 +17,61 @@ use crate::Context;
 
 /// What a handler call ended with, after its value was encoded.
 pub(crate) type Reply = Result<Option<Message>, String>;
-pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
-pub(crate) type BoxHandler = Arc<dyn Fn(Context) -> ReplyFuture + Send + Sync>;
+/// Makes an empty [`CallSlot`] for a connection.
+pub(crate) type BoxHandler = Arc<dyn Fn() -> BoxCallSlot + Send + Sync>;
+pub(crate) type BoxCallSlot = Pin<Box<dyn CallSlot>>;
+
+/// Where a connection's handler calls run, one at a time: each call's future is written over
+/// the last one's, in place, so a burst of messages costs one allocation rather than one per
+/// message (S2 in bench/README.md). The connection drops its slot when it waits idle.
+pub(crate) trait CallSlot: Send {
+    /// Calls the handler; the call runs when polled. A call still in the slot is dropped.
+    fn start(self: Pin<&mut Self>, ctx: Context);
+    /// Polls the call; pending while there is none. The slot is empty again once it is ready.
+    fn poll_reply(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Reply>;
+    /// Drops the call in the slot, if any.
+    fn clear(self: Pin<&mut Self>);
+}
+
+pin_project_lite::pin_project! {
+    /// The [`CallSlot`] of a handler `F` whose calls are `Fut`s.
+    struct Slot<F, Fut> {
+        handler: Arc<F>,
+        #[pin]
+        call: Option<Fut>,
+    }
+}
+
+impl<F, Fut, T, E> CallSlot for Slot<F, Fut>
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Display + Send + 'static,
+{
+    fn start(self: Pin<&mut Self>, ctx: Context) {
+        let mut this = self.project();
+        this.call.set(Some((this.handler)(ctx)));
+    }
+
+    fn poll_reply(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Reply> {
+        let mut call = self.project().call;
+        let Some(future) = call.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        let result = std::task::ready!(future.poll(cx));
+        // A finished future must not be polled again.
+        call.set(None);
+        Poll::Ready(match result {
+            Ok(value) => encode_owned(value).map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        })
+    }
+
+    fn clear(self: Pin<&mut Self>) {
+        self.project().call.set(None);
+    }
+}
 
 /// An async function that handles one WebSocket message.
 ///
@@ -55,14 +115,12 @@ where
     E: Display + Send + 'static,
 {
     fn into_boxed(self) -> BoxHandlerFn {
-        BoxHandlerFn(Arc::new(move |ctx| {
-            let future = self(ctx);
-            Box::pin(async move {
-                match future.await {
-                    Ok(value) => encode_owned(value).map_err(|error| error.to_string()),
-                    Err(error) => Err(error.to_string()),
-                }
-            })
+        let handler = Arc::new(self);
+        BoxHandlerFn(Arc::new(move || {
+            Box::pin(Slot {
+                handler: Arc::clone(&handler),
+                call: None,
+            }) as BoxCallSlot
         }))
     }
 }

@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 use ws_message::CloseFrame;
 
-use super::{ConnectionTask, Step, Stop, handling::Handling};
+use super::{ConnectionTask, Step, Stop};
 
 /// Where the closing handshake stands.
 pub(super) enum Closing {
@@ -101,7 +101,7 @@ impl ConnectionTask {
         };
         if self.handling.is_running() && Instant::now() >= *deadline {
             tracing::warn!(parent: self.conn().span(), "handler still running after the close grace period; dropped");
-            self.handling = Handling::Idle;
+            self.handling.drop_call();
         }
         if self.handling.is_running() {
             return Step::Continue(());

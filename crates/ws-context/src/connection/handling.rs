@@ -2,18 +2,16 @@
 //! ([`Handling`]), making a call, polling it, and what its outcome means.
 
 use std::{
-    future::Future,
+    any::Any,
     panic::AssertUnwindSafe,
-    pin::Pin,
     task::{Context, Poll},
 };
 
-use futures_util::FutureExt as _;
 use ws_message::{CloseFrame, Message};
 
 use crate::{
     Connection,
-    handler::{BoxHandler, ReplyFuture, error_frame},
+    handler::{BoxCallSlot, BoxHandler, error_frame},
     lifecycle::panic_message,
     metrics::ConnMetrics,
 };
@@ -22,106 +20,152 @@ pub(super) use crate::handler::Reply;
 
 /// The handler side: at most one call at a time, and at most one message read ahead while it
 /// runs, so reads stay bounded.
-pub(super) enum Handling {
-    /// No call in progress.
-    Idle,
-    /// A call in progress; reading goes on.
-    Running(Running),
-    /// A call in progress and the next message already read: the socket is then asked for
-    /// control frames only until the call ends.
-    ReadAhead(Running, Message),
-}
-
-/// A handler call in progress: its (already boxed) future, guarded against panics, and the
-/// per-message span when debug logging is on.
-pub(super) struct Running {
-    future: futures_util::future::CatchUnwind<AssertUnwindSafe<ReplyFuture>>,
-    /// Boxed: a span is 40 bytes, in every connection's task while it waits, and exists only
-    /// while debug logging is on.
+pub(super) struct Handling {
+    /// Where calls run. Kept after a call for the next message of a burst, and dropped when
+    /// the task waits ([`Handling::release_slot`]): an idle connection holds none. Always
+    /// `Some` while a call is in progress.
+    slot: Option<BoxCallSlot>,
+    call: Call,
+    /// The call's message span, when debug logging is on. Boxed: a span is 40 bytes, in every
+    /// connection's task while it waits, and exists only while debug logging is on.
     span: Option<Box<tracing::Span>>,
 }
 
+/// Which call is in progress.
+enum Call {
+    /// None.
+    Idle,
+    /// A call in progress; reading goes on.
+    Running,
+    /// A call in progress and the next message already read: the socket is then asked for
+    /// control frames only until the call ends.
+    ReadAhead(Message),
+}
+
 impl Handling {
+    pub(super) fn new() -> Self {
+        Handling {
+            slot: None,
+            call: Call::Idle,
+            span: None,
+        }
+    }
+
     pub(super) fn is_running(&self) -> bool {
-        !matches!(self, Handling::Idle)
+        !matches!(self.call, Call::Idle)
     }
 
     pub(super) fn has_read_ahead(&self) -> bool {
-        matches!(self, Handling::ReadAhead(..))
+        matches!(self.call, Call::ReadAhead(_))
+    }
+
+    /// Calls the handler for `message`, in the slot kept from the last call or a new one:
+    /// `Idle` → `Running`; the call runs when polled ([`Handling::poll_call`]). A panic in the
+    /// handler's synchronous part (before its future exists) is returned, and the task stays
+    /// `Idle`: the caller then treats it as the call's outcome, as a panic in the future.
+    pub(super) fn call(
+        &mut self,
+        handler: &BoxHandler,
+        conn: &Connection,
+        message: Message,
+    ) -> Result<(), Box<dyn Any + Send>> {
+        // Checked first: making a disabled span and dropping it is a cost on every message.
+        let span = tracing::level_enabled!(tracing::Level::DEBUG)
+            .then(|| {
+                tracing::debug_span!(
+                    parent: conn.span(),
+                    "message",
+                    kind = message_kind(&message),
+                    bytes = super::payload_len(&message),
+                )
+            })
+            .filter(|span| !span.is_disabled())
+            .map(Box::new);
+        let slot = self.slot.get_or_insert_with(|| handler());
+        let ctx = crate::Context::new(conn.clone(), message);
+        // No cost unless it panics.
+        std::panic::catch_unwind(AssertUnwindSafe(|| slot.as_mut().start(ctx)))?;
+        // `poll_call` enters the span inside the connection's span, which the turn is in.
+        self.span = span;
+        self.call = Call::Running;
+        Ok(())
     }
 
     /// Keeps `message` for when the call ends: `Running` → `ReadAhead`.
     pub(super) fn read_ahead(&mut self, message: Message) {
-        *self = match std::mem::replace(self, Handling::Idle) {
-            Handling::Running(call) | Handling::ReadAhead(call, _) => {
-                Handling::ReadAhead(call, message)
-            }
-            // The read path starts a call instead when none runs.
-            Handling::Idle => Handling::Idle,
-        };
+        // The read path starts a call instead when none runs.
+        if self.is_running() {
+            self.call = Call::ReadAhead(message);
+        }
     }
 
     /// Forgets the message read ahead, if any; the call goes on.
     pub(super) fn drop_read_ahead(&mut self) {
-        if let Handling::ReadAhead(..) = self
-            && let Handling::ReadAhead(call, _) = std::mem::replace(self, Handling::Idle)
-        {
-            *self = Handling::Running(call);
+        if let Call::ReadAhead(_) = self.call {
+            self.call = Call::Running;
         }
     }
 
     /// Polls the call in progress, inside its message span when there is one; pending while
-    /// there is none.
+    /// there is none. A panic is caught and returned as the outcome (then logged, counted and
+    /// answered with 1011 by [`outcome`]).
     pub(super) fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<std::thread::Result<Reply>> {
-        match self {
-            Handling::Running(Running { future, span })
-            | Handling::ReadAhead(Running { future, span }, _) => {
-                let _message = span.as_deref().map(tracing::Span::enter);
-                Pin::new(future).poll(cx)
+        let (Call::Running | Call::ReadAhead(_), Some(slot)) = (&self.call, &mut self.slot) else {
+            return Poll::Pending;
+        };
+        let _message = self.span.as_deref().map(tracing::Span::enter);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| slot.as_mut().poll_reply(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(reply)) => Poll::Ready(Ok(reply)),
+            Err(panic) => {
+                // A future that panicked must not be polled again.
+                slot.as_mut().clear();
+                Poll::Ready(Err(panic))
             }
-            Handling::Idle => Poll::Pending,
         }
     }
 
-    /// The call ended: `Idle`, and the message read ahead, if any.
+    /// The call ended: `Idle` (the slot is kept for the next message), and the message read
+    /// ahead, if any.
     pub(super) fn end(&mut self) -> Option<Message> {
-        match std::mem::replace(self, Handling::Idle) {
-            Handling::ReadAhead(_, message) => Some(message),
-            Handling::Running(_) | Handling::Idle => None,
+        self.span = None;
+        match std::mem::replace(&mut self.call, Call::Idle) {
+            Call::ReadAhead(message) => Some(message),
+            Call::Running | Call::Idle => None,
         }
     }
-}
 
-/// Calls the handler for `message`; the call runs when polled ([`Handling::poll_call`]).
-pub(super) fn call(handler: &BoxHandler, conn: &Connection, message: Message) -> Running {
-    // Checked first: making a disabled span and dropping it is a cost on every message.
-    let span = tracing::level_enabled!(tracing::Level::DEBUG)
-        .then(|| {
-            tracing::debug_span!(
-                parent: conn.span(),
-                "message",
-                kind = message_kind(&message),
-                bytes = super::payload_len(&message),
-            )
-        })
-        .filter(|span| !span.is_disabled())
-        .map(Box::new);
-    let ctx = crate::Context::new(conn.clone(), message);
-    // A panic in the handler's synchronous part (before its future exists) is caught too,
-    // and resumed when the future is polled: the same catch then logs it, counts it and
-    // closes with 1011, as for a panic in the future. No cost unless it panics.
-    let future = std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx)))
-        .unwrap_or_else(|panic| Box::pin(async move { std::panic::resume_unwind(panic) }));
-    Running {
-        future: AssertUnwindSafe(future).catch_unwind(),
-        // `poll_call` enters it inside the connection's span, which the turn is in.
-        span,
+    /// Drops the call in progress, if any, and its slot: `Idle`.
+    pub(super) fn drop_call(&mut self) {
+        self.call = Call::Idle;
+        self.span = None;
+        self.slot = None;
+    }
+
+    /// Drops the slot kept from the last call: the task is about to wait.
+    pub(super) fn release_slot(&mut self) {
+        if let Call::Idle = self.call {
+            self.slot = None;
+        }
     }
 }
 
 /// What a call's outcome asks to write: its reply (a handler error becomes an error frame),
 /// and a close (a panic closes with 1011). Errors and panics are logged and counted here.
+#[inline]
 pub(super) fn outcome(
+    reply: std::thread::Result<Reply>,
+    conn: &Connection,
+    metrics: &ConnMetrics,
+) -> (Option<Message>, Option<CloseFrame>) {
+    match reply {
+        Ok(Ok(message)) => (message, None),
+        failed => failure(failed, conn, metrics),
+    }
+}
+
+/// The outcome of a call that failed; out of line, as it is rare.
+fn failure(
     reply: std::thread::Result<Reply>,
     conn: &Connection,
     metrics: &ConnMetrics,

@@ -140,7 +140,7 @@ impl ConnectionTask {
             handler,
             close_grace,
             metrics,
-            handling: Handling::Idle,
+            handling: Handling::new(),
             closing: Closing::Open,
             received: Traffic::default(),
         }
@@ -219,7 +219,11 @@ impl ConnectionTask {
             if may_write && let Poll::Ready(delivery) = self.out.conn.0.writer.poll_delivery(cx) {
                 return Poll::Ready(Event::Delivery(delivery));
             }
-            deadline.poll_unpin(cx).map(|()| Event::Deadline)
+            let event = deadline.poll_unpin(cx).map(|()| Event::Deadline);
+            if event.is_pending() {
+                self.handling.release_slot();
+            }
+            event
         })
         .await;
         match in_context(|cx| self.on_event(event, cx)).await {
@@ -269,7 +273,9 @@ impl ConnectionTask {
     /// Calls the handler for a message. Most handlers finish at their first poll: their
     /// reply is written now rather than one turn later.
     fn start(&mut self, message: Message, cx: &mut Context<'_>) -> Step {
-        self.handling = Handling::Running(handling::call(&self.handler, self.conn(), message));
+        if let Err(panic) = self.handling.call(&self.handler, &self.out.conn, message) {
+            return self.on_reply(Err(panic), cx);
+        }
         match self.handling.poll_call(cx) {
             Poll::Ready(reply) => self.on_reply(reply, cx),
             Poll::Pending => Step::Continue(()),

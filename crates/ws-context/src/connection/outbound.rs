@@ -206,7 +206,16 @@ impl WriteSide {
         self.settle(waited, "flush failed")
     }
 
+    /// Inlined: a write that is done is every message's case; only a failure is a call.
+    #[inline]
     fn settle(&self, waited: Waited, failure: &str) -> Result<(), WriteFailed> {
+        match waited {
+            Waited::Done(Ok(())) => Ok(()),
+            waited => self.failed(waited, failure),
+        }
+    }
+
+    fn failed(&self, waited: Waited, failure: &str) -> Result<(), WriteFailed> {
         match waited {
             Waited::Done(Ok(())) => Ok(()),
             Waited::Done(Err(error)) => {
