@@ -23,7 +23,8 @@ pub(crate) type BoxCallSlot = Pin<Box<dyn CallSlot>>;
 
 /// Where a connection's handler calls run, one at a time: each call's future is written over
 /// the last one's, in place, so a burst of messages costs one allocation rather than one per
-/// message (S2 in bench/README.md). The connection drops its slot when it waits idle.
+/// message (S2 in bench/README.md). The connection drops its slot when it waits for its next
+/// event with no call in progress.
 pub(crate) trait CallSlot: Send {
     /// Calls the handler; the call runs when polled. A call still in the slot is dropped.
     fn start(self: Pin<&mut Self>, ctx: Context);

@@ -1,5 +1,5 @@
-//! The handler side of the task: the call in progress and the message read ahead
-//! ([`Handling`]), making a call, polling it, and what its outcome means.
+//! The handler side of the task: the call in progress, the slot it runs in and the message
+//! read ahead ([`Handling`]), making a call, polling it, and what its outcome means.
 
 use std::{
     any::Any,
@@ -22,8 +22,8 @@ pub(super) use crate::handler::Reply;
 /// runs, so reads stay bounded.
 pub(super) struct Handling {
     /// Where calls run. Kept after a call for the next message of a burst, and dropped when
-    /// the task waits ([`Handling::release_slot`]): an idle connection holds none. Always
-    /// `Some` while a call is in progress.
+    /// the task waits for its next event ([`Handling::release_slot`]): an idle connection
+    /// holds none. Always `Some` while a call is in progress.
     slot: Option<BoxCallSlot>,
     call: Call,
     /// The call's message span, when debug logging is on. Boxed: a span is 40 bytes, in every
@@ -142,7 +142,8 @@ impl Handling {
         self.slot = None;
     }
 
-    /// Drops the slot kept from the last call: the task is about to wait.
+    /// Drops the slot kept from the last call, if no call runs: the task is about to wait for
+    /// its next event.
     pub(super) fn release_slot(&mut self) {
         if let Call::Idle = self.call {
             self.slot = None;
