@@ -596,12 +596,13 @@ mod tests {
     /// read and write paths taking their arguments once; 1,664 with the hooks shared and the
     /// metrics taken from the task; 1,144 with the task's handling path synchronous; 1,048
     /// with the message span boxed, `rejected` scoped and the close write boxed; 1,016 with a
-    /// turn's event polled by hand; rustc 1.95, x86_64). tokio's task cell adds 96 bytes and
-    /// rounds up to 128: 1,152 bytes a connection now, and 1,280 from 1,057 bytes. A change
-    /// that passes the bound should say why in its commit, and move the bound.
+    /// turn's event polled by hand; 1,024 with the flag that copies the message after a slow
+    /// call out of its block; rustc 1.95, x86_64). tokio's task cell adds 96 bytes and rounds
+    /// up to 128: 1,152 bytes a connection now, and 1,280 from 1,057 bytes. A change that
+    /// passes the bound should say why in its commit, and move the bound.
     #[test]
     fn connection_future_stays_small() {
-        const BOUND: usize = 1_016;
+        const BOUND: usize = 1_024;
         let size = returned_size(live);
         assert!(
             size <= BOUND,

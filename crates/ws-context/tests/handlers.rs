@@ -1,7 +1,7 @@
 //! DESIGN.md points 1-4: one call per message, bind, replies, errors and panics.
 
 use serde::{Deserialize, Serialize};
-use ws_context::{Bytes, ConnectionHub, Context, Endpoint};
+use ws_context::{Bytes, ConnectionHub, Context, Endpoint, Message};
 use ws_test::{TestServer, eventually};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -163,4 +163,38 @@ async fn a_handler_that_never_binds_is_called_once_per_message() {
     assert_eq!(client.recv_text().await, "called");
     // No third call: the pong comes first.
     client.ping(b"").await;
+}
+
+/// Answers whether the call got a payload of its own (`true`) or a slice of a block shared
+/// with other small messages (`false`); a payload starting with `s` makes the call slow.
+async fn owns_its_payload(ctx: Context) -> Result<String, ws_context::BindError> {
+    let Message::Binary(data) = ctx.message() else {
+        return Ok("not binary".to_owned());
+    };
+    let owned = data.is_unique();
+    if data.first() == Some(&b's') {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    Ok(owned.to_string())
+}
+
+#[tokio::test]
+async fn after_a_slow_call_the_next_message_keeps_no_shared_block() {
+    let server = TestServer::endpoint("/ws", Endpoint::new(owns_its_payload)).await;
+    let mut client = server.connect("/ws").await;
+    // Each message is sent after the last reply, so no call runs when it comes (a message read
+    // ahead while a call runs is copied anyway).
+    for (payload, owned) in [
+        // Fast calls take their payload from the block: no copy.
+        ("fast", "false"),
+        // The first slow call cannot be known in advance.
+        ("slow", "false"),
+        // After it, the next message is copied out, so a slow call would not keep the block.
+        ("fast", "true"),
+        // A call that finished at once: back to the block.
+        ("fast", "false"),
+    ] {
+        client.send_binary(payload.as_bytes().to_vec()).await;
+        assert_eq!(client.recv_text().await, owned, "for {payload}");
+    }
 }

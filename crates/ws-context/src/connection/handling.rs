@@ -29,6 +29,11 @@ pub(super) struct Handling {
     /// The call's message span, when debug logging is on. Boxed: a span is 40 bytes, in every
     /// connection's task while it waits, and exists only while debug logging is on.
     span: Option<Box<tracing::Span>>,
+    /// The last call did not finish at its first poll. The next message is then copied out
+    /// of the block it was read into ([`Message::detach`]) before its call, so that a slow
+    /// call keeps only its own bytes alive, not a 4 KiB block shared with other messages.
+    /// Calls that finish at once, the usual case, never pay the copy.
+    slow: bool,
 }
 
 /// Which call is in progress.
@@ -48,6 +53,7 @@ impl Handling {
             slot: None,
             call: Call::Idle,
             span: None,
+            slow: false,
         }
     }
 
@@ -82,6 +88,11 @@ impl Handling {
             .filter(|span| !span.is_disabled())
             .map(Box::new);
         let slot = self.slot.get_or_insert_with(|| handler());
+        let message = if self.slow {
+            detached(message)
+        } else {
+            message
+        };
         let ctx = crate::Context::new(conn.clone(), message);
         // No cost unless it panics.
         std::panic::catch_unwind(AssertUnwindSafe(|| slot.as_mut().start(ctx)))?;
@@ -89,6 +100,14 @@ impl Handling {
         self.span = span;
         self.call = Call::Running;
         Ok(())
+    }
+
+    /// Polls a call just made ([`Handling::call`]), and remembers whether it finished at once.
+    #[inline]
+    pub(super) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<std::thread::Result<Reply>> {
+        let polled = self.poll_call(cx);
+        self.slow = polled.is_pending();
+        polled
     }
 
     /// Keeps `message` for when the call ends: `Running` → `ReadAhead`.
@@ -127,6 +146,7 @@ impl Handling {
 
     /// The call ended: `Idle` (the slot is kept for the next message), and the message read
     /// ahead, if any.
+    #[inline]
     pub(super) fn end(&mut self) -> Option<Message> {
         self.span = None;
         match std::mem::replace(&mut self.call, Call::Idle) {
@@ -185,6 +205,12 @@ fn failure(
             (None, Some(CloseFrame::internal("internal server error")))
         }
     }
+}
+
+/// [`Message::detach`], kept out of line: calls after a slow one are the rare case.
+#[cold]
+fn detached(message: Message) -> Message {
+    message.detach()
 }
 
 fn message_kind(message: &Message) -> &'static str {

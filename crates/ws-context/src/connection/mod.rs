@@ -276,7 +276,7 @@ impl ConnectionTask {
         if let Err(panic) = self.handling.call(&self.handler, &self.out.conn, message) {
             return self.on_reply(Err(panic), cx);
         }
-        match self.handling.poll_call(cx) {
+        match self.handling.poll_first(cx) {
             Poll::Ready(reply) => self.on_reply(reply, cx),
             Poll::Pending => Step::Continue(()),
         }
