@@ -17,9 +17,10 @@ use crate::{SMALL_PAYLOAD_MAX, mask::apply_mask};
 const BLOCK_SIZE: usize = 4096;
 
 thread_local! {
-    /// What is left of this thread's current block; payloads already cut from it hold the
-    /// rest, and the block is freed with the last of them.
-    static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    /// What is left of this thread's current block (none before the thread's first small
+    /// payload); payloads already cut from it hold the rest, and the block is freed with the
+    /// last of them. Initialized as a constant: no lazy-initialization check per payload.
+    static BLOCK: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
 }
 
 /// `payload` (at most [`SMALL_PAYLOAD_MAX`] bytes), unmasked with `mask`, in the thread's block.
@@ -30,10 +31,11 @@ pub(crate) fn small_payload(payload: &[u8], mask: Option<[u8; 4]>) -> Bytes {
     }
     BLOCK.with(|cell| match cell.try_borrow_mut() {
         Ok(mut block) => {
-            if block.capacity() < payload.len() {
-                *block = BytesMut::with_capacity(BLOCK_SIZE);
-            }
-            cut(&mut block, payload, mask)
+            let block = match &mut *block {
+                Some(block) if block.capacity() >= payload.len() => block,
+                spent => spent.insert(BytesMut::with_capacity(BLOCK_SIZE)),
+            };
+            cut(block, payload, mask)
         }
         // Only if a read ever ran inside another on this thread.
         Err(_) => cut(&mut BytesMut::with_capacity(payload.len()), payload, mask),
@@ -56,7 +58,7 @@ mod tests {
 
     #[test]
     fn payloads_share_a_block_until_it_is_full_and_outlive_it() {
-        BLOCK.with(|block| *block.borrow_mut() = BytesMut::new());
+        BLOCK.with(|block| *block.borrow_mut() = None);
         let first = small_payload(b"abc", None);
         let second = small_payload(b"def", Some([1, 2, 3, 4]));
         assert_eq!(&first[..], b"abc");
@@ -81,7 +83,7 @@ mod tests {
     #[test]
     fn detached_and_prepared_small_payloads_leave_their_block() {
         // A fresh block: `read` is at its start, so the block is `BLOCK_SIZE` bytes from there.
-        BLOCK.with(|block| *block.borrow_mut() = BytesMut::new());
+        BLOCK.with(|block| *block.borrow_mut() = None);
         let read = small_payload(b"kept for long", None);
         let block = read.as_ptr() as usize;
         let within = |message: &Message| {
