@@ -172,7 +172,8 @@ impl Handling {
 }
 
 /// What a call's outcome asks to write: its reply (a handler error becomes an error frame),
-/// and a close (a panic closes with 1011). Errors and panics are logged and counted here.
+/// and a close (a panic closes with 1011). Errors and panics are logged and counted, out of
+/// line ([`failure`]): a reply is every message's case.
 #[inline]
 pub(super) fn outcome(
     reply: std::thread::Result<Reply>,
@@ -185,18 +186,19 @@ pub(super) fn outcome(
     }
 }
 
-/// The outcome of a call that failed; out of line, as it is rare.
 fn failure(
     reply: std::thread::Result<Reply>,
     conn: &Connection,
     metrics: &ConnMetrics,
 ) -> (Option<Message>, Option<CloseFrame>) {
     match reply {
-        Ok(Ok(message)) => (message, None),
-        Ok(Err(error)) => {
-            tracing::warn!(parent: conn.span(), %error, "handler error");
-            metrics.handler_failed("error");
-            (Some(error_frame(&error)), None)
+        Ok(answer) => {
+            let answer = answer.unwrap_or_else(|error| {
+                tracing::warn!(parent: conn.span(), %error, "handler error");
+                metrics.handler_failed("error");
+                Some(error_frame(&error))
+            });
+            (answer, None)
         }
         Err(panic) => {
             let what = panic_message(&panic);

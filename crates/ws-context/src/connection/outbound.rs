@@ -209,19 +209,18 @@ impl WriteSide {
     /// Inlined: a write that is done is every message's case; only a failure is a call.
     #[inline]
     fn settle(&self, waited: Waited, failure: &str) -> Result<(), WriteFailed> {
-        match waited {
-            Waited::Done(Ok(())) => Ok(()),
-            waited => self.failed(waited, failure),
+        if let Waited::Done(Ok(())) = waited {
+            return Ok(());
         }
+        self.failed(waited, failure)
     }
 
     fn failed(&self, waited: Waited, failure: &str) -> Result<(), WriteFailed> {
         match waited {
-            Waited::Done(Ok(())) => Ok(()),
-            Waited::Done(Err(error)) => {
+            Waited::Done(done) => done.map_err(|error| {
                 tracing::debug!(parent: self.conn.span(), %error, "{failure}");
-                Err(WriteFailed::Broken)
-            }
+                WriteFailed::Broken
+            }),
             Waited::Stalled => {
                 // The peer took nothing for the send timeout: it is closed as slow.
                 self.writer().close_slow();
