@@ -15,11 +15,14 @@
 //!
 //! # State
 //!
-//! Two enums, no loose flags: [`Handling`] (`Idle`, `Running(call)`, `ReadAhead(call,
-//! message)`: at most one message is read ahead while a handler runs, so reads stay bounded)
-//! and [`Closing`] (`Open`, `Requested { frame, deadline, urgent }`, `Sent { ended_by }`,
+//! Two enums, no loose flags: [`Handling`]'s call (`Idle`, `Running`, `ReadAhead(message)`:
+//! at most one message is read ahead while a handler runs, so reads stay bounded) and
+//! [`Closing`] (`Open`, `Requested { frame, deadline, urgent }`, `Sent { ended_by }`,
 //! `Ended(frame)`). Whether the task reads, what it reads and whether it writes are derived
-//! from the pair ([`ConnectionTask::reading`], [`Closing::may_write`]). Legal pairs:
+//! from the pair ([`ConnectionTask::reading`], [`Closing::may_write`]). `Handling` also keeps
+//! where calls run (the call slot, kept for a burst) and whether the last call was slow (its
+//! next message is then copied out of its read block); neither changes a transition. Legal
+//! pairs:
 //!
 //! | handling \ closing | `Open`                        | `Requested`                          | `Sent`                        |
 //! |--------------------|-------------------------------|--------------------------------------|-------------------------------|
