@@ -32,7 +32,8 @@ pub(super) struct Handling {
     /// The last call did not finish at its first poll. The next message is then copied out
     /// of the block it was read into ([`Message::detach`]) before its call, so that a slow
     /// call keeps only its own bytes alive, not a 4 KiB block shared with other messages.
-    /// Calls that finish at once, the usual case, never pay the copy.
+    /// Calls that finish at once, the usual case, never pay the copy; nor does a message read
+    /// ahead, copied when it was read.
     slow: bool,
 }
 
@@ -150,7 +151,11 @@ impl Handling {
     pub(super) fn end(&mut self) -> Option<Message> {
         self.span = None;
         match std::mem::replace(&mut self.call, Call::Idle) {
-            Call::ReadAhead(message) => Some(message),
+            Call::ReadAhead(message) => {
+                // Copied out of its block when it was read ahead: not again for its call.
+                self.slow = false;
+                Some(message)
+            }
             Call::Running | Call::Idle => None,
         }
     }
