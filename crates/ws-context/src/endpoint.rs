@@ -416,6 +416,9 @@ impl Endpoint {
             (self.handler.clone(), self.hooks.clone(), self.close_grace);
         let _entered = span.enter();
         pending.on_upgrade(move |socket| {
+            if let Some(direct) = socket.direct_writer() {
+                conn.0.writer.set_direct(direct);
+            }
             let registration = Registration::new(conn);
             metrics.opened();
             let task = ConnectionTask::new(

@@ -993,22 +993,26 @@ impl ConnectionHub {
         delivered + self.wait_for_full(full, &prepared).await
     }
 
-    /// Queues on every connection `target` names that has room now; returns how many took
-    /// it and the writers that were full.
+    /// Writes to, or queues on, every connection `target` names that can take it now
+    /// ([`SocketWriter::try_send_prepared`]); returns how many took it and the writers that
+    /// were full. The writers are collected first: the writes are system calls, and the
+    /// registry's lock is not held across them.
     fn try_deliver(
         &self,
         target: &Target,
         prepared: &PreparedMessage,
     ) -> (usize, Vec<SocketWriter>) {
+        let mut writers = Vec::new();
+        self.for_each_writer(target, |writer| writers.push(writer.clone()));
         let mut delivered = 0;
         let mut full = Vec::new();
-        self.for_each_writer(target, |writer| {
-            match writer.try_send_item(Outbound::Prepared(prepared.clone())) {
+        for writer in writers {
+            match writer.try_send_prepared(prepared) {
                 Ok(()) => delivered += 1,
-                Err(WriteError::Full(_)) => full.push(writer.clone()),
+                Err(WriteError::Full(_)) => full.push(writer),
                 Err(_) => {}
             }
-        });
+        }
         (delivered, full)
     }
 

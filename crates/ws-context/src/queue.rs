@@ -98,6 +98,13 @@ impl<T> OutboundQueue<T> {
         self.task.wake();
     }
 
+    /// True when nothing is queued, nor taken with [`try_pop_charged`](Self::try_pop_charged)
+    /// and still charged: one atomic load.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.room.available_permits() == self.budget
+    }
+
     /// True once the connection task takes no more items.
     pub(crate) fn is_closed(&self) -> bool {
         self.room.is_closed()
@@ -119,7 +126,7 @@ impl<T> OutboundQueue<T> {
     /// then (S2 in bench/README.md); only taking an item is a call.
     #[inline]
     pub(crate) fn try_pop_charged(&self) -> Option<(T, u32)> {
-        if self.room.available_permits() == self.budget {
+        if self.is_empty() {
             return None;
         }
         self.pop_front()

@@ -5,7 +5,7 @@
 use std::{
     fmt,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll},
@@ -14,7 +14,7 @@ use std::{
 
 use serde::Serialize;
 use ws_message::{Bytes, CloseFrame, Encode, EncodeError, Message, Utf8Bytes, close_code, encode};
-use ws_upgrader::PreparedMessage;
+use ws_upgrader::{DirectSend, DirectWriter, PreparedMessage};
 
 use crate::{
     hub::ConnectionId,
@@ -113,6 +113,9 @@ struct Shared {
     queue: OutboundQueue<Outbound>,
     urgent: UrgentClose,
     metrics: Arc<ConnMetrics>,
+    /// Writes prepared messages straight into the socket while the task has nothing to
+    /// write; set once the connection is upgraded, if its socket allows it.
+    direct: OnceLock<DirectWriter>,
 }
 
 /// A close that skips the queue: for a peer whose queue is full, or that is too slow. Set at
@@ -194,8 +197,15 @@ impl SocketWriter {
                 queue: OutboundQueue::new(capacity, max_bytes),
                 urgent: UrgentClose::new(),
                 metrics,
+                direct: OnceLock::new(),
             }),
         }
+    }
+
+    /// Lets other tasks write prepared messages straight into the socket
+    /// ([`try_send_prepared`](Self::try_send_prepared)).
+    pub(crate) fn set_direct(&self, direct: DirectWriter) {
+        let _ = self.shared.direct.set(direct);
     }
 
     /// The queue the connection task drains.
@@ -216,12 +226,21 @@ impl SocketWriter {
     /// For the connection task: an urgent close if one is set, else the next queued command,
     /// else `Closed` once the queue is closed. Both are watched through one waker, so one
     /// registration of the task's waker covers everything its writers can give it.
-    pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
+    ///
+    /// `claim` runs before a command is taken: it holds the socket's writes for the task
+    /// ([`WebSocket::claim_writes`](ws_upgrader::WebSocket::claim_writes)), so that no direct
+    /// write overtakes the command between its taking and its writing.
+    pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>, claim: impl Fn()) -> Poll<Delivery> {
         let queue = &self.shared.queue;
         queue.poll_task(cx, || {
             if self.shared.urgent.is_set() {
                 Some(Delivery::Urgent)
-            } else if let Some(command) = queue.try_pop() {
+            } else if !queue.is_empty()
+                && let Some(command) = {
+                    claim();
+                    queue.try_pop()
+                }
+            {
                 Some(Delivery::Command(command))
             } else {
                 queue.is_closed().then_some(Delivery::Closed)
@@ -336,6 +355,30 @@ impl SocketWriter {
     /// Queues a message only if there is room now; never waits.
     pub fn try_send(&self, message: Message) -> Result<(), WriteError> {
         self.try_send_item(Outbound::message(message))
+    }
+
+    /// [`try_send`](Self::try_send) for a message prepared for many connections: written
+    /// straight into the socket when the connection's task has nothing to write and nothing
+    /// is queued for it (no task woken: S8 in bench/README.md), else queued.
+    pub(crate) fn try_send_prepared(&self, prepared: &PreparedMessage) -> Result<(), WriteError> {
+        if let Some(direct) = self.shared.direct.get() {
+            let Shared { queue, urgent, .. } = &*self.shared;
+            // Asked with the socket's writes held: nothing queued can be overtaken.
+            let sent = direct.try_send(prepared, || queue.is_empty() && !urgent.is_set());
+            if sent != DirectSend::NotWritten {
+                if sent == DirectSend::Partial {
+                    // The task writes the rest of the frame before anything else.
+                    queue.wake_task();
+                }
+                let metrics = &self.shared.metrics;
+                metrics.messages_sent.increment(1);
+                metrics
+                    .bytes_sent
+                    .increment(u64::try_from(prepared.message().len()).unwrap_or(u64::MAX));
+                return Ok(());
+            }
+        }
+        self.try_send_item(Outbound::Prepared(prepared.clone()))
     }
 
     /// [`try_send`](Self::try_send) for any item of the queue.

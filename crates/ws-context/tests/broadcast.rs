@@ -145,3 +145,81 @@ async fn a_broadcast_from_another_instance_reaches_compressed_and_plain_receiver
     }
     assert_eq!(plain.recv_text().await, text);
 }
+
+/// Broadcasts are written straight into idle connections' sockets by the broadcasting task
+/// (`SocketWriter::try_send_prepared`); a message its sender queued before must still arrive
+/// first, whichever way each goes. Eight connections, each sent a queued message then a
+/// broadcast, 300 times, from another thread than the connections' tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broadcast_never_overtakes_what_its_sender_queued_before() {
+    const ROUNDS: usize = 300;
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore).hub(hub.clone());
+    let server = TestServer::endpoint("/ws", endpoint).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(server.connect("/ws").await);
+    }
+    eventually("eight connections", || hub.len() == 8).await;
+    let sender = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let writers: Vec<_> = hub.list().iter().filter_map(|i| hub.get(&i.id)).collect();
+            for round in 0..ROUNDS {
+                for writer in &writers {
+                    writer
+                        .send(Message::text(format!("q{round}")))
+                        .await
+                        .unwrap();
+                }
+                assert_eq!(hub.broadcast(Message::text(format!("b{round}"))).await, 8);
+            }
+        }
+    });
+    let readers = clients.into_iter().map(|mut client| {
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                assert_eq!(client.recv_text().await, format!("q{round}"));
+                assert_eq!(client.recv_text().await, format!("b{round}"));
+            }
+        })
+    });
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    sender.await.unwrap();
+}
+
+/// A peer that stops reading while large messages are broadcast: its socket fills, a frame is
+/// taken in part and finished by the connection's task, the rest wait in its queue. Once it
+/// reads again, every message arrives whole and in order.
+#[tokio::test]
+async fn broadcasts_to_a_peer_that_stops_reading_arrive_whole_and_in_order() {
+    const MESSAGES: u8 = 60;
+    const SIZE: usize = 128 << 10;
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore)
+        .hub(hub.clone())
+        .send_timeout(std::time::Duration::from_secs(20));
+    let server = TestServer::endpoint("/ws", endpoint).await;
+    let addr = server.addr();
+    let (mut stream, status, _) = raw_request(addr, &upgrade_request(addr, "/ws", "")).await;
+    assert_eq!(status, 101);
+    eventually("one connection", || hub.len() == 1).await;
+    let sender = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            for i in 0..MESSAGES {
+                assert_eq!(hub.broadcast(Message::binary(vec![i; SIZE])).await, 1);
+            }
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for i in 0..MESSAGES {
+        let frame = read_frame(&mut stream).await;
+        assert_eq!((frame.fin, frame.opcode), (true, 0x2));
+        assert_eq!(frame.payload.len(), SIZE);
+        assert!(frame.payload.iter().all(|&byte| byte == i), "message {i}");
+    }
+    sender.await.unwrap();
+}

@@ -31,7 +31,7 @@ use crate::{
     mask::MaskKeys,
     mask::apply_mask,
     output::Output,
-    prepared::PreparedMessage,
+    prepared::{PreparedMessage, SharedFraming},
 };
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -817,48 +817,55 @@ impl Connection {
         if self.close != CloseState::Open {
             return Err(SendError::Closed);
         }
+        if let Some(framing) = self.shared_framing()
+            && let Some(frame) = message.frame(framing)
+        {
+            self.output.push_encoded(&frame?);
+            return Ok(());
+        }
         let (opcode, payload) = match message.message() {
             Message::Text(text) => (OP_TEXT, text.as_bytes()),
             Message::Binary(data) => (OP_BINARY, data),
             other => return self.send(other.clone()),
         };
+        // A client (each frame masked with its own key) or a compressor with context takeover.
         if let Some(codec) = self.codec.as_mut()
             && payload.len() >= codec.params.threshold
         {
-            let Some(key) = codec.shared_key() else {
-                // Context takeover: this connection's own compressor.
-                let compressed = Bytes::from(codec.compress(payload).map_err(SendError::Compress)?);
-                self.write_frame(opcode, true, &compressed);
-                return Ok(());
-            };
             let threshold = codec.params.threshold;
-            return match self.role {
-                Role::Server => {
-                    let frame = message.server_frame(Some(key), |compressed, payload| {
-                        worth_compressing(compressed, payload, threshold)
-                    })?;
-                    self.output.push_encoded(&frame);
-                    Ok(())
-                }
-                Role::Client => {
+            match codec.shared_key() {
+                Some(key) => {
                     let compressed = message.compressed(key)?;
-                    if worth_compressing(&compressed, payload, threshold) {
-                        self.write_frame(opcode, true, &compressed);
-                    } else {
-                        self.write_frame(opcode, false, payload);
-                    }
-                    Ok(())
+                    let worth = worth_compressing(&compressed, payload, threshold);
+                    let sent = if worth { &compressed } else { payload };
+                    self.write_frame(opcode, worth, sent);
                 }
-            };
-        }
-        match self.role {
-            Role::Server => {
-                let frame = message.server_frame(None, |_, _| false)?;
-                self.output.push_encoded(&frame);
+                None => {
+                    let compressed =
+                        Bytes::from(codec.compress(payload).map_err(SendError::Compress)?);
+                    self.write_frame(opcode, true, &compressed);
+                }
             }
-            Role::Client => self.write_frame(opcode, false, payload),
+            return Ok(());
         }
+        self.write_frame(opcode, false, payload);
         Ok(())
+    }
+
+    /// How this connection frames a prepared data message when it can share the frame with
+    /// other connections ([`PreparedMessage::frame`]): `None` for a client (each of its frames
+    /// has its own masking key) and with server context takeover (its compressor's state is
+    /// its own). Fixed for the connection's life.
+    pub fn shared_framing(&self) -> Option<SharedFraming> {
+        if self.role == Role::Client {
+            return None;
+        }
+        match &self.codec {
+            None => Some(SharedFraming { compress: None }),
+            Some(codec) => codec.shared_key().map(|key| SharedFraming {
+                compress: Some((key, codec.params.threshold)),
+            }),
+        }
     }
 
     fn send_data(&mut self, opcode: u8, payload: &Bytes) -> Result<(), SendError> {

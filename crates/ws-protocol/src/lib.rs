@@ -73,7 +73,7 @@ pub use crate::config::{Config, DEFAULT_MAX_SIZE, InboundBudget, Role};
 pub use crate::connection::{CloseState, Connection, MAX_HEADER};
 pub use crate::error::{ProtocolError, SendError};
 pub use crate::output::Output;
-pub use crate::prepared::PreparedMessage;
+pub use crate::prepared::{PreparedMessage, SharedFraming};
 pub use ws_message::{Bytes, CloseFrame, Message, SMALL_PAYLOAD_MAX, Utf8Bytes, close_code};
 
 /// The README's examples, compiled by `cargo test --doc`.

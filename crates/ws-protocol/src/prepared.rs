@@ -4,7 +4,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::{MAX_HEADER, Message, SendError, deflate::compress_once, output::encode_header};
+use crate::{
+    MAX_HEADER, Message, SendError,
+    deflate::{compress_once, worth_compressing},
+    output::encode_header,
+};
 
 /// A message encoded once and sent to many connections (gorilla/websocket's `PreparedMessage`
 /// idea), with [`Connection::send_prepared`](crate::Connection::send_prepared).
@@ -32,6 +36,16 @@ use crate::{MAX_HEADER, Message, SendError, deflate::compress_once, output::enco
 #[derive(Clone)]
 pub struct PreparedMessage {
     inner: Arc<Inner>,
+}
+
+/// How a server connection frames the data messages it can share with other connections:
+/// plain, or compressed with one level and window (no server context takeover) above a
+/// threshold. From [`Connection::shared_framing`](crate::Connection::shared_framing), for
+/// [`PreparedMessage::frame`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedFraming {
+    /// ((compression level, window bits), threshold) when permessage-deflate is on.
+    pub(crate) compress: Option<((u32, u8), usize)>,
 }
 
 struct Inner {
@@ -80,6 +94,36 @@ impl PreparedMessage {
     /// counted. For tests and measurements.
     pub fn compressions(&self) -> usize {
         self.cache().compressions
+    }
+
+    /// The whole frame of this data message for server connections that frame it as
+    /// `framing` ([`Connection::shared_framing`](crate::Connection::shared_framing)): the bytes
+    /// [`send_prepared`](crate::Connection::send_prepared) queues on such a connection, made
+    /// once and shared. `None` for a control message or a close, which are not shared.
+    ///
+    /// ```
+    /// use ws_protocol::{Config, Connection, Message, PreparedMessage};
+    /// use bytes::Buf;
+    ///
+    /// let hello = PreparedMessage::new(Message::text("hello"));
+    /// let mut connection = Connection::new(Config::server());
+    /// let framing = connection.shared_framing().unwrap();
+    /// let frame = hello.frame(framing).unwrap().unwrap();
+    /// connection.send_prepared(&hello).unwrap();
+    /// assert_eq!(connection.output().chunk(), &frame[..]);
+    /// ```
+    pub fn frame(&self, framing: SharedFraming) -> Option<Result<Bytes, SendError>> {
+        let message = &self.inner.message;
+        if !message.is_data() {
+            return None;
+        }
+        Some(match framing.compress {
+            Some((key, threshold)) if message.len() >= threshold => self
+                .server_frame(Some(key), |compressed, payload| {
+                    worth_compressing(compressed, payload, threshold)
+                }),
+            _ => self.server_frame(None, |_, _| false),
+        })
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {

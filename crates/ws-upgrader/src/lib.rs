@@ -77,6 +77,7 @@
 //! origin. An [`error_handler`](WsUpgraderBuilder::error_handler) can write its own.
 #![deny(missing_docs)]
 
+mod direct;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
@@ -84,6 +85,7 @@ mod options;
 mod serve;
 mod socket;
 
+pub use crate::direct::{DirectSend, DirectWriter};
 pub use crate::handshake::{PendingUpgrade, RejectionKind, UpgradeRejection};
 pub use crate::options::{
     Compression, ConfigError, DEFAULT_CLOSE_TIMEOUT, DEFAULT_INBOUND_BUDGET,

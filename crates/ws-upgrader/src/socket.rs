@@ -37,14 +37,19 @@ use ws_protocol::{
     CloseState, Config, Connection, MAX_HEADER, PreparedMessage, ProtocolError, Role, SendError,
 };
 
-use crate::options::Options;
+use crate::{
+    direct::{DirectWriter, Transport},
+    options::Options,
+};
 
 /// The connection under the protocol. hyper hands back the TCP stream itself when the server
 /// gave it `TokioIo<TcpStream>`, as `ws_upgrader::serve` and `axum::serve` do: it is then read
 /// and written directly, not through hyper's type-erased `Upgraded` (two layers of dynamic
 /// dispatch and a rewind buffer on every read and write).
+///
+/// The TCP stream is shared with the connection's [`DirectWriter`]s (`direct.rs`).
 enum Io {
-    Tcp(TcpStream),
+    Tcp(Arc<Transport>),
     Upgraded(TokioIo<Upgraded>),
 }
 
@@ -63,14 +68,22 @@ impl Io {
     /// client's first frames.
     fn from_upgraded(upgraded: Upgraded) -> (Io, Bytes) {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
+            Ok(parts) => (
+                Io::Tcp(Transport::new(parts.io.into_inner())),
+                parts.read_buf,
+            ),
             Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
         }
     }
 
+    /// A direct writer left the rest of a frame for the task to write.
+    fn has_rest(&self) -> bool {
+        matches!(self, Io::Tcp(transport) if transport.has_rest())
+    }
+
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tcp(transport) => transport.poll_read(cx, buf),
             Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -83,23 +96,22 @@ impl Io {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match (self, bufs) {
-            (Io::Tcp(io), [one]) => Pin::new(io).poll_write(cx, one),
-            (Io::Tcp(io), _) => Pin::new(io).poll_write_vectored(cx, bufs),
-            (Io::Upgraded(io), _) => Pin::new(io).poll_write_vectored(cx, bufs),
+        match self {
+            Io::Tcp(transport) => transport.poll_write(cx, bufs),
+            Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Io::Tcp(_) => Poll::Ready(Ok(())),
             Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tcp(transport) => Poll::Ready(transport.shutdown()),
             Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
@@ -523,7 +535,35 @@ impl WebSocket {
             // A control frame or a close: nothing to share, and a close starts its timer.
             return Pin::new(self).start_send(message.message().clone());
         }
+        self.claim_writes();
         self.conn.send_prepared(message).map_err(send_error)
+    }
+
+    /// A writer for other tasks to write prepared messages straight into this connection's
+    /// socket while this one has nothing to write ([`DirectWriter`]). `None` when the socket
+    /// is not a TCP stream of its own (a server that gave hyper another transport) or when
+    /// its frames cannot be shared (server context takeover: each message is compressed with
+    /// the connection's own state).
+    ///
+    /// A task that polls this socket and also takes frames to write from a queue of its own
+    /// calls [`claim_writes`](WebSocket::claim_writes) before taking one.
+    pub fn direct_writer(&self) -> Option<DirectWriter> {
+        match &self.io {
+            Io::Tcp(transport) => Some(DirectWriter::new(transport, self.conn.shared_framing()?)),
+            Io::Upgraded(_) => None,
+        }
+    }
+
+    /// Holds the socket's writes for this task: no [`DirectWriter`] starts a write until the
+    /// task's output is written out by a flush. For a task that takes frames to write from a
+    /// queue of its own: it calls this before it takes one, so that a direct write cannot go
+    /// out between the taking and the writing (`feed` and `start_send` call it themselves).
+    /// If a direct writer is writing at that instant, the task's next write waits for it (one
+    /// system call) and is woken when it is done.
+    pub fn claim_writes(&self) {
+        if let Io::Tcp(transport) = &self.io {
+            let _ = transport.claim();
+        }
     }
 
     /// Writes everything queued to the network.
@@ -578,9 +618,16 @@ impl WebSocket {
         self.poll_write_until(cx, 0)
     }
 
-    /// Writes the core's output until at most `keep` bytes are left.
+    /// Writes the core's output until at most `keep` bytes are left. On a TCP stream, whose
+    /// writes [`DirectWriter`]s share, the task takes them first (after the rest of a
+    /// writer's frame, if one is left), and gives them back once the output is written out.
     fn poll_write_until(&mut self, cx: &mut Context<'_>, keep: usize) -> Poll<io::Result<()>> {
         let output = self.conn.output();
+        if let Io::Tcp(transport) = &self.io
+            && (output.len() > keep || transport.has_rest())
+        {
+            ready!(transport.poll_own(cx))?;
+        }
         while output.len() > keep {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             let count = output.chunks_vectored(&mut slices);
@@ -589,6 +636,11 @@ impl WebSocket {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             output.advance(written);
+        }
+        if keep == 0
+            && let Io::Tcp(transport) = &self.io
+        {
+            transport.release(self.conn.close_state() != CloseState::Open);
         }
         Poll::Ready(Ok(()))
     }
@@ -660,9 +712,9 @@ impl WebSocket {
     /// which keeps it as the next message's buffer when a data message starts there.
     #[inline(never)]
     fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
-        if let Io::Tcp(stream) = &self.io {
+        if let Io::Tcp(transport) = &self.io {
             // On TCP no buffer is allocated for a read that would block.
-            ready!(stream.poll_read_ready(cx))?;
+            ready!(transport.poll_read_ready(cx))?;
         }
         let expected = (self.large_message as usize).min(self.timers.options.read_buffer_size);
         let mut buffer = Vec::with_capacity(expected + MAX_HEADER);
@@ -736,6 +788,7 @@ impl WebSocket {
             if self.answer_queued
                 || self.conn.close_state() == CloseState::Closed
                 || self.conn.output().len() > self.timers.options.write_buffer_size
+                || self.io.has_rest()
             {
                 match self.poll_write_output(cx) {
                     Poll::Ready(Ok(())) => self.answer_queued = false,
@@ -921,6 +974,7 @@ impl Sink<Message> for WebSocket {
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        self.claim_writes();
         let closing = matches!(message, Message::Close(_));
         self.conn.send(message).map_err(send_error)?;
         if closing {

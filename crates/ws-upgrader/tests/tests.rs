@@ -4,6 +4,7 @@ mod support;
 
 mod deflate;
 mod direct_reads;
+mod direct_writes;
 mod drained;
 mod fuzz_corpus;
 mod handshake_timeout;

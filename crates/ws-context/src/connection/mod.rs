@@ -219,7 +219,7 @@ impl ConnectionTask {
             if let Poll::Ready(incoming) = incoming {
                 return Poll::Ready(Event::Incoming(incoming, reading));
             }
-            if may_write && let Poll::Ready(delivery) = self.out.conn.0.writer.poll_delivery(cx) {
+            if may_write && let Poll::Ready(delivery) = self.out.poll_delivery(cx) {
                 return Poll::Ready(Event::Delivery(delivery));
             }
             let event = deadline.poll_unpin(cx).map(|()| Event::Deadline);

@@ -17,7 +17,10 @@ use ws_message::{CloseFrame, Message};
 use ws_upgrader::{PreparedMessage, WebSocket, WsError};
 
 use super::{MAX_BATCH, Traffic};
-use crate::{Connection, SocketWriter, writer::Outbound};
+use crate::{
+    Connection, SocketWriter,
+    writer::{Delivery, Outbound},
+};
 
 /// Time allowed to tell a peer that broke the protocol why it is being dropped.
 const FAIL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -86,12 +89,24 @@ impl WriteSide {
     /// ([`charged`](WriteSide::charged)).
     pub(super) fn next_command(&mut self) -> Option<Outbound> {
         let queue = self.conn.0.writer.queue();
+        if queue.is_empty() {
+            return None;
+        }
+        // No direct write may go out between the taking of a command and its writing.
+        self.socket.claim_writes();
         if !self.full {
             return queue.try_pop();
         }
         let (command, cost) = queue.try_pop_charged()?;
         self.charged = self.charged.saturating_add(cost);
         Some(command)
+    }
+
+    /// For the task's wait: an urgent close or the next queued command (see
+    /// [`SocketWriter::poll_delivery`]).
+    pub(super) fn poll_delivery(&self, cx: &mut std::task::Context<'_>) -> Poll<Delivery> {
+        self.writer()
+            .poll_delivery(cx, || self.socket.claim_writes())
     }
 
     /// Whether the socket is over its write buffer size: the task takes no more work this
