@@ -151,6 +151,7 @@ impl UrgentClose {
     }
 
     /// A close is set and not yet taken.
+    #[inline]
     fn is_set(&self) -> bool {
         self.state.load(Ordering::Acquire) == URGENT_SET
     }
@@ -230,7 +231,12 @@ impl SocketWriter {
     /// `claim` runs before a command is taken: it holds the socket's writes for the task
     /// ([`WebSocket::claim_writes`](ws_upgrader::WebSocket::claim_writes)), so that no direct
     /// write overtakes the command between its taking and its writing.
-    pub(crate) fn poll_delivery(&self, cx: &mut Context<'_>, claim: impl Fn()) -> Poll<Delivery> {
+    #[inline]
+    pub(crate) fn poll_delivery(
+        &self,
+        cx: &mut Context<'_>,
+        mut claim: impl FnMut(),
+    ) -> Poll<Delivery> {
         let queue = &self.shared.queue;
         queue.poll_task(cx, || {
             if self.shared.urgent.is_set() {

@@ -36,7 +36,7 @@ use std::{
 };
 
 use bytes::{Buf as _, Bytes};
-use tokio::{io::ReadBuf, net::TcpStream};
+use tokio::net::{TcpStream, tcp::OwnedWriteHalf};
 use ws_protocol::{PreparedMessage, SharedFraming};
 
 const FREE: u8 = 0;
@@ -49,7 +49,8 @@ const CLOSED: u8 = 5;
 /// A connection's TCP stream, shared by its task and its [`DirectWriter`]s. Allocated once per
 /// connection, beside nothing else: what is rare (a frame's rest, a waiting task) is boxed.
 pub(crate) struct Transport {
-    stream: TcpStream,
+    /// Shut down when the last strong reference, the socket's, goes.
+    write: OwnedWriteHalf,
     gate: AtomicU8,
     rare: Mutex<Option<Box<Rare>>>,
 }
@@ -75,37 +76,20 @@ pub(crate) enum Claim {
 }
 
 impl Transport {
-    pub(crate) fn new(stream: TcpStream) -> Arc<Self> {
+    pub(crate) fn new(write: OwnedWriteHalf) -> Arc<Self> {
         Arc::new(Transport {
-            stream,
+            write,
             gate: AtomicU8::new(FREE),
             rare: Mutex::new(None),
         })
     }
 
+    fn stream(&self) -> &TcpStream {
+        self.write.as_ref()
+    }
+
     fn rare(&self) -> MutexGuard<'_, Option<Box<Rare>>> {
         self.rare.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Reads into `buf`'s unfilled part, uninitialized memory included (a large message's own
-    /// buffer is not zeroed first).
-    pub(crate) fn poll_read(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done.map(drop)),
-            }
-        }
-    }
-
-    /// Ready once the stream has something to read (or has ended).
-    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream.poll_read_ready(cx)
     }
 
     pub(crate) fn poll_write(
@@ -113,26 +97,37 @@ impl Transport {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // Written first, readiness asked only when it would block: the socket nearly always
+        // has room, and `try_write` checks the readiness it knows of anyway.
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
             let written = match bufs {
-                [one] => self.stream.try_write(one),
-                _ => self.stream.try_write_vectored(bufs),
+                [one] => self.write.try_write(one),
+                _ => self.write.try_write_vectored(bufs),
             };
             match written {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.stream().poll_write_ready(cx))?;
+                }
                 done => return Poll::Ready(done),
             }
         }
     }
 
     pub(crate) fn shutdown(&self) -> io::Result<()> {
-        socket2::SockRef::from(&self.stream).shutdown(Shutdown::Write)
+        socket2::SockRef::from(self.stream()).shutdown(Shutdown::Write)
     }
 
-    /// For the task: takes the socket's writes, or finds them its own already.
+    /// For the task: takes the socket's writes, or finds them its own already (one load,
+    /// inlined: the task asks before every frame it queues).
+    #[inline]
     pub(crate) fn claim(&self) -> Claim {
-        let mut state = self.gate.load(Ordering::Acquire);
+        match self.gate.load(Ordering::Acquire) {
+            TASK | CLOSED => Claim::Owned,
+            state => self.claim_from(state),
+        }
+    }
+
+    fn claim_from(&self, mut state: u8) -> Claim {
         loop {
             let (next, claim) = match state {
                 TASK | CLOSED => return Claim::Owned,
@@ -153,7 +148,15 @@ impl Transport {
 
     /// For the task, before it writes: ready once the writes are its own, the rest of a
     /// writer's frame written first; pending, with the task to be woken, while a writer writes.
+    #[inline]
     pub(crate) fn poll_own(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.gate.load(Ordering::Acquire), TASK | CLOSED) {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_take(cx)
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_claim(cx));
         if self.has_rest() {
             return self.poll_write_rest(cx);
@@ -178,6 +181,7 @@ impl Transport {
     }
 
     /// Whether a writer's frame waits for the task to write its rest.
+    #[inline]
     pub(crate) fn has_rest(&self) -> bool {
         self.gate.load(Ordering::Acquire) == REST
     }
@@ -205,6 +209,7 @@ impl Transport {
 
     /// For the task, its output written out: the writes are free again, or, once our close
     /// frame is out, the task's for good.
+    #[inline]
     pub(crate) fn release(&self, closed: bool) {
         let next = if closed { CLOSED } else { FREE };
         // Only the task leaves `TASK`; in any other state the writes are not its to give.
@@ -311,7 +316,7 @@ impl DirectWriter {
                 return DirectSend::NotWritten;
             }
         };
-        match transport.stream.try_write(&frame) {
+        match transport.write.try_write(&frame) {
             Ok(written) if written == frame.len() => {
                 transport.end_direct();
                 DirectSend::Written
@@ -337,7 +342,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Transport::new(accepted.unwrap().0), client.unwrap())
+        let (_read, write) = accepted.unwrap().0.into_split();
+        (Transport::new(write), client.unwrap())
     }
 
     /// The gate's transitions, as the module doc's table gives them.

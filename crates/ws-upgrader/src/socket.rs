@@ -29,7 +29,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+    net::{TcpStream, tcp::OwnedReadHalf},
     time::{Instant, Sleep},
 };
 use ws_message::{Bytes, CloseFrame, Message, close_code};
@@ -47,9 +47,17 @@ use crate::{
 /// and written directly, not through hyper's type-erased `Upgraded` (two layers of dynamic
 /// dispatch and a rewind buffer on every read and write).
 ///
-/// The TCP stream is shared with the connection's [`DirectWriter`]s (`direct.rs`).
+/// A TCP stream is split: its read half is the task's alone (read as before, through tokio's
+/// `AsyncRead`), its write half is shared with the connection's [`DirectWriter`]s
+/// (`direct.rs`).
 enum Io {
-    Tcp(Arc<Transport>),
+    Tcp {
+        read: OwnedReadHalf,
+        write: Arc<Transport>,
+        /// The writes are this task's (taken with [`WebSocket::claim_writes`] and not yet given
+        /// back by a flush): taking them again is not even a load.
+        held: bool,
+    },
     Upgraded(TokioIo<Upgraded>),
 }
 
@@ -69,7 +77,14 @@ impl Io {
     fn from_upgraded(upgraded: Upgraded) -> (Io, Bytes) {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => (
-                Io::Tcp(Transport::new(parts.io.into_inner())),
+                {
+                    let (read, write) = parts.io.into_inner().into_split();
+                    Io::Tcp {
+                        read,
+                        write: Transport::new(write),
+                        held: false,
+                    }
+                },
                 parts.read_buf,
             ),
             Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
@@ -78,12 +93,12 @@ impl Io {
 
     /// A direct writer left the rest of a frame for the task to write.
     fn has_rest(&self) -> bool {
-        matches!(self, Io::Tcp(transport) if transport.has_rest())
+        matches!(self, Io::Tcp { write, .. } if write.has_rest())
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(transport) => transport.poll_read(cx, buf),
+            Io::Tcp { read, .. } => Pin::new(read).poll_read(cx, buf),
             Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -97,21 +112,21 @@ impl Io {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self {
-            Io::Tcp(transport) => transport.poll_write(cx, bufs),
+            Io::Tcp { write, .. } => write.poll_write(cx, bufs),
             Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(_) => Poll::Ready(Ok(())),
+            Io::Tcp { .. } => Poll::Ready(Ok(())),
             Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(transport) => Poll::Ready(transport.shutdown()),
+            Io::Tcp { write, .. } => Poll::Ready(write.shutdown()),
             Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
@@ -549,7 +564,7 @@ impl WebSocket {
     /// calls [`claim_writes`](WebSocket::claim_writes) before taking one.
     pub fn direct_writer(&self) -> Option<DirectWriter> {
         match &self.io {
-            Io::Tcp(transport) => Some(DirectWriter::new(transport, self.conn.shared_framing()?)),
+            Io::Tcp { write, .. } => Some(DirectWriter::new(write, self.conn.shared_framing()?)),
             Io::Upgraded(_) => None,
         }
     }
@@ -560,9 +575,13 @@ impl WebSocket {
     /// out between the taking and the writing (`feed` and `start_send` call it themselves).
     /// If a direct writer is writing at that instant, the task's next write waits for it (one
     /// system call) and is woken when it is done.
-    pub fn claim_writes(&self) {
-        if let Io::Tcp(transport) = &self.io {
-            let _ = transport.claim();
+    #[inline]
+    pub fn claim_writes(&mut self) {
+        if let Io::Tcp { write, held, .. } = &mut self.io
+            && !*held
+        {
+            let _ = write.claim();
+            *held = true;
         }
     }
 
@@ -623,10 +642,12 @@ impl WebSocket {
     /// writer's frame, if one is left), and gives them back once the output is written out.
     fn poll_write_until(&mut self, cx: &mut Context<'_>, keep: usize) -> Poll<io::Result<()>> {
         let output = self.conn.output();
-        if let Io::Tcp(transport) = &self.io
-            && (output.len() > keep || transport.has_rest())
+        // A rest left by a direct writer goes out before the output, so only a write of the
+        // whole output needs to look for one.
+        if let Io::Tcp { write, .. } = &self.io
+            && (output.len() > keep || (keep == 0 && write.has_rest()))
         {
-            ready!(transport.poll_own(cx))?;
+            ready!(write.poll_own(cx))?;
         }
         while output.len() > keep {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
@@ -638,9 +659,10 @@ impl WebSocket {
             output.advance(written);
         }
         if keep == 0
-            && let Io::Tcp(transport) = &self.io
+            && let Io::Tcp { write, held, .. } = &mut self.io
         {
-            transport.release(self.conn.close_state() != CloseState::Open);
+            write.release(self.conn.close_state() != CloseState::Open);
+            *held = false;
         }
         Poll::Ready(Ok(()))
     }
@@ -712,9 +734,9 @@ impl WebSocket {
     /// which keeps it as the next message's buffer when a data message starts there.
     #[inline(never)]
     fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
-        if let Io::Tcp(transport) = &self.io {
+        if let Io::Tcp { read, .. } = &self.io {
             // On TCP no buffer is allocated for a read that would block.
-            ready!(transport.poll_read_ready(cx))?;
+            ready!(read.as_ref().poll_read_ready(cx))?;
         }
         let expected = (self.large_message as usize).min(self.timers.options.read_buffer_size);
         let mut buffer = Vec::with_capacity(expected + MAX_HEADER);
