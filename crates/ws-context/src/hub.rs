@@ -987,33 +987,40 @@ impl ConnectionHub {
             .await
     }
 
-    /// Delivers one prepared message to every connection `target` names on this instance.
+    /// Delivers one prepared message to every connection `target` names on this instance:
+    /// written straight into idle sockets or queued ([`SocketWriter::try_send_prepared`]);
+    /// past [`WRITES_PER_TASK`] receivers, the rest are spread over tasks of their own.
     async fn deliver_prepared(&self, target: &Target, prepared: PreparedMessage) -> usize {
-        let (delivered, full) = self.try_deliver(target, &prepared);
+        let mut writers = self.writers(target);
+        let spread = spread_deliveries(&mut writers, &prepared);
+        let (mut delivered, mut full) = deliver_each(writers, &prepared);
+        for task in spread {
+            // A task ends only by returning: the deliveries themselves do not panic.
+            if let Ok((more, more_full)) = task.await {
+                delivered += more;
+                full.extend(more_full);
+            }
+        }
         delivered + self.wait_for_full(full, &prepared).await
     }
 
-    /// Writes to, or queues on, every connection `target` names that can take it now
-    /// ([`SocketWriter::try_send_prepared`]); returns how many took it and the writers that
-    /// were full. The writers are collected first: the writes are system calls, and the
-    /// registry's lock is not held across them.
+    /// Delivers to every connection `target` names that can take the message now, all in
+    /// this task (for callers that deliver under a lock); returns how many took it and the
+    /// writers that were full.
     fn try_deliver(
         &self,
         target: &Target,
         prepared: &PreparedMessage,
     ) -> (usize, Vec<SocketWriter>) {
+        deliver_each(self.writers(target), prepared)
+    }
+
+    /// The writers of the connections `target` names, collected under the registry's lock so
+    /// that no system call is made under it.
+    fn writers(&self, target: &Target) -> Vec<SocketWriter> {
         let mut writers = Vec::new();
         self.for_each_writer(target, |writer| writers.push(writer.clone()));
-        let mut delivered = 0;
-        let mut full = Vec::new();
-        for writer in writers {
-            match writer.try_send_prepared(prepared) {
-                Ok(()) => delivered += 1,
-                Err(WriteError::Full(_)) => full.push(writer),
-                Err(_) => {}
-            }
-        }
-        (delivered, full)
+        writers
     }
 
     /// Waits for full writers together, so one slow peer costs one send timeout, not one
@@ -1613,6 +1620,55 @@ fn flush(
         last = Some(position);
     }
     last
+}
+
+/// Receivers one task delivers a prepared message to before the rest go to tasks of their own.
+/// A write into a socket is a system call (some 7 µs to a compressed receiver on loopback, S8
+/// in bench/README.md): a large fan-out is spread over the runtime's worker threads rather than
+/// holding one for milliseconds.
+const WRITES_PER_TASK: usize = 64;
+
+/// Writes to, or queues on, each of `writers` that can take the message now
+/// ([`SocketWriter::try_send_prepared`]); returns how many took it and the writers that were
+/// full.
+fn deliver_each(
+    writers: Vec<SocketWriter>,
+    prepared: &PreparedMessage,
+) -> (usize, Vec<SocketWriter>) {
+    let mut delivered = 0;
+    let mut full = Vec::new();
+    for writer in writers {
+        match writer.try_send_prepared(prepared) {
+            Ok(()) => delivered += 1,
+            Err(WriteError::Full(_)) => full.push(writer),
+            Err(_) => {}
+        }
+    }
+    (delivered, full)
+}
+
+/// Leaves the first [`WRITES_PER_TASK`] of `writers` to the caller and delivers to the rest
+/// in spawned tasks of as many each ([`deliver_each`]); outside a runtime, in none.
+fn spread_deliveries(
+    writers: &mut Vec<SocketWriter>,
+    prepared: &PreparedMessage,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<SocketWriter>)>> {
+    if writers.len() <= WRITES_PER_TASK {
+        return Vec::new();
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Vec::new();
+    };
+    let mut rest = writers.split_off(WRITES_PER_TASK).into_iter();
+    let mut tasks = Vec::new();
+    loop {
+        let chunk: Vec<_> = rest.by_ref().take(WRITES_PER_TASK).collect();
+        if chunk.is_empty() {
+            return tasks;
+        }
+        let prepared = prepared.clone();
+        tasks.push(runtime.spawn(async move { deliver_each(chunk, &prepared) }));
+    }
 }
 
 #[cfg(test)]

@@ -861,10 +861,8 @@ impl Connection {
             return None;
         }
         match &self.codec {
-            None => Some(SharedFraming { compress: None }),
-            Some(codec) => codec.shared_key().map(|key| SharedFraming {
-                compress: Some((key, codec.params.threshold)),
-            }),
+            None => Some(SharedFraming::PLAIN),
+            Some(codec) => SharedFraming::compressed(codec.shared_key()?, codec.params.threshold),
         }
     }
 

@@ -42,10 +42,45 @@ pub struct PreparedMessage {
 /// plain, or compressed with one level and window (no server context takeover) above a
 /// threshold. From [`Connection::shared_framing`](crate::Connection::shared_framing), for
 /// [`PreparedMessage::frame`].
+///
+/// Eight bytes: every connection's writer for other tasks keeps one (ws-upgrader's
+/// `DirectWriter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedFraming {
-    /// ((compression level, window bits), threshold) when permessage-deflate is on.
-    pub(crate) compress: Option<((u32, u8), usize)>,
+    /// Whether permessage-deflate is on; the three fields below count only then.
+    compress: bool,
+    level: u8,
+    window_bits: u8,
+    /// Payloads shorter than this go out plain.
+    threshold: u32,
+}
+
+impl SharedFraming {
+    pub(crate) const PLAIN: SharedFraming = SharedFraming {
+        compress: false,
+        level: 0,
+        window_bits: 0,
+        threshold: 0,
+    };
+
+    /// Compressed with this (level, window bits) above `threshold`; `None` for a level that
+    /// is not one (over 255), which then is not shared.
+    pub(crate) fn compressed(key: (u32, u8), threshold: usize) -> Option<SharedFraming> {
+        Some(SharedFraming {
+            compress: true,
+            level: u8::try_from(key.0).ok()?,
+            window_bits: key.1,
+            threshold: u32::try_from(threshold).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The compression key and threshold, when compressed.
+    fn compression(self) -> Option<((u32, u8), usize)> {
+        self.compress.then(|| {
+            let threshold = usize::try_from(self.threshold).unwrap_or(usize::MAX);
+            ((u32::from(self.level), self.window_bits), threshold)
+        })
+    }
 }
 
 struct Inner {
@@ -117,7 +152,7 @@ impl PreparedMessage {
         if !message.is_data() {
             return None;
         }
-        Some(match framing.compress {
+        Some(match framing.compression() {
             Some((key, threshold)) if message.len() >= threshold => self
                 .server_frame(Some(key), |compressed, payload| {
                     worth_compressing(compressed, payload, threshold)
