@@ -3,13 +3,13 @@
 //! A message sent to many connections is otherwise queued on each and written by each
 //! connection's task, which must be woken and polled for it: some 3,200 instructions per
 //! receiver, most of a broadcast's user-space cost once its frame is shared (S8 in
-//! bench/README.md). When a connection's task has nothing to write,
-//! the sending task can write the frame itself, with one non-blocking system call.
+//! bench/README.md). When a connection's task has nothing to write, the sending task can write
+//! the frame itself, with one non-blocking system call.
 //!
 //! The socket's writes are then shared between the connection's task and any number of direct
-//! writers. One atomic state, the gate, says whose they are; each transition is one
-//! compare-and-swap, and only the rare ones (a writer and the task at the same instant, a
-//! frame the socket took in part) take a lock:
+//! writers. One atomic state, the gate, says whose they are; each transition is one atomic
+//! operation, and only the rare ones (a writer and the task at the same instant, a frame the
+//! socket took in part) take a lock:
 //!
 //! | gate           | whose the writes are                                   | leaves it                                                       |
 //! |----------------|--------------------------------------------------------|-----------------------------------------------------------------|
@@ -22,8 +22,9 @@
 //!
 //! The order a sender sees is kept: a writer writes only while the gate is `FREE`, that is
 //! while nothing the task took to write is unwritten, and the task takes the gate before it
-//! takes a frame from a queue of its own ([`WebSocket::claim_writes`]), so that a frame queued
-//! before a direct write cannot go out after it.
+//! takes a frame from a queue of its own
+//! ([`WebSocket::claim_writes`](crate::WebSocket::claim_writes)), so that a frame queued before
+//! a direct write cannot go out after it.
 
 use std::{
     io::{self, IoSlice},
@@ -46,8 +47,9 @@ const TASK_WAITING: u8 = 3;
 const REST: u8 = 4;
 const CLOSED: u8 = 5;
 
-/// A connection's TCP stream, shared by its task and its [`DirectWriter`]s. Allocated once per
-/// connection, beside nothing else: what is rare (a frame's rest, a waiting task) is boxed.
+/// The write half of a connection's TCP stream, shared by its task and its [`DirectWriter`]s,
+/// and the gate. One allocation per connection: what is rare (a frame's rest, a waiting task)
+/// is boxed.
 pub(crate) struct Transport {
     /// Shut down when the last strong reference, the socket's, goes.
     write: OwnedWriteHalf,
@@ -174,10 +176,13 @@ impl Transport {
         // Asked again with the waker in place: a writer that finished in between found no
         // waker, but left the gate changed.
         if self.claim() == Claim::Later {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+            return Poll::Pending;
         }
+        let mut rare = self.rare();
+        if rare.as_ref().is_some_and(|kept| kept.rest.is_none()) {
+            *rare = None;
+        }
+        Poll::Ready(())
     }
 
     /// Whether a writer's frame waits for the task to write its rest.
