@@ -577,8 +577,10 @@ impl ConnectionHub {
         }
     }
 
-    /// Queues a message on every open connection and returns how many took it. Peers whose
-    /// queue stays full for their send timeout are closed with 1008 (see the type's docs).
+    /// Sends a message to every open connection and returns how many took it. It is encoded
+    /// (and compressed) once, and written straight into the socket of each connection that has
+    /// nothing else to write; the others queue it after what they hold. Peers whose queue stays
+    /// full for their send timeout are closed with 1008 (see the type's docs).
     ///
     /// # Cancel safety
     ///

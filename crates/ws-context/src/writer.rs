@@ -369,8 +369,11 @@ impl SocketWriter {
     pub(crate) fn try_send_prepared(&self, prepared: &PreparedMessage) -> Result<(), WriteError> {
         if let Some(direct) = self.shared.direct.get() {
             let Shared { queue, urgent, .. } = &*self.shared;
-            // Asked with the socket's writes held: nothing queued can be overtaken.
-            let sent = direct.try_send(prepared, || queue.is_empty() && !urgent.is_set());
+            // Asked with the socket's writes held: nothing queued can be overtaken, and a
+            // connection that is being closed takes nothing more this way.
+            let sent = direct.try_send(prepared, || {
+                queue.is_empty() && !urgent.is_set() && !queue.is_closed()
+            });
             if sent != DirectSend::NotWritten {
                 if sent == DirectSend::Partial {
                     // The task writes the rest of the frame before anything else.

@@ -76,17 +76,15 @@ impl Io {
     /// client's first frames.
     fn from_upgraded(upgraded: Upgraded) -> (Io, Bytes) {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (
-                {
-                    let (read, write) = parts.io.into_inner().into_split();
-                    Io::Tcp {
-                        read,
-                        write: Transport::new(write),
-                        held: false,
-                    }
-                },
-                parts.read_buf,
-            ),
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let io = Io::Tcp {
+                    read,
+                    write: Transport::new(write),
+                    held: false,
+                };
+                (io, parts.read_buf)
+            }
             Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
         }
     }
@@ -803,7 +801,8 @@ impl WebSocket {
             if self.input == Input::Ended {
                 return Poll::Ready(None);
             }
-            // Pongs and the echo of a close go out without waiting for the caller's flush.
+            // Pongs, the echo of a close and the rest of a direct writer's frame go out without
+            // waiting for the caller's flush.
             // Data the caller fed waits for its flush (or goes out with such an answer), so
             // that the replies to a burst of messages leave in one write; past the write
             // buffer size it is written too (the check below relies on that).
