@@ -223,3 +223,73 @@ async fn broadcasts_to_a_peer_that_stops_reading_arrive_whole_and_in_order() {
     }
     sender.await.unwrap();
 }
+
+/// Three tasks broadcast at once while a fourth queues messages on each connection, a fifth of
+/// them large, to clients that start reading late: writers meet the connections' tasks and
+/// each other at every step of the socket's hand-over. Every message arrives whole, and each sender's in the
+/// order it sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_broadcasts_and_queued_sends_arrive_whole_and_in_each_senders_order() {
+    const CLIENTS: usize = 6;
+    const EACH: usize = 150;
+    // Every fifth message is large: 24 KiB of a letter of its index.
+    fn body(sender: &str, index: usize) -> String {
+        let head = format!("{sender}-{index}-");
+        if index % 5 == 4 {
+            let fill = char::from(b'a' + (index % 26) as u8);
+            format!("{head}{}", fill.to_string().repeat(24 << 10))
+        } else {
+            head
+        }
+    }
+    let hub = ConnectionHub::new();
+    let endpoint = Endpoint::new(ignore).hub(hub.clone());
+    let server = TestServer::endpoint("/ws", endpoint).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(server.connect("/ws").await);
+    }
+    eventually("every connection", || hub.len() == CLIENTS).await;
+    let mut senders = Vec::new();
+    for sender in ["b0", "b1", "b2"] {
+        let hub = hub.clone();
+        senders.push(tokio::spawn(async move {
+            for index in 0..EACH {
+                let sent = hub.broadcast(Message::text(body(sender, index))).await;
+                assert_eq!(sent, CLIENTS);
+            }
+        }));
+    }
+    let writers: Vec<_> = hub.list().iter().filter_map(|i| hub.get(&i.id)).collect();
+    senders.push(tokio::spawn(async move {
+        for index in 0..EACH {
+            for writer in &writers {
+                writer.send(Message::text(body("q", index))).await.unwrap();
+            }
+        }
+    }));
+    // The clients start reading late: by then their sockets are full, and frames are taken in
+    // part and wait in queues.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let readers = clients.into_iter().map(|mut client| {
+        tokio::spawn(async move {
+            let mut next = std::collections::HashMap::new();
+            for _ in 0..4 * EACH {
+                let text = client.recv_text().await;
+                let mut parts = text.splitn(3, '-');
+                let (sender, index) = (parts.next().unwrap().to_owned(), parts.next().unwrap());
+                let index: usize = index.parse().unwrap();
+                let expected = next.entry(sender.clone()).or_insert(0);
+                assert_eq!(index, *expected, "{sender}'s messages in order");
+                assert_eq!(text, body(&sender, index), "{sender}-{index} whole");
+                *expected += 1;
+            }
+        })
+    });
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+}
