@@ -261,6 +261,45 @@ impl Transport {
 /// parameters ([`PreparedMessage`]) and written to each connection that is free; the others
 /// get it the usual way, through their task.
 ///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tokio::sync::{Notify, mpsc};
+/// use ws_upgrader::{DirectSend, DirectWriter, Message, PreparedMessage, WebSocket};
+///
+/// // A connection's own task: hands out a writer and a way to wake it, then reads as usual.
+/// async fn run(mut socket: WebSocket, writers: mpsc::UnboundedSender<(DirectWriter, Arc<Notify>)>) {
+///     let wake = Arc::new(Notify::new());
+///     if let Some(writer) = socket.direct_writer() {
+///         let _ = writers.send((writer, wake.clone()));
+///     }
+///     loop {
+///         tokio::select! {
+///             message = socket.recv() => if message.is_none() { break },
+///             // Polled again: the socket writes the rest of a frame a writer left.
+///             () = wake.notified() => {}
+///         }
+///     }
+/// }
+///
+/// // Another task: one encoding, written into every socket that is free.
+/// fn announce(connections: &[(DirectWriter, Arc<Notify>)]) -> usize {
+///     let news = PreparedMessage::new(Message::text("news"));
+///     let mut written = 0;
+///     for (writer, wake) in connections {
+///         match writer.try_send(&news, || true) {
+///             DirectSend::Written => written += 1,
+///             DirectSend::Partial => {
+///                 wake.notify_one();
+///                 written += 1;
+///             }
+///             // Busy: send it through the connection's task instead (a channel of yours).
+///             DirectSend::NotWritten => {}
+///         }
+///     }
+///     written
+/// }
+/// ```
+///
 /// [`WebSocket`]: crate::WebSocket
 /// [`WebSocket::direct_writer`]: crate::WebSocket::direct_writer
 #[derive(Clone)]
