@@ -9,7 +9,7 @@ use std::{
     time::SystemTime,
 };
 
-use axum::extract::{Query, rejection::QueryRejection};
+use axum::extract::{OriginalUri, Query, rejection::QueryRejection};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::de::DeserializeOwned;
 use ws_message::{DecodeError, Encode, Message, decode};
@@ -176,9 +176,19 @@ impl Connection {
             .map(|(_, value)| value.as_str())
     }
 
-    /// The upgrade request's URI.
+    /// The upgrade request's URI. Under a router nested in another (axum's `nest`), without
+    /// the prefix the outer router matched: [`original_uri`](Connection::original_uri) has it.
     pub fn uri(&self) -> &Uri {
         self.0.uri.get()
+    }
+
+    /// The upgrade request's URI as the client sent it, prefixes of nested routers included
+    /// (axum's `OriginalUri`): the same as [`uri`](Connection::uri) unless the route is nested.
+    pub fn original_uri(&self) -> &Uri {
+        self.0
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| self.uri(), |OriginalUri(uri)| uri)
     }
 
     /// The value of a query parameter of the upgrade request (percent-decoded), by name.
@@ -202,9 +212,10 @@ impl Connection {
 
     /// The upgrade request's extensions: whatever middleware (authentication, for example)
     /// put there before the upgrade. axum's routing entries are not kept (`MatchedPath`, the
-    /// path parameters, `ConnectInfo`): [`route`](Connection::route),
-    /// [`path_param`](Connection::path_param) and [`remote_addr`](Connection::remote_addr)
-    /// give them.
+    /// path parameters, `ConnectInfo`, and `OriginalUri` unless the route is nested):
+    /// [`route`](Connection::route), [`path_param`](Connection::path_param),
+    /// [`remote_addr`](Connection::remote_addr) and
+    /// [`original_uri`](Connection::original_uri) give them.
     pub fn extensions(&self) -> &Extensions {
         &self.0.extensions
     }
@@ -342,9 +353,14 @@ impl Context {
         self.conn.path_param(name)
     }
 
-    /// The upgrade request's URI.
+    /// The upgrade request's URI (see [`Connection::uri`]).
     pub fn uri(&self) -> &Uri {
         self.conn.uri()
+    }
+
+    /// The upgrade request's URI as the client sent it (see [`Connection::original_uri`]).
+    pub fn original_uri(&self) -> &Uri {
+        self.conn.original_uri()
     }
 
     /// The value of a query parameter of the upgrade request (percent-decoded), by name.

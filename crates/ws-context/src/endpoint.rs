@@ -395,8 +395,13 @@ impl Endpoint {
             self.send_timeout,
             metrics.clone(),
         );
-        if let Some(OriginalUri(original)) = parts.extensions.get_mut::<OriginalUri>() {
-            *original = owned_uri(original);
+        match parts.extensions.get_mut::<OriginalUri>() {
+            // Not nested: the URI itself, which the connection keeps (`Connection::original_uri`).
+            Some(OriginalUri(original)) if *original == parts.uri => {
+                parts.extensions.remove::<OriginalUri>();
+            }
+            Some(OriginalUri(original)) => *original = owned_uri(original),
+            None => {}
         }
         let conn = Connection(Arc::new(ConnShared {
             id,
@@ -495,17 +500,25 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 /// The request's extensions as a connection keeps them, for its whole life. axum's routing
 /// entries go: `Connection` has them already (`route`, `path_param`, `remote_addr`). When
 /// nothing else is left (no middleware added anything), no map is kept at all: a map of a few
-/// entries is about 300 bytes per idle connection ([S5](bench/README.md#scenarios)).
-/// `has_axum_params`: axum's path parameters are there, under a private type that only a
-/// count can account for.
+/// entries is about 300 bytes per idle connection ([S5](bench/README.md#scenarios)); else
+/// the entries move to a map sized for them, as the request's keeps the room its largest
+/// size needed. `has_axum_params`: axum's path parameters are there, under a private type that
+/// only a count can account for.
 fn kept_extensions(mut extensions: Extensions, has_axum_params: bool) -> Extensions {
     extensions.remove::<MatchedPath>();
     extensions.remove::<ConnectInfo<SocketAddr>>();
     if extensions.len() <= usize::from(has_axum_params) {
-        Extensions::new()
-    } else {
-        extensions
+        return Extensions::new();
     }
+    // `Extensions` has no iterator: `extend` into a map that has one entry already moves the
+    // entries one by one, into a table made for them.
+    #[derive(Clone)]
+    struct Seed;
+    let mut kept = Extensions::new();
+    kept.insert(Seed);
+    kept.extend(extensions);
+    kept.remove::<Seed>();
+    kept
 }
 
 /// A copy of a request URI that owns its bytes. hyper parses the URI and header values as

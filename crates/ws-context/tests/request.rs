@@ -93,24 +93,29 @@ async fn plain_http_to_a_websocket_route_gets_a_clear_4xx() {
     assert!(post.contains("use GET"), "{post}");
 }
 
+/// What a handler sees of the request's URI: the URI, the URI as sent, axum's `OriginalUri`.
+async fn request_seen(ctx: Context) -> Result<serde_json::Value, std::convert::Infallible> {
+    Ok(serde_json::json!({
+        "uri": ctx.uri().to_string(),
+        "trace": ctx.headers().get("x-trace").and_then(|v| v.to_str().ok()),
+        "original": ctx.original_uri().to_string(),
+        "original_extension": ctx.extensions().get::<axum::extract::OriginalUri>().map(|u| u.0.to_string()),
+    }))
+}
+
+fn request_seen_route() -> axum::routing::MethodRouter {
+    Endpoint::new(request_seen)
+        .into_route()
+        .expect("valid endpoint options")
+}
+
 /// The connection keeps its own copies of the request's URI and headers (not slices of
 /// hyper's read buffer, which would stay allocated for the connection's life); every message
-/// sees the same values.
+/// sees the same values. Not nested, the URI as sent is the URI, and axum's `OriginalUri` is
+/// not kept twice.
 #[tokio::test]
 async fn uri_and_headers_stay_readable_for_the_whole_connection() {
-    async fn request_seen(ctx: Context) -> Result<serde_json::Value, std::convert::Infallible> {
-        Ok(serde_json::json!({
-            "uri": ctx.uri().to_string(),
-            "trace": ctx.headers().get("x-trace").and_then(|v| v.to_str().ok()),
-            "original": ctx.extensions().get::<axum::extract::OriginalUri>().map(|u| u.0.to_string()),
-        }))
-    }
-    let router = axum::Router::new().route(
-        "/ws/{room}",
-        Endpoint::new(request_seen)
-            .into_route()
-            .expect("valid endpoint options"),
-    );
+    let router = axum::Router::new().route("/ws/{room}", request_seen_route());
     let server = TestServer::router(router).await;
     let mut client = server
         .client("/ws/hall?x=1")
@@ -124,7 +129,26 @@ async fn uri_and_headers_stay_readable_for_the_whole_connection() {
             seen,
             serde_json::json!({
                 "uri": "/ws/hall?x=1", "trace": "abc-123", "original": "/ws/hall?x=1",
+                "original_extension": null,
             })
         );
     }
+}
+
+/// Under a nested router the URI loses the outer prefix; the URI as sent keeps it, as axum's
+/// `OriginalUri` does, and that extension stays for code that reads it.
+#[tokio::test]
+async fn a_nested_route_sees_the_uri_as_sent() {
+    let inner = axum::Router::new().route("/ws/{room}", request_seen_route());
+    let server = TestServer::router(axum::Router::new().nest("/api", inner)).await;
+    let mut client = server.client("/api/ws/hall?x=1").connect().await;
+    client.send_text("?").await;
+    let seen: serde_json::Value = client.recv_json().await;
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "uri": "/ws/hall?x=1", "trace": null, "original": "/api/ws/hall?x=1",
+            "original_extension": "/api/ws/hall?x=1",
+        })
+    );
 }
