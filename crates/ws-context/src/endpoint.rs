@@ -395,20 +395,12 @@ impl Endpoint {
             self.send_timeout,
             metrics.clone(),
         );
-        match parts.extensions.get_mut::<OriginalUri>() {
-            // Not nested: the URI itself, which the connection keeps (`Connection::original_uri`).
-            Some(OriginalUri(original)) if *original == parts.uri => {
-                parts.extensions.remove::<OriginalUri>();
-            }
-            Some(OriginalUri(original)) => *original = owned_uri(original),
-            None => {}
-        }
         let conn = Connection(Arc::new(ConnShared {
             id,
             route,
             uri: RequestUri::new(&parts.uri),
             headers: RequestHeaders::new(&parts.headers),
-            extensions: kept_extensions(parts.extensions, has_axum_params),
+            extensions: kept_extensions(parts.extensions, &parts.uri, has_axum_params),
             path_params,
             remote_addr,
             protocol: pending.protocol().map(Box::from),
@@ -498,15 +490,23 @@ fn refusal_reason(refusal: &Response) -> &'static str {
 }
 
 /// The request's extensions as a connection keeps them, for its whole life. axum's routing
-/// entries go: `Connection` has them already (`route`, `path_param`, `remote_addr`). When
+/// entries go: `Connection` has them already (`route`, `path_param`, `remote_addr`, and
+/// `original_uri` unless the route is nested, where `OriginalUri` differs from `uri`). When
 /// nothing else is left (no middleware added anything), no map is kept at all: a map of a few
 /// entries is about 300 bytes per idle connection ([S5](bench/README.md#scenarios)); else
 /// the entries move to a map sized for them, as the request's keeps the room its largest
 /// size needed. `has_axum_params`: axum's path parameters are there, under a private type that
 /// only a count can account for.
-fn kept_extensions(mut extensions: Extensions, has_axum_params: bool) -> Extensions {
+fn kept_extensions(mut extensions: Extensions, uri: &Uri, has_axum_params: bool) -> Extensions {
     extensions.remove::<MatchedPath>();
     extensions.remove::<ConnectInfo<SocketAddr>>();
+    match extensions.get_mut::<OriginalUri>() {
+        Some(OriginalUri(original)) if original == uri => {
+            extensions.remove::<OriginalUri>();
+        }
+        Some(OriginalUri(original)) => *original = owned_uri(original),
+        None => {}
+    }
     if extensions.len() <= usize::from(has_axum_params) {
         return Extensions::new();
     }
