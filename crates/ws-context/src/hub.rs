@@ -635,22 +635,24 @@ impl ConnectionHub {
             return self.send_shared(room, &mut make).await;
         }
         let target = Target::Room(room.into());
-        let (position, prepared, mut delivered, full) = if mode == HistoryMode::Memory {
+        let (position, prepared, delivered) = if mode == HistoryMode::Memory {
             // Numbered, recorded and offered to every member under the history's lock, so a
             // member recovering at the same time gets it once: from the history or live.
-            let mut histories = self.history();
-            let position = histories.append_position(room);
-            let prepared = PreparedMessage::new(make(Some(&position)));
-            histories.record(room, position.offset(), &prepared);
-            let (delivered, full) = self.try_deliver(&target, &prepared);
-            drop(histories);
-            (Some(position), prepared, delivered, full)
+            let (position, prepared, delivered, full) = {
+                let mut histories = self.history();
+                let position = histories.append_position(room);
+                let prepared = PreparedMessage::new(make(Some(&position)));
+                histories.record(room, position.offset(), &prepared);
+                let (delivered, full) = self.queue_now(&target, &prepared);
+                (position, prepared, delivered, full)
+            };
+            let delivered = delivered + self.wait_for_full(full, &prepared).await;
+            (Some(position), prepared, delivered)
         } else {
             let prepared = PreparedMessage::new(make(None));
-            let (delivered, full) = self.try_deliver(&target, &prepared);
-            (None, prepared, delivered, full)
+            let delivered = self.deliver_prepared(&target, prepared.clone()).await;
+            (None, prepared, delivered)
         };
-        delivered += self.wait_for_full(full, &prepared).await;
         let _ = self.publish(target, prepared.message().clone());
         RoomSent {
             delivered,
@@ -1006,15 +1008,21 @@ impl ConnectionHub {
         delivered + self.wait_for_full(full, &prepared).await
     }
 
-    /// Delivers to every connection `target` names that can take the message now, all in
-    /// this task (for callers that deliver under a lock); returns how many took it and the
-    /// writers that were full.
-    fn try_deliver(
-        &self,
-        target: &Target,
-        prepared: &PreparedMessage,
-    ) -> (usize, Vec<SocketWriter>) {
-        deliver_each(self.writers(target), prepared)
+    /// Queues on every connection `target` names that has room now, for a caller that holds
+    /// the history's lock: no system call under it (a direct write to each member of a large
+    /// room would hold it for milliseconds, and every room's sends and joins wait for it).
+    /// Returns how many took the message and the writers that were full.
+    fn queue_now(&self, target: &Target, prepared: &PreparedMessage) -> (usize, Vec<SocketWriter>) {
+        let mut delivered = 0;
+        let mut full = Vec::new();
+        self.for_each_writer(target, |writer| {
+            match writer.try_send_item(Outbound::Prepared(prepared.clone())) {
+                Ok(()) => delivered += 1,
+                Err(WriteError::Full(_)) => full.push(writer.clone()),
+                Err(_) => {}
+            }
+        });
+        (delivered, full)
     }
 
     /// The writers of the connections `target` names, collected under the registry's lock so
@@ -1164,8 +1172,7 @@ impl ConnectionHub {
     async fn send_here_only(&self, room: &str, message: Message) -> RoomSent {
         let target = Target::Room(room.into());
         let prepared = PreparedMessage::new(message);
-        let (delivered, full) = self.try_deliver(&target, &prepared);
-        let delivered = delivered + self.wait_for_full(full, &prepared).await;
+        let delivered = self.deliver_prepared(&target, prepared.clone()).await;
         let _ = self.publish(target, prepared.message().clone());
         RoomSent {
             delivered,
